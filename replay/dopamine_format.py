@@ -1,0 +1,165 @@
+"""The DQN Replay (Dopamine) on-disk format: file names, dtypes, shapes, safe gzip-npy I/O.
+
+One checkpoint ``N`` of a ``replay_logs`` directory is six files, each a gzip stream holding one
+``np.save`` array (Dopamine ``OutOfGraphReplayBuffer.save``)::
+
+    $store$_observation_ckpt.N.gz   uint8   (cap, 84, 84)   single frames, never stacks
+    $store$_action_ckpt.N.gz        int32   (cap,)
+    $store$_reward_ckpt.N.gz        float32 (cap,)          already clipped to [-1, 1]
+    $store$_terminal_ckpt.N.gz      uint8   (cap,)
+    add_count_ckpt.N.gz             int64   ()              adds since the buffer was created
+    invalid_range_ckpt.N.gz         int64   (stack + n,)    slots around the write cursor
+
+Newer Dopamine also writes ``episode_end_indices_ckpt.N.gz``, a *pickled* Python set: it is never
+read here (unpickling a data file can run arbitrary code).
+
+Everything here reads with ``allow_pickle=False`` and checks dtype and shape against the table, so
+a wrong or hostile file fails with a :class:`ReplayError` naming it instead of being misread.
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+import re
+import zlib
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from replay.errors import ReplayError
+
+STORE = ("observation", "action", "reward", "terminal")
+DTYPES = {
+    "observation": np.dtype(np.uint8),
+    "action": np.dtype(np.int32),
+    "reward": np.dtype(np.float32),
+    "terminal": np.dtype(np.uint8),
+    "add_count": np.dtype(np.int64),
+    "invalid_range": np.dtype(np.int64),
+}
+FRAME_SHAPE = (84, 84)
+_CKPT_RE = re.compile(r"^add_count_ckpt\.(\d+)\.gz$")
+_CHUNK = 1 << 22  # 4 MiB of decompressed bytes per read when streaming to a memmap
+
+
+def file_name(kind: str, ckpt: int) -> str:
+    """Dopamine's file name for ``kind`` (a store array, ``add_count`` or ``invalid_range``)."""
+    prefix = "$store$_" if kind in STORE else ""
+    return f"{prefix}{kind}_ckpt.{ckpt}.gz"
+
+
+def checkpoint_files(log_dir: Path, ckpt: int) -> dict[str, Path]:
+    """The six files of one checkpoint, by kind."""
+    return {k: log_dir / file_name(k, ckpt) for k in (*STORE, "add_count", "invalid_range")}
+
+
+def find_checkpoints(log_dir: Path) -> list[int]:
+    """Checkpoint ids present in ``log_dir`` (those with an ``add_count`` file), sorted."""
+    if not log_dir.is_dir():
+        raise ReplayError(f"{log_dir}: no such replay directory")
+    ids = sorted(int(m.group(1)) for f in os.listdir(log_dir) if (m := _CKPT_RE.match(f)))
+    if not ids:
+        raise ReplayError(f"{log_dir}: no Dopamine checkpoints (no add_count_ckpt.N.gz files)")
+    return ids
+
+
+def _read_header(stream, path: Path) -> tuple[tuple[int, ...], bool, np.dtype]:
+    try:
+        version = np.lib.format.read_magic(stream)
+        if version == (1, 0):
+            shape, fortran, dtype = np.lib.format.read_array_header_1_0(stream)
+        else:
+            shape, fortran, dtype = np.lib.format.read_array_header_2_0(stream)
+    except (OSError, EOFError, ValueError, zlib.error, gzip.BadGzipFile) as e:
+        raise ReplayError(f"{path}: not a gzip-compressed .npy array ({e})") from None
+    if dtype.hasobject:
+        raise ReplayError(f"{path}: holds a pickled object array; refusing to unpickle it")
+    return shape, fortran, dtype
+
+
+def _check(path: Path, kind: str, shape: tuple[int, ...], dtype: np.dtype) -> None:
+    want = DTYPES[kind]
+    if dtype != want:
+        raise ReplayError(f"{path}: dtype {dtype}, expected {want}")
+    if kind == "observation" and (len(shape) != 3 or shape[1:] != FRAME_SHAPE):
+        raise ReplayError(f"{path}: shape {shape}, expected (capacity, 84, 84) single frames")
+    if kind in ("action", "reward", "terminal", "invalid_range") and len(shape) != 1:
+        raise ReplayError(f"{path}: shape {shape}, expected a 1-d array")
+    if kind == "add_count" and shape != ():
+        raise ReplayError(f"{path}: shape {shape}, expected a scalar")
+
+
+def read_small(path: Path, kind: str) -> np.ndarray:
+    """Read a whole (small) array into memory, checked against the format table."""
+    if not path.is_file():
+        raise ReplayError(f"{path}: missing file")
+    try:
+        with gzip.open(path, "rb") as f:
+            shape, fortran, dtype = _read_header(f, path)
+            _check(path, kind, shape, dtype)
+            count = int(np.prod(shape, dtype=np.int64))
+            data = f.read(count * dtype.itemsize)
+    except (OSError, EOFError, zlib.error) as e:
+        raise ReplayError(f"{path}: truncated or corrupt gzip stream ({e})") from None
+    if len(data) != count * dtype.itemsize:
+        raise ReplayError(f"{path}: truncated: {len(data)} of {count * dtype.itemsize} bytes")
+    arr = np.frombuffer(data, dtype=dtype).reshape(shape, order="F" if fortran else "C")
+    return arr.copy()
+
+
+def array_nbytes(path: Path, kind: str) -> int:
+    """Size in bytes of the array in ``path``, from its header alone."""
+    try:
+        with gzip.open(path, "rb") as f:
+            shape, _, dtype = _read_header(f, path)
+    except FileNotFoundError:
+        raise ReplayError(f"{path}: missing file") from None
+    _check(path, kind, shape, dtype)
+    return int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+
+
+def stream_to_npy(
+    path: Path, kind: str, out: Path, progress: Callable[[int], None] | None = None
+) -> tuple[int, ...]:
+    """Decompress ``path`` into the ``.npy`` file ``out``, a chunk at a time (bounded RAM).
+
+    ``out`` is opened as a memmap afterwards, so a 7 GB observation file never sits in RAM.
+    ``progress`` receives the number of decompressed bytes after each chunk.
+    """
+    if not path.is_file():
+        raise ReplayError(f"{path}: missing file")
+    try:
+        with gzip.open(path, "rb") as f:
+            shape, fortran, dtype = _read_header(f, path)
+            _check(path, kind, shape, dtype)
+            if fortran and len(shape) > 1:
+                raise ReplayError(f"{path}: Fortran-ordered array; expected C order")
+            total = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+            mm = np.lib.format.open_memmap(out, mode="w+", dtype=dtype, shape=shape)
+            dst = mm.reshape(-1).view(np.uint8) if mm.size else np.empty(0, np.uint8)
+            done = 0
+            while done < total:
+                n = f.readinto(memoryview(dst[done : min(total, done + _CHUNK)]))
+                if not n:
+                    raise ReplayError(f"{path}: truncated: {done} of {total} bytes")
+                done += n
+                if progress is not None:
+                    progress(n)
+            mm.flush()
+            del mm, dst
+    except (OSError, EOFError, zlib.error) as e:
+        raise ReplayError(f"{path}: truncated or corrupt gzip stream ({e})") from None
+    return tuple(shape)
+
+
+def write_npy_gz(path: Path, array: np.ndarray) -> None:
+    """Write one array as Dopamine does (gzip of ``np.save``), atomically: temp, fsync, rename."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "wb") as raw:
+        with gzip.GzipFile(fileobj=raw, mode="wb", compresslevel=6) as gz:
+            np.save(gz, np.asarray(array), allow_pickle=False)
+        raw.flush()
+        os.fsync(raw.fileno())
+    os.replace(tmp, path)
