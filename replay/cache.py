@@ -55,7 +55,7 @@ class Checkpoint:
     """
 
     id: int
-    observation: np.ndarray
+    observation: np.ndarray | None  # None when opened without frames (read_checkpoint_meta)
     action: np.ndarray
     reward: np.ndarray
     terminal: np.ndarray
@@ -185,6 +185,21 @@ def open_checkpoint(
             finally:
                 shutil.rmtree(tmp, ignore_errors=True)
     return _load(entry, ckpt)
+
+
+def read_checkpoint_meta(log_dir: Path, ckpt: int) -> Checkpoint:
+    """Actions, rewards, terminals and counters of a checkpoint, without its frames.
+
+    Cheap (a few MB per checkpoint, no cache): enough for validity counts and episode statistics.
+    """
+    files = checkpoint_files(Path(log_dir), ckpt)
+    arrays = {k: read_small(files[k], k) for k in ("action", "reward", "terminal")}
+    add_count = int(read_small(files["add_count"], "add_count"))
+    invalid_range = read_small(files["invalid_range"], "invalid_range")
+    lengths = {k: len(v) for k, v in arrays.items()}
+    lengths["observation"] = array_nbytes(files["observation"], "observation") // 84 // 84
+    _check_consistent(files, lengths, add_count, invalid_range)
+    return Checkpoint(ckpt, None, add_count=add_count, invalid_range=invalid_range, **arrays)
 
 
 def _raw_bytes(files: dict[str, Path]) -> int:

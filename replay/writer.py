@@ -64,7 +64,9 @@ class DQNReplayWriter:
         except ReplayError:
             existing = []
         if existing:
-            raise ReplayError(f"{self.path}: already holds checkpoints {existing}; choose a new dir")
+            raise ReplayError(
+                f"{self.path}: already holds checkpoints {existing}; choose a new dir"
+            )
         for stale in self.path.glob(f"{_SCRATCH}*"):
             stale.unlink()
         self.capacity, self.stack_size, self.update_horizon = capacity, stack_size, update_horizon

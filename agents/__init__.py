@@ -1,0 +1,1 @@
+"""Agents that act in ALE: collection policies now; linear and end-to-end DQN control later."""

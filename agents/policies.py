@@ -1,0 +1,69 @@
+"""Acting policies for data collection and evaluation.
+
+A policy maps a batch of observations, uint8 ``(N, 4, 84, 84)`` zero-padded stacks, to int actions
+``(N,)``. Anything with that ``act`` method plugs into ``pvn collect``; trained agents provide one
+through :class:`EpsilonGreedyPolicy` around their Q-function.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Protocol
+
+import numpy as np
+import torch
+
+
+class Policy(Protocol):
+    num_actions: int
+
+    def act(self, obs: np.ndarray) -> np.ndarray: ...
+
+
+class RandomPolicy:
+    """Uniform random actions from a seeded generator (the DQN Replay "random" baseline)."""
+
+    def __init__(self, num_actions: int, seed: int = 0) -> None:
+        self.num_actions = num_actions
+        self.rng = np.random.default_rng(seed)
+
+    def act(self, obs: np.ndarray) -> np.ndarray:
+        return self.rng.integers(0, self.num_actions, size=len(obs))
+
+
+class EpsilonGreedyPolicy:
+    """Greedy in ``q_fn(obs)`` with probability ``1 - epsilon``, else uniform random.
+
+    ``q_fn`` takes a uint8 tensor ``(N, 4, 84, 84)`` on ``device`` and returns ``(N, A)`` values;
+    one batched forward pass serves every env.
+    """
+
+    def __init__(
+        self,
+        q_fn: Callable[[torch.Tensor], torch.Tensor],
+        num_actions: int,
+        epsilon: float,
+        seed: int = 0,
+        device: str | torch.device = "cpu",
+    ) -> None:
+        self.q_fn, self.num_actions, self.epsilon = q_fn, num_actions, epsilon
+        self.device = torch.device(device)
+        self.rng = np.random.default_rng(seed)
+
+    @torch.no_grad()
+    def act(self, obs: np.ndarray) -> np.ndarray:
+        q = self.q_fn(torch.from_numpy(obs).to(self.device, non_blocking=True))
+        greedy = q.argmax(dim=1).cpu().numpy()
+        explore = self.rng.random(len(obs)) < self.epsilon
+        random = self.rng.integers(0, self.num_actions, size=len(obs))
+        return np.where(explore, random, greedy)
+
+
+POLICIES = ("random",)
+
+
+def make_policy(name: str, num_actions: int, seed: int) -> Policy:
+    """Build a collection policy by config name (``random``; trained agents join in later issues)."""
+    if name == "random":
+        return RandomPolicy(num_actions, seed)
+    raise ValueError(f"policy={name!r}: unknown; choose one of {list(POLICIES)}")

@@ -1,0 +1,3 @@
+from pvn.cli import entry
+
+entry()

@@ -1,0 +1,115 @@
+"""The ``pvn`` command line: ``pvn COMMAND [key=value ...]``.
+
+Every command takes Hydra-style overrides, prints its resolved config with ``--cfg job``, rejects
+unknown keys and saves the resolved config in its output directory. Errors a user can cause print
+one line (``pvn: error: ...``) and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable
+
+from omegaconf import OmegaConf
+
+from pvn.errors import USER_ERRORS, ConfigError
+
+USAGE = """usage: pvn COMMAND [key=value ...] [--cfg job] [--help]
+
+Proto-value networks: learn RL representations from logged Atari data.
+
+commands:
+  collect      play ALE with batched envs and log it in the DQN Replay format
+                 pvn collect game=Pong steps=50000 out=data/pong num_envs=8 seed=0
+  data info    checkpoints, transitions, valid transitions, episodes, returns of a log
+                 pvn data info data/pong
+  quickstart   the demo: collect a small Pong log and summarise it
+
+Overrides use Hydra's grammar (key=value, lists as [0,1]). `pvn COMMAND --help` lists a command's
+keys with their defaults and meaning; `--cfg job` prints the resolved config and exits.
+"""
+
+
+def _config_help(name: str) -> str:
+    from importlib.resources import files
+
+    return files("configs").joinpath(f"{name}.yaml").read_text()
+
+
+def _run_configured(name: str, args: list[str], fn: Callable) -> int:
+    from pvn.config import load_config
+
+    if "--help" in args or "-h" in args:
+        print(f"usage: pvn {name} [key=value ...] [--cfg job]\n\nkeys (defaults):\n")
+        print(_config_help(name))
+        return 0
+    show = False
+    if "--cfg" in args:
+        i = args.index("--cfg")
+        if args[i + 1 : i + 2] != ["job"]:
+            raise ConfigError("--cfg: only '--cfg job' is supported")
+        args = args[:i] + args[i + 2 :]
+        show = True
+    cfg = load_config(name, args)
+    if show:
+        print(OmegaConf.to_yaml(cfg, resolve=True), end="")
+        return 0
+    result = fn(cfg)
+    if result is not None:
+        print(json.dumps(result, indent=2))
+    return 0
+
+
+def _collect(cfg):
+    from pvn.collect import collect
+
+    return collect(cfg)
+
+
+def _data(args: list[str]) -> int:
+    if not args or args[0] in ("-h", "--help") or args[0] != "info":
+        print(
+            "usage: pvn data info PATH\n\nSummarise a replay_logs directory (or a directory "
+            "holding one) from its small arrays: no frames are decompressed."
+        )
+        return 0 if args and args[0] in ("-h", "--help") else 2
+    if len(args) != 2:
+        raise ConfigError("pvn data info: expected exactly one PATH")
+    from pvn.report_data import format_summary
+    from replay.summary import summarize
+
+    print(format_summary(summarize(args[1])))
+    return 0
+
+
+def _quickstart(args: list[str]) -> int:
+    from pvn.quickstart import quickstart
+
+    return _run_configured("quickstart", args, quickstart)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if not args or args[0] in ("-h", "--help", "help"):
+        print(USAGE)
+        return 0 if args else 2
+    cmd, rest = args[0], args[1:]
+    try:
+        if cmd == "collect":
+            return _run_configured("collect", rest, _collect)
+        if cmd == "data":
+            return _data(rest)
+        if cmd == "quickstart":
+            return _quickstart(rest)
+        raise ConfigError(f"unknown command '{cmd}'; see `pvn --help`")
+    except USER_ERRORS as e:
+        print(f"pvn: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("pvn: interrupted", file=sys.stderr)
+        return 130
+
+
+def entry() -> None:
+    sys.exit(main())

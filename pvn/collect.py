@@ -1,0 +1,124 @@
+"""``pvn collect``: play ALE with batched envs and log the play in the DQN Replay format.
+
+Each env's episode is kept contiguous: steps are buffered per env and an episode is appended to
+the log when it ends (a terminal or the 27k-step cap), so episodes of different envs never
+interleave, exactly like a single-env Dopamine log. Episodes still running when the step budget is
+spent are appended as truncated (no terminal flag).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from agents.policies import POLICIES, Policy, make_policy
+from envs import BACKENDS, PROTOCOLS, FrameStack, make_atari
+from pvn.config import require, save_config
+from pvn.progress import bar
+from replay import DQNReplayWriter, ReplayError
+
+
+class _Episodes:
+    """Per-env buffers of (frame, action, reward) for episodes in progress."""
+
+    def __init__(self, num_envs: int) -> None:
+        self.frames: list[list[np.ndarray]] = [[] for _ in range(num_envs)]
+        self.actions: list[list[int]] = [[] for _ in range(num_envs)]
+        self.rewards: list[list[float]] = [[] for _ in range(num_envs)]
+        self.score = np.zeros(num_envs, np.float64)  # unclipped game score so far
+
+    def pop(self, i: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
+        frames, actions = np.stack(self.frames[i]), np.asarray(self.actions[i], np.int32)
+        rewards = np.clip(np.asarray(self.rewards[i], np.float32), -1.0, 1.0)
+        score = float(self.score[i])
+        self.frames[i], self.actions[i], self.rewards[i] = [], [], []
+        self.score[i] = 0.0
+        return frames, actions, rewards, score
+
+
+def run_collection(
+    env, policy: Policy, writer: DQNReplayWriter, steps: int, progress: bool = True
+) -> dict[str, Any]:
+    """Step ``env`` with ``policy`` until ``steps`` agent steps are logged by ``writer``."""
+    n = env.num_envs
+    stack = FrameStack(n)
+    eps = _Episodes(n)
+    returns: list[float] = []
+    obs = env.reset()[:, -1]
+    new_episode = np.ones(n, bool)  # obs of these envs is the first frame of an episode
+    resetting = np.zeros(n, bool)  # these envs ended last step: this step only resets them
+    done_steps, start = 0, time.perf_counter()
+    with bar(steps, "collect", "step", progress) as pbar:
+        while done_steps < steps:
+            actions = policy.act(stack.push(obs, new_episode))
+            live = np.flatnonzero(~resetting)
+            for i in live:
+                eps.frames[i].append(obs[i].copy())
+                eps.actions[i].append(int(actions[i]))
+            res = env.step(actions)
+            for i in live:
+                eps.rewards[i].append(float(res.reward[i]))
+            eps.score[live] += res.reward[live]
+            ended = ~resetting & (res.terminated | res.truncated)
+            for i in np.flatnonzero(ended):
+                frames, acts, rews, score = eps.pop(i)
+                writer.add_episode(frames, acts, rews, terminated=bool(res.terminated[i]))
+                returns.append(score)
+            new_episode, resetting = resetting, ended
+            obs = res.obs[:, -1]
+            done_steps += len(live)
+            pbar.update(len(live))
+            if returns:
+                pbar.set_postfix(episodes=len(returns), ret=f"{np.mean(returns[-20:]):.1f}")
+    truncated = 0
+    for i in range(n):
+        if eps.frames[i]:
+            frames, acts, rews, _ = eps.pop(i)
+            writer.add_episode(frames, acts, rews, terminated=False)
+            truncated += 1
+    writer.close()
+    seconds = time.perf_counter() - start
+    r = np.asarray(returns)
+    return {
+        "steps": done_steps,
+        "episodes": len(returns),
+        "unfinished_episodes_logged_as_truncated": truncated,
+        "return_mean": float(r.mean()) if len(r) else None,
+        "return_min": float(r.min()) if len(r) else None,
+        "return_max": float(r.max()) if len(r) else None,
+        "seconds": round(seconds, 2),
+        "steps_per_second": round(done_steps / seconds, 1),
+        "checkpoints": writer.checkpoints_written,
+    }
+
+
+def collect(cfg) -> dict[str, Any]:
+    """Run ``pvn collect`` from a resolved config; returns (and saves) the summary."""
+    require(cfg.steps > 0, "steps", cfg.steps, "must be > 0")
+    require(cfg.num_envs > 0, "num_envs", cfg.num_envs, "must be > 0")
+    require(cfg.capacity >= 5, "capacity", cfg.capacity, "must be >= stack + 1 = 5")
+    require(1 <= cfg.compresslevel <= 9, "compresslevel", cfg.compresslevel, "must be in 1..9")
+    require(cfg.policy in POLICIES, "policy", cfg.policy, f"choose one of {list(POLICIES)}")
+    require(cfg.protocol in PROTOCOLS, "protocol", cfg.protocol, f"choose from {list(PROTOCOLS)}")
+    require(cfg.backend in BACKENDS, "backend", cfg.backend, f"choose one of {list(BACKENDS)}")
+    out = Path(cfg.out)
+    log_dir = out / "replay_logs"
+    if log_dir.is_dir() and any(log_dir.glob("add_count_ckpt.*.gz")):
+        raise ReplayError(f"{log_dir}: already holds checkpoints; choose a new out=DIR")
+    env = make_atari(cfg.game, cfg.num_envs, cfg.protocol, cfg.seed, cfg.backend)
+    try:
+        policy = make_policy(cfg.policy, env.num_actions, cfg.seed)
+        save_config(cfg, out)
+        with DQNReplayWriter(log_dir, cfg.capacity, compresslevel=cfg.compresslevel) as writer:
+            summary = run_collection(env, policy, writer, cfg.steps, cfg.progress)
+    finally:
+        env.close()
+    summary = {"game": cfg.game, "out": str(log_dir), **summary}
+    summary["files"] = sorted(os.listdir(log_dir))
+    (out / "collect.json").write_text(json.dumps(summary, indent=2))
+    return summary

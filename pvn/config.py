@@ -1,0 +1,95 @@
+"""Hydra-style configs for every command: compose, type-check, reject unknown keys, save.
+
+Configs live in the ``configs`` package (Hydra's config tree) and are composed with Hydra's
+compose API, so overrides use Hydra's grammar (``key=value``, ``group=option``, lists as
+``[0,1]``). On top of Hydra, overrides of keys that are not in the command's config are rejected
+with the valid keys listed, and each value must have the type of its default (an int stays an
+int, ``null`` defaults accept anything).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from omegaconf import DictConfig, ListConfig, OmegaConf
+
+from pvn.errors import ConfigError
+
+
+def _compose(name: str, overrides: list[str]) -> DictConfig:
+    from hydra import compose, initialize_config_module
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    try:
+        with initialize_config_module(config_module="configs", version_base=None):
+            return compose(config_name=name, overrides=overrides)
+    except (HydraException, OmegaConfBaseException) as e:
+        msg = " ".join(str(e).split())
+        raise ConfigError(f"pvn {name}: {msg}") from None
+
+
+def _leaves(cfg, prefix: str = ""):
+    for key, value in cfg.items_ex(resolve=False) if isinstance(cfg, DictConfig) else []:
+        path = f"{prefix}{key}"
+        if isinstance(value, DictConfig):
+            yield from _leaves(value, path + ".")
+        else:
+            yield path, value
+
+
+def _type_ok(default, value) -> bool:
+    if default is None or value is None or default == "???":
+        return True
+    if isinstance(default, bool):
+        return isinstance(value, bool)
+    if isinstance(default, int):
+        return isinstance(value, int) and not isinstance(value, bool)
+    if isinstance(default, float):
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if isinstance(default, str):
+        return isinstance(value, str)
+    if isinstance(default, ListConfig):
+        return isinstance(value, ListConfig)
+    return True
+
+
+def load_config(name: str, overrides: list[str]) -> DictConfig:
+    """Compose ``configs/<name>.yaml`` with ``overrides`` and validate keys and value types."""
+    base = _compose(name, [])
+    keys = {path for path, _ in _leaves(base)}
+    groups = set(base.keys())
+    for ov in overrides:
+        key = ov.split("=", 1)[0].lstrip("+~")
+        if "=" not in ov:
+            raise ConfigError(f"pvn {name}: '{ov}' is not key=value; valid keys: {sorted(keys)}")
+        if key not in keys and key not in groups:
+            raise ConfigError(f"pvn {name}: unknown key '{key}'; valid keys: {sorted(keys)}")
+    cfg = _compose(name, overrides)
+    defaults = dict(_leaves(base))
+    for path, value in _leaves(cfg):
+        if path in defaults and not _type_ok(defaults[path], value):
+            want = type(defaults[path]).__name__
+            raise ConfigError(f"pvn {name}: {path}={value!r} is not a valid {want}")
+    missing = sorted(OmegaConf.missing_keys(cfg))
+    if missing:
+        hint = " ".join(f"{k}=..." for k in missing)
+        raise ConfigError(f"pvn {name}: required key(s) {missing} not set; add {hint}")
+    return cfg
+
+
+def save_config(cfg: DictConfig, run_dir: str | Path) -> Path:
+    """Write the resolved config to ``run_dir/config.yaml`` atomically."""
+    path = Path(run_dir) / "config.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".config.yaml.tmp-{os.getpid()}")
+    tmp.write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    os.replace(tmp, path)
+    return path
+
+
+def require(cond: bool, key: str, value, why: str) -> None:
+    """Raise a one-line :class:`ConfigError` for ``key=value`` unless ``cond``."""
+    if not cond:
+        raise ConfigError(f"{key}={value!r}: {why}")

@@ -1,0 +1,20 @@
+"""User-facing errors: every mistake a user can make raises one of these, and the CLI prints one
+line naming the file or key and exits with status 2."""
+
+from envs.errors import EnvError
+from replay.errors import ReplayError
+
+
+class PVNError(Exception):
+    """Base of pvn's own errors."""
+
+
+class ConfigError(PVNError):
+    """A bad config key or value; the message names the key and the valid choices."""
+
+
+class CheckpointError(PVNError):
+    """A missing, corrupt or incompatible checkpoint or run directory."""
+
+
+USER_ERRORS = (PVNError, ReplayError, EnvError)

@@ -1,0 +1,39 @@
+"""Progress bars (tqdm) with rate and ETA; silent when ``progress=false``."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from tqdm.auto import tqdm
+
+
+def bar(total: int | None, desc: str, unit: str, enabled: bool = True, **kw) -> tqdm:
+    """A tqdm bar showing rate and ETA; a no-op object when ``enabled`` is false."""
+    return tqdm(
+        total=total,
+        desc=desc,
+        unit=unit,
+        unit_scale=True,
+        dynamic_ncols=True,
+        disable=not enabled,
+        smoothing=0.05,
+        **kw,
+    )
+
+
+def byte_bars(enabled: bool) -> Callable[[str, int], Callable[[int], None] | None] | None:
+    """A factory for :class:`replay.DQNReplayDataset`'s ``progress`` argument (cache conversion)."""
+    if not enabled:
+        return None
+
+    def factory(desc: str, total: int) -> Callable[[int], None]:
+        b = bar(total, desc, "B", unit_divisor=1024, leave=False)
+
+        def update(n: int) -> None:
+            b.update(n)
+            if b.n >= total:
+                b.close()
+
+        return update
+
+    return factory

@@ -1,0 +1,29 @@
+"""Plain-text rendering of a replay summary (``pvn data info``)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def format_summary(s: dict[str, Any]) -> str:
+    lines = [f"replay: {s['path']}", ""]
+    head = f"{'ckpt':>5} {'capacity':>9} {'add_count':>10} {'full':>5} {'new':>9} {'valid':>9} {'episodes':>9}"
+    lines.append(head)
+    for r in s["checkpoints"]:
+        lines.append(
+            f"{r['checkpoint']:>5} {r['capacity']:>9} {r['add_count']:>10} {str(r['full']):>5} "
+            f"{r['new_slots']:>9} {r['valid']:>9} {r['episodes_ended']:>9}"
+        )
+    ret = s["clipped_return"]
+    lines += [
+        "",
+        f"checkpoints: {len(s['checkpoints'])}   slots logged: {s['slots']}   "
+        f"valid transitions (stack 4, n=1): {s['valid']}",
+        f"episodes ended: {s['episodes_ended']}   complete episodes: {s['complete_episodes']}",
+    ]
+    if ret["mean"] is not None:
+        lines.append(
+            f"clipped return per complete episode: mean {ret['mean']:.2f}  "
+            f"min {ret['min']:.1f}  max {ret['max']:.1f}"
+        )
+    return "\n".join(lines)

@@ -1,0 +1,80 @@
+"""Statistics of a ``replay_logs`` directory read from its small arrays only (no frames)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from replay.cache import Checkpoint, read_checkpoint_meta
+from replay.dataset import resolve_log_dir
+from replay.dopamine_format import find_checkpoints
+from replay.transitions import valid_mask
+
+
+def chronological(ck: Checkpoint) -> np.ndarray:
+    """Written slots of ``ck`` in the order they were written (oldest first)."""
+    if ck.is_full:
+        return np.r_[ck.cursor : ck.capacity, 0 : ck.cursor]
+    return np.arange(ck.cursor)
+
+
+def episode_returns(ck: Checkpoint, new_slots: int) -> np.ndarray:
+    """Returns (sums of the stored, clipped rewards) of the episodes that end in the last
+    ``new_slots`` slots written to ``ck`` and begin inside it.
+
+    Slots are read in the order they were written (from the cursor round the circular buffer
+    when it is full). Counting only episodes that end in new slots counts each episode once over
+    a sequence of logged checkpoints, whose buffers overlap.
+    """
+    order = chronological(ck)
+    reward = np.asarray(ck.reward, np.float64)[order]
+    ends = np.flatnonzero(np.asarray(ck.terminal)[order])
+    csum = np.concatenate([[0.0], np.cumsum(reward)])
+    returns = np.diff(np.concatenate([[0.0], csum[ends + 1]]))
+    keep = ends >= len(order) - new_slots
+    if ck.is_full and len(keep):
+        keep[0] = False  # the oldest episode may have begun in an overwritten round
+    return returns[keep]
+
+
+def summarize(path: str | Path, stack_size: int = 4, n_step: int = 1) -> dict[str, Any]:
+    """Per-checkpoint and total counts: slots, valid transitions, episodes, clipped returns."""
+    log_dir = resolve_log_dir(path)
+    rows, all_returns = [], []
+    prev: tuple[int, int] | None = None  # (id, add_count) of the previous checkpoint
+    for c in find_checkpoints(log_dir):
+        ck = read_checkpoint_meta(log_dir, c)
+        since = ck.add_count - prev[1] if prev and prev[0] == c - 1 else ck.add_count
+        new = min(ck.capacity, since)
+        rets = episode_returns(ck, new)
+        all_returns.append(rets)
+        chrono_terminal = np.asarray(ck.terminal)[chronological(ck)]
+        rows.append(
+            {
+                "checkpoint": c,
+                "capacity": ck.capacity,
+                "add_count": ck.add_count,
+                "full": ck.is_full,
+                "new_slots": new,
+                "valid": int(valid_mask(ck, stack_size, n_step, guard_cursor=True).sum()),
+                "episodes_ended": int(chrono_terminal[len(chrono_terminal) - new :].sum()),
+            }
+        )
+        prev = (c, ck.add_count)
+    rets = np.concatenate(all_returns)
+    stats = (
+        {"mean": float(rets.mean()), "min": float(rets.min()), "max": float(rets.max())}
+        if len(rets)
+        else {"mean": None, "min": None, "max": None}
+    )
+    return {
+        "path": str(log_dir),
+        "checkpoints": rows,
+        "slots": sum(r["new_slots"] for r in rows),
+        "valid": sum(r["valid"] for r in rows),
+        "episodes_ended": sum(r["episodes_ended"] for r in rows),
+        "complete_episodes": len(rets),
+        "clipped_return": stats,
+    }
