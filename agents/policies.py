@@ -63,7 +63,7 @@ POLICIES = ("random",)
 
 
 def make_policy(name: str, num_actions: int, seed: int) -> Policy:
-    """Build a collection policy by config name (``random``; trained agents join in later issues)."""
+    """A collection policy by config name (``random``; trained agents join in later issues)."""
     if name == "random":
         return RandomPolicy(num_actions, seed)
     raise ValueError(f"policy={name!r}: unknown; choose one of {list(POLICIES)}")

@@ -67,7 +67,7 @@ class AtariVecEnv:
     """A batch of ALE games behind one small interface for both backends.
 
     ``reset() -> obs``; ``step(actions) -> StepResult`` (synchronous); and, when
-    ``batch_size < num_envs``, ``send(actions, env_id)`` / ``recv()`` for envpool's asynchronous mode.
+    ``batch_size < num_envs``, ``send(actions, env_id)`` / ``recv()`` (envpool's async mode).
     """
 
     def __init__(

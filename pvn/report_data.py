@@ -7,11 +7,13 @@ from typing import Any
 
 def format_summary(s: dict[str, Any]) -> str:
     lines = [f"replay: {s['path']}", ""]
-    head = f"{'ckpt':>5} {'capacity':>9} {'add_count':>10} {'full':>5} {'new':>9} {'valid':>9} {'episodes':>9}"
-    lines.append(head)
+    lines.append(
+        f"{'ckpt':>5} {'capacity':>9} {'add_count':>10} {'full':>5} {'new':>9} {'valid':>9} "
+        f"{'episodes':>9}"
+    )
     for r in s["checkpoints"]:
         lines.append(
-            f"{r['checkpoint']:>5} {r['capacity']:>9} {r['add_count']:>10} {str(r['full']):>5} "
+            f"{r['checkpoint']:>5} {r['capacity']:>9} {r['add_count']:>10} {r['full']!s:>5} "
             f"{r['new_slots']:>9} {r['valid']:>9} {r['episodes_ended']:>9}"
         )
     ret = s["clipped_return"]

@@ -62,7 +62,7 @@ def discount_vector(gamma: float, n_step: int) -> np.ndarray:
 
 @dataclass
 class TransitionBatch:
-    """A batch of transitions as numpy arrays; ``observation`` is channels-first, oldest frame first."""
+    """A batch of transitions (numpy); frames channels-first, oldest frame first."""
 
     observation: np.ndarray  # uint8 (B, stack, 84, 84)
     action: np.ndarray  # int64 (B,)
