@@ -2,7 +2,15 @@
 
 from replay.dataset import DQNReplayDataset
 from replay.errors import ReplayError
+from replay.prefetch import Prefetcher, TorchBatch
 from replay.transitions import TransitionBatch
 from replay.writer import DQNReplayWriter
 
-__all__ = ["DQNReplayDataset", "DQNReplayWriter", "ReplayError", "TransitionBatch"]
+__all__ = [
+    "DQNReplayDataset",
+    "DQNReplayWriter",
+    "Prefetcher",
+    "ReplayError",
+    "TorchBatch",
+    "TransitionBatch",
+]

@@ -1,0 +1,72 @@
+"""Shared fixtures: Dopamine's own checkpoints (../shared/fixtures) and frames from real ALE play."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("PVN_SHARED", REPO.parent / "shared"))
+DOPAMINE_FIXTURE = SHARED / "fixtures" / "dopamine_breakout"
+
+
+@pytest.fixture(scope="session")
+def dopamine_fixture() -> Path:
+    """Checkpoints written by Dopamine's own replay code (see ../shared/fixtures/README.md)."""
+    if not (DOPAMINE_FIXTURE / "reference.npz").is_file():
+        pytest.fail(f"missing {DOPAMINE_FIXTURE}: the shared fixtures must sit beside the repo")
+    return DOPAMINE_FIXTURE
+
+
+@pytest.fixture
+def dopamine_copy(tmp_path, dopamine_fixture) -> Path:
+    """A writable copy of the Dopamine fixture's replay_logs."""
+    dst = tmp_path / "replay_logs"
+    shutil.copytree(dopamine_fixture / "replay_logs", dst)
+    for f in dst.iterdir():
+        f.chmod(0o644)
+    return dst
+
+
+@pytest.fixture(scope="session")
+def ale_episodes() -> list[tuple[np.ndarray, np.ndarray, np.ndarray, bool]]:
+    """Episodes of real Breakout play (random policy, dopamine protocol), straight from envpool.
+
+    Returns (frames uint8 (T, 84, 84), actions, clipped rewards, terminated) per episode; the last
+    one is cut short (not terminated). Played here, independently of ``pvn collect``.
+    """
+    import envpool
+
+    env = envpool.make(
+        "Breakout-v5",
+        env_type="gymnasium",
+        num_envs=1,
+        seed=3,
+        stack_num=1,
+        noop_max=1,
+        episodic_life=False,
+        reward_clip=False,
+        use_fire_reset=False,
+        repeat_action_probability=0.25,
+    )
+    rng = np.random.default_rng(0)
+    obs, _ = env.reset()
+    episodes, frames, actions, rewards = [], [], [], []
+    while len(episodes) < 6:
+        a = rng.integers(0, 4, size=1)
+        frames.append(obs[0, 0].copy())
+        actions.append(int(a[0]))
+        obs, r, term, trunc, _ = env.step(a)
+        rewards.append(float(np.clip(r[0], -1, 1)))
+        if term[0] or trunc[0]:
+            episodes.append((np.stack(frames), np.array(actions), np.array(rewards), True))
+            frames, actions, rewards = [], [], []
+            obs, *_ = env.step(a)  # envpool's auto-reset step
+    env.close()
+    f, a, r, _ = episodes[-1]
+    episodes[-1] = (f[:50], a[:50], r[:50].astype(np.float32), False)
+    return [(f, a, r.astype(np.float32), t) for f, a, r, t in episodes]

@@ -1,0 +1,67 @@
+"""The memory-mapped cache: converted once, reused, rebuilt when stale or half-written."""
+
+from __future__ import annotations
+
+import gzip
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+
+from replay import DQNReplayDataset
+from replay import cache as cache_mod
+
+
+def test_converted_once_then_reused(dopamine_copy, tmp_path, monkeypatch):
+    cache = tmp_path / "cache"
+    first = DQNReplayDataset(dopamine_copy, cache_dir=cache)
+    assert len(list(cache.rglob("meta.json"))) == 4
+    assert isinstance(first.checkpoint(0).observation, np.memmap)
+
+    def fail(*a, **k):
+        raise AssertionError("reconverted a current cache entry")
+
+    monkeypatch.setattr(cache_mod, "_convert", fail)
+    second = DQNReplayDataset(dopamine_copy, cache_dir=cache)
+    np.testing.assert_array_equal(second.valid_mask(2), first.valid_mask(2))
+
+
+def test_stale_entry_is_rebuilt(dopamine_copy, tmp_path):
+    cache = tmp_path / "cache"
+    DQNReplayDataset(dopamine_copy, cache_dir=cache)
+    path = dopamine_copy / "$store$_reward_ckpt.0.gz"
+    with gzip.open(path) as f:
+        reward = np.load(f, allow_pickle=False)
+    reward[:] = 0.5
+    with gzip.open(path, "wb") as f:
+        np.save(f, reward)
+    os.utime(path, ns=(1, 1))  # a different mtime even on coarse clocks
+    ds = DQNReplayDataset(dopamine_copy, cache_dir=cache)
+    assert np.all(ds.checkpoint(0).reward == 0.5)
+
+
+def test_conversion_killed_midway_is_redone(dopamine_copy, tmp_path):
+    """SIGKILL a real conversion in a subprocess after its first chunk; the next open redoes it."""
+    cache = tmp_path / "cache"
+    script = textwrap.dedent(
+        f"""
+        import os, signal
+        from replay import DQNReplayDataset
+        def progress(desc, total):
+            def cb(n):
+                os.kill(os.getpid(), signal.SIGKILL)
+            return cb
+        DQNReplayDataset({str(dopamine_copy)!r}, cache_dir={str(cache)!r}, progress=progress)
+        """
+    )
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True)
+    assert proc.returncode == -9
+    assert not list(cache.rglob("meta.json")), "no entry may look complete"
+    assert list(cache.rglob("ckpt.0.tmp-*")), "the killed conversion left its temporary dir"
+    ds = DQNReplayDataset(dopamine_copy, cache_dir=cache)
+    assert not list(cache.rglob("ckpt.0.tmp-*"))
+    fresh = DQNReplayDataset(dopamine_copy, cache_dir=tmp_path / "fresh")
+    for c in ds.checkpoints:
+        np.testing.assert_array_equal(ds.checkpoint(c).observation, fresh.checkpoint(c).observation)
