@@ -1,4 +1,4 @@
-"""Shared fixtures: Dopamine's own checkpoints (../shared/fixtures) and frames from real ALE play."""
+"""Shared fixtures: Dopamine-written checkpoints (../shared/fixtures) and real ALE frames."""
 
 from __future__ import annotations
 

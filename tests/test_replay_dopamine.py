@@ -54,7 +54,7 @@ def test_cursor_guard_removes_exactly_the_straddling_slots(dopamine_fixture, ref
             expected = sorted(
                 set(cursor_range(ck.cursor, ck.capacity, 4, 3)) - set(ck.invalid_range)
             )
-            expected = [i for i in expected if reference["valid_h3_c%d" % c][i]]
+            expected = [i for i in expected if reference[f"valid_h3_c{c}"][i]]
             np.testing.assert_array_equal(dropped, expected)
             # each dropped slot's 3-step window runs into the cursor slot (an older round's frame)
             assert all(ck.cursor in {(i + k) % ck.capacity for k in (1, 2, 3)} for i in dropped)
