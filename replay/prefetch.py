@@ -4,6 +4,11 @@ numpy's gathers release the GIL, so a sampling thread overlaps with the learner'
 Batches are gathered straight into torch-owned (pinned, when the device is CUDA) memory and
 moved with ``non_blocking=True``, so the hot loop never waits on a host copy.
 
+Host buffers are a ring allocated once (fresh multi-MB allocations per batch cost page faults
+that halve throughput), so **a batch is valid until the next one is taken**: the learner must use
+(or copy) it before calling ``next`` again, as with any reusing loader. On CUDA a buffer is
+recycled only after the event recorded behind its non-blocking copy has completed.
+
 Resuming is exact: :meth:`Prefetcher.state_dict` is the sampler state *after the last batch
 handed out*, not after the batches drawn ahead, so restoring it into a fresh dataset replays
 the same stream from the next unconsumed batch.
@@ -79,6 +84,10 @@ class Prefetcher:
         self.pin = self.device.type == "cuda" if pin_memory is None else pin_memory
         self._state = dataset.state_dict()
         self._queue: queue.Queue = queue.Queue(maxsize=depth)
+        self._free: queue.Queue = queue.Queue()
+        for _ in range(depth + 2):  # depth queued + one being filled + one held by the learner
+            self._free.put((torch_batch(batch_size, dataset.stack_size, self.pin), None))
+        self._held = None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._work, name="pvn-prefetch", daemon=True)
         self._thread.start()
@@ -92,12 +101,22 @@ class Prefetcher:
                 continue
         return False
 
+    def _take_free(self):
+        while not self._stop.is_set():
+            try:
+                return self._free.get(timeout=0.1)
+            except queue.Empty:
+                continue
+        return None
+
     def _work(self) -> None:
         try:
-            while not self._stop.is_set():
-                tb, nb = torch_batch(self.batch_size, self.dataset.stack_size, self.pin)
+            while (item := self._take_free()) is not None:
+                (tb, nb), copied = item
+                if copied is not None:
+                    copied.synchronize()  # the device copy out of this buffer has finished
                 self.dataset.sample(self.batch_size, out=nb)
-                if not self._put((tb, self.dataset.state_dict())):
+                if not self._put(((tb, nb), self.dataset.state_dict())):
                     return
         except BaseException as e:  # hand the error to the consumer instead of dying silently
             self._put(e)
@@ -106,11 +125,22 @@ class Prefetcher:
         return self
 
     def __next__(self) -> TorchBatch:
+        if self._held is not None:  # the learner is done with the previous batch
+            self._free.put(self._held)
+            self._held = None
         item = self._queue.get()
         if isinstance(item, BaseException):
             raise item
-        batch, self._state = item
-        return batch.to(self.device) if self.device.type != "cpu" else batch
+        buffers, self._state = item
+        host = buffers[0]
+        if self.device.type == "cpu":
+            self._held = (buffers, None)
+            return host
+        batch = host.to(self.device)
+        event = torch.cuda.Event()
+        event.record()
+        self._held = (buffers, event)
+        return batch
 
     def state_dict(self) -> dict[str, Any]:
         """Sampler state after the last batch handed out (restore with the dataset's loader)."""

@@ -98,14 +98,19 @@ def gather_into(
     cap, n_step = ck.capacity, len(discount)
     idx = np.asarray(indices, dtype=np.int64)
     rows = slice(start, start + len(idx))
-    window = (idx[:, None] + np.arange(n_step)) % cap
-    terms = np.asarray(ck.terminal[window], dtype=bool)
-    rewards = np.asarray(ck.reward[window], dtype=np.float32)
-    is_terminal = terms.any(axis=1)
-    length = np.where(is_terminal, terms.argmax(axis=1) + 1, n_step)
-    total = np.zeros(len(idx), dtype=np.float32)
-    for k in range(n_step):  # in order, in float32: bit-identical to Dopamine's np.sum
-        total += np.where(k < length, discount[k] * rewards[:, k], np.float32(0))
+    if n_step == 1:  # the common case, without the window machinery (r * 1.0 is exact)
+        is_terminal = ck.terminal[idx].astype(bool)
+        length = 1
+        total = ck.reward[idx]
+    else:
+        window = (idx[:, None] + np.arange(n_step)) % cap
+        terms = ck.terminal[window].astype(bool)
+        rewards = ck.reward[window]
+        is_terminal = terms.any(axis=1)
+        length = np.where(is_terminal, terms.argmax(axis=1) + 1, n_step)
+        total = np.zeros(len(idx), dtype=np.float32)
+        for k in range(n_step):  # in order, in float32: bit-identical to Dopamine's np.sum
+            total += np.where(k < length, discount[k] * rewards[:, k], np.float32(0))
     back = np.arange(-stack_size + 1, 1)
     # mode='wrap' wraps around the circular buffer and lets np.take write into `out` unbuffered.
     np.take(ck.observation, idx[:, None] + back, axis=0, out=out.observation[rows], mode="wrap")
