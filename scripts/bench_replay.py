@@ -58,9 +58,8 @@ def dopamine_loop_sampler(ds: DQNReplayDataset, rng: np.random.Generator):
     def is_valid(index):
         if index < 0 or index >= cap:
             return False
-        if not ck.is_full:
-            if index >= ck.cursor - n or index < stack - 1:
-                return False
+        if not ck.is_full and (index >= ck.cursor - n or index < stack - 1):
+            return False
         if index in set(ck.invalid_range):
             return False
         return not get_range(store["terminal"], index - stack + 1, index + 1)[:-1].any()
@@ -136,8 +135,8 @@ def throughput(path: Path, cache: Path, seconds: float) -> dict:
                 out[f"n{n}_b{batch}"] = compare(
                     {
                         "pvn": lambda b=batch, d=ds, o=buf: (d.sample(b, out=o), b)[1],
-                        "dopamine_loop": lambda b=batch: loop(b),
-                        "bare_gather": lambda b=batch: bare(b),
+                        "dopamine_loop": lambda b=batch, f=loop: f(b),
+                        "bare_gather": lambda b=batch, f=bare: f(b),
                         "prefetcher": lambda b=batch, p=pf: (next(p), b)[1],
                     },
                     seconds=seconds,
