@@ -32,6 +32,7 @@ format: install
 	$(BIN)/ruff check --fix .
 
 bench: install
+	$(BIN)/python -m pip install --quiet -e ".[dev,bench]"
 	$(BIN)/python scripts/bench_replay.py
 	$(BIN)/python scripts/bench_envs.py
 
