@@ -22,12 +22,12 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _bench import emit  # noqa: E402
+from _bench import emit
 
-from agents.policies import RandomPolicy  # noqa: E402
-from envs import make_atari  # noqa: E402
-from pvn.collect import run_collection  # noqa: E402
-from replay import DQNReplayWriter  # noqa: E402
+from agents.policies import RandomPolicy
+from envs import make_atari
+from pvn.collect import run_collection
+from replay import DQNReplayWriter
 
 
 def envpool_alone(game: str, num_envs: int, steps: int) -> float:
