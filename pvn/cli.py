@@ -24,6 +24,8 @@ commands:
                  pvn collect game=Pong steps=50000 out=data/pong num_envs=8 seed=0
   data info    checkpoints, transitions, valid transitions, episodes, returns of a log
                  pvn data info data/pong
+  pretrain     proto-value network pretraining on a DQN Replay log (resumes in run_dir)
+                 pvn pretrain data.path=data/pong run_dir=runs/pvn steps=2000 seed=0
   quickstart   the demo: collect a small Pong log and summarise it
 
 Overrides use Hydra's grammar (key=value, lists as [0,1]). `pvn COMMAND --help` lists a command's
@@ -67,6 +69,12 @@ def _collect(cfg):
     return collect(cfg)
 
 
+def _pretrain(cfg):
+    from pvn.pretrain import pretrain
+
+    return pretrain(cfg)
+
+
 def _data(args: list[str]) -> int:
     if not args or args[0] in ("-h", "--help") or args[0] != "info":
         print(
@@ -98,6 +106,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if cmd == "collect":
             return _run_configured("collect", rest, _collect)
+        if cmd == "pretrain":
+            return _run_configured("pretrain", rest, _pretrain)
         if cmd == "data":
             return _data(rest)
         if cmd == "quickstart":

@@ -55,16 +55,29 @@ def _type_ok(default, value) -> bool:
     return True
 
 
+def config_groups() -> set[str]:
+    """Names of the config groups (sub-directories of the ``configs`` package)."""
+    from importlib.resources import files
+
+    return {p.name for p in files("configs").iterdir() if p.is_dir() and p.name[0] != "_"}
+
+
 def load_config(name: str, overrides: list[str]) -> DictConfig:
-    """Compose ``configs/<name>.yaml`` with ``overrides`` and validate keys and value types."""
-    base = _compose(name, [])
+    """Compose ``configs/<name>.yaml`` with ``overrides`` and validate keys and value types.
+
+    Group choices (``torso=impala``) are applied first, so the keys of the chosen options
+    (``torso.width``) are known when the other overrides are checked.
+    """
+    groups = config_groups()
+    for ov in overrides:
+        if "=" not in ov:
+            raise ConfigError(f"pvn {name}: '{ov}' is not key=value")
+    choices = [ov for ov in overrides if ov.split("=", 1)[0].lstrip("+~") in groups]
+    base = _compose(name, choices)
     keys = {path for path, _ in _leaves(base)}
-    groups = set(base.keys())
     for ov in overrides:
         key = ov.split("=", 1)[0].lstrip("+~")
-        if "=" not in ov:
-            raise ConfigError(f"pvn {name}: '{ov}' is not key=value; valid keys: {sorted(keys)}")
-        if key not in keys and key not in groups:
+        if key not in keys and key not in groups and key not in base:
             raise ConfigError(f"pvn {name}: unknown key '{key}'; valid keys: {sorted(keys)}")
     cfg = _compose(name, overrides)
     defaults = dict(_leaves(base))

@@ -1,0 +1,44 @@
+"""Random-network indicators, the PVN paper's task family (Farebrother et al. 2023, Sec. 4).
+
+Task ``i`` is the set of states on which a frozen random network's output ``f_i(s)``, shifted by a
+learned bias ``b_i``, is positive: ``r_i(s) = 1[f_i(s) + b_i > 0]``. The biases are fit by a
+quantile (pinball) loss ``mean(u * ((1 - p) - 1[u < 0]))`` with ``u = f_i(s) + b_i``, whose
+minimiser puts ``b_i`` at the ``(1 - p)``-quantile of ``-f_i``, so each indicator fires on a
+fraction ``p`` of the data's states (``target_reward_proportion``; paper: 0.01). Only the biases
+learn; the networks stay at their random init.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from auxiliary.base import TaskFamily, TaskOutput
+from auxiliary.random_nets import RandomConvNets
+
+
+class IndicatorRND(TaskFamily):
+    indicator = True
+
+    def __init__(
+        self,
+        num_tasks: int,
+        gen: torch.Generator,
+        tasks_per_module: int = 10,
+        target_proportion: float = 0.01,
+    ) -> None:
+        super().__init__()
+        if num_tasks % tasks_per_module:
+            raise ValueError(
+                f"tasks.num_tasks={num_tasks} must be a multiple of "
+                f"tasks.tasks_per_module={tasks_per_module}"
+            )
+        self.num_tasks, self.p = num_tasks, target_proportion
+        self.nets = RandomConvNets(num_tasks // tasks_per_module, tasks_per_module, gen)
+        self.bias = nn.Parameter(torch.zeros(num_tasks))
+
+    def forward(self, obs: torch.Tensor, reward: torch.Tensor) -> TaskOutput:
+        pre = self.nets(obs) + self.bias  # gradient reaches the bias only
+        below = (pre < 0).to(pre.dtype)
+        loss = (pre * ((1.0 - self.p) - below)).mean()
+        return TaskOutput(rewards=(pre.detach() > 0).to(pre.dtype), calibration_loss=loss)

@@ -1,0 +1,30 @@
+"""Random cumulants: the (squashed) outputs of frozen random networks as continuous rewards.
+
+The usual baseline for indicator tasks (e.g. Dabney et al. 2021; Lyle et al. 2021): the same
+frozen Nature-DQN nets as the RND indicators, without thresholding, squashed by ``tanh`` into
+[-1, 1] like clipped Atari rewards.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from auxiliary.base import TaskFamily, TaskOutput
+from auxiliary.random_nets import RandomConvNets
+
+
+class RandomCumulants(TaskFamily):
+    def __init__(self, num_tasks: int, gen: torch.Generator, tasks_per_module: int = 10) -> None:
+        super().__init__()
+        if num_tasks % tasks_per_module:
+            raise ValueError(
+                f"tasks.num_tasks={num_tasks} must be a multiple of "
+                f"tasks.tasks_per_module={tasks_per_module}"
+            )
+        self.num_tasks = num_tasks
+        self.nets = RandomConvNets(
+            num_tasks // tasks_per_module, tasks_per_module, gen, final_relu=False
+        )
+
+    def forward(self, obs: torch.Tensor, reward: torch.Tensor) -> TaskOutput:
+        return TaskOutput(rewards=torch.tanh(self.nets(obs)))

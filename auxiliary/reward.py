@@ -1,0 +1,20 @@
+"""The logged reward as the single task: value-function pretraining (n-step returns allowed)."""
+
+from __future__ import annotations
+
+import torch
+
+from auxiliary.base import TaskFamily, TaskOutput
+
+
+class LoggedReward(TaskFamily):
+    state_based = False
+
+    def __init__(self, num_tasks: int = 1, gen: torch.Generator | None = None) -> None:
+        super().__init__()
+        if num_tasks != 1:
+            raise ValueError(f"tasks.num_tasks={num_tasks}: the reward family has exactly 1 task")
+        self.num_tasks = 1
+
+    def forward(self, obs: torch.Tensor, reward: torch.Tensor) -> TaskOutput:
+        return TaskOutput(rewards=reward.float().unsqueeze(1))

@@ -1,0 +1,72 @@
+"""Run-directory checkpoints: atomic writes, keep the last K, find the latest, load safely.
+
+A checkpoint is written to a temporary file, fsynced, then renamed over ``ckpt_<step>.pt``, so a
+kill at any moment leaves either the previous set or the new one, never half a file. Loading uses
+``torch.load(weights_only=True)``: tensors and plain containers only, no arbitrary unpickling.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from pvn.errors import CheckpointError
+
+_NAME = re.compile(r"^ckpt_(\d{9})\.pt$")
+
+
+def checkpoint_dir(run_dir: str | Path) -> Path:
+    return Path(run_dir) / "checkpoints"
+
+
+def list_checkpoints(run_dir: str | Path) -> list[Path]:
+    """Complete checkpoints of a run, oldest first."""
+    d = checkpoint_dir(run_dir)
+    if not d.is_dir():
+        return []
+    return sorted(d / f for f in os.listdir(d) if _NAME.match(f))
+
+
+def save_checkpoint(run_dir: str | Path, step: int, state: dict[str, Any], keep: int) -> Path:
+    d = checkpoint_dir(run_dir)
+    d.mkdir(parents=True, exist_ok=True)
+    path = d / f"ckpt_{step:09d}.pt"
+    tmp = d / f".{path.name}.tmp-{os.getpid()}"
+    with open(tmp, "wb") as f:
+        torch.save(state, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    dir_fd = os.open(d, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+    for old in list_checkpoints(run_dir)[:-keep]:
+        old.unlink()
+    return path
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise CheckpointError(f"{path}: no such checkpoint") from None
+    except Exception as e:  # truncated, not a torch file, or holds non-tensor objects
+        raise CheckpointError(f"{path}: unreadable checkpoint ({type(e).__name__}: {e})") from None
+
+
+def resolve_checkpoint(path: str | Path) -> Path:
+    """A checkpoint file, or the latest checkpoint of a run directory."""
+    path = Path(path)
+    if path.is_file():
+        return path
+    found = list_checkpoints(path)
+    if not found:
+        raise CheckpointError(f"{path}: neither a checkpoint file nor a run dir with checkpoints")
+    return found[-1]

@@ -1,0 +1,31 @@
+"""``pvn.load_encoder``: the frozen torso of a pretraining run, as a plain ``nn.Module``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from pvn.checkpoint import load_checkpoint, resolve_checkpoint
+from pvn.errors import CheckpointError
+from pvn.networks import build_torso
+
+
+def load_encoder(path: str | Path, device: str | torch.device = "cpu") -> nn.Module:
+    """The torso of a run directory's latest checkpoint (or of a checkpoint file), frozen.
+
+    uint8 ``(B, 4, 84, 84)`` in, ``(B, D)`` features out; ``.feature_dim`` gives D. Parameters
+    have ``requires_grad=False`` and the module is in eval mode.
+    """
+    ckpt = resolve_checkpoint(path)
+    state = load_checkpoint(ckpt)
+    try:
+        torso_cfg = dict(state["meta"]["torso"])
+        online = state["learner"]["online"]
+    except (KeyError, TypeError):
+        raise CheckpointError(f"{ckpt}: not a pvn pretraining checkpoint") from None
+    torso = build_torso(torso_cfg.pop("name"), torch.Generator().manual_seed(0), **torso_cfg)
+    prefix = "torso."
+    torso.load_state_dict({k[len(prefix) :]: v for k, v in online.items() if k.startswith(prefix)})
+    return torso.to(device).eval().requires_grad_(False)

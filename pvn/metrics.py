@@ -1,0 +1,44 @@
+"""Run metrics: TensorBoard (``run_dir/tb``) and ``run_dir/metrics.jsonl``, one record per log.
+
+TensorBoard keys follow one convention (``losses/...``, ``tasks/...``, ``repr/...``,
+``charts/...``); ``metrics.jsonl`` uses the bare names (``td_loss``, ``fire_mean``, ...).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+TB_GROUP = {
+    "td_loss": "losses",
+    "calibration_loss": "losses",
+    "q_mean": "losses",
+    "fire_mean": "tasks",
+    "fire_min": "tasks",
+    "fire_max": "tasks",
+    "reward_mean": "tasks",
+    "srank": "repr",
+    "dormant_fraction": "repr",
+    "grad_norm": "charts",
+    "updates_per_s": "charts",
+    "samples_per_s": "charts",
+}
+
+
+class MetricsLogger:
+    def __init__(self, run_dir: str | Path) -> None:
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.run_dir = Path(run_dir)
+        self.tb = SummaryWriter(str(self.run_dir / "tb"))
+        self._jsonl = open(self.run_dir / "metrics.jsonl", "a")  # noqa: SIM115 (kept open)
+
+    def log(self, step: int, values: dict[str, float]) -> None:
+        for k, v in values.items():
+            self.tb.add_scalar(f"{TB_GROUP.get(k, 'charts')}/{k}", v, step)
+        self._jsonl.write(json.dumps({"step": step, **values}) + "\n")
+        self._jsonl.flush()
+
+    def close(self) -> None:
+        self.tb.close()
+        self._jsonl.close()

@@ -1,0 +1,6 @@
+"""Network building blocks: torsos (named block sequences), multi-task heads."""
+
+from pvn.networks.heads import MultiTaskHead, PVNNetwork
+from pvn.networks.torsos import TORSOS, Torso, build_torso, impala, nature
+
+__all__ = ["TORSOS", "MultiTaskHead", "PVNNetwork", "Torso", "build_torso", "impala", "nature"]

@@ -1,0 +1,98 @@
+"""Torsos: uint8 ``(B, 4, 84, 84)`` observations in, ``(B, D)`` features out.
+
+A torso is an ordered sequence of named blocks (``torso.blocks``), the last of which produces the
+feature layer. Later methods address blocks by name: local learning trains each block with its
+own loss, MoE layers replace the feature block.
+
+* ``nature`` -- Mnih et al. (2015): conv 32x8x8/4, 64x4x4/2, 64x3x3/1 (valid padding), Dense(512).
+* ``impala`` -- Espeholt et al. (2018) as in the PVN code: three stacks of
+  [conv3x3 -> maxpool 3x3/2 -> 2 residual blocks (relu, conv, relu, conv, +skip)] with
+  (16, 32, 32) x ``width`` channels, then relu, flatten, Dense(``feature_dim``), relu.
+  ``impala_x8`` (width 8, 4096 features) is the PVN paper's ~133M-parameter torso.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+
+import torch
+from torch import nn
+
+from pvn.networks.init import init_module_
+
+
+class Torso(nn.Module):
+    """An ordered sequence of named blocks; input scaled from uint8 to [0, 1] first."""
+
+    def __init__(self, blocks: list[tuple[str, nn.Module]], feature_dim: int) -> None:
+        super().__init__()
+        self.blocks = nn.ModuleDict(OrderedDict(blocks))
+        self.feature_dim = feature_dim
+
+    def forward(self, obs: torch.Tensor) -> torch.Tensor:
+        x = obs.float().div_(255.0) if obs.dtype == torch.uint8 else obs
+        for block in self.blocks.values():
+            x = block(x)
+        return x
+
+
+def _flat_dense(in_features: int, out_features: int, relu_first: bool) -> nn.Sequential:
+    layers: list[nn.Module] = [nn.ReLU()] if relu_first else []
+    return nn.Sequential(*layers, nn.Flatten(), nn.Linear(in_features, out_features), nn.ReLU())
+
+
+def nature(in_channels: int = 4, feature_dim: int = 512) -> Torso:
+    blocks = [
+        ("conv1", nn.Sequential(nn.Conv2d(in_channels, 32, 8, stride=4), nn.ReLU())),
+        ("conv2", nn.Sequential(nn.Conv2d(32, 64, 4, stride=2), nn.ReLU())),
+        ("conv3", nn.Sequential(nn.Conv2d(64, 64, 3, stride=1), nn.ReLU())),
+        ("features", _flat_dense(64 * 7 * 7, feature_dim, relu_first=False)),
+    ]
+    return Torso(blocks, feature_dim)
+
+
+class ResidualBlock(nn.Module):
+    """relu -> conv3x3 -> relu -> conv3x3, plus the input."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(channels, channels, 3, padding=1)
+        self.conv2 = nn.Conv2d(channels, channels, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.conv2(torch.relu(self.conv1(torch.relu(x))))
+
+
+def impala_stack(in_channels: int, channels: int, num_blocks: int = 2) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(in_channels, channels, 3, padding=1),
+        nn.MaxPool2d(3, stride=2, padding=1),
+        *(ResidualBlock(channels) for _ in range(num_blocks)),
+    )
+
+
+def impala(
+    in_channels: int = 4,
+    width: int = 1,
+    feature_dim: int = 512,
+    stack_sizes: tuple[int, ...] = (16, 32, 32),
+    num_blocks: int = 2,
+) -> Torso:
+    blocks, c, size = [], in_channels, 84
+    for i, s in enumerate(stack_sizes, start=1):
+        blocks.append((f"stack{i}", impala_stack(c, s * width, num_blocks)))
+        c, size = s * width, (size + 1) // 2
+    blocks.append(("features", _flat_dense(c * size * size, feature_dim, relu_first=True)))
+    return Torso(blocks, feature_dim)
+
+
+TORSOS = {"nature": nature, "impala": impala}
+
+
+def build_torso(name: str, gen: torch.Generator, **kwargs) -> Torso:
+    """A torso by registry name, Xavier-initialised from ``gen``."""
+    if name not in TORSOS:
+        raise ValueError(f"torso={name!r}: unknown; choose one of {sorted(TORSOS)}")
+    torso = TORSOS[name](**kwargs)
+    init_module_(torso, gen)
+    return torso

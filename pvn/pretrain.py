@@ -1,0 +1,230 @@
+"""``pvn pretrain``: the PVN pretraining loop, from a resolved config to a run directory.
+
+Reads top to bottom: validate the config; open the data; build torso, heads and tasks from the
+seed; resume from the run directory's latest checkpoint if there is one; then update, log and
+checkpoint. Batches are sampled on a background thread (``replay.Prefetcher``); metrics stay on
+the device and are read back only every ``log_every`` updates.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from auxiliary import build_tasks
+from pvn.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
+from pvn.config import require, save_config
+from pvn.diagnostics import dormant_fraction, srank
+from pvn.errors import ConfigError, PVNError
+from pvn.learner import PVNLearner, TDConfig
+from pvn.metrics import MetricsLogger
+from pvn.networks import MultiTaskHead, PVNNetwork, build_torso
+from pvn.optim import build_optimizer
+from pvn.progress import bar, byte_bars
+from replay import DQNReplayDataset, Prefetcher
+
+#: Keys that may change when a run is resumed (they do not change what is computed).
+RESUMABLE_KEYS = {"steps", "progress", "checkpoint_every", "keep_checkpoints", "log_every"}
+
+
+class NonFiniteLoss(PVNError):
+    """The loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+def _validate(cfg: DictConfig) -> None:
+    require(cfg.steps > 0, "steps", cfg.steps, "must be > 0")
+    require(cfg.batch_size > 0, "batch_size", cfg.batch_size, "must be > 0")
+    require(cfg.checkpoint_every > 0, "checkpoint_every", cfg.checkpoint_every, "must be > 0")
+    require(cfg.log_every > 0, "log_every", cfg.log_every, "must be > 0")
+    require(cfg.keep_checkpoints > 0, "keep_checkpoints", cfg.keep_checkpoints, "must be > 0")
+    require(cfg.device in ("cpu", "cuda"), "device", cfg.device, "choose cpu or cuda")
+    if cfg.device == "cuda":
+        require(torch.cuda.is_available(), "device", cfg.device, "no CUDA device is available")
+    require(cfg.td.aggregate in ("mean", "max"), "td.aggregate", cfg.td.aggregate, "mean or max")
+    require(cfg.td.loss in ("l2", "huber"), "td.loss", cfg.td.loss, "choose l2 or huber")
+    require(
+        (cfg.td.target_tau is None) != (cfg.td.target_period is None),
+        "td.target_tau",
+        cfg.td.target_tau,
+        "set exactly one of td.target_tau and td.target_period",
+    )
+    if cfg.td.target_tau is not None:
+        require(0 < cfg.td.target_tau <= 1, "td.target_tau", cfg.td.target_tau, "in (0, 1]")
+    for group in ("local", "moe", "distributed"):
+        name = cfg[group].name
+        require(name == "none", group, name, "not available yet (only 'none')")
+
+
+def _check_resumable(run_dir: Path, cfg: DictConfig) -> None:
+    saved = OmegaConf.load(run_dir / "config.yaml")
+    old = OmegaConf.to_container(saved, resolve=True)
+    new = OmegaConf.to_container(cfg, resolve=True)
+    diff = sorted(k for k in set(old) | set(new) if k not in RESUMABLE_KEYS and old.get(k) != new.get(k))
+    if diff:
+        raise ConfigError(
+            f"{run_dir}: holds a run with a different config ({', '.join(diff)}); "
+            "resume with the same settings or choose a new run_dir"
+        )
+
+
+def build(cfg: DictConfig, num_actions: int) -> PVNLearner:
+    """Networks, tasks and optimizers of a run, all drawn from ``cfg.seed``."""
+    gen = torch.Generator().manual_seed(int(cfg.seed))
+    torso_cfg = dict(cfg.torso)
+    torso = build_torso(torso_cfg.pop("name"), gen, **torso_cfg)
+    task_cfg = dict(cfg.tasks)
+    task_name, task_lr = task_cfg.pop("name"), task_cfg.pop("calibration_lr", None)
+    try:
+        tasks = build_tasks(task_name, gen, **task_cfg)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"tasks: {e}") from None
+    if tasks.state_based and cfg.data.n_step != 1:
+        raise ConfigError(
+            f"data.n_step={cfg.data.n_step}: tasks={task_name} rewards depend on the state, "
+            "so transitions must be one-step (data.n_step=1)"
+        )
+    head = MultiTaskHead(torso.feature_dim, tasks.num_tasks, num_actions, gen)
+    device = torch.device(cfg.device)
+    network, tasks = PVNNetwork(torso, head).to(device), tasks.to(device)
+    optim_cfg = OmegaConf.to_container(cfg.optimizer, resolve=True)
+    optimizer = build_optimizer(optim_cfg, network.parameters())
+    task_params = [p for p in tasks.parameters() if p.requires_grad]
+    task_opt = build_optimizer(optim_cfg, task_params, lr=task_lr) if task_params else None
+    td = TDConfig(
+        gamma=cfg.data.gamma,
+        n_step=cfg.data.n_step,
+        bf16=cfg.bf16,
+        **OmegaConf.to_container(cfg.td, resolve=True),
+    )
+    learner = PVNLearner(network, tasks, optimizer, task_opt, td)
+    if cfg.compile:
+        learner.online.forward = torch.compile(learner.online.forward)
+    return learner
+
+
+def infer_num_actions(ds: DQNReplayDataset) -> int:
+    return int(max(int(np.max(ds.checkpoint(c).action)) for c in ds.checkpoints)) + 1
+
+
+class _Accumulator:
+    """Sums of per-update device tensors between logs (no host sync until read)."""
+
+    def __init__(self) -> None:
+        self.sums: dict[str, torch.Tensor] = {}
+        self.counts: dict[str, int] = {}
+        self.fire: torch.Tensor | None = None
+        self.fire_n = 0
+
+    def add(self, m: dict[str, torch.Tensor], indicator: bool) -> None:
+        for k in ("td_loss", "calibration_loss", "q_mean", "grad_norm"):
+            if k in m:
+                self.sums[k] = self.sums.get(k, 0) + m[k]
+                self.counts[k] = self.counts.get(k, 0) + 1
+        r = m["rewards"].float()
+        if indicator:
+            s = r.sum(0)
+            self.fire = s if self.fire is None else self.fire + s
+            self.fire_n += r.shape[0]
+        self.sums["reward_mean"] = self.sums.get("reward_mean", 0) + r.mean()
+        self.counts["reward_mean"] = self.counts.get("reward_mean", 0) + 1
+
+    def read(self) -> dict[str, float]:
+        out = {k: float(v) / self.counts[k] for k, v in self.sums.items()}
+        if self.fire is not None:
+            rate = self.fire / self.fire_n
+            out.update(
+                fire_mean=float(rate.mean()), fire_min=float(rate.min()), fire_max=float(rate.max())
+            )
+        self.__init__()
+        return out
+
+
+def pretrain(cfg: DictConfig) -> dict[str, Any]:
+    """Run (or resume) ``pvn pretrain``; returns the last logged metrics."""
+    _validate(cfg)
+    run_dir = Path(cfg.run_dir)
+    resume = list_checkpoints(run_dir)
+    if resume:
+        _check_resumable(run_dir, cfg)
+    ds = DQNReplayDataset(
+        cfg.data.path,
+        checkpoints=None if cfg.data.checkpoints is None else list(cfg.data.checkpoints),
+        n_step=cfg.data.n_step,
+        gamma=cfg.data.gamma,
+        cache_dir=cfg.data.cache_dir,
+        seed=int(cfg.seed),
+        progress=byte_bars(cfg.progress),
+    )
+    num_actions = cfg.data.num_actions or infer_num_actions(ds)
+    learner = build(cfg, num_actions)
+    start = 0
+    if resume:
+        state = load_checkpoint(resume[-1])
+        learner.load_state_dict(state["learner"])
+        ds.load_state_dict(state["sampler"])
+        start = int(state["step"])
+    save_config(cfg, run_dir)
+    meta = {
+        "torso": OmegaConf.to_container(cfg.torso, resolve=True),
+        "num_actions": num_actions,
+        "num_tasks": learner.tasks.num_tasks,
+    }
+    logger = MetricsLogger(run_dir)
+    first_bad = torch.full((), -1, dtype=torch.long, device=cfg.device)
+    acc, last = _Accumulator(), {}
+    t_log, n_log = time.perf_counter(), 0
+
+    def check_finite(step: int) -> None:
+        if int(first_bad) >= 0:
+            raise NonFiniteLoss(
+                f"non-finite loss at update {int(first_bad)}; stopped at update {step}, last good "
+                f"checkpoint kept in {run_dir / 'checkpoints'}"
+            )
+
+    try:
+        with (
+            Prefetcher(ds, cfg.batch_size, cfg.device, depth=cfg.data.prefetch) as batches,
+            bar(cfg.steps, "pretrain", "upd", cfg.progress, initial=start) as pbar,
+        ):
+            for step in range(start, cfg.steps):
+                m = learner.update(next(batches), step)
+                bad = ~torch.isfinite(m["loss"]) & (first_bad < 0)
+                first_bad = torch.where(bad, torch.full_like(first_bad, step), first_bad)
+                acc.add(m, learner.tasks.indicator)
+                n_log += 1
+                done = step + 1
+                if done % cfg.log_every == 0 or done == cfg.steps:
+                    check_finite(done)
+                    last = acc.read()
+                    if "features" in m:
+                        last["srank"] = int(srank(m["features"]))
+                        last["dormant_fraction"] = float(
+                            dormant_fraction(m["features"], cfg.diagnostics.dormant_tau)
+                        )
+                    dt = time.perf_counter() - t_log
+                    last["updates_per_s"] = n_log / dt
+                    last["samples_per_s"] = n_log * cfg.batch_size / dt
+                    t_log, n_log = time.perf_counter(), 0
+                    logger.log(done, last)
+                    pbar.set_postfix(
+                        {k: f"{last[k]:.3g}" for k in ("td_loss", "fire_mean") if k in last}
+                    )
+                if done % cfg.checkpoint_every == 0 or done == cfg.steps:
+                    check_finite(done)
+                    state = {
+                        "format": 1,
+                        "step": done,
+                        "learner": learner.state_dict(),
+                        "sampler": batches.state_dict(),
+                        "meta": meta,
+                    }
+                    save_checkpoint(run_dir, done, state, cfg.keep_checkpoints)
+                pbar.update(1)
+    finally:
+        logger.close()
+    return {"run_dir": str(run_dir), "steps": cfg.steps, **last}
