@@ -1,4 +1,4 @@
-"""Auxiliary task families: ``family(obs, reward) -> TaskOutput(rewards (B, T), calibration_loss)``."""
+"""Auxiliary task families: ``family(obs, reward) -> TaskOutput(rewards (B, T), calibration)``."""
 
 from __future__ import annotations
 

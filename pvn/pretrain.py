@@ -64,7 +64,9 @@ def _check_resumable(run_dir: Path, cfg: DictConfig) -> None:
     saved = OmegaConf.load(run_dir / "config.yaml")
     old = OmegaConf.to_container(saved, resolve=True)
     new = OmegaConf.to_container(cfg, resolve=True)
-    diff = sorted(k for k in set(old) | set(new) if k not in RESUMABLE_KEYS and old.get(k) != new.get(k))
+    diff = sorted(
+        k for k in set(old) | set(new) if k not in RESUMABLE_KEYS and old.get(k) != new.get(k)
+    )
     if diff:
         raise ConfigError(
             f"{run_dir}: holds a run with a different config ({', '.join(diff)}); "
