@@ -6,6 +6,12 @@ quantile (pinball) loss ``mean(u * ((1 - p) - 1[u < 0]))`` with ``u = f_i(s) + b
 minimiser puts ``b_i`` at the ``(1 - p)``-quantile of ``-f_i``, so each indicator fires on a
 fraction ``p`` of the data's states (``target_reward_proportion``; paper: 0.01). Only the biases
 learn; the networks stay at their random init.
+
+``final_relu``: the PVN code ends each random net with a relu. A random output unit is then
+exactly 0 on most states whenever its weights lean negative, and ``f_i + b_i > 0`` cannot fire on
+a fraction ``p`` of states: the bias oscillates around 0 and the indicator flips between never
+and always firing (about half of the tasks on real Breakout frames at p = 0.1). pvn's default
+drops that relu so every task calibrates; ``preset=paper`` keeps it, as the official code does.
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ class IndicatorRND(TaskFamily):
         gen: torch.Generator,
         tasks_per_module: int = 10,
         target_proportion: float = 0.01,
+        final_relu: bool = False,
     ) -> None:
         super().__init__()
         if num_tasks % tasks_per_module:
@@ -34,11 +41,16 @@ class IndicatorRND(TaskFamily):
                 f"tasks.tasks_per_module={tasks_per_module}"
             )
         self.num_tasks, self.p = num_tasks, target_proportion
-        self.nets = RandomConvNets(num_tasks // tasks_per_module, tasks_per_module, gen)
+        self.nets = RandomConvNets(
+            num_tasks // tasks_per_module, tasks_per_module, gen, final_relu=final_relu
+        )
         self.bias = nn.Parameter(torch.zeros(num_tasks))
 
     def forward(self, obs: torch.Tensor, reward: torch.Tensor) -> TaskOutput:
         pre = self.nets(obs) + self.bias  # gradient reaches the bias only
         below = (pre < 0).to(pre.dtype)
-        loss = (pre * ((1.0 - self.p) - below)).mean()
+        # Mean over the batch, sum over tasks: d loss / d b_i = rate_i - p, so an SGD step moves
+        # each bias by lr * (rate_i - p) whatever the number of tasks (a Robbins-Monro step);
+        # Adam, the paper's optimizer, is invariant to this scale.
+        loss = (pre * ((1.0 - self.p) - below)).mean(0).sum()
         return TaskOutput(rewards=(pre.detach() > 0).to(pre.dtype), calibration_loss=loss)

@@ -66,6 +66,7 @@ class PVNLearner:
         optimizer: torch.optim.Optimizer,
         task_optimizer: torch.optim.Optimizer | None,
         cfg: TDConfig,
+        calibration_decay: float | None = None,
     ) -> None:
         if cfg.aggregate not in ("mean", "max"):
             raise ValueError(f"td.aggregate={cfg.aggregate!r}: choose mean or max")
@@ -76,6 +77,12 @@ class PVNLearner:
         self.online, self.tasks, self.cfg = network, tasks, cfg
         self.target = copy.deepcopy(network).requires_grad_(False)
         self.optimizer, self.task_optimizer = optimizer, task_optimizer
+        # Robbins-Monro step sizes for the task calibration: lr / (1 + t / decay)
+        self.task_schedule = None
+        if task_optimizer is not None and calibration_decay:
+            self.task_schedule = torch.optim.lr_scheduler.LambdaLR(
+                task_optimizer, lambda t: 1.0 / (1.0 + t / calibration_decay)
+            )
         self.discount = cfg.gamma**cfg.n_step
         self._online_params = [p for p in network.parameters() if p.requires_grad]
         self._target_params = [p for p in self.target.parameters()]
@@ -128,6 +135,8 @@ class PVNLearner:
             self._update_target(step)
         if self.task_optimizer is not None and tasks.calibration_loss is not None:
             self.task_optimizer.step()
+            if self.task_schedule is not None:
+                self.task_schedule.step()
         out["loss"] = loss.detach()
         out["rewards"] = tasks.rewards.detach()
         return out
@@ -147,6 +156,7 @@ class PVNLearner:
             "tasks": self.tasks.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "task_optimizer": self.task_optimizer.state_dict() if self.task_optimizer else None,
+            "task_schedule": self.task_schedule.state_dict() if self.task_schedule else None,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -156,3 +166,5 @@ class PVNLearner:
         self.optimizer.load_state_dict(state["optimizer"])
         if self.task_optimizer is not None:
             self.task_optimizer.load_state_dict(state["task_optimizer"])
+        if self.task_schedule is not None:
+            self.task_schedule.load_state_dict(state["task_schedule"])

@@ -81,6 +81,8 @@ def build(cfg: DictConfig, num_actions: int) -> PVNLearner:
     torso = build_torso(torso_cfg.pop("name"), gen, **torso_cfg)
     task_cfg = dict(cfg.tasks)
     task_name, task_lr = task_cfg.pop("name"), task_cfg.pop("calibration_lr", None)
+    task_optim = task_cfg.pop("calibration_optimizer", None)
+    task_decay = task_cfg.pop("calibration_decay", None)
     try:
         tasks = build_tasks(task_name, gen, **task_cfg)
     except (TypeError, ValueError) as e:
@@ -96,14 +98,17 @@ def build(cfg: DictConfig, num_actions: int) -> PVNLearner:
     optim_cfg = OmegaConf.to_container(cfg.optimizer, resolve=True)
     optimizer = build_optimizer(optim_cfg, network.parameters())
     task_params = [p for p in tasks.parameters() if p.requires_grad]
-    task_opt = build_optimizer(optim_cfg, task_params, lr=task_lr) if task_params else None
+    task_opt = None
+    if task_params:  # the paper: the main optimizer's settings; laptop default: plain SGD
+        calib_cfg = optim_cfg if task_optim is None else {"name": task_optim, "lr": task_lr}
+        task_opt = build_optimizer(calib_cfg, task_params, lr=task_lr)
     td = TDConfig(
         gamma=cfg.data.gamma,
         n_step=cfg.data.n_step,
         bf16=cfg.bf16,
         **OmegaConf.to_container(cfg.td, resolve=True),
     )
-    learner = PVNLearner(network, tasks, optimizer, task_opt, td)
+    learner = PVNLearner(network, tasks, optimizer, task_opt, td, calibration_decay=task_decay)
     if cfg.compile:
         learner.online.forward = torch.compile(learner.online.forward)
     return learner
