@@ -186,12 +186,12 @@ def pretrain(cfg: DictConfig) -> dict[str, Any]:
     acc, last = _Accumulator(), {}
     t_log, n_log = time.perf_counter(), 0
 
-    def check_finite(step: int) -> None:
+    def check_finite(step: int, params: bool = False) -> None:
+        where = f"stopped at update {step}; last good checkpoint kept in {run_dir / 'checkpoints'}"
         if int(first_bad) >= 0:
-            raise NonFiniteLoss(
-                f"non-finite loss at update {int(first_bad)}; stopped at update {step}, last good "
-                f"checkpoint kept in {run_dir / 'checkpoints'}"
-            )
+            raise NonFiniteLoss(f"non-finite loss at update {int(first_bad)}; {where}")
+        if params and not all(bool(torch.isfinite(p).all()) for p in learner.online.parameters()):
+            raise NonFiniteLoss(f"non-finite parameters after update {step}; {where}")
 
     try:
         with (
@@ -222,7 +222,7 @@ def pretrain(cfg: DictConfig) -> dict[str, Any]:
                         {k: f"{last[k]:.3g}" for k in ("td_loss", "fire_mean") if k in last}
                     )
                 if done % cfg.checkpoint_every == 0 or done == cfg.steps:
-                    check_finite(done)
+                    check_finite(done, params=True)
                     state = {
                         "format": 1,
                         "step": done,

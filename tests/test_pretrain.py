@@ -1,0 +1,257 @@
+"""``pvn pretrain`` end to end: logs, checkpoints, determinism, exact resume after SIGKILL,
+every torso x tasks x optimizer, config errors, the non-finite guard, load_encoder."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+import yaml
+
+import pvn
+from pvn.checkpoint import list_checkpoints, load_checkpoint
+from pvn.cli import main
+from pvn.config import load_config
+from pvn.pretrain import build
+from replay import DQNReplayDataset, DQNReplayWriter, Prefetcher
+
+
+@pytest.fixture(scope="module")
+def log_dir(tmp_path_factory, ale_episodes):
+    """Real Breakout play over three 500-slot checkpoints."""
+    path = tmp_path_factory.mktemp("data") / "replay_logs"
+    with DQNReplayWriter(path, capacity=500) as w:
+        for ep in ale_episodes:
+            w.add_episode(*ep)
+    return path
+
+
+def _args(log_dir, run_dir, *extra):
+    return [
+        "pretrain",
+        f"data.path={log_dir}",
+        f"data.cache_dir={log_dir.parent / 'cache'}",
+        f"run_dir={run_dir}",
+        "torso.feature_dim=32",
+        "tasks.num_tasks=10",
+        "batch_size=8",
+        "steps=30",
+        "td.warmup_steps=5",
+        "log_every=5",
+        "checkpoint_every=10",
+        "keep_checkpoints=2",
+        "progress=false",
+        *extra,
+    ]
+
+
+def _flat(state, prefix=""):
+    """Every tensor and number in a nested checkpoint, by path."""
+    out = {}
+    if isinstance(state, dict):
+        for k, v in state.items():
+            out.update(_flat(v, f"{prefix}{k}/"))
+    elif isinstance(state, (list, tuple)):
+        for i, v in enumerate(state):
+            out.update(_flat(v, f"{prefix}{i}/"))
+    else:
+        out[prefix] = state
+    return out
+
+
+def _assert_same(a, b):
+    fa, fb = _flat(a), _flat(b)
+    assert fa.keys() == fb.keys()
+    for k in fa:
+        if isinstance(fa[k], torch.Tensor):
+            assert torch.equal(fa[k], fb[k]), k
+        else:
+            assert fa[k] == fb[k], k
+
+
+def test_run_writes_logs_checkpoints_and_config(log_dir, tmp_path):
+    run = tmp_path / "run"
+    assert main(_args(log_dir, run)) == 0
+    cfg = yaml.safe_load((run / "config.yaml").read_text())
+    assert cfg["batch_size"] == 8 and cfg["torso"]["name"] == "nature"
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [5, 10, 15, 20, 25, 30]
+    assert "td_loss" not in records[0]  # TD is off during the 5 warm-up updates
+    for key in (
+        "td_loss",
+        "calibration_loss",
+        "fire_mean",
+        "fire_min",
+        "fire_max",
+        "srank",
+        "dormant_fraction",
+        "grad_norm",
+        "updates_per_s",
+        "samples_per_s",
+    ):
+        assert key in records[-1], key
+    assert 0 <= records[-1]["fire_min"] <= records[-1]["fire_mean"] <= records[-1]["fire_max"] <= 1
+    assert any(f.name.startswith("events.out.tfevents") for f in (run / "tb").iterdir())
+    assert [p.name for p in list_checkpoints(run)] == ["ckpt_000000020.pt", "ckpt_000000030.pt"]
+
+
+def test_same_seed_same_parameters(log_dir, tmp_path):
+    for name, seed in (("a", 0), ("b", 0), ("c", 1)):
+        assert main(_args(log_dir, tmp_path / name, "steps=12", f"seed={seed}")) == 0
+    a, b, c = (load_checkpoint(list_checkpoints(tmp_path / n)[-1]) for n in "abc")
+    _assert_same(a, b)
+    assert not torch.equal(
+        a["learner"]["online"]["head.weight"], c["learner"]["online"]["head.weight"]
+    )
+
+
+def test_sigkill_then_resume_is_bit_exact(log_dir, tmp_path):
+    """A run killed with SIGKILL after a checkpoint, then restarted, ends bit for bit where an
+    uninterrupted run ends (parameters, optimizer and task state, sampler)."""
+    args = ["steps=40", "checkpoint_every=10", "keep_checkpoints=5"]
+    assert main(_args(log_dir, tmp_path / "straight", *args)) == 0
+    run = tmp_path / "killed"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pvn", *_args(log_dir, run, *args)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.time() + 120
+    while not (run / "checkpoints" / "ckpt_000000020.pt").exists():
+        assert proc.poll() is None and time.time() < deadline, "run ended before the checkpoint"
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    done = [p.name for p in list_checkpoints(run)]
+    assert "ckpt_000000040.pt" not in done, "killed too late to test anything"
+    assert main(_args(log_dir, run, *args)) == 0
+    _assert_same(
+        load_checkpoint(list_checkpoints(tmp_path / "straight")[-1]),
+        load_checkpoint(list_checkpoints(run)[-1]),
+    )
+
+
+TORSOS = ["nature", "impala", "impala_x8"]
+TASKS = ["indicator_rnd", "indicator_hash", "random_cumulants", "reward"]
+OPTIMIZERS = ["adam", "adamw", "sgd"]
+
+
+@pytest.mark.parametrize("torso", TORSOS)
+def test_every_torso_tasks_optimizer_combination_trains(log_dir, tmp_path, torso):
+    ds = DQNReplayDataset(log_dir, cache_dir=log_dir.parent / "cache")
+    with Prefetcher(ds, 2) as batches:
+        for tasks in TASKS:
+            for optimizer in OPTIMIZERS:
+                cfg = load_config(
+                    "pretrain",
+                    [
+                        f"torso={torso}",
+                        f"tasks={tasks}",
+                        f"optimizer={optimizer}",
+                        "data.path=x",
+                        "run_dir=x",
+                        "tasks.num_tasks=10" if tasks != "reward" else "tasks.num_tasks=1",
+                        "td.warmup_steps=0",
+                    ],
+                )
+                learner = build(cfg, num_actions=4)
+                before = learner.online.head.weight.detach().clone()
+                for step in range(2):
+                    m = learner.update(next(batches), step)
+                    assert torch.isfinite(m["loss"]), (torso, tasks, optimizer)
+                assert not torch.equal(before, learner.online.head.weight), (tasks, optimizer)
+                q, feats = learner.online(torch.zeros(1, 4, 84, 84, dtype=torch.uint8))
+                assert q.shape == (1, learner.tasks.num_tasks, 4)
+                assert feats.shape == (1, cfg.torso.feature_dim)
+
+
+@pytest.mark.parametrize(
+    "extra, msg",
+    [
+        (["nope=1"], "unknown key 'nope'"),
+        (["torso=resnet"], "torso"),
+        (["td.aggregate=min"], "td.aggregate='min'"),
+        (["data.n_step=3"], "data.n_step=3: tasks=indicator_rnd"),
+        (["local=dgl"], "local"),
+        (["steps=0"], "steps=0"),
+        (["batch_size=two"], "batch_size='two' is not a valid int"),
+        (["td.target_period=100"], "exactly one of td.target_tau and td.target_period"),
+        (["device=cuda"] if not torch.cuda.is_available() else ["device=tpu"], "device="),
+        (["data.checkpoints=[7]"], "checkpoint(s) [7] not found"),
+    ],
+)
+def test_config_errors_are_one_line_exit_2(log_dir, tmp_path, capsys, extra, msg):
+    assert main(_args(log_dir, tmp_path / "run", *extra)) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and msg in err[0], err
+    assert not list_checkpoints(tmp_path / "run")
+
+
+def test_resuming_with_another_config_is_refused(log_dir, tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(_args(log_dir, run, "steps=10")) == 0
+    assert main(_args(log_dir, run, "steps=20", "optimizer.lr=0.5")) == 2
+    assert "different config (optimizer)" in capsys.readouterr().err
+    assert main(_args(log_dir, run, "steps=20")) == 0  # more steps is a resume
+    assert list_checkpoints(run)[-1].name == "ckpt_000000020.pt"
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(log_dir, tmp_path, capsys):
+    run = tmp_path / "run"
+    code = main(
+        _args(
+            log_dir,
+            run,
+            "optimizer=sgd",
+            "optimizer.lr=1e12",
+            "td.warmup_steps=0",
+            "checkpoint_every=1",
+            "log_every=1",
+            "steps=50",
+        )
+    )
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "non-finite" in err and "last good checkpoint kept" in err
+    kept = list_checkpoints(run)
+    for path in kept:
+        online = load_checkpoint(path)["learner"]["online"]
+        assert all(torch.isfinite(v).all() for v in online.values()), path
+
+
+def test_load_encoder_returns_the_frozen_torso(log_dir, tmp_path):
+    run = tmp_path / "run"
+    assert main(_args(log_dir, run, "steps=10")) == 0
+    enc = pvn.load_encoder(run)
+    assert enc.feature_dim == 32 and not any(p.requires_grad for p in enc.parameters())
+    state = load_checkpoint(list_checkpoints(run)[-1])
+    cfg = load_config(
+        "pretrain", ["data.path=x", "run_dir=x", "torso.feature_dim=32", "tasks.num_tasks=10"]
+    )
+    learner = build(cfg, num_actions=state["meta"]["num_actions"])
+    learner.load_state_dict(state["learner"])
+    obs = torch.randint(0, 255, (3, 4, 84, 84), dtype=torch.uint8)
+    torch.testing.assert_close(enc(obs), learner.online.torso(obs), rtol=0, atol=0)
+    same = pvn.load_encoder(list_checkpoints(run)[-1])
+    torch.testing.assert_close(same(obs), enc(obs), rtol=0, atol=0)
+    from pvn.errors import CheckpointError
+
+    with pytest.raises(CheckpointError, match="neither a checkpoint file nor a run dir"):
+        pvn.load_encoder(tmp_path / "nothing")
+
+
+def test_paper_preset(capsys):
+    assert main(["pretrain", "preset=paper", "data.path=x", "run_dir=y", "--cfg", "job"]) == 0
+    cfg = yaml.safe_load(capsys.readouterr().out)
+    assert cfg["torso"] == {"name": "impala", "width": 8, "feature_dim": 4096}
+    assert cfg["tasks"]["num_tasks"] == 100 and cfg["tasks"]["target_proportion"] == 0.01
+    assert cfg["batch_size"] == 256 and cfg["steps"] == 1_562_500
+    assert abs(cfg["optimizer"]["lr"] - 6.25e-5 * 8**0.25) < 1e-12
+    assert cfg["optimizer"]["eps"] == 1.5e-4 and cfg["td"]["target_tau"] == 0.01
+    assert cfg["td"]["warmup_steps"] == 62_500
