@@ -26,7 +26,7 @@ commands:
                  pvn data info data/pong
   pretrain     proto-value network pretraining on a DQN Replay log (resumes in run_dir)
                  pvn pretrain data.path=data/pong run_dir=runs/pvn steps=2000 seed=0
-  quickstart   the demo: collect a small Pong log and summarise it
+  quickstart   the demo: collect a small Pong log, pretrain a small PVN, print diagnostics
 
 Overrides use Hydra's grammar (key=value, lists as [0,1]). `pvn COMMAND --help` lists a command's
 keys with their defaults and meaning; `--cfg job` prints the resolved config and exits.

@@ -101,7 +101,8 @@ def collect(cfg) -> dict[str, Any]:
     """Run ``pvn collect`` from a resolved config; returns (and saves) the summary."""
     require(cfg.steps > 0, "steps", cfg.steps, "must be > 0")
     require(cfg.num_envs > 0, "num_envs", cfg.num_envs, "must be > 0")
-    require(cfg.capacity >= 5, "capacity", cfg.capacity, "must be >= stack + 1 = 5")
+    capacity = cfg.capacity or min(1_000_000, cfg.steps + cfg.steps // 10 + 100)
+    require(isinstance(capacity, int) and capacity >= 5, "capacity", cfg.capacity, "an int >= 5")
     require(1 <= cfg.compresslevel <= 9, "compresslevel", cfg.compresslevel, "must be in 1..9")
     require(cfg.policy in POLICIES, "policy", cfg.policy, f"choose one of {list(POLICIES)}")
     require(cfg.protocol in PROTOCOLS, "protocol", cfg.protocol, f"choose from {list(PROTOCOLS)}")
@@ -114,7 +115,7 @@ def collect(cfg) -> dict[str, Any]:
     try:
         policy = make_policy(cfg.policy, env.num_actions, cfg.seed)
         save_config(cfg, out)
-        with DQNReplayWriter(log_dir, cfg.capacity, compresslevel=cfg.compresslevel) as writer:
+        with DQNReplayWriter(log_dir, capacity, compresslevel=cfg.compresslevel) as writer:
             summary = run_collection(env, policy, writer, cfg.steps, cfg.progress)
     finally:
         env.close()

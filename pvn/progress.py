@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 
 from tqdm.auto import tqdm
@@ -17,6 +18,8 @@ def bar(total: int | None, desc: str, unit: str, enabled: bool = True, **kw) -> 
         dynamic_ncols=True,
         disable=not enabled,
         smoothing=0.05,
+        # in a log file (not a terminal), one line every 30 s instead of ten a second
+        mininterval=0.1 if sys.stderr.isatty() else 30.0,
         **kw,
     )
 

@@ -20,6 +20,13 @@ def rate(fn: Callable[[], int], seconds: float = 2.0, warmup: int = 2) -> float:
     return n / elapsed
 
 
+def significant(x: float, digits: int = 3) -> float:
+    """``x`` rounded to ``digits`` significant digits (rates span 0.5/s to 200,000/s)."""
+    if x == 0:
+        return 0.0
+    return round(x, digits - 1 - int(np.floor(np.log10(abs(x)))))
+
+
 def compare(fns: dict[str, Callable[[], int]], rounds: int = 5, seconds: float = 0.4) -> dict:
     """Rates of several functions measured side by side: ``rounds`` interleaved short runs of
     each, so machine noise hits all alike. Returns the median rate of each and, per round,
@@ -29,7 +36,7 @@ def compare(fns: dict[str, Callable[[], int]], rounds: int = 5, seconds: float =
     for _ in range(rounds):
         for k in names:
             per[k].append(rate(fns[k], seconds, warmup=1))
-    out = {f"{k}_per_s": round(float(np.median(v))) for k, v in per.items()}
+    out = {f"{k}_per_s": significant(float(np.median(v))) for k, v in per.items()}
     first = names[0]
     for k in names[1:]:
         ratios = [a / b for a, b in zip(per[first], per[k], strict=True)]
