@@ -154,12 +154,27 @@ class AtariVecEnv:
         """Step every env (synchronous mode)."""
         return self._result(self._env.step(np.asarray(actions, np.int32)))
 
+    def async_reset(self) -> None:
+        """Start resetting every env; results arrive through :meth:`recv` (reward 0)."""
+        if self.backend == "envpool":
+            self._env.async_reset()
+        else:
+            self._pending_reset = self.reset()
+
     def send(self, actions: np.ndarray, env_id: np.ndarray) -> None:
-        """Asynchronous mode: start stepping ``env_id`` with ``actions``."""
-        self._env.send(np.asarray(actions, np.int32), np.asarray(env_id, np.int32))
+        """Start stepping envs ``env_id`` with ``actions`` (all envs, in order, for ale_py)."""
+        if self.backend == "envpool":
+            self._env.send(np.asarray(actions, np.int32), np.asarray(env_id, np.int32))
+        else:
+            self._env.send(np.asarray(actions, np.int32))
 
     def recv(self) -> StepResult:
-        """Asynchronous mode: the next ``batch_size`` envs that finished stepping."""
+        """The next ``batch_size`` envs that finished stepping (or resetting)."""
+        if getattr(self, "_pending_reset", None) is not None:
+            obs, self._pending_reset = self._pending_reset, None
+            n = len(obs)
+            zeros = np.zeros(n, bool)
+            return StepResult(obs, np.zeros(n, np.float32), zeros, zeros, np.arange(n))
         return self._result(self._env.recv())
 
     def close(self) -> None:

@@ -16,10 +16,20 @@ class FrameStack:
     def __init__(self, num_envs: int, stack: int = 4, frame_shape=(84, 84)) -> None:
         self.obs = np.zeros((num_envs, stack, *frame_shape), np.uint8)
 
-    def push(self, frames: np.ndarray, new_episode: np.ndarray | None = None) -> np.ndarray:
-        """Append each env's newest frame; rows in ``new_episode`` restart from zeros."""
-        self.obs[:, :-1] = self.obs[:, 1:]
+    def push(
+        self,
+        frames: np.ndarray,
+        new_episode: np.ndarray | None = None,
+        rows: np.ndarray | None = None,
+    ) -> np.ndarray:
+        """Append the newest frame of envs ``rows`` (default: all); those flagged in
+        ``new_episode`` restart from zeros. Returns the stacks of ``rows``."""
+        if rows is None:
+            rows = np.arange(len(self.obs))
+        stacks = self.obs[rows]  # a copy: rows may come in any order (async envs)
+        stacks[:, :-1] = stacks[:, 1:]
         if new_episode is not None and new_episode.any():
-            self.obs[new_episode, :-1] = 0
-        self.obs[:, -1] = frames
-        return self.obs
+            stacks[new_episode, :-1] = 0
+        stacks[:, -1] = frames
+        self.obs[rows] = stacks
+        return stacks

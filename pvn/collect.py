@@ -44,42 +44,52 @@ class _Episodes:
 def run_collection(
     env, policy: Policy, writer: DQNReplayWriter, steps: int, progress: bool = True
 ) -> dict[str, Any]:
-    """Step ``env`` with ``policy`` until ``steps`` agent steps are logged by ``writer``."""
+    """Play ``env`` with ``policy`` until ``steps`` transitions are logged by ``writer``.
+
+    Works on envpool's asynchronous batches (``batch_size < num_envs``: results arrive for
+    whichever envs finished first, so emulation overlaps logging) and on synchronous ones.
+    Envs auto-reset on the step after an episode ends; that step logs nothing.
+    """
     n = env.num_envs
     stack = FrameStack(n)
     eps = _Episodes(n)
     returns: list[float] = []
-    obs = env.reset()[:, -1]
-    new_episode = np.ones(n, bool)  # obs of these envs is the first frame of an episode
-    resetting = np.zeros(n, bool)  # these envs ended last step: this step only resets them
+    first = np.ones(n, bool)  # the next result of these envs is an episode's first frame
     done_steps, start = 0, time.perf_counter()
+    env.async_reset()
     with bar(steps, "collect", "step", progress) as pbar:
         while done_steps < steps:
-            actions = policy.act(stack.push(obs, new_episode))
-            live = np.flatnonzero(~resetting)
-            for i in live:
-                eps.frames[i].append(obs[i].copy())
-                eps.actions[i].append(int(actions[i]))
-            res = env.step(actions)
-            for i in live:
-                eps.rewards[i].append(float(res.reward[i]))
-            eps.score[live] += res.reward[live]
-            ended = ~resetting & (res.terminated | res.truncated)
-            for i in np.flatnonzero(ended):
-                frames, acts, rews, score = eps.pop(i)
-                writer.add_episode(frames, acts, rews, terminated=bool(res.terminated[i]))
+            res = env.recv()
+            ids = res.env_id
+            frames = res.obs[:, -1]
+            outcome = ~first[ids]  # results of a logged action (not of a reset)
+            ended = outcome & (res.terminated | res.truncated)
+            for j in np.flatnonzero(outcome):
+                i = ids[j]
+                eps.rewards[i].append(float(res.reward[j]))
+                eps.score[i] += res.reward[j]
+            for j in np.flatnonzero(ended):
+                frames_i, acts, rews, score = eps.pop(ids[j])
+                writer.add_episode(frames_i, acts, rews, terminated=bool(res.terminated[j]))
                 returns.append(score)
-            new_episode, resetting = resetting, ended
-            obs = res.obs[:, -1]
-            done_steps += len(live)
-            pbar.update(len(live))
-            if returns:
+            actions = policy.act(stack.push(frames, first[ids], rows=ids))
+            for j in np.flatnonzero(~ended):  # an ended env's next step only resets it
+                eps.frames[ids[j]].append(frames[j].copy())
+                eps.actions[ids[j]].append(int(actions[j]))
+            first[ids] = ended
+            env.send(actions, ids)
+            k = int(outcome.sum())
+            done_steps += k
+            pbar.update(k)
+            if returns and ended.any():
                 pbar.set_postfix(episodes=len(returns), ret=f"{np.mean(returns[-20:]):.1f}")
     truncated = 0
     for i in range(n):
+        eps.frames[i] = eps.frames[i][: len(eps.rewards[i])]  # drop actions still in flight
+        eps.actions[i] = eps.actions[i][: len(eps.rewards[i])]
         if eps.frames[i]:
-            frames, acts, rews, _ = eps.pop(i)
-            writer.add_episode(frames, acts, rews, terminated=False)
+            frames_i, acts, rews, _ = eps.pop(i)
+            writer.add_episode(frames_i, acts, rews, terminated=False)
             truncated += 1
     writer.close()
     seconds = time.perf_counter() - start
@@ -111,7 +121,9 @@ def collect(cfg) -> dict[str, Any]:
     log_dir = out / "replay_logs"
     if log_dir.is_dir() and any(log_dir.glob("add_count_ckpt.*.gz")):
         raise ReplayError(f"{log_dir}: already holds checkpoints; choose a new out=DIR")
-    env = make_atari(cfg.game, cfg.num_envs, cfg.protocol, cfg.seed, cfg.backend)
+    batch = cfg.batch_size or cfg.num_envs
+    require(1 <= batch <= cfg.num_envs, "batch_size", cfg.batch_size, "must be in 1..num_envs")
+    env = make_atari(cfg.game, cfg.num_envs, cfg.protocol, cfg.seed, cfg.backend, batch_size=batch)
     try:
         policy = make_policy(cfg.policy, env.num_actions, cfg.seed)
         save_config(cfg, out)

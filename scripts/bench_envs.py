@@ -1,8 +1,10 @@
 """Environment and collection throughput (prints JSON), measured side by side.
 
   * envpool: ``envs.make_atari`` stepping with random actions, nothing else;
-  * pvn_collect: ``pvn collect``'s loop (per-env episode buffers, the DQN Replay writer with
-    its checkpoint files) on the same envs: the logging overhead is 1 - pvn_collect/envpool;
+  * collect: ``pvn collect``'s loop (per-env episode buffers, the DQN Replay writer with
+    its checkpoint files) on the same envs: the logging overhead is 1 - collect/envpool;
+  both synchronously (batch = all envs) and asynchronously (batch = num_envs / 2: the emulator
+  steps half the envs while the logger handles the other half);
   * gymnasium_async: gymnasium's AsyncVectorEnv over ale-py, one process per env, with
     AtariPreprocessing (frame-skip 4, max-pool, 84x84 grayscale, sticky 0.25): the usual
     alternative (needs opencv-python-headless, in the ``bench`` extra).
@@ -30,19 +32,21 @@ from pvn.collect import run_collection
 from replay import DQNReplayWriter
 
 
-def envpool_alone(game: str, num_envs: int, steps: int) -> float:
-    with make_atari(game, num_envs, "dopamine", seed=0) as env:
+def envpool_alone(game: str, num_envs: int, steps: int, batch: int) -> float:
+    with make_atari(game, num_envs, "dopamine", seed=0, batch_size=batch) as env:
         rng = np.random.default_rng(0)
-        env.reset()
-        start = time.perf_counter()
-        for _ in range(steps // num_envs):
-            env.step(rng.integers(0, env.num_actions, num_envs))
-        return steps / (time.perf_counter() - start)
+        env.async_reset()
+        n, start = 0, time.perf_counter()
+        while n < steps:
+            ids = env.recv().env_id
+            env.send(rng.integers(0, env.num_actions, len(ids)), ids)
+            n += len(ids)
+        return n / (time.perf_counter() - start)
 
 
-def pvn_collect(game: str, num_envs: int, steps: int, tmp: Path) -> float:
+def pvn_collect(game: str, num_envs: int, steps: int, batch: int, tmp: Path) -> float:
     out = Path(tempfile.mkdtemp(dir=tmp)) / "replay_logs"
-    with make_atari(game, num_envs, "dopamine", seed=0) as env:
+    with make_atari(game, num_envs, "dopamine", seed=0, batch_size=batch) as env:
         writer = DQNReplayWriter(out, capacity=steps // 2, compresslevel=1)
         s = run_collection(env, RandomPolicy(env.num_actions, 0), writer, steps, progress=False)
     return s["steps"] / s["seconds"]
@@ -83,32 +87,41 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=8000, help="agent steps per measurement")
     ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds (median taken)")
     args = ap.parse_args()
-    rows = []
+    n, half = args.num_envs, max(1, args.num_envs // 2)
+    runs = {
+        "envpool_sync": lambda tmp: envpool_alone(args.game, n, args.steps, n),
+        "collect_sync": lambda tmp: pvn_collect(args.game, n, args.steps, n, tmp),
+        "envpool_async": lambda tmp: envpool_alone(args.game, n, args.steps, half),
+        "collect_async": lambda tmp: pvn_collect(args.game, n, args.steps, half, tmp),
+        "gymnasium_async": lambda tmp: gymnasium_async(args.game, n, args.steps),
+    }
+    rates: dict[str, list] = {k: [] for k in runs}
     with tempfile.TemporaryDirectory() as tmp:
         for _ in range(args.rounds):
-            rows.append(
-                (
-                    envpool_alone(args.game, args.num_envs, args.steps),
-                    pvn_collect(args.game, args.num_envs, args.steps, Path(tmp)),
-                    gymnasium_async(args.game, args.num_envs, args.steps),
-                )
-            )
-    ep, col, gy = (np.array([r[i] for r in rows], dtype=float) for i in range(3))
-    result = {
-        "game": args.game,
-        "num_envs": args.num_envs,
-        "steps_per_measurement": args.steps,
-        "envpool_steps_per_s": round(float(np.median(ep))),
-        "pvn_collect_steps_per_s": round(float(np.median(col))),
-        "collect_overhead_vs_envpool": round(float(np.median(1 - col / ep)), 3),
-    }
-    if rows[0][2] is not None:
-        result["gymnasium_async_steps_per_s"] = round(float(np.median(gy)))
-        result["pvn_collect_vs_gymnasium_async"] = round(float(np.median(col / gy)), 2)
-        result["envpool_vs_gymnasium_async"] = round(float(np.median(ep / gy)), 2)
-    else:
-        result["gymnasium_async"] = "skipped: pip install opencv-python-headless"
-    emit(result)
+            for k, fn in runs.items():
+                rates[k].append(fn(Path(tmp)))
+    med = {k: float(np.median(v)) if v[0] is not None else None for k, v in rates.items()}
+
+    def ratio(a: str, b: str) -> float | None:
+        if med[a] is None or med[b] is None:
+            return None
+        return round(float(np.median(np.array(rates[a]) / np.array(rates[b]))), 3)
+
+    emit(
+        {
+            "game": args.game,
+            "num_envs": n,
+            "async_batch_size": half,
+            "steps_per_measurement": args.steps,
+            "steps_per_s": {k: (round(v) if v else v) for k, v in med.items()},
+            "collect_overhead_sync": round(1 - ratio("collect_sync", "envpool_sync"), 3),
+            "collect_overhead_async": round(1 - ratio("collect_async", "envpool_async"), 3),
+            "collect_async_vs_envpool_sync": ratio("collect_async", "envpool_sync"),
+            "collect_sync_vs_gymnasium_async": ratio("collect_sync", "gymnasium_async"),
+            "collect_async_vs_gymnasium_async": ratio("collect_async", "gymnasium_async"),
+            "envpool_sync_vs_gymnasium_async": ratio("envpool_sync", "gymnasium_async"),
+        }
+    )
 
 
 if __name__ == "__main__":
