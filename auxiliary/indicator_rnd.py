@@ -35,15 +35,8 @@ class IndicatorRND(TaskFamily):
         final_relu: bool = False,
     ) -> None:
         super().__init__()
-        if num_tasks % tasks_per_module:
-            raise ValueError(
-                f"tasks.num_tasks={num_tasks} must be a multiple of "
-                f"tasks.tasks_per_module={tasks_per_module}"
-            )
         self.num_tasks, self.p = num_tasks, target_proportion
-        self.nets = RandomConvNets(
-            num_tasks // tasks_per_module, tasks_per_module, gen, final_relu=final_relu
-        )
+        self.nets = RandomConvNets.for_tasks(num_tasks, tasks_per_module, gen, final_relu)
         self.bias = nn.Parameter(torch.zeros(num_tasks))
 
     def forward(self, obs: torch.Tensor, reward: torch.Tensor) -> TaskOutput:

@@ -16,15 +16,8 @@ from auxiliary.random_nets import RandomConvNets
 class RandomCumulants(TaskFamily):
     def __init__(self, num_tasks: int, gen: torch.Generator, tasks_per_module: int = 10) -> None:
         super().__init__()
-        if num_tasks % tasks_per_module:
-            raise ValueError(
-                f"tasks.num_tasks={num_tasks} must be a multiple of "
-                f"tasks.tasks_per_module={tasks_per_module}"
-            )
         self.num_tasks = num_tasks
-        self.nets = RandomConvNets(
-            num_tasks // tasks_per_module, tasks_per_module, gen, final_relu=False
-        )
+        self.nets = RandomConvNets.for_tasks(num_tasks, tasks_per_module, gen, False)
 
     def forward(self, obs: torch.Tensor, reward: torch.Tensor) -> TaskOutput:
         return TaskOutput(rewards=torch.tanh(self.nets(obs)))

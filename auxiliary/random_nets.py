@@ -52,6 +52,18 @@ class RandomConvNets(nn.Module):
         self.register_buffer("dense_w", dense)
         self.register_buffer("dense_b", torch.zeros(M, K))
 
+    @classmethod
+    def for_tasks(
+        cls, num_tasks: int, tasks_per_module: int, gen: torch.Generator, final_relu: bool
+    ) -> RandomConvNets:
+        """``num_tasks`` outputs from nets of ``tasks_per_module`` outputs each."""
+        if num_tasks % tasks_per_module:
+            raise ValueError(
+                f"tasks.num_tasks={num_tasks} must be a multiple of "
+                f"tasks.tasks_per_module={tasks_per_module}"
+            )
+        return cls(num_tasks // tasks_per_module, tasks_per_module, gen, final_relu=final_relu)
+
     @torch.no_grad()
     def forward(self, obs: torch.Tensor) -> torch.Tensor:
         x = self.convs(obs.float().div_(255.0))  # (B, 64*M, s, s), net m in channels m*64..

@@ -24,6 +24,7 @@ import os
 import re
 import zlib
 from collections.abc import Callable
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -91,33 +92,38 @@ def _check(path: Path, kind: str, shape: tuple[int, ...], dtype: np.dtype) -> No
         raise ReplayError(f"{path}: shape {shape}, expected a scalar")
 
 
-def read_small(path: Path, kind: str) -> np.ndarray:
-    """Read a whole (small) array into memory, checked against the format table."""
+@contextmanager
+def _open_checked(path: Path, kind: str):
+    """Open a gzip-npy file, parse and check its header; yield ``(stream, shape, nbytes)``.
+
+    Every I/O or decompression error inside the block becomes a ReplayError naming the file.
+    """
     if not path.is_file():
         raise ReplayError(f"{path}: missing file")
     try:
         with gzip.open(path, "rb") as f:
             shape, fortran, dtype = _read_header(f, path)
             _check(path, kind, shape, dtype)
-            count = int(np.prod(shape, dtype=np.int64))
-            data = f.read(count * dtype.itemsize)
+            if fortran and len(shape) > 1:
+                raise ReplayError(f"{path}: Fortran-ordered array; expected C order")
+            yield f, tuple(shape), int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
     except (OSError, EOFError, zlib.error) as e:
         raise ReplayError(f"{path}: truncated or corrupt gzip stream ({e})") from None
-    if len(data) != count * dtype.itemsize:
-        raise ReplayError(f"{path}: truncated: {len(data)} of {count * dtype.itemsize} bytes")
-    arr = np.frombuffer(data, dtype=dtype).reshape(shape, order="F" if fortran else "C")
-    return arr.copy()
+
+
+def read_small(path: Path, kind: str) -> np.ndarray:
+    """Read a whole (small) array into memory, checked against the format table."""
+    with _open_checked(path, kind) as (f, shape, nbytes):
+        data = f.read(nbytes)
+    if len(data) != nbytes:
+        raise ReplayError(f"{path}: truncated: {len(data)} of {nbytes} bytes")
+    return np.frombuffer(data, dtype=DTYPES[kind]).reshape(shape).copy()
 
 
 def array_nbytes(path: Path, kind: str) -> int:
     """Size in bytes of the array in ``path``, from its header alone."""
-    try:
-        with gzip.open(path, "rb") as f:
-            shape, _, dtype = _read_header(f, path)
-    except FileNotFoundError:
-        raise ReplayError(f"{path}: missing file") from None
-    _check(path, kind, shape, dtype)
-    return int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    with _open_checked(path, kind) as (_, _, nbytes):
+        return nbytes
 
 
 def stream_to_npy(
@@ -128,30 +134,20 @@ def stream_to_npy(
     ``out`` is opened as a memmap afterwards, so a 7 GB observation file never sits in RAM.
     ``progress`` receives the number of decompressed bytes after each chunk.
     """
-    if not path.is_file():
-        raise ReplayError(f"{path}: missing file")
-    try:
-        with gzip.open(path, "rb") as f:
-            shape, fortran, dtype = _read_header(f, path)
-            _check(path, kind, shape, dtype)
-            if fortran and len(shape) > 1:
-                raise ReplayError(f"{path}: Fortran-ordered array; expected C order")
-            total = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
-            mm = np.lib.format.open_memmap(out, mode="w+", dtype=dtype, shape=shape)
-            dst = mm.reshape(-1).view(np.uint8) if mm.size else np.empty(0, np.uint8)
-            done = 0
-            while done < total:
-                n = f.readinto(memoryview(dst[done : min(total, done + _CHUNK)]))
-                if not n:
-                    raise ReplayError(f"{path}: truncated: {done} of {total} bytes")
-                done += n
-                if progress is not None:
-                    progress(n)
-            mm.flush()
-            del mm, dst
-    except (OSError, EOFError, zlib.error) as e:
-        raise ReplayError(f"{path}: truncated or corrupt gzip stream ({e})") from None
-    return tuple(shape)
+    with _open_checked(path, kind) as (f, shape, total):
+        mm = np.lib.format.open_memmap(out, mode="w+", dtype=DTYPES[kind], shape=shape)
+        dst = mm.reshape(-1).view(np.uint8) if mm.size else np.empty(0, np.uint8)
+        done = 0
+        while done < total:
+            n = f.readinto(memoryview(dst[done : min(total, done + _CHUNK)]))
+            if not n:
+                raise ReplayError(f"{path}: truncated: {done} of {total} bytes")
+            done += n
+            if progress is not None:
+                progress(n)
+        mm.flush()
+        del mm, dst
+    return shape
 
 
 def write_npy_gz(path: Path, array: np.ndarray) -> None:
