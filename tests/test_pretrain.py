@@ -246,6 +246,15 @@ def test_load_encoder_returns_the_frozen_torso(log_dir, tmp_path):
         pvn.load_encoder(tmp_path / "nothing")
 
 
+@pytest.mark.parametrize("extra", [["bf16=true"], ["compile=true"]], ids=["bf16", "compile"])
+def test_bf16_autocast_and_torch_compile_run(log_dir, tmp_path, extra):
+    """The options meant for CUDA also run on CPU (bf16 autocast; torch.compile via inductor)."""
+    run = tmp_path / "run"
+    assert main(_args(log_dir, run, "steps=10", "td.warmup_steps=0", *extra)) == 0
+    last = json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])
+    assert last["td_loss"] == last["td_loss"] and last["td_loss"] < 10  # finite, sane
+
+
 def test_paper_preset(capsys):
     assert main(["pretrain", "preset=paper", "data.path=x", "run_dir=y", "--cfg", "job"]) == 0
     cfg = yaml.safe_load(capsys.readouterr().out)

@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# The GPU checks, as one short script for a session lent a CUDA device (see README, Benchmarks):
+# the CUDA path end to end (pinned prefetch, bf16 autocast, torch.compile), then the pretraining
+# benchmark of the paper's impala_x8 torso at batch 256 in bf16. Writes JSON under ${OUT:-gpu_out}.
+set -euo pipefail
+out=${OUT:-gpu_out}
+mkdir -p "$out"
+py=${PY:-.venv/bin/python}
+nvidia-smi --query-gpu=name,memory.total --format=csv | tee "$out/gpu.txt"
+$py -m pvn collect game=Pong steps=20000 out="$out/data" num_envs=8 progress=false > "$out/collect.json"
+$py -m pvn pretrain data.path="$out/data" run_dir="$out/run" device=cuda bf16=true compile=true \
+  torso=impala_x8 tasks.num_tasks=100 tasks.target_proportion=0.01 batch_size=256 steps=300 \
+  td.warmup_steps=50 log_every=50 checkpoint_every=300 progress=false > "$out/pretrain.json"
+$py scripts/bench_pretrain.py --device cuda --torsos impala_x8 nature --batches 256 --bf16 \
+  --seconds 5 > "$out/bench_pretrain_cuda.json"
+$py scripts/bench_replay.py > "$out/bench_replay.json"
+echo "done: $out"
