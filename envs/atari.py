@@ -83,6 +83,7 @@ class AtariVecEnv:
     ) -> None:
         self.game, self.num_envs, self.protocol, self.backend = game, num_envs, protocol, backend
         self.batch_size, self.stack, self.seed = batch_size, stack, seed
+        self._pending_reset: np.ndarray | None = None  # ale_py: reset frames for the next recv
         p = protocol
         if backend == "envpool":
             import envpool
@@ -170,7 +171,7 @@ class AtariVecEnv:
 
     def recv(self) -> StepResult:
         """The next ``batch_size`` envs that finished stepping (or resetting)."""
-        if getattr(self, "_pending_reset", None) is not None:
+        if self._pending_reset is not None:
             obs, self._pending_reset = self._pending_reset, None
             n = len(obs)
             zeros = np.zeros(n, bool)

@@ -85,8 +85,7 @@ class PVNLearner:
             )
         self.discount = cfg.gamma**cfg.n_step
         self._online_params = [p for p in network.parameters() if p.requires_grad]
-        self._target_params = [p for p in self.target.parameters()]
-        self._task_params = [p for p in tasks.parameters() if p.requires_grad]
+        self._target_params = list(self.target.parameters())
 
     def _autocast(self, device: torch.device):
         if self.cfg.bf16:

@@ -122,6 +122,9 @@ class _Accumulator:
     """Sums of per-update device tensors between logs (no host sync until read)."""
 
     def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
         self.sums: dict[str, torch.Tensor] = {}
         self.counts: dict[str, int] = {}
         self.fire: torch.Tensor | None = None
@@ -147,7 +150,7 @@ class _Accumulator:
             out.update(
                 fire_mean=float(rate.mean()), fire_min=float(rate.min()), fire_max=float(rate.max())
             )
-        self.__init__()
+        self.reset()
         return out
 
 
