@@ -1,0 +1,182 @@
+"""A replay of encoder features for linear control: each state is encoded once, when it is seen.
+
+Linear evaluation of a frozen representation (Farebrother et al. 2023, Sec. 5; the PVN code's
+``online.py`` runs Acme DQN with the frozen encoder inside the actor and replays its features)
+never needs frames again after acting, so the buffer stores ``phi(s_t)`` (float16 by default,
+on the learner's device) instead of frames, and updates never re-run the torso.
+
+Each env has its own circular stream; slot ``k`` of env ``e`` holds
+``(phi(s_k), a_k, r_k, terminated_k, ended_k)`` where ``ended`` is terminated or truncated. An
+``n``-step transition from slot ``k`` is::
+
+    L        = n, or 1 + the offset of the first episode end in slots k .. k+n-1
+    return   = sum_{i<L} gamma^i r_{k+i}
+    discount = 0 if the episode terminated within the window, else gamma^n
+    next     = phi(s_{k+n})   (needs slot k+n, i.e. the state the agent saw n steps later)
+
+Windows cut by a time-limit truncation are not sampled (their bootstrap state was never stored;
+a handful of transitions per 27,000-step episode), nor are windows that reach past the newest
+slot or into overwritten ones.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+
+@dataclass
+class FeatureBatch:
+    features: torch.Tensor  # (B, D) float32 on the replay's device
+    action: torch.Tensor  # (B,) int64
+    ret: torch.Tensor  # (B,) float32 n-step return
+    discount: torch.Tensor  # (B,) float32: gamma^n, or 0 after a termination
+    next_features: torch.Tensor  # (B, D) float32 (any value where discount is 0)
+    env: np.ndarray  # (B,) env of each transition (host)
+    slot: np.ndarray  # (B,) absolute slot index in its env's stream (host)
+
+
+class FeatureReplay:
+    """Per-env circular buffers of features with n-step sampling.
+
+    Args:
+        capacity: total slots over all envs (each env gets ``capacity // num_envs``).
+        num_envs: parallel env streams.
+        feature_dim: size of ``phi``.
+        n_step, gamma: the n-step return.
+        device, dtype: where and how features are stored (float16 halves memory; 1M x 4096
+            float16 features are 8 GB).
+        seed: the sampler's generator (state in :meth:`state_dict`).
+    """
+
+    def __init__(
+        self,
+        capacity: int,
+        num_envs: int,
+        feature_dim: int,
+        n_step: int,
+        gamma: float,
+        device: str | torch.device = "cpu",
+        dtype: torch.dtype = torch.float16,
+        seed: int = 0,
+    ) -> None:
+        if capacity // num_envs <= n_step:
+            raise ValueError(f"capacity={capacity}: needs more than n_step slots per env")
+        self.num_envs, self.slots = num_envs, capacity // num_envs
+        self.n_step, self.gamma = n_step, gamma
+        self.device = torch.device(device)
+        self.features = torch.zeros(num_envs, self.slots, feature_dim, dtype=dtype, device=device)
+        shape = (num_envs, self.slots)
+        self.action = np.zeros(shape, np.int64)
+        self.reward = np.zeros(shape, np.float32)
+        self.terminated = np.zeros(shape, bool)
+        self.ended = np.zeros(shape, bool)
+        self.count = np.zeros(num_envs, np.int64)  # slots ever written per env
+        self.discounts = np.array([gamma**i for i in range(n_step)], np.float32)
+        self.rng = np.random.Generator(np.random.PCG64(seed))
+
+    def __len__(self) -> int:
+        return int(np.minimum(self.count, self.slots).sum())
+
+    def add(
+        self,
+        env_ids: np.ndarray,
+        features: torch.Tensor,
+        actions: np.ndarray,
+        rewards: np.ndarray,
+        terminated: np.ndarray,
+        truncated: np.ndarray,
+    ) -> None:
+        """Append one step of envs ``env_ids``: the features of the state acted in, the action,
+        the (clipped) reward received and how the step ended."""
+        e = np.asarray(env_ids, np.int64)
+        k = self.count[e] % self.slots
+        self.features[
+            torch.as_tensor(e, device=self.device), torch.as_tensor(k, device=self.device)
+        ] = features.to(self.device, self.features.dtype)
+        self.action[e, k] = actions
+        self.reward[e, k] = rewards
+        self.terminated[e, k] = terminated
+        self.ended[e, k] = np.asarray(terminated) | np.asarray(truncated)
+        self.count[e] += 1
+
+    def _windows(self, e: np.ndarray, k: np.ndarray):
+        """Validity, length and termination of the n-step windows at absolute slots ``k``."""
+        n, C = self.n_step, self.slots
+        idx = k[:, None] + np.arange(n)
+        written = idx < self.count[e][:, None]
+        ends = self.ended[e[:, None], idx % C] & written
+        has_end = ends.any(axis=1)
+        j = np.where(has_end, ends.argmax(axis=1), n - 1)
+        terminal = has_end & self.terminated[e, (k + j) % C]
+        length = np.where(has_end, j + 1, n)
+        valid = np.where(has_end, terminal, k + n < self.count[e])
+        valid &= k >= self.count[e] - C  # not overwritten
+        return valid, length, terminal
+
+    def valid_mask(self, env: int) -> tuple[np.ndarray, np.ndarray]:
+        """(absolute slots stored for ``env``, whether each starts a sampleable transition)."""
+        w = int(self.count[env])
+        k = np.arange(max(0, w - self.slots), w)
+        valid, _, _ = self._windows(np.full(len(k), env), k)
+        return k, valid
+
+    def sample(self, batch_size: int) -> FeatureBatch:
+        """``batch_size`` transitions, uniform over the sampleable ones (rejection sampling)."""
+        stored = np.minimum(self.count, self.slots)
+        if stored.sum() == 0:
+            raise ValueError("the replay is empty")
+        got_e, got_k = [], []
+        need = batch_size
+        for _ in range(1000):
+            m = 2 * need + 8
+            e = self.rng.choice(self.num_envs, size=m, p=stored / stored.sum())
+            k = self.count[e] - stored[e] + (self.rng.random(m) * stored[e]).astype(np.int64)
+            valid, _, _ = self._windows(e, k)
+            got_e.append(e[valid][:need])
+            got_k.append(k[valid][:need])
+            need -= len(got_e[-1])
+            if need == 0:
+                break
+        else:
+            raise ValueError("no sampleable transition in the replay yet")
+        e, k = np.concatenate(got_e), np.concatenate(got_k)
+        _, length, terminal = self._windows(e, k)
+        C = self.slots
+        idx = (k[:, None] + np.arange(self.n_step)) % C
+        mask = np.arange(self.n_step) < length[:, None]
+        ret = (self.reward[e[:, None], idx] * self.discounts * mask).sum(axis=1, dtype=np.float32)
+        discount = np.where(terminal, 0.0, self.gamma**self.n_step).astype(np.float32)
+        dev = self.device
+        te = torch.as_tensor(e, device=dev)
+        feats = self.features[te, torch.as_tensor(k % C, device=dev)].float()
+        nxt = self.features[te, torch.as_tensor((k + self.n_step) % C, device=dev)].float()
+        return FeatureBatch(
+            features=feats,
+            action=torch.as_tensor(self.action[e, k % C], device=dev),
+            ret=torch.as_tensor(ret, device=dev),
+            discount=torch.as_tensor(discount, device=dev),
+            next_features=nxt,
+            env=e,
+            slot=k,
+        )
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "features": self.features,
+            "action": torch.from_numpy(self.action),
+            "reward": torch.from_numpy(self.reward),
+            "terminated": torch.from_numpy(self.terminated),
+            "ended": torch.from_numpy(self.ended),
+            "count": torch.from_numpy(self.count),
+            "rng": self.rng.bit_generator.state,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.features.copy_(state["features"])
+        for k in ("action", "reward", "terminated", "ended", "count"):
+            getattr(self, k)[...] = state[k].numpy()
+        self.rng.bit_generator.state = state["rng"]
