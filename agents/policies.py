@@ -20,6 +20,13 @@ class Policy(Protocol):
     def act(self, obs: np.ndarray) -> np.ndarray: ...
 
 
+def epsilon_greedy(q: torch.Tensor, epsilon: float, rng: np.random.Generator) -> np.ndarray:
+    """argmax of ``q`` (N, A) per row, replaced by a uniform action with probability epsilon."""
+    greedy = q.argmax(dim=1).cpu().numpy()
+    explore = rng.random(len(greedy)) < epsilon
+    return np.where(explore, rng.integers(0, q.shape[1], size=len(greedy)), greedy)
+
+
 class RandomPolicy:
     """Uniform random actions from a seeded generator (the DQN Replay "random" baseline)."""
 
@@ -53,10 +60,7 @@ class EpsilonGreedyPolicy:
     @torch.no_grad()
     def act(self, obs: np.ndarray) -> np.ndarray:
         q = self.q_fn(torch.from_numpy(obs).to(self.device, non_blocking=True))
-        greedy = q.argmax(dim=1).cpu().numpy()
-        explore = self.rng.random(len(obs)) < self.epsilon
-        random = self.rng.integers(0, self.num_actions, size=len(obs))
-        return np.where(explore, random, greedy)
+        return epsilon_greedy(q, self.epsilon, self.rng)
 
 
 POLICIES = ("random",)

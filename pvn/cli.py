@@ -26,6 +26,8 @@ commands:
                  pvn data info data/pong
   pretrain     proto-value network pretraining on a DQN Replay log (resumes in run_dir)
                  pvn pretrain data.path=data/pong run_dir=runs/pvn steps=2000 seed=0
+  evaluate     linear control on a frozen encoder (a pretraining run, or random features)
+                 pvn evaluate encoder=runs/pvn game=Pong steps=20000 run_dir=runs/eval seed=0
   quickstart   the demo: collect a small Pong log, pretrain a small PVN, print diagnostics
 
 Overrides use Hydra's grammar (key=value, lists as [0,1]). `pvn COMMAND --help` lists a command's
@@ -75,6 +77,12 @@ def _pretrain(cfg):
     return pretrain(cfg)
 
 
+def _evaluate(cfg):
+    from pvn.evaluate import evaluate
+
+    return evaluate(cfg)
+
+
 def _data(args: list[str]) -> int:
     if not args or args[0] in ("-h", "--help") or args[0] != "info":
         print(
@@ -108,6 +116,8 @@ def main(argv: list[str] | None = None) -> int:
             return _run_configured("collect", rest, _collect)
         if cmd == "pretrain":
             return _run_configured("pretrain", rest, _pretrain)
+        if cmd == "evaluate":
+            return _run_configured("evaluate", rest, _evaluate)
         if cmd == "data":
             return _data(rest)
         if cmd == "quickstart":

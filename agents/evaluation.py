@@ -1,0 +1,112 @@
+"""The online linear-control loop: act with a frozen encoder, learn a linear Q head.
+
+Reads top to bottom like a CleanRL script: every step, one batched forward pass of the frozen
+encoder over all envs' zero-padded stacks gives ``phi(s_t)``; the linear head acts
+epsilon-greedily on it; the features, actions and clipped rewards go to the feature replay; every
+``update_every`` agent steps the head takes a double-DQN n-step update. Frames are never stored
+and the torso never runs in an update. Each finished episode's (unclipped) return is recorded
+with the agent step at which it ended.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from agents.feature_replay import FeatureReplay
+from agents.linear_dqn import LinearDQN
+from agents.policies import epsilon_greedy
+from envs import FrameStack
+
+
+@dataclass
+class EvalConfig:
+    steps: int = 20_000
+    n_step: int = 5
+    gamma: float = 0.99
+    batch_size: int = 32
+    update_every: int = 4
+    min_replay: int = 2_000
+    capacity: int = 1_000_000
+    epsilon_train: float = 0.01
+    feature_dtype: torch.dtype = torch.float16
+    log_every: int = 1_000
+
+
+def run_linear_control(
+    env,
+    encoder: nn.Module,
+    agent: LinearDQN,
+    cfg: EvalConfig,
+    device: torch.device,
+    seed: int,
+    log=None,
+    pbar=None,
+) -> dict[str, Any]:
+    """Run ``cfg.steps`` agent steps of online linear DQN on ``encoder``'s frozen features."""
+    n = env.num_envs
+    rng = np.random.default_rng(seed)
+    replay = FeatureReplay(
+        cfg.capacity,
+        n,
+        encoder.feature_dim,
+        cfg.n_step,
+        cfg.gamma,
+        device,
+        cfg.feature_dtype,
+        seed,
+    )
+    stack = FrameStack(n)
+    obs = stack.push(env.reset()[:, -1], np.ones(n, bool))
+    resetting = np.zeros(n, bool)  # these envs' next step only resets them (envpool)
+    score = np.zeros(n)
+    episodes: list[dict[str, float]] = []
+    step, since_update, since_log, t0 = 0, 0, 0, time.perf_counter()
+    metrics: dict[str, torch.Tensor] = {}
+    while step < cfg.steps:
+        with torch.no_grad():
+            feats = encoder(torch.from_numpy(obs).to(device, non_blocking=True))
+        actions = epsilon_greedy(agent.q_values(feats), cfg.epsilon_train, rng)
+        res = env.step(actions)
+        live = np.flatnonzero(~resetting)
+        replay.add(
+            live,
+            feats[torch.as_tensor(live, device=feats.device)],
+            actions[live],
+            np.clip(res.reward[live], -1.0, 1.0),
+            res.terminated[live],
+            res.truncated[live],
+        )
+        score[live] += res.reward[live]
+        ended = ~resetting & (res.terminated | res.truncated)
+        for i in np.flatnonzero(ended):
+            episodes.append({"return": float(score[i]), "step": step + len(live)})
+            score[i] = 0.0
+        obs = stack.push(res.obs[:, -1], resetting)  # rows that just reset restart from zeros
+        resetting = ended
+        step += len(live)
+        since_update += len(live)
+        since_log += len(live)
+        if pbar is not None:
+            pbar.update(len(live))
+        if step >= cfg.min_replay:
+            while since_update >= cfg.update_every:
+                metrics = agent.update(replay.sample(cfg.batch_size))
+                since_update -= cfg.update_every
+        else:
+            since_update = 0
+        if log is not None and (since_log >= cfg.log_every or step >= cfg.steps):
+            dt = time.perf_counter() - t0
+            values = {"steps_per_s": since_log / dt}
+            values.update({k: float(v) for k, v in metrics.items()})
+            recent = [e["return"] for e in episodes[-10:]]
+            if recent:
+                values["episodic_return"] = float(np.mean(recent))
+            log(step, values)
+            since_log, t0 = 0, time.perf_counter()
+    return {"episodes": episodes, "steps": step, "replay_size": len(replay)}

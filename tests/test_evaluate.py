@@ -1,0 +1,113 @@
+"""``pvn evaluate`` on real ALE: pretrained and random encoders, results.json, frozen torso."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from agents.evaluation import EvalConfig, run_linear_control
+from agents.linear_dqn import LinearDQN, LinearDQNConfig
+from envs import make_atari
+from pvn.cli import main
+from pvn.networks import build_torso
+from replay import DQNReplayWriter
+
+# epsilon 1: Breakout needs FIRE to launch the ball, which an untrained greedy head may never
+# press; random play ends episodes in ~200 steps
+SMALL = [
+    "game=Breakout",
+    "agent.epsilon_train=1.0",
+    "steps=1500",
+    "num_envs=2",
+    "agent.min_replay=100",
+    "agent.batch_size=8",
+    "log_every=200",
+    "progress=false",
+]
+
+
+@pytest.fixture(scope="module")
+def pretrained(tmp_path_factory, ale_episodes):
+    root = tmp_path_factory.mktemp("pre")
+    with DQNReplayWriter(root / "replay_logs", capacity=2000) as w:
+        for ep in ale_episodes:
+            w.add_episode(*ep)
+    run = root / "run"
+    assert (
+        main(
+            [
+                "pretrain",
+                f"data.path={root}",
+                f"data.cache_dir={root / 'cache'}",
+                f"run_dir={run}",
+                "torso.feature_dim=32",
+                "tasks.num_tasks=10",
+                "steps=10",
+                "batch_size=8",
+                "td.warmup_steps=2",
+                "progress=false",
+            ]
+        )
+        == 0
+    )
+    return run
+
+
+@pytest.mark.parametrize("which", ["pretrained", "random"])
+def test_evaluate_writes_results(pretrained, tmp_path, which):
+    encoder = str(pretrained) if which == "pretrained" else "random"
+    run = tmp_path / "eval"
+    assert main(["evaluate", f"encoder={encoder}", f"run_dir={run}", *SMALL]) == 0
+    res = json.loads((run / "results.json").read_text())
+    assert res["game"] == "Breakout" and res["seed"] == 0 and res["steps"] >= 1500
+    assert len(res["episodes"]) >= 1
+    steps = [e["step"] for e in res["episodes"]]
+    assert steps == sorted(steps) and steps[-1] <= res["steps"]
+    assert all(e["return"] >= 0 and float(e["return"]).is_integer() for e in res["episodes"])
+    records = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert "loss" in records[-1] and "steps_per_s" in records[-1]
+    assert (run / "config.yaml").exists() and any((run / "tb").iterdir())
+
+
+def test_frozen_encoder_never_changes():
+    torso = build_torso("nature", torch.Generator().manual_seed(0), feature_dim=16)
+    torso.requires_grad_(False)
+    before = {k: v.clone() for k, v in torso.state_dict().items()}
+    agent = LinearDQN(16, 4, LinearDQNConfig(lr=1e-3), torch.Generator().manual_seed(0))
+    head_before = agent.head.weight.detach().clone()
+    cfg = EvalConfig(
+        steps=400, n_step=3, batch_size=8, min_replay=50, capacity=2000, epsilon_train=0.5
+    )
+    with make_atari("Breakout", 2, "eval") as env:
+        out = run_linear_control(env, torso, agent, cfg, torch.device("cpu"), seed=0)
+    assert out["steps"] >= 400 and out["replay_size"] >= 400
+    for k, v in torso.state_dict().items():
+        assert torch.equal(v, before[k]), k
+    assert not torch.equal(head_before, agent.head.weight)  # the head did learn
+
+
+def test_epsilon_greedy_statistics():
+    """Non-greedy actions appear at rate epsilon * (A - 1) / A, uniformly over the others."""
+    from agents.policies import epsilon_greedy
+
+    q = torch.tensor([[0.0, 5.0, 1.0, 2.0]]).repeat(20_000, 1)  # greedy action: 1
+    rng = np.random.default_rng(0)
+    for eps in (0.0, 0.3, 1.0):
+        counts = np.bincount(epsilon_greedy(q, eps, rng), minlength=4) / len(q)
+        expected = np.full(4, eps / 4)
+        expected[1] += 1 - eps
+        assert np.abs(counts - expected).max() < 0.01, (eps, counts)
+
+
+def test_bad_encoder_and_existing_run(tmp_path, pretrained, capsys):
+    assert (
+        main(["evaluate", f"encoder={tmp_path / 'nope'}", f"run_dir={tmp_path / 'r'}", *SMALL]) == 2
+    )
+    assert "neither a checkpoint file nor a run dir" in capsys.readouterr().err
+    run = tmp_path / "eval"
+    assert main(["evaluate", "encoder=random", f"run_dir={run}", *SMALL]) == 0
+    assert main(["evaluate", "encoder=random", f"run_dir={run}", *SMALL]) == 2
+    assert "already holds results.json" in capsys.readouterr().err
