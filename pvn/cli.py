@@ -28,6 +28,8 @@ commands:
                  pvn pretrain data.path=data/pong run_dir=runs/pvn steps=2000 seed=0
   evaluate     linear control on a frozen encoder (a pretraining run, or random features)
                  pvn evaluate encoder=runs/pvn game=Pong steps=20000 run_dir=runs/eval seed=0
+  report       Markdown table, CSV and curves from evaluate runs (HNS, IQM with 95% CIs)
+                 pvn report runs/eval_* --out report
   quickstart   the demo: collect a small Pong log, pretrain a small PVN, print diagnostics
 
 Overrides use Hydra's grammar (key=value, lists as [0,1]). `pvn COMMAND --help` lists a command's
@@ -83,6 +85,30 @@ def _evaluate(cfg):
     return evaluate(cfg)
 
 
+def _report(args: list[str]) -> int:
+    if not args or args[0] in ("-h", "--help"):
+        print(
+            "usage: pvn report RUN_DIR... [--out DIR] [--window N]\n\nPer game and method: "
+            "final and best mean return over seeds, human-normalised score; across games: IQM, "
+            "median and mean with stratified bootstrap 95% CIs. Writes DIR/report.md, "
+            "report.csv, curves.png (default DIR: report)."
+        )
+        return 0 if args else 2
+    out, window, dirs = "report", 10, []
+    it = iter(args)
+    for a in it:
+        if a == "--out":
+            out = next(it, "report")
+        elif a == "--window":
+            window = int(next(it, "10"))
+        else:
+            dirs.append(a)
+    from pvn.report import report
+
+    print(report(dirs, out, window))
+    return 0
+
+
 def _data(args: list[str]) -> int:
     if not args or args[0] in ("-h", "--help") or args[0] != "info":
         print(
@@ -118,6 +144,8 @@ def main(argv: list[str] | None = None) -> int:
             return _run_configured("pretrain", rest, _pretrain)
         if cmd == "evaluate":
             return _run_configured("evaluate", rest, _evaluate)
+        if cmd == "report":
+            return _report(rest)
         if cmd == "data":
             return _data(rest)
         if cmd == "quickstart":

@@ -94,6 +94,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         "seed": int(cfg.seed),
         "steps": out["steps"],
         "encoder": str(cfg.encoder),
+        "method": "random" if cfg.encoder == "random" else "pvn",
         "protocol": cfg.protocol,
         "episodes": out["episodes"],
     }

@@ -1,0 +1,188 @@
+"""``pvn report RUN_DIR...``: tables, CSV and curves from ``pvn evaluate`` runs.
+
+Per game and method: the final return (mean of each seed's last ``window`` episodes) and the
+best (highest rolling mean over ``window`` episodes), averaged over seeds, and the final
+human-normalised score. Across games: IQM, median and mean of human-normalised final scores
+with stratified-bootstrap 95% CIs (:mod:`agents.scores`), per method.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import warnings
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from agents.scores import aggregate, human_normalized
+from pvn.errors import ConfigError
+
+
+def load_results(run_dir: str | Path) -> dict[str, Any]:
+    path = Path(run_dir) / "results.json"
+    try:
+        res = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: missing (is {run_dir} a `pvn evaluate` run dir?)") from None
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"{path}: not valid JSON ({e})") from None
+    for key in ("game", "seed", "episodes"):
+        if key not in res:
+            raise ConfigError(f"{path}: no '{key}' entry")
+    res.setdefault("method", "random" if res.get("encoder") == "random" else "pvn")
+    return res
+
+
+def final_and_best(returns: list[float], window: int) -> tuple[float, float]:
+    r = np.asarray(returns, np.float64)
+    if len(r) == 0:
+        return float("nan"), float("nan")
+    w = min(window, len(r))
+    rolling = np.convolve(r, np.ones(w) / w, mode="valid")
+    return float(r[-w:].mean()), float(rolling.max())
+
+
+def summarize(runs: list[dict[str, Any]], window: int = 10) -> list[dict[str, Any]]:
+    """One row per (game, method): seeds, final and best mean return, final HNS."""
+    groups: dict[tuple[str, str], list] = defaultdict(list)
+    for r in runs:
+        groups[(r["game"], r["method"])].append(r)
+    rows = []
+    for (game, method), rs in sorted(groups.items()):
+        fb = [final_and_best([e["return"] for e in r["episodes"]], window) for r in rs]
+        final = float(np.mean([f for f, _ in fb]))
+        rows.append(
+            {
+                "game": game,
+                "method": method,
+                "seeds": sorted(int(r["seed"]) for r in rs),
+                "final_return": final,
+                "best_return": float(np.mean([b for _, b in fb])),
+                "final_hns": human_normalized(game, final),
+                "per_seed_final_hns": {
+                    int(r["seed"]): human_normalized(game, f)
+                    for r, (f, _) in zip(rs, fb, strict=True)
+                },
+            }
+        )
+    return rows
+
+
+def aggregates(rows: list[dict[str, Any]], reps: int = 2000) -> dict[str, dict]:
+    """Per method: IQM/median/mean of final HNS over a (seeds x games) matrix with CIs.
+
+    Uses the seeds present in every game of that method (the matrix must be rectangular)."""
+    out = {}
+    for method in sorted({r["method"] for r in rows}):
+        mine = [r for r in rows if r["method"] == method and not np.isnan(r["final_hns"])]
+        if not mine:
+            continue
+        seeds = sorted(set.intersection(*(set(r["per_seed_final_hns"]) for r in mine)))
+        if not seeds:
+            continue
+        matrix = np.array([[r["per_seed_final_hns"][s] for r in mine] for s in seeds])
+        out[method] = {"games": len(mine), "seeds": len(seeds), **aggregate(matrix, reps)}
+    return out
+
+
+def markdown(rows: list[dict[str, Any]], aggs: dict[str, dict]) -> str:
+    lines = [
+        "| game | method | seeds | final return | best return | final HNS |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['game']} | {r['method']} | {len(r['seeds'])} | {r['final_return']:.1f} | "
+            f"{r['best_return']:.1f} | {r['final_hns']:.3f} |"
+        )
+    if aggs:
+        lines += [
+            "",
+            "| method | games x seeds | IQM [95% CI] | median [95% CI] | mean [95% CI] |",
+            "|---|---|---|---|---|",
+        ]
+        for m, a in aggs.items():
+            cells = [
+                f"{a[k]['value']:.3f} [{a[k]['ci_low']:.3f}, {a[k]['ci_high']:.3f}]"
+                for k in ("IQM", "median", "mean")
+            ]
+            lines.append(f"| {m} | {a['games']} x {a['seeds']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def plot_curves(runs: list[dict[str, Any]], path: Path, bins: int = 20) -> None:
+    """Episode return against agent steps, mean over seeds, one panel per game."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    games = sorted({r["game"] for r in runs})
+    fig, axes = plt.subplots(1, len(games), figsize=(4.5 * len(games), 3.4), squeeze=False)
+    for ax, game in zip(axes[0], games, strict=True):
+        by_method: dict[str, list] = defaultdict(list)
+        for r in runs:
+            if r["game"] == game:
+                by_method[r["method"]].append(r)
+        for method, rs in sorted(by_method.items()):
+            top = max(
+                int(r.get("steps") or max((e["step"] for e in r["episodes"]), default=1))
+                for r in rs
+            )
+            edges = np.linspace(0, top, bins + 1)
+            curves = []
+            for r in rs:
+                steps = np.array([e["step"] for e in r["episodes"]], np.float64)
+                rets = np.array([e["return"] for e in r["episodes"]], np.float64)
+                idx = np.clip(np.searchsorted(edges, steps, side="right") - 1, 0, bins - 1)
+                sums = np.bincount(idx, rets, minlength=bins)
+                counts = np.bincount(idx, minlength=bins)
+                with np.errstate(invalid="ignore"):
+                    curves.append(sums / counts)
+            mid = (edges[:-1] + edges[1:]) / 2
+            with np.errstate(invalid="ignore"), warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)  # bins with no episode: gaps
+                mean = np.nanmean(np.array(curves), axis=0)
+            ax.plot(mid, mean, marker=".", label=f"{method} (n={len(rs)})")
+        if not any(r["episodes"] for r in runs if r["game"] == game):
+            ax.text(0.5, 0.5, "no finished episode", ha="center", transform=ax.transAxes)
+        ax.set_title(game)
+        ax.set_xlabel("agent steps")
+        ax.set_ylabel("episode return")
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def report(run_dirs: list[str], out_dir: str | Path = "report", window: int = 10) -> str:
+    """Write ``report.md``, ``report.csv`` and ``curves.png`` under ``out_dir``; return the
+    Markdown."""
+    if not run_dirs:
+        raise ConfigError("pvn report: give one or more `pvn evaluate` run dirs")
+    runs = [load_results(d) for d in run_dirs]
+    rows = summarize(runs, window)
+    aggs = aggregates(rows)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    text = markdown(rows, aggs)
+    (out / "report.md").write_text(text + "\n")
+    with open(out / "report.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["game", "method", "seeds", "final_return", "best_return", "final_hns"])
+        for r in rows:
+            w.writerow(
+                [
+                    r["game"],
+                    r["method"],
+                    len(r["seeds"]),
+                    r["final_return"],
+                    r["best_return"],
+                    r["final_hns"],
+                ]
+            )
+    plot_curves(runs, out / "curves.png")
+    return text
