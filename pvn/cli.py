@@ -94,18 +94,20 @@ def _report(args: list[str]) -> int:
             "report.csv, curves.png (default DIR: report)."
         )
         return 0 if args else 2
-    out, window, dirs = "report", 10, []
+    out, window, data, dirs = "report", 10, None, []
     it = iter(args)
     for a in it:
         if a == "--out":
             out = next(it, "report")
         elif a == "--window":
             window = int(next(it, "10"))
+        elif a == "--data":
+            data = next(it, None)
         else:
             dirs.append(a)
     from pvn.report import report
 
-    print(report(dirs, out, window))
+    print(report(dirs, out, window, data))
     return 0
 
 

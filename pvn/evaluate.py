@@ -28,7 +28,8 @@ from pvn.networks import build_torso
 from pvn.progress import bar
 
 
-def _encoder(cfg: DictConfig, device: torch.device) -> torch.nn.Module:
+def encoder_for(cfg: DictConfig, device: torch.device) -> torch.nn.Module:
+    """The frozen encoder an evaluate config names: a pretrained one, or a random torso."""
     if cfg.encoder == "random":
         torso_cfg = dict(cfg.torso)
         gen = torch.Generator().manual_seed(int(cfg.seed) + 1)  # not the head's stream
@@ -55,7 +56,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     if (run_dir / "results.json").exists():
         raise ConfigError(f"{run_dir}: already holds results.json; choose a new run_dir")
     device = torch.device(cfg.device)
-    encoder = _encoder(cfg, device)
+    encoder = encoder_for(cfg, device)
     env = make_atari(cfg.game, cfg.num_envs, cfg.protocol, int(cfg.seed))
     try:
         save_config(cfg, run_dir)

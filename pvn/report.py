@@ -158,9 +158,40 @@ def plot_curves(runs: list[dict[str, Any]], path: Path, bins: int = 20) -> None:
     plt.close(fig)
 
 
-def report(run_dirs: list[str], out_dir: str | Path = "report", window: int = 10) -> str:
-    """Write ``report.md``, ``report.csv`` and ``curves.png`` under ``out_dir``; return the
-    Markdown."""
+def probes(run_dirs: list[str], data: str | Path) -> dict[str, dict[str, Any]]:
+    """Offline linear probes of each method's encoder (its first run's) on the log ``data``."""
+    import torch
+    from omegaconf import OmegaConf
+
+    from agents.probes import linear_probes
+    from pvn.evaluate import encoder_for
+    from replay import DQNReplayDataset
+
+    ds = DQNReplayDataset(data)
+    out: dict[str, dict[str, Any]] = {}
+    for d in run_dirs:
+        method = load_results(d)["method"]
+        if method not in out:
+            cfg = OmegaConf.load(Path(d) / "config.yaml")
+            out[method] = linear_probes(encoder_for(cfg, torch.device("cpu")), ds)
+    return out
+
+
+def probes_markdown(table: dict[str, dict[str, Any]]) -> str:
+    lines = ["| method | probe states | R^2 return-to-go | R^2 next reward |", "|---|---|---|---|"]
+    for m, p in table.items():
+        lines.append(f"| {m} | {p['states']} | {p['return_r2']:.3f} | {p['reward_r2']:.3f} |")
+    return "\n".join(lines)
+
+
+def report(
+    run_dirs: list[str],
+    out_dir: str | Path = "report",
+    window: int = 10,
+    data: str | Path | None = None,
+) -> str:
+    """Write ``report.md``, ``report.csv`` and ``curves.png`` under ``out_dir`` (and, with a
+    dataset, the offline probes); return the Markdown."""
     if not run_dirs:
         raise ConfigError("pvn report: give one or more `pvn evaluate` run dirs")
     runs = [load_results(d) for d in run_dirs]
@@ -169,6 +200,12 @@ def report(run_dirs: list[str], out_dir: str | Path = "report", window: int = 10
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     text = markdown(rows, aggs)
+    if data is not None:
+        table = probes(run_dirs, data)
+        text += "\n\nOffline linear probes on held-out logged episodes:\n\n" + probes_markdown(
+            table
+        )
+        (out / "probes.json").write_text(json.dumps(table, indent=1))
     (out / "report.md").write_text(text + "\n")
     with open(out / "report.csv", "w", newline="") as f:
         w = csv.writer(f)

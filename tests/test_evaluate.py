@@ -111,3 +111,19 @@ def test_bad_encoder_and_existing_run(tmp_path, pretrained, capsys):
     assert main(["evaluate", "encoder=random", f"run_dir={run}", *SMALL]) == 0
     assert main(["evaluate", "encoder=random", f"run_dir={run}", *SMALL]) == 2
     assert "already holds results.json" in capsys.readouterr().err
+
+
+def test_report_with_offline_probes(pretrained, tmp_path, capsys):
+    runs = []
+    for name, enc in (("pvn", str(pretrained)), ("rand", "random")):
+        runs.append(str(tmp_path / name))
+        assert main(["evaluate", f"encoder={enc}", f"run_dir={runs[-1]}", *SMALL]) == 0
+    capsys.readouterr()
+    out = tmp_path / "rep"
+    assert main(["report", *runs, "--out", str(out), "--data", str(pretrained.parent)]) == 0
+    text = capsys.readouterr().out
+    assert "| Breakout | pvn | 1 |" in text and "| Breakout | random | 1 |" in text
+    probes = json.loads((out / "probes.json").read_text())
+    assert set(probes) == {"pvn", "random"}
+    for p in probes.values():
+        assert p["states"] > 100 and p["return_r2"] <= 1 and p["reward_r2"] <= 1
