@@ -14,6 +14,15 @@ SHARED = Path(os.environ.get("PVN_SHARED", REPO.parent / "shared"))
 DOPAMINE_FIXTURE = SHARED / "fixtures" / "dopamine_breakout"
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _private_cache(tmp_path_factory):
+    """Keep the replay cache of code that uses the default location out of the user's home."""
+    mp = pytest.MonkeyPatch()
+    mp.setenv("PVN_CACHE_DIR", str(tmp_path_factory.mktemp("pvn-cache")))
+    yield
+    mp.undo()
+
+
 @pytest.fixture(scope="session")
 def dopamine_fixture() -> Path:
     """Checkpoints written by Dopamine's own replay code (see ../shared/fixtures/README.md)."""
