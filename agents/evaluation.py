@@ -3,7 +3,8 @@
 Reads top to bottom like a CleanRL script: every step, one batched forward pass of the frozen
 encoder over all envs' zero-padded stacks gives ``phi(s_t)``; the linear head acts
 epsilon-greedily on it; the features, actions and clipped rewards go to the feature replay; every
-``update_every`` agent steps the head takes a double-DQN n-step update. Frames are never stored
+``update_every`` agent steps the head takes a double-DQN n-step update, computed while the
+emulators step (``send``, update, ``recv``). Frames are never stored
 and the torso never runs in an update. Each finished episode's (unclipped) return is recorded
 with the agent step at which it ended.
 """
@@ -62,6 +63,7 @@ def run_linear_control(
         seed,
     )
     stack = FrameStack(n)
+    all_envs = np.arange(n)
     obs = stack.push(env.reset()[:, -1], np.ones(n, bool))
     resetting = np.zeros(n, bool)  # these envs' next step only resets them (envpool)
     score = np.zeros(n)
@@ -72,34 +74,38 @@ def run_linear_control(
         with torch.no_grad():
             feats = encoder(torch.from_numpy(obs).to(device, non_blocking=True))
         actions = epsilon_greedy(agent.q_values(feats), cfg.epsilon_train, rng)
-        res = env.step(actions)
-        live = np.flatnonzero(~resetting)
-        replay.add(
-            live,
-            feats[torch.as_tensor(live, device=feats.device)],
-            actions[live],
-            np.clip(res.reward[live], -1.0, 1.0),
-            res.terminated[live],
-            res.truncated[live],
-        )
-        score[live] += res.reward[live]
-        ended = ~resetting & (res.terminated | res.truncated)
-        for i in np.flatnonzero(ended):
-            episodes.append({"return": float(score[i]), "step": step + len(live)})
-            score[i] = 0.0
-        obs = stack.push(res.obs[:, -1], resetting)  # rows that just reset restart from zeros
-        resetting = ended
-        step += len(live)
-        since_update += len(live)
-        since_log += len(live)
-        if pbar is not None:
-            pbar.update(len(live))
+        env.send(actions, all_envs)
+        # The head learns from the replay while the emulators step (the updates owed so far).
         if step >= cfg.min_replay:
             while since_update >= cfg.update_every:
                 metrics = agent.update(replay.sample(cfg.batch_size))
                 since_update -= cfg.update_every
         else:
             since_update = 0
+        res = env.recv()
+        order = np.argsort(res.env_id)  # results in env order
+        reward, term, trunc = res.reward[order], res.terminated[order], res.truncated[order]
+        live = np.flatnonzero(~resetting)
+        replay.add(
+            live,
+            feats[torch.as_tensor(live, device=feats.device)],
+            actions[live],
+            np.clip(reward[live], -1.0, 1.0),
+            term[live],
+            trunc[live],
+        )
+        score[live] += reward[live]
+        ended = ~resetting & (term | trunc)
+        for i in np.flatnonzero(ended):
+            episodes.append({"return": float(score[i]), "step": step + len(live)})
+            score[i] = 0.0
+        obs = stack.push(res.obs[order, -1], resetting)  # rows that just reset restart from zeros
+        resetting = ended
+        step += len(live)
+        since_update += len(live)
+        since_log += len(live)
+        if pbar is not None:
+            pbar.update(len(live))
         if log is not None and (since_log >= cfg.log_every or step >= cfg.steps):
             dt = time.perf_counter() - t0
             values = {"steps_per_s": since_log / dt}

@@ -55,7 +55,9 @@ class LinearDQN:
         xavier_(self.head.weight, feature_dim, num_actions, gen)
         nn.init.zeros_(self.head.bias)
         self.target = copy.deepcopy(self.head).requires_grad_(False)
-        self.optimizer = torch.optim.Adam(self.head.parameters(), lr=cfg.lr, eps=cfg.adam_eps)
+        self.optimizer = torch.optim.Adam(
+            self.head.parameters(), lr=cfg.lr, eps=cfg.adam_eps, foreach=True
+        )
         self.updates = 0
 
     def to(self, device: str | torch.device) -> LinearDQN:
