@@ -63,11 +63,4 @@ class EpsilonGreedyPolicy:
         return epsilon_greedy(q, self.epsilon, self.rng)
 
 
-POLICIES = ("random",)
-
-
-def make_policy(name: str, num_actions: int, seed: int) -> Policy:
-    """A collection policy by config name (``random``; trained agents join in later issues)."""
-    if name == "random":
-        return RandomPolicy(num_actions, seed)
-    raise ValueError(f"policy={name!r}: unknown; choose one of {list(POLICIES)}")
+POLICIES = ("random", "epsilon_greedy")

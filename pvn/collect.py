@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from agents.policies import POLICIES, Policy, make_policy
+from agents.policies import POLICIES, EpsilonGreedyPolicy, Policy, RandomPolicy
 from envs import BACKENDS, PROTOCOLS, FrameStack, make_atari
 from pvn.config import require, save_config
 from pvn.progress import bar
@@ -107,6 +107,31 @@ def run_collection(
     }
 
 
+def trained_policy(run_dir: str, num_actions: int, epsilon: float, seed: int) -> Policy:
+    """Epsilon-greedy on the linear Q head of a ``pvn evaluate`` run and its frozen encoder."""
+    import torch
+    from omegaconf import OmegaConf
+
+    from pvn.checkpoint import load_checkpoint, resolve_checkpoint
+    from pvn.errors import CheckpointError
+    from pvn.evaluate import encoder_for
+
+    config = Path(run_dir) / "config.yaml"
+    if not config.is_file():
+        raise CheckpointError(f"{config}: missing; checkpoint= must be a `pvn evaluate` run dir")
+    encoder = encoder_for(OmegaConf.load(config), torch.device("cpu"))
+    state = load_checkpoint(resolve_checkpoint(run_dir)).get("agent")
+    if state is None:
+        raise CheckpointError(f"{run_dir}: its checkpoint holds no linear agent")
+    head = torch.nn.Linear(encoder.feature_dim, state["head"]["weight"].shape[0])
+    head.load_state_dict(state["head"])
+    if head.out_features != num_actions:
+        raise CheckpointError(
+            f"{run_dir}: agent has {head.out_features} actions, this game {num_actions}"
+        )
+    return EpsilonGreedyPolicy(lambda obs: head(encoder(obs)), num_actions, epsilon, seed)
+
+
 def collect(cfg) -> dict[str, Any]:
     """Run ``pvn collect`` from a resolved config; returns (and saves) the summary."""
     require(cfg.steps > 0, "steps", cfg.steps, "must be > 0")
@@ -115,6 +140,7 @@ def collect(cfg) -> dict[str, Any]:
     require(isinstance(capacity, int) and capacity >= 5, "capacity", cfg.capacity, "an int >= 5")
     require(1 <= cfg.compresslevel <= 9, "compresslevel", cfg.compresslevel, "must be in 1..9")
     require(cfg.policy in POLICIES, "policy", cfg.policy, f"choose one of {list(POLICIES)}")
+    require(0 <= cfg.epsilon <= 1, "epsilon", cfg.epsilon, "must be in [0, 1]")
     require(cfg.protocol in PROTOCOLS, "protocol", cfg.protocol, f"choose from {list(PROTOCOLS)}")
     require(cfg.backend in BACKENDS, "backend", cfg.backend, f"choose one of {list(BACKENDS)}")
     out = Path(cfg.out)
@@ -125,7 +151,13 @@ def collect(cfg) -> dict[str, Any]:
     require(1 <= batch <= cfg.num_envs, "batch_size", cfg.batch_size, "must be in 1..num_envs")
     env = make_atari(cfg.game, cfg.num_envs, cfg.protocol, cfg.seed, cfg.backend, batch_size=batch)
     try:
-        policy = make_policy(cfg.policy, env.num_actions, cfg.seed)
+        if cfg.policy == "random":
+            policy: Policy = RandomPolicy(env.num_actions, cfg.seed)
+        else:
+            require(
+                cfg.checkpoint is not None, "checkpoint", None, "policy=epsilon_greedy needs one"
+            )
+            policy = trained_policy(cfg.checkpoint, env.num_actions, cfg.epsilon, cfg.seed)
         save_config(cfg, out)
         with DQNReplayWriter(log_dir, capacity, compresslevel=cfg.compresslevel) as writer:
             summary = run_collection(env, policy, writer, cfg.steps, cfg.progress)

@@ -127,3 +127,48 @@ def test_report_with_offline_probes(pretrained, tmp_path, capsys):
     assert set(probes) == {"pvn", "random"}
     for p in probes.values():
         assert p["states"] > 100 and p["return_r2"] <= 1 and p["reward_r2"] <= 1
+
+
+def test_collect_with_a_trained_agent(tmp_path):
+    """policy=epsilon_greedy with epsilon 0 logs exactly the agent's greedy actions."""
+    from pvn.evaluate import encoder_for
+    from replay import DQNReplayDataset
+
+    run = tmp_path / "eval"
+    assert main(["evaluate", "encoder=random", f"run_dir={run}", *SMALL]) == 0
+    out = tmp_path / "data"
+    assert (
+        main(
+            [
+                "collect",
+                "game=Breakout",
+                "steps=200",
+                "num_envs=2",
+                "policy=epsilon_greedy",
+                f"checkpoint={run}",
+                "epsilon=0.0",
+                "protocol=eval",
+                f"out={out}",
+                "progress=false",
+            ]
+        )
+        == 0
+    )
+    from omegaconf import OmegaConf
+
+    from pvn.checkpoint import list_checkpoints, load_checkpoint
+
+    encoder = encoder_for(OmegaConf.load(run / "config.yaml"), torch.device("cpu"))
+    head = torch.nn.Linear(encoder.feature_dim, 4)
+    head.load_state_dict(load_checkpoint(list_checkpoints(run)[-1])["agent"]["head"])
+    ds = DQNReplayDataset(out, cache_dir=tmp_path / "cache")
+    idx = np.flatnonzero(ds.valid_mask(0))[:50]
+    b = ds.gather(0, idx)
+    with torch.no_grad():
+        greedy = head(encoder(torch.from_numpy(b.observation))).argmax(1).numpy()
+    np.testing.assert_array_equal(b.action, greedy)
+
+
+def test_collect_epsilon_greedy_needs_an_agent(tmp_path, capsys):
+    assert main(["collect", "policy=epsilon_greedy", f"out={tmp_path / 'd'}", "steps=10"]) == 2
+    assert "checkpoint" in capsys.readouterr().err
