@@ -120,7 +120,7 @@ def _data(args: list[str]) -> int:
         return 0 if args and args[0] in ("-h", "--help") else 2
     if len(args) != 2:
         raise ConfigError("pvn data info: expected exactly one PATH")
-    from pvn.report_data import format_summary
+    from pvn.data_info import format_summary
     from replay.summary import summarize
 
     print(format_summary(summarize(args[1])))

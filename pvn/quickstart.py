@@ -12,10 +12,10 @@ from pathlib import Path
 
 from pvn.collect import collect
 from pvn.config import load_config, save_config
+from pvn.data_info import format_summary
 from pvn.evaluate import evaluate
 from pvn.pretrain import pretrain
 from pvn.report import report
-from pvn.report_data import format_summary
 from replay.summary import summarize
 
 

@@ -1,4 +1,4 @@
-"""Plain-text rendering of a replay summary (``pvn data info``)."""
+"""Plain-text rendering of a replay log summary (``pvn data info``)."""
 
 from __future__ import annotations
 
