@@ -86,6 +86,7 @@ class PVNLearner:
         self.discount = cfg.gamma**cfg.n_step
         self._online_params = [p for p in network.parameters() if p.requires_grad]
         self._target_params = list(self.target.parameters())
+        self._online_all = list(network.parameters())  # paired with _target_params
 
     def _autocast(self, device: torch.device):
         if self.cfg.bf16:
@@ -143,8 +144,7 @@ class PVNLearner:
     @torch.no_grad()
     def _update_target(self, step: int) -> None:
         if self.cfg.target_tau is not None:
-            online = [p.detach() for p in self.online.parameters()]
-            torch._foreach_lerp_(self._target_params, online, self.cfg.target_tau)
+            torch._foreach_lerp_(self._target_params, self._online_all, self.cfg.target_tau)
         elif (step + 1) % self.cfg.target_period == 0:
             self.target.load_state_dict(self.online.state_dict())
 
