@@ -37,6 +37,39 @@ class EvalConfig:
     epsilon_train: float = 0.01
     feature_dtype: torch.dtype = torch.float16
     log_every: int = 1_000
+    eval_every: int = 0  # agent steps between greedy evaluations (0: none)
+    epsilon_eval: float = 0.001
+    eval_max_steps: int = 27_000  # per evaluation episode (agent steps)
+
+
+@torch.no_grad()
+def greedy_episodes(
+    env,
+    encoder: nn.Module,
+    agent: LinearDQN,
+    epsilon: float,
+    max_steps: int,
+    device: torch.device,
+    rng: np.random.Generator,
+) -> list[float]:
+    """One episode in each of ``env``'s envs with (almost) greedy actions; their returns.
+
+    Episodes still running after ``max_steps`` agent steps are cut there (their partial return
+    counts). Envs that finished keep stepping (their results are ignored) until all are done.
+    """
+    n = env.num_envs
+    stack = FrameStack(n)
+    obs = stack.push(env.reset()[:, -1], np.ones(n, bool))
+    score, done = np.zeros(n), np.zeros(n, bool)
+    for _ in range(max_steps):
+        q = agent.q_values(encoder(torch.from_numpy(obs).to(device, non_blocking=True)))
+        res = env.step(epsilon_greedy(q, epsilon, rng))
+        score[~done] += res.reward[~done]
+        done |= res.terminated | res.truncated
+        if done.all():
+            break
+        obs = stack.push(res.obs[:, -1])
+    return score.tolist()
 
 
 def run_linear_control(
@@ -48,8 +81,12 @@ def run_linear_control(
     seed: int,
     log=None,
     pbar=None,
+    eval_env=None,
 ) -> dict[str, Any]:
-    """Run ``cfg.steps`` agent steps of online linear DQN on ``encoder``'s frozen features."""
+    """Run ``cfg.steps`` agent steps of online linear DQN on ``encoder``'s frozen features.
+
+    With ``eval_env`` and ``cfg.eval_every``, every ``eval_every`` agent steps the agent plays
+    one episode per eval env at ``epsilon_eval`` (the paper's evaluation: 0.001)."""
     n = env.num_envs
     rng = np.random.default_rng(seed)
     replay = FeatureReplay(
@@ -68,6 +105,8 @@ def run_linear_control(
     resetting = np.zeros(n, bool)  # these envs' next step only resets them (envpool)
     score = np.zeros(n)
     episodes: list[dict[str, float]] = []
+    evaluations: list[dict[str, Any]] = []
+    next_eval = cfg.eval_every if eval_env is not None and cfg.eval_every > 0 else None
     step, since_update, since_log, t0 = 0, 0, 0, time.perf_counter()
     metrics: dict[str, torch.Tensor] = {}
     while step < cfg.steps:
@@ -106,6 +145,14 @@ def run_linear_control(
         since_log += len(live)
         if pbar is not None:
             pbar.update(len(live))
+        if next_eval is not None and (step >= next_eval or step >= cfg.steps):
+            returns = greedy_episodes(
+                eval_env, encoder, agent, cfg.epsilon_eval, cfg.eval_max_steps, device, rng
+            )
+            evaluations.append({"step": step, "returns": returns})
+            if log is not None:
+                log(step, {"eval_return": float(np.mean(returns))})
+            next_eval = step + cfg.eval_every if step < cfg.steps else None
         if log is not None and (since_log >= cfg.log_every or step >= cfg.steps):
             dt = time.perf_counter() - t0
             values = {"steps_per_s": since_log / dt}
@@ -115,4 +162,9 @@ def run_linear_control(
                 values["episodic_return"] = float(np.mean(recent))
             log(step, values)
             since_log, t0 = 0, time.perf_counter()
-    return {"episodes": episodes, "steps": step, "replay_size": len(replay)}
+    return {
+        "episodes": episodes,
+        "evaluations": evaluations,
+        "steps": step,
+        "replay_size": len(replay),
+    }

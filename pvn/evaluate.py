@@ -58,6 +58,9 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     device = torch.device(cfg.device)
     encoder = encoder_for(cfg, device)
     env = make_atari(cfg.game, cfg.num_envs, cfg.protocol, int(cfg.seed))
+    eval_env = None
+    if cfg.eval_every > 0:  # its own envs and seeds, so evaluation never disturbs training
+        eval_env = make_atari(cfg.game, cfg.num_envs, cfg.protocol, int(cfg.seed) + 10_000)
     try:
         save_config(cfg, run_dir)
         gen = torch.Generator().manual_seed(int(cfg.seed))
@@ -78,17 +81,22 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
             epsilon_train=a.epsilon_train,
             feature_dtype=getattr(torch, a.feature_dtype),
             log_every=cfg.log_every,
+            eval_every=cfg.eval_every,
+            epsilon_eval=a.epsilon_eval,
+            eval_max_steps=cfg.eval_max_steps,
         )
         logger = MetricsLogger(run_dir)
         try:
             with bar(cfg.steps, f"evaluate {cfg.game}", "step", cfg.progress) as pbar:
                 out = run_linear_control(
-                    env, encoder, agent, ecfg, device, int(cfg.seed), logger.log, pbar
+                    env, encoder, agent, ecfg, device, int(cfg.seed), logger.log, pbar, eval_env
                 )
         finally:
             logger.close()
     finally:
         env.close()
+        if eval_env is not None:
+            eval_env.close()
     save_checkpoint(run_dir, out["steps"], {"agent": agent.state_dict()}, keep=1)
     results = {
         "game": cfg.game,
@@ -98,6 +106,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         "method": "random" if cfg.encoder == "random" else "pvn",
         "protocol": cfg.protocol,
         "episodes": out["episodes"],
+        "evaluations": out["evaluations"],
     }
     tmp = run_dir / f".results.json.tmp-{os.getpid()}"
     tmp.write_text(json.dumps(results, indent=1))

@@ -15,6 +15,7 @@ TB_GROUP = {
     "q_mean": "losses",
     "loss": "losses",
     "episodic_return": "charts",
+    "eval_return": "charts",
     "steps_per_s": "charts",
     "fire_mean": "tasks",
     "fire_min": "tasks",

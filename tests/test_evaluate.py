@@ -72,6 +72,28 @@ def test_evaluate_writes_results(pretrained, tmp_path, which):
     assert (run / "config.yaml").exists() and any((run / "tb").iterdir())
 
 
+def test_periodic_greedy_evaluations(tmp_path):
+    run = tmp_path / "eval"
+    args = [
+        "evaluate",
+        "encoder=random",
+        f"run_dir={run}",
+        *SMALL,
+        "eval_every=500",
+        "eval_max_steps=60",
+        "agent.epsilon_eval=1.0",
+    ]
+    assert main(args) == 0
+    res = json.loads((run / "results.json").read_text())
+    steps = [e["step"] for e in res["evaluations"]]
+    assert steps == [500, 1000, 1500]  # every 500 agent steps; the last at the end
+    for e in res["evaluations"]:
+        assert len(e["returns"]) == 2  # one episode per env
+        assert all(r >= 0 for r in e["returns"])
+    records = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert sum("eval_return" in r for r in records) == 3
+
+
 def test_frozen_encoder_never_changes():
     torso = build_torso("nature", torch.Generator().manual_seed(0), feature_dim=16)
     torso.requires_grad_(False)
@@ -172,3 +194,22 @@ def test_collect_with_a_trained_agent(tmp_path):
 def test_collect_epsilon_greedy_needs_an_agent(tmp_path, capsys):
     assert main(["collect", "policy=epsilon_greedy", f"out={tmp_path / 'd'}", "steps=10"]) == 2
     assert "checkpoint" in capsys.readouterr().err
+
+
+def test_paper_evaluation_preset(capsys):
+    assert (
+        main(["evaluate", "eval_preset=paper", "encoder=random", "run_dir=x", "--cfg", "job"]) == 0
+    )
+    import yaml
+
+    cfg = yaml.safe_load(capsys.readouterr().out)
+    assert cfg["steps"] == 1_000_000 and cfg["protocol"] == "eval" and cfg["eval_every"] > 0
+    a = cfg["agent"]
+    assert (a["n_step"], a["target_period"], a["batch_size"], a["update_every"]) == (5, 2000, 32, 4)
+    assert (a["lr"], a["adam_eps"], a["max_grad_norm"]) == (6.25e-5, 1.5e-4, 10.0)
+    assert (a["min_replay"], a["capacity"], a["epsilon_train"], a["epsilon_eval"]) == (
+        2000,
+        1_000_000,
+        0.01,
+        0.001,
+    )
