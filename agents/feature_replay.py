@@ -129,22 +129,20 @@ class FeatureReplay:
         stored = np.minimum(self.count, self.slots)
         if stored.sum() == 0:
             raise ValueError("the replay is empty")
-        got_e, got_k = [], []
+        parts = []  # (env, slot, length, terminal) of accepted candidates
         need = batch_size
         for _ in range(1000):
             m = 2 * need + 8
             e = self.rng.choice(self.num_envs, size=m, p=stored / stored.sum())
             k = self.count[e] - stored[e] + (self.rng.random(m) * stored[e]).astype(np.int64)
-            valid, _, _ = self._windows(e, k)
-            got_e.append(e[valid][:need])
-            got_k.append(k[valid][:need])
-            need -= len(got_e[-1])
+            valid, length, terminal = self._windows(e, k)
+            parts.append(tuple(a[valid][:need] for a in (e, k, length, terminal)))
+            need -= len(parts[-1][0])
             if need == 0:
                 break
         else:
             raise ValueError("no sampleable transition in the replay yet")
-        e, k = np.concatenate(got_e), np.concatenate(got_k)
-        _, length, terminal = self._windows(e, k)
+        e, k, length, terminal = (np.concatenate(col) for col in zip(*parts, strict=True))
         C = self.slots
         idx = (k[:, None] + np.arange(self.n_step)) % C
         mask = np.arange(self.n_step) < length[:, None]

@@ -17,8 +17,9 @@ from typing import Any
 import numpy as np
 
 from agents.policies import POLICIES, EpsilonGreedyPolicy, Policy, RandomPolicy
-from envs import BACKENDS, PROTOCOLS, FrameStack, make_atari
+from envs import FrameStack, make_atari
 from pvn.config import require, save_config
+from pvn.files import write_text_atomic
 from pvn.progress import bar
 from replay import DQNReplayWriter, ReplayError
 
@@ -135,21 +136,19 @@ def trained_policy(run_dir: str, num_actions: int, epsilon: float, seed: int) ->
 def collect(cfg) -> dict[str, Any]:
     """Run ``pvn collect`` from a resolved config; returns (and saves) the summary."""
     require(cfg.steps > 0, "steps", cfg.steps, "must be > 0")
-    require(cfg.num_envs > 0, "num_envs", cfg.num_envs, "must be > 0")
     capacity = cfg.capacity or min(1_000_000, cfg.steps + cfg.steps // 10 + 100)
     require(isinstance(capacity, int) and capacity >= 5, "capacity", cfg.capacity, "an int >= 5")
     require(1 <= cfg.compresslevel <= 9, "compresslevel", cfg.compresslevel, "must be in 1..9")
     require(cfg.policy in POLICIES, "policy", cfg.policy, f"choose one of {list(POLICIES)}")
     require(0 <= cfg.epsilon <= 1, "epsilon", cfg.epsilon, "must be in [0, 1]")
-    require(cfg.protocol in PROTOCOLS, "protocol", cfg.protocol, f"choose from {list(PROTOCOLS)}")
-    require(cfg.backend in BACKENDS, "backend", cfg.backend, f"choose one of {list(BACKENDS)}")
     out = Path(cfg.out)
     log_dir = out / "replay_logs"
     if log_dir.is_dir() and any(log_dir.glob("add_count_ckpt.*.gz")):
         raise ReplayError(f"{log_dir}: already holds checkpoints; choose a new out=DIR")
-    batch = cfg.batch_size or cfg.num_envs
-    require(1 <= batch <= cfg.num_envs, "batch_size", cfg.batch_size, "must be in 1..num_envs")
-    env = make_atari(cfg.game, cfg.num_envs, cfg.protocol, cfg.seed, cfg.backend, batch_size=batch)
+    # make_atari validates game, protocol, backend, num_envs and batch_size itself
+    env = make_atari(
+        cfg.game, cfg.num_envs, cfg.protocol, cfg.seed, cfg.backend, batch_size=cfg.batch_size
+    )
     try:
         if cfg.policy == "random":
             policy: Policy = RandomPolicy(env.num_actions, cfg.seed)
@@ -165,5 +164,5 @@ def collect(cfg) -> dict[str, Any]:
         env.close()
     summary = {"game": cfg.game, "out": str(log_dir), **summary}
     summary["files"] = sorted(os.listdir(log_dir))
-    (out / "collect.json").write_text(json.dumps(summary, indent=2))
+    write_text_atomic(out / "collect.json", json.dumps(summary, indent=2))
     return summary

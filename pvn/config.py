@@ -9,12 +9,12 @@ int, ``null`` defaults accept anything).
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from pvn.errors import ConfigError
+from pvn.files import write_text_atomic
 
 
 def _compose(name: str, overrides: list[str]) -> DictConfig:
@@ -94,12 +94,16 @@ def load_config(name: str, overrides: list[str]) -> DictConfig:
 
 def save_config(cfg: DictConfig, run_dir: str | Path) -> Path:
     """Write the resolved config to ``run_dir/config.yaml`` atomically."""
-    path = Path(run_dir) / "config.yaml"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".config.yaml.tmp-{os.getpid()}")
-    tmp.write_text(OmegaConf.to_yaml(cfg, resolve=True))
-    os.replace(tmp, path)
-    return path
+    return write_text_atomic(Path(run_dir) / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+
+
+def require_device(device: str) -> None:
+    """``device`` must be cpu or cuda, and cuda must be available if asked for."""
+    require(device in ("cpu", "cuda"), "device", device, "choose cpu or cuda")
+    if device == "cuda":
+        import torch
+
+        require(torch.cuda.is_available(), "device", device, "no CUDA device is available")
 
 
 def require(cond: bool, key: str, value, why: str) -> None:

@@ -8,7 +8,6 @@ seed, steps and every episode's return with the agent step at which it ended.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -18,14 +17,20 @@ from omegaconf import DictConfig
 
 from agents.evaluation import EvalConfig, run_linear_control
 from agents.linear_dqn import LinearDQN, LinearDQNConfig
-from envs import PROTOCOLS, make_atari
+from envs import make_atari
 from pvn.checkpoint import save_checkpoint
-from pvn.config import require, save_config
+from pvn.config import require, require_device, save_config
 from pvn.encoder import load_encoder
 from pvn.errors import ConfigError
+from pvn.files import write_text_atomic
 from pvn.metrics import MetricsLogger
 from pvn.networks import build_torso
 from pvn.progress import bar
+
+
+def method_of(encoder: str) -> str:
+    """The report's method label for an ``encoder=`` value."""
+    return "random" if encoder == "random" else "pvn"
 
 
 def encoder_for(cfg: DictConfig, device: torch.device) -> torch.nn.Module:
@@ -41,11 +46,7 @@ def encoder_for(cfg: DictConfig, device: torch.device) -> torch.nn.Module:
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
     a = cfg.agent
     require(cfg.steps > 0, "steps", cfg.steps, "must be > 0")
-    require(cfg.num_envs > 0, "num_envs", cfg.num_envs, "must be > 0")
-    require(cfg.protocol in PROTOCOLS, "protocol", cfg.protocol, f"choose from {list(PROTOCOLS)}")
-    require(cfg.device in ("cpu", "cuda"), "device", cfg.device, "choose cpu or cuda")
-    if cfg.device == "cuda":
-        require(torch.cuda.is_available(), "device", cfg.device, "no CUDA device is available")
+    require_device(cfg.device)
     require(
         a.feature_dtype in ("float16", "float32"),
         "agent.feature_dtype",
@@ -103,14 +104,12 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         "seed": int(cfg.seed),
         "steps": out["steps"],
         "encoder": str(cfg.encoder),
-        "method": "random" if cfg.encoder == "random" else "pvn",
+        "method": method_of(str(cfg.encoder)),
         "protocol": cfg.protocol,
         "episodes": out["episodes"],
         "evaluations": out["evaluations"],
     }
-    tmp = run_dir / f".results.json.tmp-{os.getpid()}"
-    tmp.write_text(json.dumps(results, indent=1))
-    os.replace(tmp, run_dir / "results.json")
+    write_text_atomic(run_dir / "results.json", json.dumps(results, indent=1))
     rets = [e["return"] for e in out["episodes"]]
     return {
         "run_dir": str(run_dir),

@@ -18,7 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from auxiliary import build_tasks
 from pvn.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
-from pvn.config import require, save_config
+from pvn.config import require, require_device, save_config
 from pvn.diagnostics import dormant_fraction, srank
 from pvn.errors import ConfigError, PVNError
 from pvn.learner import PVNLearner, TDConfig
@@ -42,9 +42,7 @@ def _validate(cfg: DictConfig) -> None:
     require(cfg.checkpoint_every > 0, "checkpoint_every", cfg.checkpoint_every, "must be > 0")
     require(cfg.log_every > 0, "log_every", cfg.log_every, "must be > 0")
     require(cfg.keep_checkpoints > 0, "keep_checkpoints", cfg.keep_checkpoints, "must be > 0")
-    require(cfg.device in ("cpu", "cuda"), "device", cfg.device, "choose cpu or cuda")
-    if cfg.device == "cuda":
-        require(torch.cuda.is_available(), "device", cfg.device, "no CUDA device is available")
+    require_device(cfg.device)
     require(cfg.td.aggregate in ("mean", "max"), "td.aggregate", cfg.td.aggregate, "mean or max")
     require(cfg.td.loss in ("l2", "huber"), "td.loss", cfg.td.loss, "choose l2 or huber")
     require(

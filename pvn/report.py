@@ -32,7 +32,9 @@ def load_results(run_dir: str | Path) -> dict[str, Any]:
     for key in ("game", "seed", "episodes"):
         if key not in res:
             raise ConfigError(f"{path}: no '{key}' entry")
-    res.setdefault("method", "random" if res.get("encoder") == "random" else "pvn")
+    from pvn.evaluate import method_of
+
+    res.setdefault("method", method_of(str(res.get("encoder"))))
     return res
 
 
