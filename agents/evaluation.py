@@ -1,12 +1,18 @@
-"""The online linear-control loop: act with a frozen encoder, learn a linear Q head.
+"""The online control loop: act with a frozen encoder and learn a linear Q head, or learn
+end to end.
 
 Reads top to bottom like a CleanRL script: every step, one batched forward pass of the frozen
 encoder over all envs' zero-padded stacks gives ``phi(s_t)``; the linear head acts
 epsilon-greedily on it; the features, actions and clipped rewards go to the feature replay; every
 ``update_every`` agent steps the head takes a double-DQN n-step update, computed while the
-emulators step (``send``, update, ``recv``). Frames are never stored
-and the torso never runs in an update. Each finished episode's (unclipped) return is recorded
-with the agent step at which it ended.
+emulators step (``send``, update, ``recv``). Frames are never stored and the torso never runs in
+an update. With ``encoder=None`` (end-to-end DQN) the agent's own network reads the stacks and
+the replay keeps each state's newest frame instead. Each finished episode's (unclipped) return is
+recorded with the agent step at which it ended.
+
+Runs resume from a checkpoint of :func:`run_control`'s state (agent, replay, generators,
+episodes, counters). Emulator state cannot be saved through envpool, so, as in Dopamine's runner,
+a resumed run starts fresh episodes: the episodes in flight at the checkpoint are dropped.
 """
 
 from __future__ import annotations
@@ -19,8 +25,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from agents.dqn import DQN
 from agents.feature_replay import FeatureReplay
-from agents.linear_dqn import LinearDQN
 from agents.policies import epsilon_greedy
 from envs import FrameStack
 
@@ -40,13 +46,24 @@ class EvalConfig:
     eval_every: int = 0  # agent steps between greedy evaluations (0: none)
     epsilon_eval: float = 0.001
     eval_max_steps: int = 27_000  # per evaluation episode (agent steps)
+    checkpoint_every: int = 0  # agent steps between checkpoints of the loop state (0: none)
+    stack_size: int = 4  # frames per state (end-to-end DQN replays frames and restacks them)
+
+
+def _states(encoder: nn.Module | None, obs: np.ndarray, device: torch.device) -> torch.Tensor:
+    """What the agent's network reads: frozen features, or the uint8 stacks themselves."""
+    x = torch.from_numpy(obs).to(device, non_blocking=True)
+    if encoder is None:
+        return x
+    with torch.no_grad():
+        return encoder(x)
 
 
 @torch.no_grad()
 def greedy_episodes(
     env,
-    encoder: nn.Module,
-    agent: LinearDQN,
+    encoder: nn.Module | None,
+    agent: DQN,
     epsilon: float,
     max_steps: int,
     device: torch.device,
@@ -62,7 +79,7 @@ def greedy_episodes(
     obs = stack.push(env.reset()[:, -1], np.ones(n, bool))
     score, done = np.zeros(n), np.zeros(n, bool)
     for _ in range(max_steps):
-        q = agent.q_values(encoder(torch.from_numpy(obs).to(device, non_blocking=True)))
+        q = agent.q_values(_states(encoder, obs, device))
         res = env.step(epsilon_greedy(q, epsilon, rng))
         score[~done] += res.reward[~done]
         done |= res.terminated | res.truncated
@@ -72,47 +89,72 @@ def greedy_episodes(
     return score.tolist()
 
 
-def run_linear_control(
+def run_control(
     env,
-    encoder: nn.Module,
-    agent: LinearDQN,
+    encoder: nn.Module | None,
+    agent: DQN,
     cfg: EvalConfig,
     device: torch.device,
     seed: int,
     log=None,
     pbar=None,
     eval_env=None,
+    resume: dict[str, Any] | None = None,
+    checkpoint=None,
 ) -> dict[str, Any]:
-    """Run ``cfg.steps`` agent steps of online linear DQN on ``encoder``'s frozen features.
+    """Run online DQN for ``cfg.steps`` agent steps (counted over all envs).
 
-    With ``eval_env`` and ``cfg.eval_every``, every ``eval_every`` agent steps the agent plays
-    one episode per eval env at ``epsilon_eval`` (the paper's evaluation: 0.001)."""
+    ``encoder`` is the frozen torso whose features a linear ``agent`` learns on, or ``None`` for
+    end-to-end DQN (the replay then holds frames). With ``eval_env`` and ``cfg.eval_every``,
+    every ``eval_every`` agent steps the agent plays one episode per eval env at
+    ``epsilon_eval`` (the paper's evaluation: 0.001). Every ``cfg.checkpoint_every`` agent steps
+    ``checkpoint(step, state)`` receives the loop's state; passing such a state as ``resume``
+    continues the run from it.
+    """
     n = env.num_envs
     rng = np.random.default_rng(seed)
+    frames = encoder is None
     replay = FeatureReplay(
         cfg.capacity,
         n,
-        encoder.feature_dim,
+        (84, 84) if frames else encoder.feature_dim,
         cfg.n_step,
         cfg.gamma,
         device,
-        cfg.feature_dtype,
+        torch.uint8 if frames else cfg.feature_dtype,
         seed,
+        cfg.stack_size if frames else 1,
     )
+    episodes: list[dict[str, float]] = []
+    evaluations: list[dict[str, Any]] = []
+    next_eval = cfg.eval_every if eval_env is not None and cfg.eval_every > 0 else None
+    step, since_update = 0, 0
+    resumed_at: list[int] = []
+    if resume is not None:
+        agent.load_state_dict(resume["agent"])
+        replay.load_state_dict(resume["replay"])
+        rng.bit_generator.state = resume["rng"]
+        episodes, evaluations = resume["episodes"], resume["evaluations"]
+        resumed_at = [*resume["resumed_at"], int(resume["step"])]
+        step, since_update = int(resume["step"]), int(resume["since_update"])
+        if next_eval is not None:
+            next_eval = int(resume["next_eval"])
+        replay.start_new_episodes()
+        if pbar is not None:
+            pbar.update(step)
+    next_ckpt = None
+    if checkpoint is not None and cfg.checkpoint_every > 0:
+        next_ckpt = (step // cfg.checkpoint_every + 1) * cfg.checkpoint_every
     stack = FrameStack(n)
     all_envs = np.arange(n)
     obs = stack.push(env.reset()[:, -1], np.ones(n, bool))
     resetting = np.zeros(n, bool)  # these envs' next step only resets them (envpool)
     score = np.zeros(n)
-    episodes: list[dict[str, float]] = []
-    evaluations: list[dict[str, Any]] = []
-    next_eval = cfg.eval_every if eval_env is not None and cfg.eval_every > 0 else None
-    step, since_update, since_log, t0 = 0, 0, 0, time.perf_counter()
+    since_log, t0 = 0, time.perf_counter()
     metrics: dict[str, torch.Tensor] = {}
     while step < cfg.steps:
-        with torch.no_grad():
-            feats = encoder(torch.from_numpy(obs).to(device, non_blocking=True))
-        actions = epsilon_greedy(agent.q_values(feats), cfg.epsilon_train, rng)
+        states = _states(encoder, obs, device)
+        actions = epsilon_greedy(agent.q_values(states), cfg.epsilon_train, rng)
         env.send(actions, all_envs)
         # The head learns from the replay while the emulators step (the updates owed so far).
         if step >= cfg.min_replay:
@@ -125,9 +167,10 @@ def run_linear_control(
         order = np.argsort(res.env_id)  # results in env order
         reward, term, trunc = res.reward[order], res.terminated[order], res.truncated[order]
         live = np.flatnonzero(~resetting)
+        rows = torch.as_tensor(live, device=device)
         replay.add(
             live,
-            feats[torch.as_tensor(live, device=feats.device)],
+            states[rows, -1] if frames else states[rows],
             actions[live],
             np.clip(reward[live], -1.0, 1.0),
             term[live],
@@ -162,9 +205,24 @@ def run_linear_control(
                 values["episodic_return"] = float(np.mean(recent))
             log(step, values)
             since_log, t0 = 0, time.perf_counter()
+        if next_ckpt is not None and step >= next_ckpt and step < cfg.steps:
+            state = {
+                "agent": agent.state_dict(),
+                "replay": replay.state_dict(),
+                "rng": rng.bit_generator.state,
+                "episodes": episodes,
+                "evaluations": evaluations,
+                "step": step,
+                "since_update": since_update,
+                "next_eval": next_eval or 0,
+                "resumed_at": resumed_at,
+            }
+            checkpoint(step, state)
+            next_ckpt = (step // cfg.checkpoint_every + 1) * cfg.checkpoint_every
     return {
         "episodes": episodes,
         "evaluations": evaluations,
         "steps": step,
         "replay_size": len(replay),
+        "resumed_at": resumed_at,
     }

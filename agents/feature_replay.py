@@ -17,6 +17,11 @@ Each env has its own circular stream; slot ``k`` of env ``e`` holds
 Windows cut by a time-limit truncation are not sampled (their bootstrap state was never stored;
 a handful of transitions per 27,000-step episode), nor are windows that reach past the newest
 slot or into overwritten ones.
+
+End-to-end DQN learns from frames instead: with ``stack_size=4`` and ``feature_dim=(84, 84)``
+each slot holds the newest frame of its state, stored once, and the stacks are rebuilt at sample
+time from slots ``k-3 .. k`` of the same env, zero-padded before the episode's first slot (as
+:class:`envs.FrameStack` pads while acting) and where those slots were overwritten.
 """
 
 from __future__ import annotations
@@ -30,11 +35,11 @@ import torch
 
 @dataclass
 class FeatureBatch:
-    features: torch.Tensor  # (B, D) float32 on the replay's device
+    features: torch.Tensor  # (B, D) float32 (or uint8 (B, stack, H, W)) on the replay's device
     action: torch.Tensor  # (B,) int64
     ret: torch.Tensor  # (B,) float32 n-step return
     discount: torch.Tensor  # (B,) float32: gamma^n, or 0 after a termination
-    next_features: torch.Tensor  # (B, D) float32 (any value where discount is 0)
+    next_features: torch.Tensor  # like features (any value where discount is 0)
     env: np.ndarray  # (B,) env of each transition (host)
     slot: np.ndarray  # (B,) absolute slot index in its env's stream (host)
 
@@ -45,11 +50,12 @@ class FeatureReplay:
     Args:
         capacity: total slots over all envs (each env gets ``capacity // num_envs``).
         num_envs: parallel env streams.
-        feature_dim: size of ``phi``.
+        feature_dim: size of ``phi`` (or the frame shape, e.g. ``(84, 84)``, with frames).
         n_step, gamma: the n-step return.
         device, dtype: where and how features are stored (float16 halves memory; 1M x 4096
             float16 features are 8 GB).
         seed: the sampler's generator (state in :meth:`state_dict`).
+        stack_size: 1 for features; the frame-stack depth (4) when slots hold frames.
     """
 
     def __init__(
@@ -62,13 +68,16 @@ class FeatureReplay:
         device: str | torch.device = "cpu",
         dtype: torch.dtype = torch.float16,
         seed: int = 0,
+        stack_size: int = 1,
     ) -> None:
         if capacity // num_envs <= n_step:
             raise ValueError(f"capacity={capacity}: needs more than n_step slots per env")
         self.num_envs, self.slots = num_envs, capacity // num_envs
         self.n_step, self.gamma = n_step, gamma
         self.device = torch.device(device)
-        self.features = torch.zeros(num_envs, self.slots, feature_dim, dtype=dtype, device=device)
+        item = (feature_dim,) if isinstance(feature_dim, int) else tuple(feature_dim)
+        self.features = torch.zeros(num_envs, self.slots, *item, dtype=dtype, device=device)
+        self.stack_size = stack_size
         shape = (num_envs, self.slots)
         self.action = np.zeros(shape, np.int64)
         self.reward = np.zeros(shape, np.float32)
@@ -102,6 +111,12 @@ class FeatureReplay:
         self.terminated[e, k] = terminated
         self.ended[e, k] = np.asarray(terminated) | np.asarray(truncated)
         self.count[e] += 1
+
+    def start_new_episodes(self) -> None:
+        """Cut every env's stream after its newest slot, as a time limit would (a resumed run
+        starts fresh episodes): no window or stack crosses the cut."""
+        e = np.flatnonzero(self.count > 0)
+        self.ended[e, (self.count[e] - 1) % self.slots] = True
 
     def _windows(self, e: np.ndarray, k: np.ndarray):
         """Validity, length and termination of the n-step windows at absolute slots ``k``."""
@@ -149,22 +164,36 @@ class FeatureReplay:
         ret = (self.reward[e[:, None], idx] * self.discounts * mask).sum(axis=1, dtype=np.float32)
         discount = np.where(terminal, 0.0, self.gamma**self.n_step).astype(np.float32)
         dev = self.device
-        te = torch.as_tensor(e, device=dev)
-        feats = self.features[te, torch.as_tensor(k % C, device=dev)].float()
-        nxt = self.features[te, torch.as_tensor((k + self.n_step) % C, device=dev)].float()
         return FeatureBatch(
-            features=feats,
+            features=self._states(e, k),
             action=torch.as_tensor(self.action[e, k % C], device=dev),
             ret=torch.as_tensor(ret, device=dev),
             discount=torch.as_tensor(discount, device=dev),
-            next_features=nxt,
+            next_features=self._states(e, k + self.n_step),
             env=e,
             slot=k,
         )
 
+    def _states(self, e: np.ndarray, k: np.ndarray) -> torch.Tensor:
+        """The states at absolute slots ``k`` of envs ``e``: float features, or uint8 stacks."""
+        dev, C, s = self.device, self.slots, self.stack_size
+        te = torch.as_tensor(e, device=dev)
+        if s == 1:
+            return self.features[te, torch.as_tensor(k % C, device=dev)].float()
+        j = k[:, None] - np.arange(s - 1, -1, -1)  # (B, s) slots, oldest first
+        stored = j >= np.maximum(0, self.count[e] - C)[:, None]
+        ends = self.ended[e[:, None], j % C] & stored
+        ends[:, -1] = False  # how the state's own step ended does not matter
+        # a slot belongs to the state's episode if no episode ends at it or after it (before k)
+        later_end = np.flip(np.logical_or.accumulate(np.flip(ends, 1), axis=1), 1)
+        keep = torch.as_tensor(stored & ~later_end, device=dev)
+        frames = self.features[te[:, None], torch.as_tensor(j % C, device=dev)]
+        return frames * keep.view(*keep.shape, *(1,) * (frames.dim() - 2)).to(frames.dtype)
+
     def state_dict(self) -> dict[str, Any]:
+        filled = int(min(self.count.max(), self.slots))  # slots beyond were never written
         return {
-            "features": self.features,
+            "features": self.features[:, :filled],
             "action": torch.from_numpy(self.action),
             "reward": torch.from_numpy(self.reward),
             "terminated": torch.from_numpy(self.terminated),
@@ -174,7 +203,8 @@ class FeatureReplay:
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.features.copy_(state["features"])
+        self.features.zero_()
+        self.features[:, : state["features"].shape[1]] = state["features"]
         for k in ("action", "reward", "terminated", "ended", "count"):
             getattr(self, k)[...] = state[k].numpy()
         self.rng.bit_generator.state = state["rng"]

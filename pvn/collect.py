@@ -109,28 +109,35 @@ def run_collection(
 
 
 def trained_policy(run_dir: str, num_actions: int, epsilon: float, seed: int) -> Policy:
-    """Epsilon-greedy on the linear Q head of a ``pvn evaluate`` run and its frozen encoder."""
+    """Epsilon-greedy on the Q network of a ``pvn evaluate`` run (a linear head on its frozen
+    encoder, or an end-to-end DQN)."""
     import torch
     from omegaconf import OmegaConf
 
     from pvn.checkpoint import load_checkpoint, resolve_checkpoint
     from pvn.errors import CheckpointError
-    from pvn.evaluate import encoder_for
+    from pvn.evaluate import agent_for, encoder_for
 
     config = Path(run_dir) / "config.yaml"
     if not config.is_file():
         raise CheckpointError(f"{config}: missing; checkpoint= must be a `pvn evaluate` run dir")
-    encoder = encoder_for(OmegaConf.load(config), torch.device("cpu"))
+    cfg = OmegaConf.load(config)
+    cpu = torch.device("cpu")
+    encoder = encoder_for(cfg, cpu)
     state = load_checkpoint(resolve_checkpoint(run_dir)).get("agent")
     if state is None:
-        raise CheckpointError(f"{run_dir}: its checkpoint holds no linear agent")
-    head = torch.nn.Linear(encoder.feature_dim, state["head"]["weight"].shape[0])
-    head.load_state_dict(state["head"])
-    if head.out_features != num_actions:
-        raise CheckpointError(
-            f"{run_dir}: agent has {head.out_features} actions, this game {num_actions}"
-        )
-    return EpsilonGreedyPolicy(lambda obs: head(encoder(obs)), num_actions, epsilon, seed)
+        raise CheckpointError(f"{run_dir}: holds no finished agent (is the evaluation complete?)")
+    actions = state["network"]["head.bias" if encoder is None else "bias"].shape[0]
+    if actions != num_actions:
+        raise CheckpointError(f"{run_dir}: agent has {actions} actions, this game {num_actions}")
+    agent = agent_for(cfg, encoder, num_actions, cpu)
+    agent.network.load_state_dict(state["network"])
+    agent.network.eval()
+
+    def q(obs: torch.Tensor) -> torch.Tensor:
+        return agent.q_values(obs if encoder is None else encoder(obs))
+
+    return EpsilonGreedyPolicy(q, num_actions, epsilon, seed)
 
 
 def collect(cfg) -> dict[str, Any]:

@@ -1,8 +1,10 @@
-"""``pvn evaluate``: linear control on a frozen encoder (a pretraining run, or random features).
+"""``pvn evaluate``: linear control on a frozen encoder (a pretraining run, or random features),
+or end-to-end DQN (``encoder=e2e``), under one protocol.
 
-Wires the pieces the CLI owns (config, encoder loading, run directory, logging) around
-:func:`agents.evaluation.run_linear_control`. Writes ``run_dir/results.json`` with the game,
-seed, steps and every episode's return with the agent step at which it ended.
+Wires the pieces the CLI owns (config, encoder loading, run directory, logging, checkpoints)
+around :func:`agents.evaluation.run_control`. Writes ``run_dir/results.json`` with the game,
+seed, steps and every episode's return with the agent step at which it ended. Re-running with the
+same ``run_dir`` resumes from its latest checkpoint (``checkpoint_every`` agent steps).
 """
 
 from __future__ import annotations
@@ -15,10 +17,11 @@ import numpy as np
 import torch
 from omegaconf import DictConfig
 
-from agents.evaluation import EvalConfig, run_linear_control
-from agents.linear_dqn import LinearDQN, LinearDQNConfig
+from agents.dqn import DQN, DQNConfig, end_to_end_dqn
+from agents.evaluation import EvalConfig, run_control
+from agents.linear_dqn import LinearDQN
 from envs import make_atari
-from pvn.checkpoint import save_checkpoint
+from pvn.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
 from pvn.config import require, require_device, save_config
 from pvn.encoder import load_encoder
 from pvn.errors import ConfigError
@@ -27,20 +30,40 @@ from pvn.metrics import MetricsLogger
 from pvn.networks import build_torso
 from pvn.progress import bar
 
+METHODS = {"random": "random", "e2e": "dqn"}  # encoder= value -> report label; else "pvn"
+
 
 def method_of(encoder: str) -> str:
     """The report's method label for an ``encoder=`` value."""
-    return "random" if encoder == "random" else "pvn"
+    return METHODS.get(encoder, "pvn")
 
 
-def encoder_for(cfg: DictConfig, device: torch.device) -> torch.nn.Module:
-    """The frozen encoder an evaluate config names: a pretrained one, or a random torso."""
+def _config_torso(cfg: DictConfig) -> torch.nn.Module:
+    torso_cfg = dict(cfg.torso)
+    gen = torch.Generator().manual_seed(int(cfg.seed) + 1)  # not the head's stream
+    return build_torso(torso_cfg.pop("name"), gen, **torso_cfg)
+
+
+def encoder_for(cfg: DictConfig, device: torch.device) -> torch.nn.Module | None:
+    """The frozen encoder an evaluate config names: a pretrained one, a random torso, or
+    ``None`` for end-to-end DQN (its torso is part of the agent)."""
+    if cfg.encoder == "e2e":
+        return None
     if cfg.encoder == "random":
-        torso_cfg = dict(cfg.torso)
-        gen = torch.Generator().manual_seed(int(cfg.seed) + 1)  # not the head's stream
-        torso = build_torso(torso_cfg.pop("name"), gen, **torso_cfg)
-        return torso.to(device).eval().requires_grad_(False)
+        return _config_torso(cfg).to(device).eval().requires_grad_(False)
     return load_encoder(cfg.encoder, device)
+
+
+def agent_for(
+    cfg: DictConfig, encoder: torch.nn.Module | None, num_actions: int, device: torch.device
+) -> DQN:
+    """The learner of an evaluate config: a linear head on ``encoder``, or end-to-end DQN."""
+    a = cfg.agent
+    dqn_cfg = DQNConfig(a.lr, a.adam_eps, a.max_grad_norm, a.target_period)
+    gen = torch.Generator().manual_seed(int(cfg.seed))
+    if encoder is None:
+        return end_to_end_dqn(_config_torso(cfg), num_actions, dqn_cfg, gen).to(device)
+    return LinearDQN(encoder.feature_dim, num_actions, dqn_cfg, gen).to(device)
 
 
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
@@ -53,24 +76,28 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         a.feature_dtype,
         "choose float16 or float32",
     )
+    require(cfg.checkpoint_every >= 0, "checkpoint_every", cfg.checkpoint_every, "must be >= 0")
     run_dir = Path(cfg.run_dir)
     if (run_dir / "results.json").exists():
         raise ConfigError(f"{run_dir}: already holds results.json; choose a new run_dir")
+    found = list_checkpoints(run_dir)
+    resume = load_checkpoint(found[-1]).get("loop") if found else None
+    if found and resume is None:
+        raise ConfigError(f"{found[-1]}: not a checkpoint of a running evaluation")
     device = torch.device(cfg.device)
     encoder = encoder_for(cfg, device)
-    env = make_atari(cfg.game, cfg.num_envs, cfg.protocol, int(cfg.seed))
+    # A resumed run starts fresh episodes (envpool cannot restore emulators), seeded by the step.
+    step = int(resume["step"]) if resume else 0
+    env_seed = int(cfg.seed)
+    if step:
+        env_seed = int(np.random.SeedSequence([env_seed, step]).generate_state(1)[0] >> 1)
+    env = make_atari(cfg.game, cfg.num_envs, cfg.protocol, env_seed)
     eval_env = None
     if cfg.eval_every > 0:  # its own envs and seeds, so evaluation never disturbs training
-        eval_env = make_atari(cfg.game, cfg.num_envs, cfg.protocol, int(cfg.seed) + 10_000)
+        eval_env = make_atari(cfg.game, cfg.num_envs, cfg.protocol, env_seed + 10_000)
     try:
         save_config(cfg, run_dir)
-        gen = torch.Generator().manual_seed(int(cfg.seed))
-        agent = LinearDQN(
-            encoder.feature_dim,
-            env.num_actions,
-            LinearDQNConfig(a.lr, a.adam_eps, a.max_grad_norm, a.target_period),
-            gen,
-        ).to(device)
+        agent = agent_for(cfg, encoder, env.num_actions, device)
         ecfg = EvalConfig(
             steps=cfg.steps,
             n_step=a.n_step,
@@ -85,12 +112,27 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
             eval_every=cfg.eval_every,
             epsilon_eval=a.epsilon_eval,
             eval_max_steps=cfg.eval_max_steps,
+            checkpoint_every=cfg.checkpoint_every,
         )
+
+        def checkpoint(at: int, state: dict[str, Any]) -> None:
+            save_checkpoint(run_dir, at, {"loop": state}, keep=cfg.keep_checkpoints)
+
         logger = MetricsLogger(run_dir)
         try:
             with bar(cfg.steps, f"evaluate {cfg.game}", "step", cfg.progress) as pbar:
-                out = run_linear_control(
-                    env, encoder, agent, ecfg, device, int(cfg.seed), logger.log, pbar, eval_env
+                out = run_control(
+                    env,
+                    encoder,
+                    agent,
+                    ecfg,
+                    device,
+                    int(cfg.seed),
+                    logger.log,
+                    pbar,
+                    eval_env,
+                    resume,
+                    checkpoint,
                 )
         finally:
             logger.close()
@@ -106,6 +148,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         "encoder": str(cfg.encoder),
         "method": method_of(str(cfg.encoder)),
         "protocol": cfg.protocol,
+        "resumed_at": out["resumed_at"],
         "episodes": out["episodes"],
         "evaluations": out["evaluations"],
     }

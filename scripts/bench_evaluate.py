@@ -1,6 +1,6 @@
 """Linear-control throughput (prints JSON), side by side in interleaved rounds:
 
-  * pvn: ``agents.evaluation.run_linear_control`` -- envpool stepping, one batched encoder
+  * pvn: ``agents.evaluation.run_control`` -- envpool stepping, one batched encoder
     forward per step, the feature replay and a linear double-DQN update every 4 agent steps;
   * limit: envpool stepping plus one batched encoder forward per step, nothing else (the limit
     for frozen features);
@@ -24,18 +24,19 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _bench import emit, significant
 
-from agents.evaluation import EvalConfig, run_linear_control
-from agents.linear_dqn import LinearDQN, LinearDQNConfig
+from agents.dqn import DQNConfig
+from agents.evaluation import EvalConfig, run_control
+from agents.linear_dqn import LinearDQN
 from envs import FrameStack, make_atari
 from pvn.networks import build_torso
 
 
 def pvn(torso, game, n, steps) -> float:
-    agent = LinearDQN(torso.feature_dim, 6, LinearDQNConfig(), torch.Generator().manual_seed(0))
+    agent = LinearDQN(torso.feature_dim, 6, DQNConfig(), torch.Generator().manual_seed(0))
     cfg = EvalConfig(steps=steps, min_replay=500, capacity=100_000)
     with make_atari(game, n, "eval") as env:
         t = time.perf_counter()
-        run_linear_control(env, torso, agent, cfg, torch.device("cpu"), 0)
+        run_control(env, torso, agent, cfg, torch.device("cpu"), 0)
         return steps / (time.perf_counter() - t)
 
 

@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from agents.evaluation import EvalConfig, run_linear_control
-from agents.linear_dqn import LinearDQN, LinearDQNConfig
+from agents.dqn import DQNConfig
+from agents.evaluation import EvalConfig, run_control
+from agents.linear_dqn import LinearDQN
 from envs import make_atari
 from pvn.cli import main
 from pvn.networks import build_torso
@@ -56,12 +57,14 @@ def pretrained(tmp_path_factory, ale_episodes):
     return run
 
 
-@pytest.mark.parametrize("which", ["pretrained", "random"])
+@pytest.mark.parametrize("which", ["pretrained", "random", "e2e"])
 def test_evaluate_writes_results(pretrained, tmp_path, which):
-    encoder = str(pretrained) if which == "pretrained" else "random"
+    encoder = str(pretrained) if which == "pretrained" else which
     run = tmp_path / "eval"
-    assert main(["evaluate", f"encoder={encoder}", f"run_dir={run}", *SMALL]) == 0
+    small = ["torso.feature_dim=32", "steps=600"] if which == "e2e" else []
+    assert main(["evaluate", f"encoder={encoder}", f"run_dir={run}", *SMALL, *small]) == 0
     res = json.loads((run / "results.json").read_text())
+    assert res["method"] == {"pretrained": "pvn", "random": "random", "e2e": "dqn"}[which]
     assert res["game"] == "Breakout" and res["seed"] == 0 and res["steps"] >= 1500
     assert len(res["episodes"]) >= 1
     steps = [e["step"] for e in res["episodes"]]
@@ -98,17 +101,33 @@ def test_frozen_encoder_never_changes():
     torso = build_torso("nature", torch.Generator().manual_seed(0), feature_dim=16)
     torso.requires_grad_(False)
     before = {k: v.clone() for k, v in torso.state_dict().items()}
-    agent = LinearDQN(16, 4, LinearDQNConfig(lr=1e-3), torch.Generator().manual_seed(0))
+    agent = LinearDQN(16, 4, DQNConfig(lr=1e-3), torch.Generator().manual_seed(0))
     head_before = agent.head.weight.detach().clone()
     cfg = EvalConfig(
         steps=400, n_step=3, batch_size=8, min_replay=50, capacity=2000, epsilon_train=0.5
     )
     with make_atari("Breakout", 2, "eval") as env:
-        out = run_linear_control(env, torso, agent, cfg, torch.device("cpu"), seed=0)
+        out = run_control(env, torso, agent, cfg, torch.device("cpu"), seed=0)
     assert out["steps"] >= 400 and out["replay_size"] >= 400
     for k, v in torso.state_dict().items():
         assert torch.equal(v, before[k]), k
     assert not torch.equal(head_before, agent.head.weight)  # the head did learn
+
+
+def test_end_to_end_dqn_trains_its_torso_from_frames():
+    from agents.dqn import end_to_end_dqn
+
+    torso = build_torso("nature", torch.Generator().manual_seed(0), feature_dim=16)
+    before = {k: v.clone() for k, v in torso.state_dict().items()}
+    agent = end_to_end_dqn(torso, 4, DQNConfig(lr=1e-3), torch.Generator().manual_seed(0))
+    cfg = EvalConfig(
+        steps=300, n_step=3, batch_size=8, min_replay=50, capacity=2000, epsilon_train=0.5
+    )
+    with make_atari("Breakout", 2, "eval") as env:
+        out = run_control(env, None, agent, cfg, torch.device("cpu"), seed=0)
+    assert out["steps"] >= 300 and out["replay_size"] >= 300
+    changed = [k for k, v in torso.state_dict().items() if not torch.equal(v, before[k])]
+    assert len(changed) == len(before)  # every torso tensor learned
 
 
 def test_epsilon_greedy_statistics():
@@ -182,7 +201,7 @@ def test_collect_with_a_trained_agent(tmp_path):
 
     encoder = encoder_for(OmegaConf.load(run / "config.yaml"), torch.device("cpu"))
     head = torch.nn.Linear(encoder.feature_dim, 4)
-    head.load_state_dict(load_checkpoint(list_checkpoints(run)[-1])["agent"]["head"])
+    head.load_state_dict(load_checkpoint(list_checkpoints(run)[-1])["agent"]["network"])
     ds = DQNReplayDataset(out, cache_dir=tmp_path / "cache")
     idx = np.flatnonzero(ds.valid_mask(0))[:50]
     b = ds.gather(0, idx)
@@ -213,3 +232,38 @@ def test_paper_evaluation_preset(capsys):
         0.01,
         0.001,
     )
+
+
+def test_killed_evaluation_resumes_deterministically(tmp_path):
+    """SIGKILL after a checkpoint; two resumptions from the same checkpoint finish with identical
+    agents and results; the episodes recorded before the checkpoint are kept."""
+    import shutil
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from pvn.checkpoint import list_checkpoints, load_checkpoint
+
+    run = tmp_path / "killed"
+    args = ["encoder=random", f"run_dir={run}", *SMALL, "steps=2400", "checkpoint_every=600"]
+    proc = subprocess.Popen([sys.executable, "-m", "pvn", "evaluate", *args])
+    try:
+        while not list_checkpoints(run) and proc.poll() is None:
+            time.sleep(0.05)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    assert not (run / "results.json").exists(), "finished before it could be killed"
+    ckpt = load_checkpoint(list_checkpoints(run)[-1])["loop"]
+    at = ckpt["step"]
+    copies = [tmp_path / "a", tmp_path / "b"]
+    for c in copies:
+        shutil.copytree(run, c)
+        assert main(["evaluate", *args[:1], f"run_dir={c}", *args[2:]]) == 0
+    res = [json.loads((c / "results.json").read_text()) for c in copies]
+    assert res[0] == res[1] and res[0]["resumed_at"] == [at] and res[0]["steps"] >= 2400
+    assert res[0]["episodes"][: len(ckpt["episodes"])] == ckpt["episodes"]
+    nets = [load_checkpoint(list_checkpoints(c)[-1])["agent"]["network"] for c in copies]
+    for k in nets[0]:
+        assert torch.equal(nets[0][k], nets[1][k]), k

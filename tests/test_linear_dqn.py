@@ -7,8 +7,9 @@ import numpy as np
 import pytest
 import torch
 
+from agents.dqn import DQNConfig, double_dqn_target
 from agents.feature_replay import FeatureReplay
-from agents.linear_dqn import LinearDQN, LinearDQNConfig, double_dqn_target
+from agents.linear_dqn import LinearDQN
 
 
 def test_double_dqn_target_by_hand():
@@ -114,10 +115,42 @@ def test_linear_dqn_converges_to_q_star_on_a_chain():
         term = s2 == S - 1
         replay.add(np.arange(2), eye[state], a, term.astype(np.float32), term, np.zeros(2, bool))
         state = np.where(term, 0, s2)
-    agent = LinearDQN(
-        S, A, LinearDQNConfig(lr=0.02, target_period=25), torch.Generator().manual_seed(0)
-    )
+    agent = LinearDQN(S, A, DQNConfig(lr=0.02, target_period=25), torch.Generator().manual_seed(0))
     for _ in range(1500):
         agent.update(replay.sample(32))
     learned = agent.q_values(eye[: S - 1]).numpy()
     assert np.abs(learned - Q).max() < 0.03, (learned, Q)
+
+
+def test_frame_replay_restacks_what_the_agent_saw(ale_episodes):
+    """End-to-end DQN's replay keeps single frames; each sampled stack (and next stack) equals the
+    stack :class:`envs.FrameStack` built while acting, on real Breakout frames, across episode
+    boundaries (zero padding) and after the circular buffer wrapped (overwritten slots)."""
+    from envs import FrameStack
+
+    frames = np.concatenate([ep[0] for ep in ale_episodes])
+    ends = np.concatenate([np.arange(len(ep[0])) == len(ep[0]) - 1 for ep in ale_episodes])
+    T, slots, n = len(frames), 150, 3
+    replay = FeatureReplay(slots, 1, (84, 84), n, 0.99, dtype=torch.uint8, seed=0, stack_size=4)
+    stack, acted = FrameStack(1), []
+    new = np.ones(1, bool)
+    for t in range(T):
+        obs = stack.push(frames[t : t + 1], new)
+        acted.append(obs[0].copy())
+        replay.add([0], torch.from_numpy(obs[:, -1]), [0], [0.0], [ends[t]], [False])
+        new = ends[t : t + 1]
+    assert 2 * slots < T  # wrapped: the oldest stored slots lost their predecessors
+    checked = 0
+    for _ in range(20):
+        b = replay.sample(32)
+        for j, k in enumerate(b.slot.tolist()):
+            want = acted[k].copy()
+            oldest = T - slots
+            want[: max(0, oldest - (k - 3))] = 0  # predecessors overwritten in the ring
+            np.testing.assert_array_equal(b.features[j].numpy(), want)
+            if float(b.discount[j]) > 0:
+                nxt = acted[k + n].copy()
+                assert k + n - 3 >= oldest
+                np.testing.assert_array_equal(b.next_features[j].numpy(), nxt)
+            checked += 1
+    assert checked == 640 and b.features.dtype == torch.uint8
