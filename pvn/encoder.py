@@ -22,10 +22,12 @@ def load_encoder(path: str | Path, device: str | torch.device = "cpu") -> nn.Mod
     state = load_checkpoint(ckpt)
     try:
         torso_cfg = dict(state["meta"]["torso"])
+        moe_cfg = state["meta"].get("moe")
         online = state["learner"]["online"]
     except (KeyError, TypeError):
         raise CheckpointError(f"{ckpt}: not a pvn pretraining checkpoint") from None
-    torso = build_torso(torso_cfg.pop("name"), torch.Generator().manual_seed(0), **torso_cfg)
+    gen = torch.Generator().manual_seed(0)
+    torso = build_torso(torso_cfg.pop("name"), gen, moe=moe_cfg, **torso_cfg)
     prefix = "torso."
     torso.load_state_dict({k[len(prefix) :]: v for k, v in online.items() if k.startswith(prefix)})
     return torso.to(device).eval().requires_grad_(False)

@@ -25,8 +25,15 @@ from typing import Any
 import torch
 from torch import nn
 
-from auxiliary import TaskFamily
+from auxiliary import TaskFamily, TaskOutput
 from pvn.networks import PVNNetwork
+from pvn.networks.moe import (
+    moe_aux_loss,
+    moe_layers,
+    moe_load_rng_state,
+    moe_rng_state,
+    moe_stats,
+)
 from replay import TorchBatch
 
 
@@ -75,7 +82,8 @@ class PVNLearner:
         if (cfg.target_tau is None) == (cfg.target_period is None):
             raise ValueError("set exactly one of td.target_tau and td.target_period")
         self.online, self.tasks, self.cfg = network, tasks, cfg
-        self.target = copy.deepcopy(network).requires_grad_(False)
+        # eval mode: the target's MoE routers add no exploration noise
+        self.target = copy.deepcopy(network).requires_grad_(False).eval()
         self.optimizer, self.task_optimizer = optimizer, task_optimizer
         # Robbins-Monro step sizes for the task calibration: lr / (1 + t / decay)
         self.task_schedule = None
@@ -87,6 +95,7 @@ class PVNLearner:
         self._online_params = [p for p in network.parameters() if p.requires_grad]
         self._target_params = list(self.target.parameters())
         self._online_all = list(network.parameters())  # paired with _target_params
+        self._has_moe = bool(moe_layers(network))
 
     def _autocast(self, device: torch.device):
         if self.cfg.bf16:
@@ -100,46 +109,84 @@ class PVNLearner:
         td_on = step >= self.cfg.warmup_steps
         with self._autocast(obs.device):
             tasks = self.tasks(obs, reward)
-            loss = obs.new_zeros((), dtype=torch.float32)
-            if tasks.calibration_loss is not None:
-                loss = loss + tasks.calibration_loss.float()
-                out["calibration_loss"] = tasks.calibration_loss.detach().float()
+            loss = self._calibration_loss(tasks, out)
             if td_on:
+                y = self.td_targets(tasks.rewards, next_obs, terminal)
                 q, features = self.online(obs)
-                with torch.no_grad():
-                    q_next, _ = self.target(next_obs)
-                    y = td_target(
-                        tasks.rewards.float(),
-                        terminal,
-                        q_next.float(),
-                        self.discount,
-                        self.cfg.aggregate,
-                    )
-                idx = action.view(-1, 1, 1).expand(-1, q.shape[1], 1)
-                q_sa = q.gather(2, idx).squeeze(2).float()
-                if self.cfg.loss == "l2":
-                    td_loss = 0.5 * (y - q_sa).pow(2).mean()
-                else:
-                    td_loss = nn.functional.huber_loss(q_sa, y, delta=1.0)
-                loss = loss + td_loss
-                out.update(td_loss=td_loss.detach(), q_mean=q_sa.detach().mean())
+                loss = loss + self.td_loss(q, action, y, out) + self._moe_loss(out)
                 out["features"] = features.detach()
+        self._zero_grad()
+        loss.backward()
+        grad_norm = self._step(step, td_on, tasks)
+        if grad_norm is not None:
+            out["grad_norm"] = grad_norm
+        out["loss"] = loss.detach()
+        out["rewards"] = tasks.rewards.detach()
+        return out
+
+    def _calibration_loss(self, tasks: TaskOutput, out: dict[str, torch.Tensor]) -> torch.Tensor:
+        if tasks.calibration_loss is None:
+            return tasks.rewards.new_zeros((), dtype=torch.float32)
+        out["calibration_loss"] = tasks.calibration_loss.detach().float()
+        return tasks.calibration_loss.float()
+
+    @torch.no_grad()
+    def td_targets(
+        self, rewards: torch.Tensor, next_obs: torch.Tensor, terminal: torch.Tensor
+    ) -> torch.Tensor:
+        """The batch's TD targets ``y`` (B, T) from the target network (no gradient)."""
+        q_next, _ = self.target(next_obs)
+        return td_target(
+            rewards.float(), terminal, q_next.float(), self.discount, self.cfg.aggregate
+        )
+
+    def td_loss(
+        self,
+        q: torch.Tensor,
+        action: torch.Tensor,
+        y: torch.Tensor,
+        out: dict[str, torch.Tensor] | None = None,
+    ) -> torch.Tensor:
+        """L2 (1/2 squared error, the paper) or Huber loss of ``Q(s, a)`` (B, T, A) against ``y``;
+        with ``out``, records ``td_loss`` and ``q_mean`` there."""
+        idx = action.view(-1, 1, 1).expand(-1, q.shape[1], 1)
+        q_sa = q.gather(2, idx).squeeze(2).float()
+        if self.cfg.loss == "l2":
+            loss = 0.5 * (y - q_sa).pow(2).mean()
+        else:
+            loss = nn.functional.huber_loss(q_sa, y, delta=1.0)
+        if out is not None:
+            out.update(td_loss=loss.detach(), q_mean=q_sa.detach().mean())
+        return loss
+
+    def _moe_loss(self, out: dict[str, torch.Tensor]) -> torch.Tensor | float:
+        """The MoE layers' auxiliary losses of the online forward just run (0 without MoE);
+        their routing statistics go to ``out``."""
+        if not self._has_moe:
+            return 0.0
+        aux = moe_aux_loss(self.online)
+        out["moe_aux_loss"] = aux.detach()
+        out.update({f"moe_{k}": v for k, v in moe_stats(self.online).items()})
+        return aux
+
+    def _zero_grad(self) -> None:
         self.optimizer.zero_grad(set_to_none=True)
         if self.task_optimizer is not None:
             self.task_optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+
+    def _step(self, step: int, td_on: bool, tasks: TaskOutput) -> torch.Tensor | None:
+        """Clip, step the optimizers and follow with the target; returns the gradient norm."""
+        grad_norm = None
         if td_on:
             max_norm = self.cfg.max_grad_norm or math.inf
-            out["grad_norm"] = nn.utils.clip_grad_norm_(self._online_params, max_norm).detach()
+            grad_norm = nn.utils.clip_grad_norm_(self._online_params, max_norm).detach()
             self.optimizer.step()
             self._update_target(step)
         if self.task_optimizer is not None and tasks.calibration_loss is not None:
             self.task_optimizer.step()
             if self.task_schedule is not None:
                 self.task_schedule.step()
-        out["loss"] = loss.detach()
-        out["rewards"] = tasks.rewards.detach()
-        return out
+        return grad_norm
 
     @torch.no_grad()
     def _update_target(self, step: int) -> None:
@@ -156,6 +203,7 @@ class PVNLearner:
             "optimizer": self.optimizer.state_dict(),
             "task_optimizer": self.task_optimizer.state_dict() if self.task_optimizer else None,
             "task_schedule": self.task_schedule.state_dict() if self.task_schedule else None,
+            "moe_rng": moe_rng_state(self.online),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -167,3 +215,4 @@ class PVNLearner:
             self.task_optimizer.load_state_dict(state["task_optimizer"])
         if self.task_schedule is not None:
             self.task_schedule.load_state_dict(state["task_schedule"])
+        moe_load_rng_state(self.online, state.get("moe_rng", {}))

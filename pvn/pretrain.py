@@ -24,6 +24,7 @@ from pvn.errors import ConfigError, PVNError
 from pvn.learner import PVNLearner, TDConfig
 from pvn.metrics import MetricsLogger
 from pvn.networks import MultiTaskHead, PVNNetwork, build_torso
+from pvn.networks.moe import MOE_KEYS
 from pvn.optim import build_optimizer
 from pvn.progress import bar, byte_bars
 from replay import DQNReplayDataset, Prefetcher
@@ -53,7 +54,7 @@ def _validate(cfg: DictConfig) -> None:
     )
     if cfg.td.target_tau is not None:
         require(0 < cfg.td.target_tau <= 1, "td.target_tau", cfg.td.target_tau, "in (0, 1]")
-    for group in ("local", "moe", "distributed"):
+    for group in ("local", "distributed"):
         name = cfg[group].name
         require(name == "none", group, name, "not available yet (only 'none')")
 
@@ -76,7 +77,11 @@ def build(cfg: DictConfig, num_actions: int) -> PVNLearner:
     """Networks, tasks and optimizers of a run, all drawn from ``cfg.seed``."""
     gen = torch.Generator().manual_seed(int(cfg.seed))
     torso_cfg = dict(cfg.torso)
-    torso = build_torso(torso_cfg.pop("name"), gen, **torso_cfg)
+    moe_cfg = OmegaConf.to_container(cfg.moe, resolve=True)
+    try:
+        torso = build_torso(torso_cfg.pop("name"), gen, moe=moe_cfg, **torso_cfg)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
     task_cfg = dict(cfg.tasks)
     task_name, task_lr = task_cfg.pop("name"), task_cfg.pop("calibration_lr", None)
     task_optim = task_cfg.pop("calibration_optimizer", None)
@@ -129,7 +134,7 @@ class _Accumulator:
         self.fire_n = 0
 
     def add(self, m: dict[str, torch.Tensor], indicator: bool) -> None:
-        for k in ("td_loss", "calibration_loss", "q_mean", "grad_norm"):
+        for k in ("td_loss", "calibration_loss", "q_mean", "grad_norm", *MOE_KEYS):
             if k in m:
                 self.sums[k] = self.sums.get(k, 0) + m[k]
                 self.counts[k] = self.counts.get(k, 0) + 1
@@ -179,6 +184,7 @@ def pretrain(cfg: DictConfig) -> dict[str, Any]:
     save_config(cfg, run_dir)
     meta = {
         "torso": OmegaConf.to_container(cfg.torso, resolve=True),
+        "moe": OmegaConf.to_container(cfg.moe, resolve=True),
         "num_actions": num_actions,
         "num_tasks": learner.tasks.num_tasks,
     }

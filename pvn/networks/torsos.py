@@ -14,6 +14,8 @@ own loss, MoE layers replace the feature block.
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Mapping
+from typing import Any
 
 import torch
 from torch import nn
@@ -89,10 +91,28 @@ def impala(
 TORSOS = {"nature": nature, "impala": impala}
 
 
-def build_torso(name: str, gen: torch.Generator, **kwargs) -> Torso:
-    """A torso by registry name, Xavier-initialised from ``gen``."""
+def build_torso(
+    name: str, gen: torch.Generator, moe: Mapping[str, Any] | None = None, **kwargs
+) -> Torso:
+    """A torso by registry name, Xavier-initialised from ``gen``.
+
+    ``moe`` (a ``configs/moe/*.yaml`` mapping; ``name: none`` or ``None`` for none) replaces the
+    ``features`` block by a mixture-of-experts block over tokens of the conv output
+    (:func:`pvn.networks.moe.moe_features_block`; Obando-Ceron et al. 2024).
+    """
     if name not in TORSOS:
         raise ValueError(f"torso={name!r}: unknown; choose one of {sorted(TORSOS)}")
     torso = TORSOS[name](**kwargs)
     init_module_(torso, gen)
+    if moe is not None and moe.get("name", "none") != "none":
+        from pvn.networks.moe import moe_features_block
+
+        with torch.no_grad():
+            x = torch.zeros(1, kwargs.get("in_channels", 4), 84, 84)
+            for key, block in torso.blocks.items():
+                if key != "features":
+                    x = block(x)
+        torso.blocks["features"] = moe_features_block(
+            moe, tuple(x.shape[1:]), torso.feature_dim, gen, relu_first=name == "impala"
+        )
     return torso

@@ -1,7 +1,9 @@
-"""Optimizer registry: ``optimizer=adam|adamw|sgd`` (a later issue adds ``adan``).
+"""Optimizer registry: ``optimizer=adam|adamw|sgd|adan``.
 
 Each entry maps the config group's keys (``lr``, ``eps``, ``betas``, ``weight_decay``,
-``momentum``) to a ``torch.optim`` optimizer.
+``momentum``; for Adan also ``no_prox``, ``max_grad_norm`` and ``foreach``) to an optimizer:
+``torch.optim``'s, or :class:`~pvn.optim.adan.Adan` (Xie et al., 2022), which has no
+``torch.optim`` counterpart.
 """
 
 from __future__ import annotations
@@ -10,6 +12,10 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
+
+from pvn.optim.adan import Adan
+
+__all__ = ["OPTIMIZERS", "Adan", "build_optimizer"]
 
 
 def _adam(params, lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, **_):
@@ -26,10 +32,34 @@ def _sgd(params, lr, momentum=0.0, weight_decay=0.0, nesterov=False, **_):
     )
 
 
+def _adan(
+    params,
+    lr,
+    betas=(0.98, 0.92, 0.99),
+    eps=1e-8,
+    weight_decay=0.0,
+    no_prox=False,
+    max_grad_norm=0.0,
+    foreach=None,
+    **_,
+):
+    return Adan(
+        params,
+        lr=lr,
+        betas=tuple(betas),
+        eps=eps,
+        weight_decay=weight_decay,
+        no_prox=no_prox,
+        max_grad_norm=max_grad_norm,
+        foreach=foreach,
+    )
+
+
 OPTIMIZERS: dict[str, Callable[..., torch.optim.Optimizer]] = {
     "adam": _adam,
     "adamw": _adamw,
     "sgd": _sgd,
+    "adan": _adan,
 }
 
 
