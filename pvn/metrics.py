@@ -39,7 +39,8 @@ class MetricsLogger:
 
     def log(self, step: int, values: dict[str, float]) -> None:
         for k, v in values.items():
-            self.tb.add_scalar(f"{TB_GROUP.get(k, 'charts')}/{k}", v, step)
+            tag = k if "/" in k else f"{TB_GROUP.get(k, 'charts')}/{k}"  # local_loss/<block>
+            self.tb.add_scalar(tag, v, step)
         self._jsonl.write(json.dumps({"step": step, **values}) + "\n")
         self._jsonl.flush()
 

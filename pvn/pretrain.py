@@ -22,6 +22,7 @@ from pvn.config import require, require_device, save_config
 from pvn.diagnostics import dormant_fraction, srank
 from pvn.errors import ConfigError, PVNError
 from pvn.learner import PVNLearner, TDConfig
+from pvn.local import LocalPVNLearner, build_local
 from pvn.metrics import MetricsLogger
 from pvn.networks import MultiTaskHead, PVNNetwork, build_torso
 from pvn.networks.moe import MOE_KEYS
@@ -54,7 +55,7 @@ def _validate(cfg: DictConfig) -> None:
     )
     if cfg.td.target_tau is not None:
         require(0 < cfg.td.target_tau <= 1, "td.target_tau", cfg.td.target_tau, "in (0, 1]")
-    for group in ("local", "distributed"):
+    for group in ("distributed",):
         name = cfg[group].name
         require(name == "none", group, name, "not available yet (only 'none')")
 
@@ -98,8 +99,23 @@ def build(cfg: DictConfig, num_actions: int) -> PVNLearner:
     head = MultiTaskHead(torso.feature_dim, tasks.num_tasks, num_actions, gen)
     device = torch.device(cfg.device)
     network, tasks = PVNNetwork(torso, head).to(device), tasks.to(device)
+    try:
+        local = build_local(
+            OmegaConf.to_container(cfg.local, resolve=True),
+            torso,
+            cfg.torso.name,
+            tasks.num_tasks,
+            num_actions,
+            gen,
+        )
+    except (KeyError, ValueError) as e:
+        raise ConfigError(str(e)) from None
+    params = list(network.parameters())
+    if local is not None:
+        local.to(device)
+        params += [p for p in local.parameters() if p.requires_grad]
     optim_cfg = OmegaConf.to_container(cfg.optimizer, resolve=True)
-    optimizer = build_optimizer(optim_cfg, network.parameters())
+    optimizer = build_optimizer(optim_cfg, params)
     task_params = [p for p in tasks.parameters() if p.requires_grad]
     task_opt = None
     if task_params:  # the paper: the main optimizer's settings; laptop default: plain SGD
@@ -111,7 +127,11 @@ def build(cfg: DictConfig, num_actions: int) -> PVNLearner:
         bf16=cfg.bf16,
         **OmegaConf.to_container(cfg.td, resolve=True),
     )
-    learner = PVNLearner(network, tasks, optimizer, task_opt, td, calibration_decay=task_decay)
+    args = (network, tasks, optimizer, task_opt, td)
+    if local is None:
+        learner = PVNLearner(*args, calibration_decay=task_decay)
+    else:  # each block trained by its own loss; torch.compile does not apply
+        learner = LocalPVNLearner(*args, calibration_decay=task_decay, local=local)
     if cfg.compile:
         learner.online.forward = torch.compile(learner.online.forward)
     return learner
@@ -119,6 +139,9 @@ def build(cfg: DictConfig, num_actions: int) -> PVNLearner:
 
 def infer_num_actions(ds: DQNReplayDataset) -> int:
     return int(max(int(np.max(ds.checkpoint(c).action)) for c in ds.checkpoints)) + 1
+
+
+LOGGED = {"td_loss", "calibration_loss", "q_mean", "grad_norm", *MOE_KEYS}
 
 
 class _Accumulator:
@@ -134,8 +157,8 @@ class _Accumulator:
         self.fire_n = 0
 
     def add(self, m: dict[str, torch.Tensor], indicator: bool) -> None:
-        for k in ("td_loss", "calibration_loss", "q_mean", "grad_norm", *MOE_KEYS):
-            if k in m:
+        for k in m:
+            if k in LOGGED or k.startswith("local_loss/"):
                 self.sums[k] = self.sums.get(k, 0) + m[k]
                 self.counts[k] = self.counts.get(k, 0) + 1
         r = m["rewards"].float()

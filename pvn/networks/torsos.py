@@ -31,8 +31,13 @@ class Torso(nn.Module):
         self.blocks = nn.ModuleDict(OrderedDict(blocks))
         self.feature_dim = feature_dim
 
+    @staticmethod
+    def prepare(obs: torch.Tensor) -> torch.Tensor:
+        """uint8 pixels to floats in [0, 1] (other inputs pass through)."""
+        return obs.float().div_(255.0) if obs.dtype == torch.uint8 else obs
+
     def forward(self, obs: torch.Tensor) -> torch.Tensor:
-        x = obs.float().div_(255.0) if obs.dtype == torch.uint8 else obs
+        x = self.prepare(obs)
         for block in self.blocks.values():
             x = block(x)
         return x
