@@ -32,27 +32,9 @@ def _sgd(params, lr, momentum=0.0, weight_decay=0.0, nesterov=False, **_):
     )
 
 
-def _adan(
-    params,
-    lr,
-    betas=(0.98, 0.92, 0.99),
-    eps=1e-8,
-    weight_decay=0.0,
-    no_prox=False,
-    max_grad_norm=0.0,
-    foreach=None,
-    **_,
-):
-    return Adan(
-        params,
-        lr=lr,
-        betas=tuple(betas),
-        eps=eps,
-        weight_decay=weight_decay,
-        no_prox=no_prox,
-        max_grad_norm=max_grad_norm,
-        foreach=foreach,
-    )
+def _adan(params, lr, betas=(0.98, 0.92, 0.99), **kwargs):
+    """Adan's keys (eps, weight_decay, no_prox, max_grad_norm, foreach) pass through as named."""
+    return Adan(params, lr=lr, betas=tuple(betas), **kwargs)
 
 
 OPTIMIZERS: dict[str, Callable[..., torch.optim.Optimizer]] = {
