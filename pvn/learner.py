@@ -104,6 +104,11 @@ class PVNLearner:
 
     def update(self, batch: TorchBatch, step: int) -> dict[str, torch.Tensor]:
         """One gradient step; returns device tensors (no host sync)."""
+        return self.apply(step, self.backward(batch, step))
+
+    def backward(self, batch: TorchBatch, step: int) -> dict[str, Any]:
+        """The batch's gradients, left in ``.grad`` (zeroed first), and its metrics. Multi-worker
+        algorithms combine workers' gradients or parameters between this and :meth:`apply`."""
         obs, action, reward, next_obs, terminal = batch
         out: dict[str, torch.Tensor] = {}
         td_on = step >= self.cfg.warmup_steps
@@ -117,11 +122,17 @@ class PVNLearner:
                 out["features"] = features.detach()
         self._zero_grad()
         loss.backward()
-        grad_norm = self._step(step, td_on, tasks)
-        if grad_norm is not None:
-            out["grad_norm"] = grad_norm
         out["loss"] = loss.detach()
         out["rewards"] = tasks.rewards.detach()
+        out["calibrating"] = tasks.calibration_loss is not None
+        return out
+
+    def apply(self, step: int, out: dict[str, Any]) -> dict[str, torch.Tensor]:
+        """Clip, step the optimizers and follow with the target; returns the metrics."""
+        td_on = step >= self.cfg.warmup_steps
+        grad_norm = self._step(step, td_on, out.pop("calibrating"))
+        if grad_norm is not None:
+            out["grad_norm"] = grad_norm
         return out
 
     def _calibration_loss(self, tasks: TaskOutput, out: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -174,7 +185,7 @@ class PVNLearner:
         if self.task_optimizer is not None:
             self.task_optimizer.zero_grad(set_to_none=True)
 
-    def _step(self, step: int, td_on: bool, tasks: TaskOutput) -> torch.Tensor | None:
+    def _step(self, step: int, td_on: bool, calibrating: bool) -> torch.Tensor | None:
         """Clip, step the optimizers and follow with the target; returns the gradient norm."""
         grad_norm = None
         if td_on:
@@ -182,7 +193,7 @@ class PVNLearner:
             grad_norm = nn.utils.clip_grad_norm_(self._online_params, max_norm).detach()
             self.optimizer.step()
             self._update_target(step)
-        if self.task_optimizer is not None and tasks.calibration_loss is not None:
+        if self.task_optimizer is not None and calibrating:
             self.task_optimizer.step()
             if self.task_schedule is not None:
                 self.task_schedule.step()

@@ -55,9 +55,6 @@ def _validate(cfg: DictConfig) -> None:
     )
     if cfg.td.target_tau is not None:
         require(0 < cfg.td.target_tau <= 1, "td.target_tau", cfg.td.target_tau, "in (0, 1]")
-    for group in ("distributed",):
-        name = cfg[group].name
-        require(name == "none", group, name, "not available yet (only 'none')")
 
 
 def _check_resumable(run_dir: Path, cfg: DictConfig) -> None:
@@ -183,6 +180,10 @@ class _Accumulator:
 def pretrain(cfg: DictConfig) -> dict[str, Any]:
     """Run (or resume) ``pvn pretrain``; returns the last logged metrics."""
     _validate(cfg)
+    if cfg.distributed.name != "none":
+        from pvn.distributed.runner import pretrain_distributed
+
+        return pretrain_distributed(cfg, build, infer_num_actions)
     run_dir = Path(cfg.run_dir)
     resume = list_checkpoints(run_dir)
     if resume:

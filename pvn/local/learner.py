@@ -28,7 +28,7 @@ class LocalPVNLearner(PVNLearner):
         self.local = local
         self._online_params += [p for p in local.parameters() if p.requires_grad]
 
-    def update(self, batch: TorchBatch, step: int) -> dict[str, torch.Tensor]:
+    def backward(self, batch: TorchBatch, step: int) -> dict[str, Any]:
         obs, action, reward, next_obs, terminal = batch
         out: dict[str, torch.Tensor] = {}
         td_on = step >= self.cfg.warmup_steps
@@ -58,12 +58,15 @@ class LocalPVNLearner(PVNLearner):
                 loss = loss + block_loss.detach()
                 x = h.detach()
                 del h, block_loss
-        grad_norm = self._step(step, td_on, tasks)
-        if td_on:
-            self.local.after_step()
-            out["grad_norm"] = grad_norm
         out["loss"] = loss
         out["rewards"] = tasks.rewards.detach()
+        out["calibrating"] = tasks.calibration_loss is not None
+        return out
+
+    def apply(self, step: int, out: dict[str, Any]) -> dict[str, torch.Tensor]:
+        out = super().apply(step, out)
+        if step >= self.cfg.warmup_steps:
+            self.local.after_step()  # MAN: the EMA copies follow the stepped live layers
         return out
 
     def state_dict(self) -> dict[str, Any]:

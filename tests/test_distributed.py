@@ -1,0 +1,177 @@
+"""Multi-worker pretraining: aggregation rules by hand, DDP = one worker with an N-times batch,
+FedAvg-M against the FedAvg and momentum-SGD rules written out, every rule through the CLI
+(simulated), exact resume, and torchrun (real gloo processes) = simulation."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from pvn.checkpoint import list_checkpoints, load_checkpoint
+from pvn.cli import main
+from pvn.config import load_config
+from pvn.distributed import DDP, FedAvgM, SimulatedComm, Worker
+from pvn.distributed.aggregators import (
+    alie_z,
+    craft,
+    mean,
+    median,
+    nearest_neighbour_average,
+    trimmed_mean,
+)
+from pvn.pretrain import build
+from replay import DQNReplayDataset, Prefetcher
+from tests.test_pretrain import _args, _assert_same, log_dir  # noqa: F401 (fixture)
+
+RULES = ["ddp", "fedavg_m", "scaffold_m", "dsgd", "monna", "trimmed_mean", "median"]
+
+
+def test_aggregation_rules_by_hand():
+    V = torch.tensor([[0.0, 0.0], [1.0, 0.0], [0.0, 1.0], [10.0, 10.0], [-9.0, 4.0]])
+    # nearest to row 0, n - f = 3: rows 0, 1, 2 (distances 0, 1, 1; then 97, 145)
+    torch.testing.assert_close(nearest_neighbour_average(V, 0, 2), torch.tensor([1 / 3, 1 / 3]))
+    torch.testing.assert_close(nearest_neighbour_average(V, 3, 0), mean(V))  # f = 0: averaging
+    # coordinate-wise: x sorted -9, 0, 0, 1, 10; y sorted 0, 0, 1, 4, 10
+    torch.testing.assert_close(trimmed_mean(V, f=1), torch.tensor([1 / 3, 5 / 3]))
+    torch.testing.assert_close(median(V), torch.tensor([0.0, 1.0]))
+    torch.testing.assert_close(median(V[:4]), torch.tensor([0.5, 0.5]))  # mean of middle two
+    # ALIE: n = 5, f = 1: s = floor(3.5) - 1 = 2, z = Phi^-1(3/5) = 0.253347
+    assert abs(alie_z(5, 1) - 0.2533471) < 1e-6
+    honest, ref = V[:3], torch.zeros(2)
+    g = torch.Generator().manual_seed(0)
+    torch.testing.assert_close(craft("sign_flip", honest, ref, 5, 1, 0.1, g), -honest.mean(0))
+    torch.testing.assert_close(craft("foe", honest, ref, 5, 1, 0.1, g), -0.1 * honest.mean(0))
+    want = honest.mean(0) - alie_z(5, 1) * honest.std(0)
+    torch.testing.assert_close(craft("alie", honest, ref, 5, 1, 0.1, g), want)
+
+
+def _workers(n, extra=()):
+    overrides = ["data.path=x", "run_dir=x", "torso.feature_dim=16", "tasks.num_tasks=10"]
+    cfg = load_config("pretrain", [*overrides, "td.warmup_steps=0", *extra])
+    return cfg, [Worker(i, build(cfg, num_actions=4)) for i in range(n)]
+
+
+def _batches(log_dir, n, B=4):  # noqa: F811
+    ds = DQNReplayDataset(log_dir, cache_dir=log_dir.parent / "cache")
+    with Prefetcher(ds, B * n) as feed:
+        big = [next(feed) for _ in range(3)]
+    split = [[tuple(t[i * B : (i + 1) * B] for t in b) for i in range(n)] for b in big]
+    return big, split
+
+
+def test_ddp_equals_one_worker_with_an_n_times_batch(log_dir):  # noqa: F811
+    big, split = _batches(log_dir, 2)
+    _, (single,) = _workers(1)
+    _, workers = _workers(2)
+    ddp = DDP(SimulatedComm(2), workers)
+    for step in range(3):
+        single.learner.update(big[step], step)
+        ddp.step(split[step], step)
+    for w in workers:
+        torch.testing.assert_close(w.vector(), single.vector(), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("beta, K", [(1.0, 2), (0.5, 1)])
+def test_fedavg_m_follows_its_rules(log_dir, beta, K):  # noqa: F811
+    """beta = 1: FedAvg (local SGD, then x <- x - gamma mean(x - x_i) / (eta K)); K = 1 with all
+    workers: momentum SGD on the mean gradient, g <- beta mean(grad) + (1 - beta) g."""
+    eta, gamma, n = 0.05, 0.08, 2
+    _, split = _batches(log_dir, n)
+    _, workers = _workers(n)
+    _, ref = _workers(n)
+    for w in workers + ref:
+        w.learner.optimizer = torch.optim.SGD(w.params, lr=eta)
+    fed = FedAvgM(
+        SimulatedComm(n),
+        workers,
+        beta=beta,
+        eta=eta,
+        gamma=gamma,
+        local_steps=K,
+        participants=n,
+        seed=0,
+        scaffold=False,
+    )
+    x, g = ref[0].vector(), torch.zeros_like(ref[0].vector())
+    for step in range(2 * K if K > 1 else 3):
+        fed.step(split[step % 3], step)
+        if step % K == 0:
+            for w in ref:
+                w.load_vector(x)
+        grads = []
+        for w, b in zip(ref, split[step % 3], strict=True):
+            out = w.learner.backward(b, step)
+            grads.append(w.grads())
+            w.set_grads(beta * grads[-1] + (1 - beta) * g)
+            w.learner.apply(step, out)
+        if step % K == K - 1:
+            g_new = torch.stack([x - w.vector() for w in ref]).sum(0) / (eta * n * K)
+            if K == 1:  # the same g by the momentum-SGD rule on the mean gradient
+                want = beta * torch.stack(grads).mean(0) + (1 - beta) * g
+                torch.testing.assert_close(g_new, want, rtol=1e-4, atol=1e-6)
+            g = g_new
+            x = x - gamma * g
+            torch.testing.assert_close(fed.x, x, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("rule", RULES)
+def test_every_rule_pretrains_simulated(log_dir, tmp_path, rule):  # noqa: F811
+    run = tmp_path / rule
+    extra = [f"distributed={rule}", "distributed.workers=3", "steps=8", "checkpoint_every=4"]
+    if rule in ("fedavg_m", "scaffold_m"):
+        extra += ["distributed.local_steps=2"]
+    if rule == "monna":
+        extra += ["distributed.f=1", "distributed.byzantine=[2]", "distributed.attack=alie"]
+    assert main(_args(log_dir, run, *extra)) == 0
+    records = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert "td_loss" in records[-1] and any(k.startswith("workers/td_loss_") for k in records[-1])
+    assert "workers/dist_to_honest_mean_0" in records[-1]
+    state = load_checkpoint(list_checkpoints(run)[-1])
+    assert sorted(s["id"] for s in state["workers"]) == [0, 1, 2]
+    import pvn
+
+    assert pvn.load_encoder(run)(torch.zeros(1, 4, 84, 84, dtype=torch.uint8)).shape == (1, 32)
+
+
+def test_distributed_resume_is_exact(log_dir, tmp_path):  # noqa: F811
+    extra = ["distributed=scaffold_m", "distributed.workers=3", "distributed.participants=2"]
+    full, split = tmp_path / "full", tmp_path / "split"
+    assert main(_args(log_dir, full, *extra, "steps=16", "checkpoint_every=8")) == 0
+    assert main(_args(log_dir, split, *extra, "steps=8", "checkpoint_every=8")) == 0
+    assert main(_args(log_dir, split, *extra, "steps=16", "checkpoint_every=8")) == 0
+    a, b = (load_checkpoint(list_checkpoints(r)[-1]) for r in (full, split))
+    _assert_same(a["workers"], b["workers"])
+    _assert_same(a["algorithm"], b["algorithm"])
+
+
+def test_monna_refuses_2f_ge_n(log_dir, tmp_path, capsys):  # noqa: F811
+    args = ["distributed=monna", "distributed.workers=4", "distributed.f=2"]
+    assert main(_args(log_dir, tmp_path / "r", *args)) == 2
+    assert "2f < n" in capsys.readouterr().err
+
+
+def test_torchrun_gloo_equals_simulation(log_dir, tmp_path):  # noqa: F811
+    extra = ["distributed=monna", "distributed.f=0", "steps=6", "checkpoint_every=6"]
+    sim = tmp_path / "sim"
+    assert main(_args(log_dir, sim, *extra, "distributed.workers=2")) == 0
+    real = tmp_path / "real"
+    args = _args(log_dir, real, *extra)
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        "-m",
+        "pvn",
+        *args,
+    ]
+    subprocess.run(cmd, check=True, timeout=300, capture_output=True)
+    a, b = (load_checkpoint(list_checkpoints(r)[-1]) for r in (sim, real))
+    for wa, wb in zip(a["workers"], b["workers"], strict=True):
+        for k, v in wa["learner"]["online"].items():
+            torch.testing.assert_close(v, wb["learner"]["online"][k], rtol=1e-5, atol=1e-6)
