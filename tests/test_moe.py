@@ -441,3 +441,14 @@ def test_rng_state_round_trip():
     assert not torch.equal(first, block(x))
     moe_load_rng_state(block, state)
     assert torch.equal(first, block(x))
+
+
+def test_eval_mode_drops_nothing():
+    """Capacity is a training-time budget: a frozen encoder (eval mode) computes every token's
+    chosen experts, so its features match the network's undropped function."""
+    gen = torch.Generator().manual_seed(0)
+    layer = TopKMoE(8, 4, 2, 16, capacity_factor=0.5, gen=gen)
+    x = torch.randn(3, 20, 8, generator=gen)
+    assert layer.route(x).keep.all().item() is False  # training: over capacity, some dropped
+    layer.eval()
+    assert layer.route(x).keep.all()

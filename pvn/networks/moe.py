@@ -216,8 +216,11 @@ class TopKMoE(_MoELayer):
             probs = logits.softmax(-1)
             top, experts = logits.topk(k, dim=-1)
             gates = top.softmax(-1)
-        # a token picks an expert at most once, so no expert ever needs more than T places
-        capacity = min(self.capacity(T), T)
+        # a token picks an expert at most once, so no expert ever needs more than T places. In
+        # eval mode (a frozen encoder, the target network) nothing is dropped: capacity is a
+        # training-time budget (Switch evaluates with a larger one), and dropping there makes
+        # the frozen features differ from the ones the network learned.
+        capacity = min(self.capacity(T), T) if self.training else T
         chosen = F.one_hot(experts, E)  # (B, T, k, E)
         order = chosen.transpose(1, 2).reshape(B, k * T, E)  # choice-major, then token order
         place = (order.cumsum(1) - 1).mul_(order).sum(-1)  # (B, k*T)
