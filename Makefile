@@ -21,7 +21,7 @@ demo: install
 	$(BIN)/pvn quickstart
 
 test: install
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=15
 
 lint: install
 	$(BIN)/ruff check .

@@ -178,7 +178,7 @@ def test_every_torso_tasks_optimizer_combination_trains(log_dir, tmp_path, torso
         (["torso=resnet"], "torso"),
         (["td.aggregate=min"], "td.aggregate='min'"),
         (["data.n_step=3"], "data.n_step=3: tasks=indicator_rnd"),
-        (["local=dgl"], "local"),
+        (["local=nope"], "local"),
         (["steps=0"], "steps=0"),
         (["batch_size=two"], "batch_size='two' is not a valid int"),
         (["td.target_period=100"], "exactly one of td.target_tau and td.target_period"),
