@@ -198,3 +198,42 @@ def test_monna_holds_under_attack_where_averaging_breaks(log_dir, tmp_path):  # 
     assert abs(m["td_loss"] - honest["td_loss"]) <= 0.1 * honest["td_loss"]
     assert m["byzantine_kept"] == 0.0
     assert not d["td_loss"] <= 10 * honest["td_loss"], d  # far larger, or NaN: diverged
+
+
+def test_a_killed_worker_ends_the_job_cleanly_and_the_restart_resumes(log_dir, tmp_path):  # noqa: F811
+    """torchrun with 2 gloo workers; SIGKILL one worker after a checkpoint: the job exits
+    non-zero within 60 s (no hang); the same command then resumes from the last checkpoint."""
+    import os
+    import signal
+    import time
+
+    run = tmp_path / "run"
+    args = _args(log_dir, run, "distributed=ddp", "steps=60", "checkpoint_every=5", "log_every=5")
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        "-m",
+        "pvn",
+        *args,
+    ]
+    job = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        while not list_checkpoints(run) and job.poll() is None:
+            time.sleep(0.1)
+        assert job.poll() is None, "finished before a worker could be killed"
+        children = subprocess.run(["pgrep", "-P", str(job.pid)], capture_output=True, text=True)
+        worker = int(children.stdout.split()[-1])
+        os.kill(worker, signal.SIGKILL)
+        t0 = time.monotonic()
+        code = job.wait(timeout=60)
+        assert code != 0 and time.monotonic() - t0 < 60
+    finally:
+        if job.poll() is None:
+            job.kill()
+    at = load_checkpoint(list_checkpoints(run)[-1])["step"]
+    assert at < 60
+    subprocess.run(cmd, check=True, timeout=300, capture_output=True)
+    assert load_checkpoint(list_checkpoints(run)[-1])["step"] == 60
