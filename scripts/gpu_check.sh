@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The GPU checks, as one short script for a session lent a CUDA device (see README, Benchmarks):
 # the CUDA path end to end (pinned prefetch, bf16 autocast, torch.compile), then the pretraining
-# benchmark of the paper's impala_x8 torso at batch 256 in bf16. Writes JSON under ${OUT:-gpu_out}.
+# benchmark of the paper's impala_x8 torso at batch 256 in bf16, local learning's memory on CUDA
+# (max_memory_allocated), Adan vs AdamW on CUDA, the MoE and local options on CUDA and the GPU
+# tests (Adan's no-host-sync clipping). Writes JSON under ${OUT:-gpu_out}.
 set -euo pipefail
 out=${OUT:-gpu_out}
 mkdir -p "$out"
@@ -13,5 +15,10 @@ $py -m pvn pretrain data.path="$out/data" run_dir="$out/run" device=cuda bf16=tr
   td.warmup_steps=50 log_every=50 checkpoint_every=300 progress=false > "$out/pretrain.json"
 $py scripts/bench_pretrain.py --device cuda --torsos impala_x8 nature --batches 256 --bf16 \
   --seconds 5 > "$out/bench_pretrain_cuda.json"
+$py scripts/bench_memory.py --device cuda --torso impala --batch 256 > "$out/bench_memory_cuda.json"
+$py scripts/bench_adan.py --device cuda > "$out/bench_adan_cuda.json"
+$py -m pvn pretrain data.path="$out/data" run_dir="$out/run_moe_man" device=cuda bf16=true \
+  torso=impala moe=momentum_smoe local=man optimizer=adan steps=100 progress=false > "$out/moe_man.json"
+$py -m pytest -q tests/test_adan.py > "$out/test_adan_cuda.txt"
 $py scripts/bench_replay.py > "$out/bench_replay.json"
 echo "done: $out"
