@@ -126,6 +126,8 @@ def test_every_rule_pretrains_simulated(log_dir, tmp_path, rule):  # noqa: F811
         extra += ["distributed.local_steps=2"]
     if rule == "monna":
         extra += ["distributed.f=1", "distributed.byzantine=[2]", "distributed.attack=alie"]
+    if rule == "ddp":  # non-IID: worker i samples only checkpoint i of the three
+        extra += ["distributed.partition=checkpoints"]
     assert main(_args(log_dir, run, *extra)) == 0
     records = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     assert "td_loss" in records[-1] and any(k.startswith("workers/td_loss_") for k in records[-1])
@@ -154,22 +156,19 @@ def test_monna_refuses_2f_ge_n(log_dir, tmp_path, capsys):  # noqa: F811
     assert "2f < n" in capsys.readouterr().err
 
 
+def _torchrun(args: list[str], procs: int = 2) -> list[str]:
+    """``torchrun --standalone --nproc_per_node=procs -m pvn ARGS`` (real gloo processes)."""
+    run = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
+    return [*run, f"--nproc_per_node={procs}", "-m", "pvn", *args]
+
+
 def test_torchrun_gloo_equals_simulation(log_dir, tmp_path):  # noqa: F811
     extra = ["distributed=monna", "distributed.f=0", "steps=6", "checkpoint_every=6"]
     sim = tmp_path / "sim"
     assert main(_args(log_dir, sim, *extra, "distributed.workers=2")) == 0
     real = tmp_path / "real"
     args = _args(log_dir, real, *extra)
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc_per_node=2",
-        "-m",
-        "pvn",
-        *args,
-    ]
+    cmd = _torchrun(args)
     subprocess.run(cmd, check=True, timeout=300, capture_output=True)
     a, b = (load_checkpoint(list_checkpoints(r)[-1]) for r in (sim, real))
     for wa, wb in zip(a["workers"], b["workers"], strict=True):
@@ -209,16 +208,7 @@ def test_a_killed_worker_ends_the_job_cleanly_and_the_restart_resumes(log_dir, t
 
     run = tmp_path / "run"
     args = _args(log_dir, run, "distributed=ddp", "steps=60", "checkpoint_every=5", "log_every=5")
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc_per_node=2",
-        "-m",
-        "pvn",
-        *args,
-    ]
+    cmd = _torchrun(args)
     job = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         while not list_checkpoints(run) and job.poll() is None:

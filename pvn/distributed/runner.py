@@ -102,13 +102,13 @@ def _run(cfg, d, comm, build, infer_num_actions) -> dict[str, Any]:
     byzantine = set(d.get("byzantine") or [])
     workers, datasets = [], []
     for wid in comm.local:
-        ds = DQNReplayDataset(
-            cfg.data.path,
+        data = dict(
             n_step=cfg.data.n_step,
             gamma=cfg.data.gamma,
             cache_dir=cfg.data.cache_dir,
             seed=seed + 1000 * (wid + 1),
         )
+        ds = DQNReplayDataset(cfg.data.path, **data)
         if d.partition == "checkpoints":
             mine = ds.checkpoints[wid :: comm.world]
             require(
@@ -117,14 +117,7 @@ def _run(cfg, d, comm, build, infer_num_actions) -> dict[str, Any]:
                 "checkpoints",
                 f"{len(ds.checkpoints)} checkpoints for {comm.world} workers",
             )
-            ds = DQNReplayDataset(
-                cfg.data.path,
-                checkpoints=mine,
-                n_step=cfg.data.n_step,
-                gamma=cfg.data.gamma,
-                cache_dir=cfg.data.cache_dir,
-                seed=seed + 1000 * (wid + 1),
-            )
+            ds = DQNReplayDataset(cfg.data.path, checkpoints=mine, **data)
         datasets.append(ds)
     num_actions = cfg.data.num_actions or infer_num_actions(datasets[0])
     for wid in comm.local:
