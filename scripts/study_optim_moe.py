@@ -39,10 +39,8 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")  # before torch is imported
 
 import argparse
 import json
-import platform
 import shlex
 import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -51,7 +49,18 @@ from typing import Any
 import numpy as np
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _study import (
+    HELDOUT_CKPT,
+    REPO,
+    TRAIN_CKPT,
+    collect_data,
+    heldout_transitions,
+    load_learner,
+    log,
+    machine,
+)
+
 sys.path.insert(0, str(REPO / "scripts"))
 
 #: arm name -> (optimizer group option, moe group option)
@@ -65,7 +74,6 @@ ARMS: dict[str, tuple[str, str]] = {
     "adan+momentum_smoe": ("adan", "momentum_smoe"),
 }
 REFERENCE = "adam+dense"
-TRAIN_CKPT, HELDOUT_CKPT = 0, 1
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -145,58 +153,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def _rel(path: Path) -> str:
-    """``path`` relative to the repository when inside it (for the doc)."""
-    try:
-        return str(Path(path).resolve().relative_to(REPO))
-    except ValueError:
-        return str(path)
-
-
-def log(msg: str) -> None:
-    print(f"[study {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
-
-
 # ---------------------------------------------------------------------------------------------
 # 1. data
 # ---------------------------------------------------------------------------------------------
-
-
-def collect_data(args: argparse.Namespace, data_dir: Path) -> dict[str, Any]:
-    """One log of random play with >= 2 full checkpoints; reused if already there."""
-    summary_file = data_dir / "collect.json"
-    capacity = int(args.collect_steps * 0.45)
-    cmd = [
-        sys.executable,
-        "-m",
-        "pvn",
-        "collect",
-        f"game={args.game}",
-        f"steps={args.collect_steps}",
-        f"out={data_dir}",
-        "num_envs=8",
-        "seed=0",
-        f"capacity={capacity}",
-        "progress=false",
-    ]
-    if not summary_file.is_file():
-        if data_dir.exists():
-            shutil.rmtree(data_dir)  # a half-written log of an interrupted run
-        log("collect: " + shlex.join(cmd[1:]))
-        t0 = time.perf_counter()
-        subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
-        (data_dir / "study_collect_wall.json").write_text(
-            json.dumps({"wall_s": time.perf_counter() - t0})
-        )
-    summary = json.loads(summary_file.read_text())
-    wall_file = data_dir / "study_collect_wall.json"
-    summary["wall_s"] = json.loads(wall_file.read_text())["wall_s"] if wall_file.is_file() else 0
-    if len(summary["checkpoints"]) < 2:
-        raise SystemExit(f"{data_dir}: fewer than 2 replay checkpoints; raise --collect-steps")
-    shown = [a.replace(f"out={data_dir}", f"out={_rel(data_dir)}") for a in cmd[3:]]
-    summary["command"] = "pvn " + shlex.join(shown)
-    summary["capacity"] = capacity
-    return summary
 
 
 # ---------------------------------------------------------------------------------------------
@@ -259,39 +218,6 @@ def pretrain_run(
 # ---------------------------------------------------------------------------------------------
 # 3. evaluation
 # ---------------------------------------------------------------------------------------------
-
-
-def load_learner(run_dir: Path):
-    """The run's learner (online, target, calibrated tasks) at its final checkpoint."""
-    from omegaconf import OmegaConf
-
-    from pvn.checkpoint import load_checkpoint, resolve_checkpoint
-    from pvn.pretrain import build
-
-    cfg = OmegaConf.load(run_dir / "config.yaml")
-    state = load_checkpoint(resolve_checkpoint(run_dir))
-    learner = build(cfg, int(state["meta"]["num_actions"]))
-    learner.load_state_dict(state["learner"])
-    learner.online.eval()  # no routing noise at evaluation
-    learner.target.eval()
-    return cfg, learner
-
-
-def heldout_transitions(ds, n: int, seed: int = 2024):
-    """``n`` valid transitions of the held-out checkpoint, drawn once (sorted slots)."""
-    from replay import TorchBatch
-
-    valid = np.flatnonzero(ds.valid_mask(HELDOUT_CKPT))
-    rng = np.random.default_rng(seed)
-    idx = np.sort(rng.choice(valid, min(n, len(valid)), replace=False))
-    b = ds.gather(HELDOUT_CKPT, idx)
-    return TorchBatch(
-        torch.from_numpy(b.observation),
-        torch.from_numpy(b.action),
-        torch.from_numpy(b.reward),
-        torch.from_numpy(b.next_observation),
-        torch.from_numpy(b.terminal),
-    )
 
 
 def noisy(obs: torch.Tensor, sigma: float, seed: int) -> torch.Tensor:
@@ -433,7 +359,7 @@ def evaluate_run(
         ev = json.loads(cache.read_text())
         if ev.get("eval_key") == eval_key(args):
             return ev
-    cfg, learner = load_learner(run_dir)
+    cfg, learner, _ = load_learner(run_dir)
     t0 = time.perf_counter()
     rob = robustness(learner, batch, args.sigmas)
     probe = linear_probes(
@@ -918,22 +844,6 @@ def reading(
             + " (shared 2-core machine, one measurement each, not interleaved)."
         )
     return "\n".join(out)
-
-
-def machine() -> str:
-    model = ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return (
-        f"{model or platform.processor()}, {os.cpu_count()} logical CPUs (shared), "
-        f"torch {torch.__version__} with {torch.get_num_threads()} thread, "
-        f"Python {platform.python_version()}"
-    )
 
 
 def write_doc(
