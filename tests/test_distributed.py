@@ -227,3 +227,16 @@ def test_a_killed_worker_ends_the_job_cleanly_and_the_restart_resumes(log_dir, t
     assert at < 60
     subprocess.run(cmd, check=True, timeout=300, capture_output=True)
     assert load_checkpoint(list_checkpoints(run)[-1])["step"] == 60
+
+
+def test_ddp_keeps_local_learning_workers_identical(log_dir):  # noqa: F811
+    """With local=man, DDP averages the auxiliary nets' gradients too: workers fed different
+    batches stay identical (networks, aux nets and their EMA copies)."""
+    _, split = _batches(log_dir, 2)
+    _, workers = _workers(2, ("local=man",))
+    ddp = DDP(SimulatedComm(2), workers)
+    for step in range(3):
+        ddp.step(split[step], step)
+    a, b = (w.learner.local.state_dict() for w in workers)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    torch.testing.assert_close(workers[0].vector(), workers[1].vector(), rtol=0, atol=0)

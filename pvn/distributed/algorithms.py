@@ -17,8 +17,10 @@ Every rule is called once per update with this process's workers and their batch
   all-gathers the parameter vectors and replaces its own by the rule's aggregate of them
   (:mod:`pvn.distributed.aggregators`); Byzantine workers send crafted vectors instead.
 
-The network's parameters form the exchanged vector; each worker's target network keeps
-following its own online network by Polyak averaging, and its task calibration stays local.
+The network's parameters form the exchanged vector of the parameter-averaging rules; each
+worker's target network keeps following its own online network by Polyak averaging, and its task
+calibration (and, with local learning, its auxiliary networks) stays local. DDP averages all of
+them, so its workers stay identical.
 """
 
 from __future__ import annotations
@@ -72,8 +74,12 @@ class Worker:
 
 
 def _trainable(w: Worker) -> list[torch.nn.Parameter]:
-    """Everything DDP averages: the network and the task calibration parameters."""
-    return w.params + [p for p in w.learner.tasks.parameters() if p.requires_grad]
+    """Everything DDP averages: the network, the task calibration parameters and, with local
+    learning, the auxiliary networks."""
+    extra = [p for p in w.learner.tasks.parameters() if p.requires_grad]
+    if getattr(w.learner, "local", None) is not None:
+        extra += [p for p in w.learner.local.parameters() if p.requires_grad]
+    return w.params + extra
 
 
 class Algorithm:
