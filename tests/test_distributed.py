@@ -240,3 +240,30 @@ def test_ddp_keeps_local_learning_workers_identical(log_dir):  # noqa: F811
     a, b = (w.learner.local.state_dict() for w in workers)
     assert all(torch.equal(a[k], b[k]) for k in a)
     torch.testing.assert_close(workers[0].vector(), workers[1].vector(), rtol=0, atol=0)
+
+
+def test_reward_flip_poisons_the_byzantine_workers_tasks(log_dir):  # noqa: F811
+    """attack=reward_flip: the Byzantine worker learns from 1 - r (indicators); the vectors it
+    sends are its own, uncrafted."""
+    from pvn.distributed import Gossip
+
+    _, split = _batches(log_dir, 3)
+    _, workers = _workers(3)
+    for w in workers:
+        w.byzantine = w.id == 2
+    gossip = Gossip(
+        SimulatedComm(3),
+        workers,
+        rule="monna",
+        f=1,
+        beta=0.9,
+        byzantine=[2],
+        attack="reward_flip",
+        scale=0.1,
+        seed=0,
+    )
+    obs, _, reward, *_ = split[0][0]
+    honest, poisoned = (w.learner.tasks(obs, reward).rewards for w in (workers[0], workers[2]))
+    assert torch.equal(poisoned, 1.0 - honest) and honest.sum() > 0
+    gossip.step(split[0], 0)
+    assert gossip.last["byzantine_kept"] in (0.0, 1.0)

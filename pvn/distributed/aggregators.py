@@ -15,7 +15,10 @@ Attacks (an omniscient adversary: it sees the honest vectors ``V`` of this step 
 * ``alie`` -- "a little is enough" (Baruch et al. 2019): ``u = mean(U) - z std(U)`` with
   ``z = Phi^-1((n - s) / n)``, ``s = floor(n/2 + 1) - f``;
 * ``foe`` -- "fall of empires" (Xie et al. 2020): ``u = -eps mean(U)`` (eps = ``scale``, 0.1);
-* ``gaussian`` -- ``u ~ N(0, scale^2)`` per coordinate.
+* ``gaussian`` -- ``u ~ N(0, scale^2)`` per coordinate;
+* ``reward_flip`` -- data poisoning, not a crafted vector: the Byzantine worker trains honestly
+  on flipped task rewards (indicators ``1 - r``, other cumulants ``-r``) and sends its parameters
+  (:func:`flip_rewards`; the RL counterpart of label flipping).
 """
 
 from __future__ import annotations
@@ -55,6 +58,19 @@ AGGREGATORS = {
 }
 
 
+ATTACKS = ("sign_flip", "alie", "foe", "gaussian", "reward_flip")
+
+
+def flip_rewards(tasks: torch.nn.Module) -> None:
+    """Make a task family return flipped rewards from now on (a forward hook; state unchanged)."""
+
+    def hook(module, inputs, out):
+        out.rewards = 1.0 - out.rewards if module.indicator else -out.rewards
+        return out
+
+    tasks.register_forward_hook(hook)
+
+
 def alie_z(n: int, f: int) -> float:
     s = math.floor(n / 2 + 1) - f
     return NormalDist().inv_cdf((n - s) / n)
@@ -81,5 +97,7 @@ def craft(
         noise = torch.randn(u.shape[1], generator=gen, dtype=u.dtype)
         crafted = scale * noise.to(u.device)
     else:
-        raise ValueError(f"distributed.attack={attack!r}: choose sign_flip, alie, foe or gaussian")
+        raise ValueError(
+            f"distributed.attack={attack!r}: choose sign_flip, alie, foe, gaussian or reward_flip"
+        )
     return reference + crafted

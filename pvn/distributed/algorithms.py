@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from torch.nn.utils import parameters_to_vector
 
-from pvn.distributed.aggregators import AGGREGATORS, craft
+from pvn.distributed.aggregators import AGGREGATORS, craft, flip_rewards
 from pvn.distributed.comm import Comm
 from pvn.learner import PVNLearner
 
@@ -187,6 +187,10 @@ class Gossip(Algorithm):
         super().__init__(comm, workers)
         self.aggregate, self.f, self.beta = AGGREGATORS[rule], f, beta
         self.byzantine, self.attack, self.scale = sorted(byzantine), attack, scale
+        if attack == "reward_flip":  # poisoned data, honest-looking vectors
+            for w in workers:
+                if w.id in self.byzantine:
+                    flip_rewards(w.learner.tasks)
         self.gen = torch.Generator().manual_seed(seed)
         self.m = {w.id: torch.zeros_like(w.vector()) for w in workers}
         self.reference = workers[0].vector().clone()
@@ -201,7 +205,7 @@ class Gossip(Algorithm):
             outs.append(w.learner.apply(step, out))
         V = self.comm.all_gather([w.vector() for w in self.workers])
         honest = [i for i in range(self.comm.world) if i not in self.byzantine]
-        if self.byzantine:  # every rank crafts the same vectors from what it received
+        if self.byzantine and self.attack != "reward_flip":  # every rank crafts the same vectors
             bad = craft(
                 self.attack,
                 V[honest],

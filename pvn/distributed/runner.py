@@ -22,7 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from pvn.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
 from pvn.config import require, save_config
-from pvn.distributed.aggregators import AGGREGATORS
+from pvn.distributed.aggregators import AGGREGATORS, ATTACKS
 from pvn.distributed.algorithms import DDP, Algorithm, FedAvgM, Gossip, Worker
 from pvn.distributed.comm import SimulatedComm, TorchComm, in_torchrun
 from pvn.metrics import MetricsLogger
@@ -39,6 +39,7 @@ def _validate(d: DictConfig, world: int) -> None:
     require(all(0 <= r < world for r in byz), "distributed.byzantine", byz, "ranks out of range")
     if d.name in AGGREGATORS:
         require(2 * d.f < world, "distributed.f", d.f, f"needs 2f < n = {world} workers")
+        require(d.attack in ATTACKS, "distributed.attack", d.attack, f"choose one of {ATTACKS}")
     if d.name in ("fedavg_m", "scaffold_m"):
         require(
             1 <= d.participants <= world,
