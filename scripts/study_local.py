@@ -698,7 +698,7 @@ def reading(results, arms, seeds, ref_seeds, floor, twin=None) -> str:
         ("R² return-to-go", lambda e: e["probe"]["return_r2"]),
         ("R² next reward", lambda e: e["probe"]["reward_r2"]),
     ]
-    if ref:
+    if len(ref) > 1:
         cells = []
         for name, key in probes:
             vals = [key(e) for e in ref]
