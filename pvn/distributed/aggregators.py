@@ -33,11 +33,15 @@ def mean(vectors: torch.Tensor, own: int = 0, f: int = 0) -> torch.Tensor:
     return vectors.mean(0)
 
 
-def nearest_neighbour_average(vectors: torch.Tensor, own: int, f: int) -> torch.Tensor:
-    """The mean of the ``n - f`` rows of ``vectors`` (n, d) closest to row ``own``."""
+def nearest(vectors: torch.Tensor, own: int, f: int) -> torch.Tensor:
+    """Indices of the ``n - f`` rows of ``vectors`` (n, d) closest to row ``own`` (Euclidean)."""
     dist = (vectors - vectors[own]).pow(2).sum(1)
-    keep = torch.argsort(dist, stable=True)[: vectors.shape[0] - f]
-    return vectors[keep].mean(0)
+    return torch.argsort(dist, stable=True)[: vectors.shape[0] - f]
+
+
+def nearest_neighbour_average(vectors: torch.Tensor, own: int, f: int) -> torch.Tensor:
+    """The mean of the ``n - f`` rows of ``vectors`` closest to row ``own``."""
+    return vectors[nearest(vectors, own, f)].mean(0)
 
 
 def trimmed_mean(vectors: torch.Tensor, own: int = 0, f: int = 0) -> torch.Tensor:

@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from torch.nn.utils import parameters_to_vector
 
-from pvn.distributed.aggregators import AGGREGATORS, craft, flip_rewards
+from pvn.distributed.aggregators import AGGREGATORS, craft, flip_rewards, nearest
 from pvn.distributed.comm import Comm
 from pvn.learner import PVNLearner
 
@@ -240,6 +240,4 @@ def _kept_byzantine(V: torch.Tensor, own: int, f: int, byzantine: list[int]) -> 
     """How many Byzantine vectors a nearest-neighbour average around ``own`` keeps."""
     if not byzantine:
         return 0
-    dist = (V - V[own]).pow(2).sum(1)
-    keep = torch.argsort(dist, stable=True)[: V.shape[0] - f].tolist()
-    return len(set(keep) & set(byzantine))
+    return len(set(nearest(V, own, f).tolist()) & set(byzantine))
