@@ -20,10 +20,13 @@ class TaskOutput:
 
 
 class TaskFamily(nn.Module):
-    """Base class: ``forward(obs, reward) -> TaskOutput``.
+    """Base class: ``forward(obs, reward) -> TaskOutput``, in two parts.
 
     ``obs`` is the uint8 stack ``(B, 4, 84, 84)`` of the transition's first state and ``reward``
-    its logged (n-step) reward ``(B,)``.
+    its logged (n-step) reward ``(B,)``. :meth:`frozen` is the part of the rewards that is a fixed
+    function of the state (the random networks' outputs, the hashes): a run may compute it once
+    per logged state and look it up (:mod:`pvn.task_cache`). :meth:`from_frozen` turns it into
+    the rewards and the calibration loss, which depend on learned parameters.
     """
 
     num_tasks: int
@@ -32,6 +35,15 @@ class TaskFamily(nn.Module):
     state_based: bool = True
     #: True when rewards are indicators, so firing fractions are worth logging.
     indicator: bool = False
+    #: True when :meth:`frozen` returns the state's fixed outputs (False: it returns None).
+    cacheable: bool = True
+
+    def frozen(self, obs: torch.Tensor) -> torch.Tensor | None:
+        """``(B, T)`` float: the state's fixed task outputs; ``None`` when the family has none."""
+        return None
+
+    def from_frozen(self, frozen: torch.Tensor | None, reward: torch.Tensor) -> TaskOutput:
+        raise NotImplementedError
 
     def forward(self, obs: torch.Tensor, reward: torch.Tensor) -> TaskOutput:
-        raise NotImplementedError
+        return self.from_frozen(self.frozen(obs), reward)

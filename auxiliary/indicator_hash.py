@@ -41,8 +41,11 @@ class IndicatorHash(TaskFamily):
         self.register_buffer("a", a[:, 1:].to(torch.float64).T.contiguous())  # (pixels, T)
 
     @torch.no_grad()
-    def forward(self, obs: torch.Tensor, reward: torch.Tensor) -> TaskOutput:
+    def frozen(self, obs: torch.Tensor) -> torch.Tensor:
         x = obs.reshape(obs.shape[0], -1).to(torch.float64)
         s = torch.remainder(x @ self.a, self.prime)
         h = torch.remainder(torch.remainder(s + self.a0, self.prime), self.bins)
-        return TaskOutput(rewards=(h == 0).to(torch.float32))
+        return (h == 0).to(torch.float32)
+
+    def from_frozen(self, frozen: torch.Tensor, reward: torch.Tensor) -> TaskOutput:
+        return TaskOutput(rewards=frozen)

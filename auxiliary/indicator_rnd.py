@@ -39,8 +39,11 @@ class IndicatorRND(TaskFamily):
         self.nets = RandomConvNets.for_tasks(num_tasks, tasks_per_module, gen, final_relu)
         self.bias = nn.Parameter(torch.zeros(num_tasks))
 
-    def forward(self, obs: torch.Tensor, reward: torch.Tensor) -> TaskOutput:
-        pre = self.nets(obs) + self.bias  # gradient reaches the bias only
+    def frozen(self, obs: torch.Tensor) -> torch.Tensor:
+        return self.nets(obs)
+
+    def from_frozen(self, frozen: torch.Tensor, reward: torch.Tensor) -> TaskOutput:
+        pre = frozen + self.bias  # gradient reaches the bias only
         below = (pre < 0).to(pre.dtype)
         # Mean over the batch, sum over tasks: d loss / d b_i = rate_i - p, so an SGD step moves
         # each bias by lr * (rate_i - p) whatever the number of tasks (a Robbins-Monro step);

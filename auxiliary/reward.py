@@ -9,6 +9,7 @@ from auxiliary.base import TaskFamily, TaskOutput
 
 class LoggedReward(TaskFamily):
     state_based = False
+    cacheable = False
 
     def __init__(self, num_tasks: int = 1, gen: torch.Generator | None = None) -> None:
         super().__init__()
@@ -16,5 +17,5 @@ class LoggedReward(TaskFamily):
             raise ValueError(f"tasks.num_tasks={num_tasks}: the reward family has exactly 1 task")
         self.num_tasks = 1
 
-    def forward(self, obs: torch.Tensor, reward: torch.Tensor) -> TaskOutput:
+    def from_frozen(self, frozen: None, reward: torch.Tensor) -> TaskOutput:
         return TaskOutput(rewards=reward.float().unsqueeze(1))

@@ -4,7 +4,7 @@ Configs live in the ``configs`` package (Hydra's config tree) and are composed w
 compose API, so overrides use Hydra's grammar (``key=value``, ``group=option``, lists as
 ``[0,1]``). On top of Hydra, overrides of keys that are not in the command's config are rejected
 with the valid keys listed, and each value must have the type of its default (an int stays an
-int, ``null`` defaults accept anything).
+int, ``null`` defaults accept anything, ``auto`` defaults also true/false).
 """
 
 from __future__ import annotations
@@ -48,8 +48,8 @@ def _type_ok(default, value) -> bool:
         return isinstance(value, int) and not isinstance(value, bool)
     if isinstance(default, float):
         return isinstance(value, (int, float)) and not isinstance(value, bool)
-    if isinstance(default, str):
-        return isinstance(value, str)
+    if isinstance(default, str):  # an ``auto`` default also takes true/false
+        return isinstance(value, str) or (default == "auto" and isinstance(value, bool))
     if isinstance(default, ListConfig):
         return isinstance(value, ListConfig)
     return True

@@ -96,8 +96,10 @@ class PVNLearner:
         self._target_params = list(self.target.parameters())
         self._online_all = list(network.parameters())  # paired with _target_params
         self._has_moe = bool(moe_layers(network))
+        #: the frozen task outputs of every logged state (:mod:`pvn.task_cache`), when stored
+        self.task_cache: Any = None
 
-    def _autocast(self, device: torch.device):
+    def autocast(self, device: torch.device):
         if self.cfg.bf16:
             return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
         return nullcontext()
@@ -106,14 +108,21 @@ class PVNLearner:
         """One gradient step; returns device tensors (no host sync)."""
         return self.apply(step, self.backward(batch, step))
 
+    def task_output(self, batch: TorchBatch) -> TaskOutput:
+        """The batch's task rewards and calibration loss, the frozen part from the cache when
+        one is attached (and the batch says which slots it holds)."""
+        if self.task_cache is None or batch.checkpoint is None:
+            return self.tasks(batch.observation, batch.reward)
+        return self.tasks.from_frozen(self.task_cache(batch.checkpoint, batch.index), batch.reward)
+
     def backward(self, batch: TorchBatch, step: int) -> dict[str, Any]:
         """The batch's gradients, left in ``.grad`` (zeroed first), and its metrics. Multi-worker
         algorithms combine workers' gradients or parameters between this and :meth:`apply`."""
-        obs, action, reward, next_obs, terminal = batch
+        obs, action, _, next_obs, terminal = batch[:5]
         out: dict[str, torch.Tensor] = {}
         td_on = step >= self.cfg.warmup_steps
-        with self._autocast(obs.device):
-            tasks = self.tasks(obs, reward)
+        with self.autocast(obs.device):
+            tasks = self.task_output(batch)
             loss = self._calibration_loss(tasks, out)
             if td_on:
                 y = self.td_targets(tasks.rewards, next_obs, terminal)
@@ -121,7 +130,8 @@ class PVNLearner:
                 loss = loss + self.td_loss(q, action, y, out) + self._moe_loss(out)
                 out["features"] = features.detach()
         self._zero_grad()
-        loss.backward()
+        if loss.requires_grad:  # not while a family without calibration sits out the warm-up
+            loss.backward()
         out["loss"] = loss.detach()
         out["rewards"] = tasks.rewards.detach()
         out["calibrating"] = tasks.calibration_loss is not None

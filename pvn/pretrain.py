@@ -28,6 +28,7 @@ from pvn.networks import MultiTaskHead, PVNNetwork, build_torso
 from pvn.networks.moe import MOE_KEYS
 from pvn.optim import build_optimizer
 from pvn.progress import bar, byte_bars
+from pvn.task_cache import attach_task_cache
 from replay import DQNReplayDataset, Prefetcher
 
 #: Keys that may change when a run is resumed (they do not change what is computed).
@@ -45,6 +46,18 @@ def _validate(cfg: DictConfig) -> None:
     require(cfg.log_every > 0, "log_every", cfg.log_every, "must be > 0")
     require(cfg.keep_checkpoints > 0, "keep_checkpoints", cfg.keep_checkpoints, "must be > 0")
     require_device(cfg.device)
+    require(
+        isinstance(cfg.data.path, str) or cfg.distributed.name != "none",
+        "data.path",
+        cfg.data.path,
+        "one replay directory (a list of games needs distributed.partition=games)",
+    )
+    require(
+        cfg.data.task_cache in ("auto", True, False),
+        "data.task_cache",
+        cfg.data.task_cache,
+        "choose auto, true or false",
+    )
     require(cfg.td.aggregate in ("mean", "max"), "td.aggregate", cfg.td.aggregate, "mean or max")
     require(cfg.td.loss in ("l2", "huber"), "td.loss", cfg.td.loss, "choose l2 or huber")
     require(
@@ -71,8 +84,10 @@ def _check_resumable(run_dir: Path, cfg: DictConfig) -> None:
         )
 
 
-def build(cfg: DictConfig, num_actions: int) -> PVNLearner:
-    """Networks, tasks and optimizers of a run, all drawn from ``cfg.seed``."""
+def build(cfg: DictConfig, num_actions: int, task_seed: int | None = None) -> PVNLearner:
+    """Networks, tasks and optimizers of a run, all drawn from ``cfg.seed``; with ``task_seed``,
+    the tasks, head (and local auxiliary nets) from that seed instead, torso still from
+    ``cfg.seed`` (workers on different games share a torso, not tasks)."""
     gen = torch.Generator().manual_seed(int(cfg.seed))
     torso_cfg = dict(cfg.torso)
     moe_cfg = OmegaConf.to_container(cfg.moe, resolve=True)
@@ -80,6 +95,8 @@ def build(cfg: DictConfig, num_actions: int) -> PVNLearner:
         torso = build_torso(torso_cfg.pop("name"), gen, moe=moe_cfg, **torso_cfg)
     except ValueError as e:
         raise ConfigError(str(e)) from None
+    if task_seed is not None:
+        gen = torch.Generator().manual_seed(int(task_seed))
     task_cfg = dict(cfg.tasks)
     task_name, task_lr = task_cfg.pop("name"), task_cfg.pop("calibration_lr", None)
     task_optim = task_cfg.pop("calibration_optimizer", None)
@@ -206,6 +223,7 @@ def pretrain(cfg: DictConfig) -> dict[str, Any]:
         ds.load_state_dict(state["sampler"])
         start = int(state["step"])
     save_config(cfg, run_dir)
+    attach_task_cache(learner, ds, cfg, cfg.progress)
     meta = {
         "torso": OmegaConf.to_container(cfg.torso, resolve=True),
         "moe": OmegaConf.to_container(cfg.moe, resolve=True),

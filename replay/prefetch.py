@@ -20,7 +20,6 @@ import queue
 import threading
 from typing import Any, NamedTuple
 
-import numpy as np
 import torch
 
 from replay.dataset import DQNReplayDataset
@@ -33,9 +32,11 @@ class TorchBatch(NamedTuple):
     reward: torch.Tensor  # float32 (B,)
     next_observation: torch.Tensor  # uint8 (B, stack, 84, 84)
     terminal: torch.Tensor  # bool (B,)
+    checkpoint: torch.Tensor | None = None  # int64 (B,): each row's checkpoint id ...
+    index: torch.Tensor | None = None  # int64 (B,): ... and slot (keys of per-state caches)
 
     def to(self, device: torch.device) -> TorchBatch:
-        return TorchBatch(*(t.to(device, non_blocking=True) for t in self))
+        return TorchBatch(*(None if t is None else t.to(device, non_blocking=True) for t in self))
 
 
 def torch_batch(batch_size: int, stack_size: int, pin: bool) -> tuple[TorchBatch, TransitionBatch]:
@@ -47,6 +48,8 @@ def torch_batch(batch_size: int, stack_size: int, pin: bool) -> tuple[TorchBatch
         torch.empty(batch_size, dtype=torch.float32, pin_memory=pin),
         torch.empty(frames, dtype=torch.uint8, pin_memory=pin),
         torch.empty(batch_size, dtype=torch.bool, pin_memory=pin),
+        torch.empty(batch_size, dtype=torch.int64, pin_memory=pin),
+        torch.empty(batch_size, dtype=torch.int64, pin_memory=pin),
     )
     nb = TransitionBatch(
         observation=tb.observation.numpy(),
@@ -54,8 +57,8 @@ def torch_batch(batch_size: int, stack_size: int, pin: bool) -> tuple[TorchBatch
         reward=tb.reward.numpy(),
         next_observation=tb.next_observation.numpy(),
         terminal=tb.terminal.numpy(),
-        checkpoint=np.empty(batch_size, np.int64),
-        index=np.empty(batch_size, np.int64),
+        checkpoint=tb.checkpoint.numpy(),
+        index=tb.index.numpy(),
     )
     return tb, nb
 

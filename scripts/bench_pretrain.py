@@ -6,9 +6,13 @@ Side by side, in interleaved rounds, for each torso and batch size:
     steps and the soft target update;
   * full_in_memory: the same update on a batch already in memory (no sampling);
   * bare: forward + backward + optimizer step of the same online network on a batch already in
-    memory (the limit: no sampling, no tasks, no target network).
-The ratio full / bare is the goal (>= 0.85): sampling, task rewards and the target net should
-be hidden or cheap.
+    memory (the issue's limit: no sampling, no tasks, no target network);
+  * bare_td: bare plus the target network's forward pass on s' -- the compute TD learning cannot
+    avoid (the target changes every update), so the limit of any TD learner.
+The full learner runs with the frozen task outputs stored per slot (``data.task_cache``, what
+``pvn pretrain`` does when a run draws more samples than the data holds) and, for reference,
+computed per batch (full_uncached). The goal is full / bare >= 0.85: sampling, task rewards and
+the target net should be hidden or cheap.
 
     python scripts/bench_pretrain.py [--device cpu] [--torsos nature impala] [--batches 32 256]
     python scripts/bench_pretrain.py --device cuda --torsos impala_x8 --batches 256 --bf16
@@ -19,6 +23,7 @@ from __future__ import annotations
 import argparse
 import sys
 import tempfile
+from itertools import repeat
 from pathlib import Path
 
 import torch
@@ -28,6 +33,7 @@ from _bench import compare, emit, real_frames, write_log
 
 from pvn.config import load_config
 from pvn.pretrain import build
+from pvn.task_cache import build_task_cache
 from replay import DQNReplayDataset, Prefetcher
 
 
@@ -37,7 +43,7 @@ def bare_step(learner, batch):
     y = torch.zeros(obs.shape[0], learner.tasks.num_tasks, device=obs.device)
 
     def step() -> int:
-        with learner._autocast(obs.device):
+        with learner.autocast(obs.device):
             q, _ = net(obs)
             idx = action.view(-1, 1, 1).expand(-1, q.shape[1], 1)
             loss = 0.5 * (q.gather(2, idx).squeeze(2).float() - y).pow(2).mean()
@@ -49,9 +55,27 @@ def bare_step(learner, batch):
     return step
 
 
-def sync(device: str) -> None:
-    if device == "cuda":
-        torch.cuda.synchronize()
+def bare_td_step(learner, batch):
+    step, nxt = bare_step(learner, batch), batch.next_observation
+
+    def td_step() -> int:
+        with torch.no_grad(), learner.autocast(nxt.device):
+            learner.target(nxt)
+        return step()
+
+    return td_step
+
+
+def synced(fn, device: str):
+    """``fn`` followed by a device synchronisation (so CUDA work is timed, not queued)."""
+
+    def run() -> int:
+        n = fn()
+        if device == "cuda":
+            torch.cuda.synchronize()
+        return n
+
+    return run
 
 
 def main() -> None:
@@ -81,40 +105,43 @@ def main() -> None:
                     ],
                 )
                 learner = build(cfg, num_actions=6)
+                cache = build_task_cache(
+                    ds,
+                    learner.tasks,
+                    tmp / f"task_outputs_{torso}_{b}",
+                    args.device,
+                    learner.autocast(torch.device(args.device)),
+                )
                 with Prefetcher(ds, b, args.device, depth=3) as pf:
                     fixed = next(pf)
                     fixed = type(fixed)(*(t.clone() for t in fixed))
                     step = [0]
 
-                    def full(pf=pf, learner=learner, step=step) -> int:
-                        learner.update(next(pf), step[0])
-                        step[0] += 1
-                        sync(args.device)
-                        return 1
+                    def update(batches, cached, learner=learner, cache=cache, step=step):
+                        def run() -> int:
+                            learner.task_cache = cache if cached else None
+                            learner.update(next(batches), step[0])
+                            step[0] += 1
+                            return 1
 
-                    def in_memory(learner=learner, fixed=fixed, step=step) -> int:
-                        learner.update(fixed, step[0])
-                        step[0] += 1
-                        sync(args.device)
-                        return 1
-
-                    bare = bare_step(learner, fixed)
-
-                    def bare_synced(bare=bare) -> int:
-                        bare()
-                        sync(args.device)
-                        return 1
+                        return run
 
                     r = compare(
-                        {"full": full, "full_in_memory": in_memory, "bare": bare_synced},
+                        {
+                            "full": synced(update(pf, True), args.device),
+                            "full_uncached": synced(update(pf, False), args.device),
+                            "full_in_memory": synced(update(repeat(fixed), True), args.device),
+                            "bare": synced(bare_step(learner, fixed), args.device),
+                            "bare_td": synced(bare_td_step(learner, fixed), args.device),
+                        },
                         rounds=3,
                         seconds=args.seconds,
                     )
                 results[f"{torso}_b{b}"] = {
-                    "updates_per_s_full": r["full_per_s"],
-                    "updates_per_s_full_in_memory": r["full_in_memory_per_s"],
-                    "updates_per_s_bare": r["bare_per_s"],
+                    **{f"updates_per_s_{k[:-6]}": v for k, v in r.items() if k.endswith("_per_s")},
                     "full_vs_bare": r["full_vs_bare"],
+                    "full_vs_bare_td": r["full_vs_bare_td"],
+                    "uncached_vs_bare": round(r["full_vs_bare"] / r["full_vs_full_uncached"], 2),
                     "in_memory_vs_bare": round(r["full_vs_bare"] / r["full_vs_full_in_memory"], 2),
                 }
                 print(f"{torso} b{b}: {results[f'{torso}_b{b}']}", file=sys.stderr)

@@ -260,7 +260,7 @@ def heldout_losses(learner, batch, chunk: int = 256) -> dict[str, float]:
     predicting each task's mean target: half its variance, averaged over tasks) -- the floor a
     head reaches without using the state at all. With Bernoulli(p) indicator rewards it is about
     ``p (1 - p) / 2``."""
-    obs, action, reward, next_obs, terminal = batch
+    obs, action, reward, next_obs, terminal = batch[:5]
     local = getattr(learner, "local", None)
     sums: dict[str, float] = {}
     ys = []

@@ -235,7 +235,7 @@ def robustness(learner, batch, sigmas: list[float], chunk: int = 256) -> dict[st
     """Per sigma: held-out TD loss of the online net on noisy ``s`` against clean targets
     (``learner.td_loss`` per transition, so the run's loss type is used), feature drift, and
     bootstrap 95% CIs of the ratio to sigma = 0."""
-    obs, action, reward, next_obs, terminal = batch
+    obs, action, reward, next_obs, terminal = batch[:5]
     per: dict[float, np.ndarray] = {}
     drift: dict[float, float] = {}
     clean_feats = []
@@ -290,7 +290,7 @@ def routing_diagnostic(learner, batch, sigma: float, chunk: int = 256) -> dict[s
     layers = [m for _, m in moe_layers(learner.online) if isinstance(m, TopKMoE)]
     if not layers:
         return None
-    obs, action, reward, next_obs, terminal = batch
+    obs, action, reward, next_obs, terminal = batch[:5]
     ys = []
     for s0 in range(0, len(obs), chunk):
         sl = slice(s0, s0 + chunk)

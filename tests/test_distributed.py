@@ -24,10 +24,20 @@ from pvn.distributed.aggregators import (
     trimmed_mean,
 )
 from pvn.pretrain import build
-from replay import DQNReplayDataset, Prefetcher
+from replay import DQNReplayDataset, Prefetcher, TorchBatch
 from tests.test_pretrain import _args, _assert_same, log_dir  # noqa: F401 (fixture)
 
-RULES = ["ddp", "fedavg_m", "scaffold_m", "dsgd", "monna", "trimmed_mean", "median"]
+RULES = [
+    "ddp",
+    "fedavg_m",
+    "scaffold_m",
+    "fedavg_m_vr",
+    "scaffold_m_vr",
+    "dsgd",
+    "monna",
+    "trimmed_mean",
+    "median",
+]
 
 
 def test_aggregation_rules_by_hand():
@@ -59,7 +69,7 @@ def _batches(log_dir, n, B=4):  # noqa: F811
     ds = DQNReplayDataset(log_dir, cache_dir=log_dir.parent / "cache")
     with Prefetcher(ds, B * n) as feed:
         big = [next(feed) for _ in range(3)]
-    split = [[tuple(t[i * B : (i + 1) * B] for t in b) for i in range(n)] for b in big]
+    split = [[TorchBatch(*(t[i * B : (i + 1) * B] for t in b)) for i in range(n)] for b in big]
     return big, split
 
 
@@ -75,10 +85,14 @@ def test_ddp_equals_one_worker_with_an_n_times_batch(log_dir):  # noqa: F811
         torch.testing.assert_close(w.vector(), single.vector(), rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.parametrize("beta, K", [(1.0, 2), (0.5, 1)])
-def test_fedavg_m_follows_its_rules(log_dir, beta, K):  # noqa: F811
-    """beta = 1: FedAvg (local SGD, then x <- x - gamma mean(x - x_i) / (eta K)); K = 1 with all
-    workers: momentum SGD on the mean gradient, g <- beta mean(grad) + (1 - beta) g."""
+@pytest.mark.parametrize(
+    "beta, K, vr", [(1.0, 2, False), (0.5, 1, False), (1.0, 2, True), (0.5, 1, True)]
+)
+def test_fedavg_m_follows_its_rules(log_dir, beta, K, vr):  # noqa: F811
+    """beta = 1: FedAvg (local SGD, then x <- x - gamma mean(x - x_i) / (eta K)), with or without
+    VR; K = 1 with all workers: momentum SGD on the mean gradient, g <- beta mean(grad) +
+    (1 - beta) g, and for VR STORM on it: g <- mean(grad) + (1 - beta)(g - mean(grad(x_prev)))
+    with the same batches at the previous server model."""
     eta, gamma, n = 0.05, 0.08, 2
     _, split = _batches(log_dir, n)
     _, workers = _workers(n)
@@ -95,26 +109,39 @@ def test_fedavg_m_follows_its_rules(log_dir, beta, K):  # noqa: F811
         participants=n,
         seed=0,
         scaffold=False,
+        vr=vr,
     )
     x, g = ref[0].vector(), torch.zeros_like(ref[0].vector())
+    x_prev = x.clone()
     for step in range(2 * K if K > 1 else 3):
         fed.step(split[step % 3], step)
         if step % K == 0:
             for w in ref:
                 w.load_vector(x)
-        grads = []
+        grads, olds = [], []
         for w, b in zip(ref, split[step % 3], strict=True):
+            if vr:
+                here = w.vector()
+                w.load_vector(x_prev)
+                w.learner.backward(b, step)
+                olds.append(w.grads())
+                w.load_vector(here)
             out = w.learner.backward(b, step)
             grads.append(w.grads())
-            w.set_grads(beta * grads[-1] + (1 - beta) * g)
+            d = beta * grads[-1] + (1 - beta) * g
+            if vr:
+                d = d + (1 - beta) * (grads[-1] - olds[-1])
+            w.set_grads(d)
             w.learner.apply(step, out)
         if step % K == K - 1:
             g_new = torch.stack([x - w.vector() for w in ref]).sum(0) / (eta * n * K)
-            if K == 1:  # the same g by the momentum-SGD rule on the mean gradient
+            if K == 1:  # the same g by the momentum-SGD (or STORM) rule on the mean gradient
                 want = beta * torch.stack(grads).mean(0) + (1 - beta) * g
+                if vr:
+                    want = torch.stack(grads).mean(0) + (1 - beta) * (g - torch.stack(olds).mean(0))
                 torch.testing.assert_close(g_new, want, rtol=1e-4, atol=1e-6)
             g = g_new
-            x = x - gamma * g
+            x_prev, x = x, x - gamma * g
             torch.testing.assert_close(fed.x, x, rtol=1e-5, atol=1e-6)
 
 
@@ -122,7 +149,7 @@ def test_fedavg_m_follows_its_rules(log_dir, beta, K):  # noqa: F811
 def test_every_rule_pretrains_simulated(log_dir, tmp_path, rule):  # noqa: F811
     run = tmp_path / rule
     extra = [f"distributed={rule}", "distributed.workers=3", "steps=8", "checkpoint_every=4"]
-    if rule in ("fedavg_m", "scaffold_m"):
+    if rule.startswith(("fedavg", "scaffold")):
         extra += ["distributed.local_steps=2"]
     if rule == "monna":
         extra += ["distributed.f=1", "distributed.byzantine=[2]", "distributed.attack=alie"]
@@ -267,3 +294,53 @@ def test_reward_flip_poisons_the_byzantine_workers_tasks(log_dir):  # noqa: F811
     assert torch.equal(poisoned, 1.0 - honest) and honest.sum() > 0
     gossip.step(split[0], 0)
     assert gossip.last["byzantine_kept"] in (0.0, 1.0)
+
+
+@pytest.fixture(scope="module")
+def pong_log(tmp_path_factory):
+    """A second game: real Pong play (6 actions, Breakout has 4) logged by ``pvn collect``."""
+    out = tmp_path_factory.mktemp("pong") / "run"
+    args = ["collect", "game=Pong", "steps=600", "num_envs=2", f"out={out}", "progress=false"]
+    assert main(args) == 0
+    return out / "replay_logs"
+
+
+@pytest.mark.parametrize("rule", ["ddp", "fedavg_m"])
+def test_games_partition_shares_the_torso_only(log_dir, pong_log, tmp_path, rule):  # noqa: F811
+    """Workers on different games: each its own head (its game's actions) and task nets, the
+    torso shared -- identical across workers after every DDP update and every FedAvg round."""
+    run = tmp_path / "run"
+    extra = [
+        f"distributed={rule}",
+        "distributed.workers=4",
+        "distributed.partition=games",
+        "steps=8",
+        "checkpoint_every=8",
+        "td.warmup_steps=2",
+    ]
+    if rule == "fedavg_m":
+        extra += ["distributed.local_steps=2", "distributed.participants=4"]
+    args = _args(log_dir, run, *extra)
+    args[1] = f"data.path=[{log_dir},{pong_log}]"
+    assert main(args) == 0
+    workers = {s["id"]: s["learner"] for s in load_checkpoint(list_checkpoints(run)[-1])["workers"]}
+    heads = {i: w["online"]["head.weight"] for i, w in workers.items()}
+    assert heads[0].shape[0] == 10 * 4 and heads[1].shape[0] == 10 * 6  # Breakout, Pong
+    torsos = {
+        i: torch.cat([v.reshape(-1) for k, v in w["online"].items() if k.startswith("torso.")])
+        for i, w in workers.items()
+    }
+    for i in (1, 2, 3):
+        assert torch.equal(torsos[i], torsos[0])
+    tasks = {i: w["tasks"] for i, w in workers.items()}
+    conv = next(k for k in tasks[0] if k.endswith("weight"))
+    assert torch.equal(tasks[0][conv], tasks[2][conv])  # same game, same tasks
+    assert not torch.equal(tasks[0][conv], tasks[1][conv])  # other game, other tasks
+    assert not torch.equal(heads[0], heads[2])  # same game, own data: heads trained apart
+
+
+def test_a_list_of_games_needs_the_games_partition(log_dir, tmp_path, capsys):  # noqa: F811
+    args = _args(log_dir, tmp_path / "run", "distributed=ddp")
+    args[1] = f"data.path=[{log_dir},{log_dir}]"
+    assert main(args) == 2
+    assert "data.path" in capsys.readouterr().err

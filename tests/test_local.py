@@ -15,7 +15,7 @@ from pvn.config import load_config
 from pvn.local import auglocal_depths, auglocal_indices, torso_units
 from pvn.memory import SavedTensorMeter
 from pvn.pretrain import build
-from replay import DQNReplayDataset, Prefetcher
+from replay import DQNReplayDataset, Prefetcher, TorchBatch
 from tests.test_pretrain import _args, _assert_same, log_dir  # noqa: F401 (fixture)
 
 LOCALS = ["dgl", "man", "man_pp", "auglocal"]
@@ -31,7 +31,7 @@ def _batch(B=4, seed=0):
     g = torch.Generator().manual_seed(seed)
     obs = torch.randint(0, 256, (2, B, 4, 84, 84), generator=g, dtype=torch.uint8)
     action = torch.randint(0, 4, (B,), generator=g)
-    return obs[0], action, torch.zeros(B), obs[1], torch.zeros(B, dtype=torch.bool)
+    return TorchBatch(obs[0], action, torch.zeros(B), obs[1], torch.zeros(B, dtype=torch.bool))
 
 
 @pytest.mark.parametrize("local", LOCALS)

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -19,6 +20,7 @@ from pvn.checkpoint import list_checkpoints, load_checkpoint
 from pvn.cli import main
 from pvn.config import load_config
 from pvn.pretrain import build
+from pvn.task_cache import attach_task_cache, cache_wanted
 from replay import DQNReplayDataset, DQNReplayWriter, Prefetcher
 
 
@@ -111,10 +113,17 @@ def test_same_seed_same_parameters(log_dir, tmp_path):
     )
 
 
-def test_sigkill_then_resume_is_bit_exact(log_dir, tmp_path):
+@pytest.mark.parametrize("task_cache", ["false", "true"])
+def test_sigkill_then_resume_is_bit_exact(log_dir, tmp_path, task_cache):
     """A run killed with SIGKILL after a checkpoint, then restarted, ends bit for bit where an
-    uninterrupted run ends (parameters, optimizer and task state, sampler)."""
-    args = ["steps=40", "checkpoint_every=10", "keep_checkpoints=5"]
+    uninterrupted run ends (parameters, optimizer and task state, sampler), with the task
+    outputs computed per batch or stored per slot."""
+    args = [
+        "steps=40",
+        "checkpoint_every=10",
+        "keep_checkpoints=5",
+        f"data.task_cache={task_cache}",
+    ]
     assert main(_args(log_dir, tmp_path / "straight", *args)) == 0
     run = tmp_path / "killed"
     proc = subprocess.Popen(
@@ -135,6 +144,42 @@ def test_sigkill_then_resume_is_bit_exact(log_dir, tmp_path):
         load_checkpoint(list_checkpoints(tmp_path / "straight")[-1]),
         load_checkpoint(list_checkpoints(run)[-1]),
     )
+
+
+@pytest.mark.parametrize("family", ["indicator_rnd", "indicator_hash", "random_cumulants"])
+def test_task_cache_holds_each_slots_frozen_outputs(log_dir, tmp_path, family):
+    """The stored outputs are the task family's frozen outputs of each slot's stack, and the
+    learner's rewards and calibration loss from them equal those computed from the frames."""
+    run = tmp_path / "run"
+    extra = ["steps=6", "data.task_cache=true", f"tasks={family}"]
+    assert main(_args(log_dir, run, *extra)) == 0
+    cfg = load_config("pretrain", _args(log_dir, run, *extra)[1:])
+    ds = DQNReplayDataset(log_dir, cache_dir=log_dir.parent / "cache")
+    learner = build(cfg, num_actions=4)
+    gen = torch.Generator().manual_seed(0)
+    for ckpt in ds.checkpoints:
+        (path,) = (run / "task_outputs").glob(f"*/ckpt.{ckpt}.npy")
+        stored = np.load(path, allow_pickle=False)
+        slots = torch.randint(0, stored.shape[0], (40,), generator=gen).numpy()
+        obs = torch.from_numpy(ds.gather(ckpt, slots).observation)
+        ref = learner.tasks.frozen(obs)
+        torch.testing.assert_close(torch.from_numpy(stored[slots]), ref, rtol=1e-5, atol=1e-6)
+    attach_task_cache(learner, ds, cfg)  # reads the stored files
+    with Prefetcher(ds, 64) as pf:
+        batch = next(pf)
+        cached = learner.task_output(batch)
+        direct = learner.tasks(batch.observation, batch.reward)
+    assert torch.equal(cached.rewards, direct.rewards)
+    if family == "indicator_rnd":
+        torch.testing.assert_close(cached.calibration_loss, direct.calibration_loss)
+
+
+def test_task_cache_auto_rule():
+    """auto stores the outputs only when the run draws at least as many samples as slots."""
+    assert cache_wanted("auto", steps=100, batch_size=10, slots=1000)
+    assert not cache_wanted("auto", steps=99, batch_size=10, slots=1000)
+    assert cache_wanted(True, steps=1, batch_size=1, slots=10**9)
+    assert not cache_wanted(False, steps=10**9, batch_size=256, slots=1)
 
 
 TORSOS = ["nature", "impala", "impala_x8"]

@@ -12,6 +12,12 @@ Every rule is called once per update with this process's workers and their batch
   ``g <- sum_i (x - x_i) / (eta S K)`` and ``x <- x - gamma g``. beta = 1 is FedAvg / SCAFFOLD.
   SCAFFOLD's control variates follow its option II: ``c_i+ = c_i - c + (x - x_i) / (K eta)``,
   ``c <- c + sum_i (c_i+ - c_i) / N``.
+* ``fedavg_m_vr`` / ``scaffold_m_vr`` -- the same with a STORM-style correction (Cutkosky &
+  Orabona 2019) carried across rounds: ``d_i += (1 - beta) (grad_i(x_i; xi) - grad_i(x_prev;
+  xi))`` with the *same* batch xi at the previous round's server model ``x_prev`` (where the
+  server direction g was estimated), i.e. ``d_i = grad_i(x_i) + (1 - beta)(g - grad_i(x_prev))``
+  for FedAvg-M-VR. Each local step costs two backward passes. The paper's Algorithms 3-4 could
+  not be read here (REFERENCES.md gives the correction; the anchor x_prev is our reading).
 * ``dsgd`` / ``monna`` / ``trimmed_mean`` / ``median`` -- every worker takes a local Polyak
   momentum step (``m <- beta m + (1 - beta) grad``, ``theta <- theta - lr m``; MoNNA: beta 0.99),
   all-gathers the parameter vectors and replaces its own by the rule's aggregate of them
@@ -20,7 +26,9 @@ Every rule is called once per update with this process's workers and their batch
 The network's parameters form the exchanged vector of the parameter-averaging rules; each
 worker's target network keeps following its own online network by Polyak averaging, and its task
 calibration (and, with local learning, its auxiliary networks) stays local. DDP averages all of
-them, so its workers stay identical.
+them, so its workers stay identical. Workers on different games (``partition=games``) share only
+the torso: their heads (other action sets) and tasks (other random nets) take plain local SGD
+steps on their own gradients.
 """
 
 from __future__ import annotations
@@ -39,13 +47,19 @@ from pvn.learner import PVNLearner
 
 @dataclass
 class Worker:
+    """One worker's learner. ``torso_only``: only the torso is shared with the others (workers
+    on different games: each keeps its own head, tasks and auxiliary nets, trained locally)."""
+
     id: int
     learner: PVNLearner
     byzantine: bool = False
+    torso_only: bool = False
 
     @property
     def params(self) -> list[torch.nn.Parameter]:
-        return list(self.learner.online.parameters())
+        """The shared parameters: what the rules exchange, average and step with momentum."""
+        net = self.learner.online
+        return list((net.torso if self.torso_only else net).parameters())
 
     def vector(self) -> torch.Tensor:
         return parameters_to_vector(self.params).detach()
@@ -75,7 +89,9 @@ class Worker:
 
 def _trainable(w: Worker) -> list[torch.nn.Parameter]:
     """Everything DDP averages: the network, the task calibration parameters and, with local
-    learning, the auxiliary networks."""
+    learning, the auxiliary networks (only the torso for workers on different games)."""
+    if w.torso_only:
+        return w.params
     extra = [p for p in w.learner.tasks.parameters() if p.requires_grad]
     if getattr(w.learner, "local", None) is not None:
         extra += [p for p in w.learner.local.parameters() if p.requires_grad]
@@ -108,17 +124,30 @@ class DDP(Algorithm):
 
 
 class FedAvgM(Algorithm):
-    """FedAvg-M (``scaffold=False``) and SCAFFOLD-M; the workers' optimizers are plain SGD(eta)."""
+    """FedAvg-M (``scaffold=False``) and SCAFFOLD-M, their VR versions with ``vr``; the workers'
+    optimizers are plain SGD(eta)."""
 
     def __init__(
-        self, comm, workers, *, beta, eta, gamma, local_steps, participants, seed, scaffold: bool
+        self,
+        comm,
+        workers,
+        *,
+        beta,
+        eta,
+        gamma,
+        local_steps,
+        participants,
+        seed,
+        scaffold: bool,
+        vr: bool = False,
     ) -> None:
         super().__init__(comm, workers)
         self.beta, self.eta, self.gamma, self.K = beta, eta, gamma, local_steps
-        self.S, self.scaffold = participants, scaffold
+        self.S, self.scaffold, self.vr = participants, scaffold, vr
         self.rng = np.random.default_rng(seed)
         x = workers[0].vector()
         self.x, self.g = x.clone(), torch.zeros_like(x)
+        self.x_prev = x.clone()  # the previous round's server model (VR)
         self.c = torch.zeros_like(x)
         self.c_i = {w.id: torch.zeros_like(x) for w in workers}
         self.chosen: set[int] = set()
@@ -134,15 +163,29 @@ class FedAvgM(Algorithm):
             if w.id not in self.chosen:
                 outs.append({})
                 continue
+            old = self._grad_at(w, self.x_prev, b, step) if self.vr else None
             out = w.learner.backward(b, step)
-            grad = w.grads()
+            grad = raw = w.grads()
             if self.scaffold:
                 grad = grad - self.c_i[w.id] + self.c
-            w.set_grads(self.beta * grad + (1.0 - self.beta) * self.g)
+            d = self.beta * grad + (1.0 - self.beta) * self.g
+            if old is not None:
+                d += (1.0 - self.beta) * (raw - old)
+            w.set_grads(d)
             outs.append(w.learner.apply(step, out))
         if k == self.K - 1:
             self._server()
         return outs
+
+    @staticmethod
+    def _grad_at(w: Worker, x: torch.Tensor, batch, step: int) -> torch.Tensor:
+        """The network's gradient on ``batch`` at parameters ``x`` (the worker's are restored)."""
+        now = w.vector()
+        w.load_vector(x)
+        w.learner.backward(batch, step)
+        grad = w.grads()
+        w.load_vector(now)
+        return grad
 
     def _server(self) -> None:
         delta = [
@@ -159,6 +202,7 @@ class FedAvgM(Algorithm):
                     self.c_i[w.id] = new
             self.c = self.c + self.comm.all_reduce_sum(dc) / self.comm.world
         self.g = total / (self.eta * self.S * self.K)
+        self.x_prev = self.x
         self.x = self.x - self.gamma * self.g
         for w in self.workers:
             w.load_vector(self.x)
@@ -166,6 +210,7 @@ class FedAvgM(Algorithm):
     def state_dict(self):
         return {
             "x": self.x,
+            "x_prev": self.x_prev,
             "g": self.g,
             "c": self.c,
             "c_i": dict(self.c_i),
@@ -175,6 +220,7 @@ class FedAvgM(Algorithm):
 
     def load_state_dict(self, state):
         self.x, self.g, self.c = state["x"], state["g"], state["c"]
+        self.x_prev = state["x_prev"]
         self.c_i.update({k: v for k, v in state["c_i"].items() if k in self.c_i})
         self.chosen = set(state["chosen"])
         self.rng.bit_generator.state = state["rng"]

@@ -3,9 +3,10 @@
 Launch with ``torchrun --nproc_per_node=N -m pvn pretrain distributed=<rule> ...`` (one worker
 per process; gloo on CPU, NCCL on GPU) or in one process with ``distributed.backend=simulate
 distributed.workers=N``. All workers start from the same networks (the run's seed); each samples
-its own data: ``distributed.partition=iid`` (every worker all checkpoints, its own sampler seed)
-or ``checkpoints`` (worker i the checkpoints i, i+N, ...: non-IID when they were logged by
-different policies). Rank 0 writes metrics and checkpoints holding every worker's state
+its own data: ``distributed.partition=iid`` (every worker all checkpoints, its own sampler seed),
+``checkpoints`` (worker i the checkpoints i, i+N, ...: non-IID when they were logged by
+different policies) or ``games`` (worker i the game ``data.games[i % G]``, with its own head and
+tasks; only the torso is shared). Rank 0 writes metrics and checkpoints holding every worker's state
 (networks, optimizers, tasks, sampler, momentum and control variates); re-running the same
 command resumes. A worker that dies makes the others' collectives fail within
 ``distributed.timeout_s`` and the job exits non-zero; the restarted job resumes.
@@ -27,20 +28,29 @@ from pvn.distributed.algorithms import DDP, Algorithm, FedAvgM, Gossip, Worker
 from pvn.distributed.comm import SimulatedComm, TorchComm, in_torchrun
 from pvn.metrics import MetricsLogger
 from pvn.progress import bar
+from pvn.task_cache import attach_task_cache
 from replay import DQNReplayDataset, Prefetcher
 
-RULES = ("ddp", "fedavg_m", "scaffold_m", *AGGREGATORS)
+FEDAVG = ("fedavg_m", "scaffold_m", "fedavg_m_vr", "scaffold_m_vr")
+RULES = ("ddp", *FEDAVG, *AGGREGATORS)
+PARTITIONS = ("iid", "checkpoints", "games")
 
 
 def _validate(d: DictConfig, world: int) -> None:
     require(d.name in RULES, "distributed", d.name, f"choose one of none, {', '.join(RULES)}")
     require(world >= 1, "distributed.workers", world, "must be >= 1")
+    require(
+        d.partition in PARTITIONS,
+        "distributed.partition",
+        d.partition,
+        f"choose one of {', '.join(PARTITIONS)}",
+    )
     byz = list(d.get("byzantine") or [])
     require(all(0 <= r < world for r in byz), "distributed.byzantine", byz, "ranks out of range")
     if d.name in AGGREGATORS:
         require(2 * d.f < world, "distributed.f", d.f, f"needs 2f < n = {world} workers")
         require(d.attack in ATTACKS, "distributed.attack", d.attack, f"choose one of {ATTACKS}")
-    if d.name in ("fedavg_m", "scaffold_m"):
+    if d.name in FEDAVG:
         require(
             1 <= d.participants <= world,
             "distributed.participants",
@@ -50,12 +60,23 @@ def _validate(d: DictConfig, world: int) -> None:
         require(0 < d.beta <= 1, "distributed.beta", d.beta, "must be in (0, 1]")
 
 
+def _game_paths(cfg: DictConfig, d: DictConfig) -> list[str]:
+    """``data.path``: one replay directory, or with ``partition=games`` a list, one per game."""
+    path = cfg.data.path
+    if d.partition != "games":
+        require(isinstance(path, str), "data.path", path, "a list needs partition=games")
+        return [path]
+    paths = [path] if isinstance(path, str) else list(path)
+    require(len(paths) >= 1, "data.path", paths, "partition=games needs one path per game")
+    return paths
+
+
 def _algorithm(d: DictConfig, comm, workers: list[Worker], seed: int) -> Algorithm:
     if d.name == "ddp":
         return DDP(comm, workers)
     for w in workers:  # the rule owns the direction; the workers apply it by plain SGD
-        w.learner.optimizer = torch.optim.SGD(w.params, lr=d.lr)
-    if d.name in ("fedavg_m", "scaffold_m"):
+        w.learner.optimizer = torch.optim.SGD(w.learner.online.parameters(), lr=d.lr)
+    if d.name in FEDAVG:
         return FedAvgM(
             comm,
             workers,
@@ -65,7 +86,8 @@ def _algorithm(d: DictConfig, comm, workers: list[Worker], seed: int) -> Algorit
             local_steps=d.local_steps,
             participants=d.participants,
             seed=seed,
-            scaffold=d.name == "scaffold_m",
+            scaffold=d.name.startswith("scaffold"),
+            vr=d.name.endswith("_vr"),
         )
     return Gossip(
         comm,
@@ -102,6 +124,7 @@ def _run(cfg, d, comm, build, infer_num_actions) -> dict[str, Any]:
     seed = int(cfg.seed)
     byzantine = set(d.get("byzantine") or [])
     workers, datasets = [], []
+    paths = _game_paths(cfg, d)
     for wid in comm.local:
         data = dict(
             n_step=cfg.data.n_step,
@@ -109,7 +132,9 @@ def _run(cfg, d, comm, build, infer_num_actions) -> dict[str, Any]:
             cache_dir=cfg.data.cache_dir,
             seed=seed + 1000 * (wid + 1),
         )
-        ds = DQNReplayDataset(cfg.data.path, **data)
+        path = paths[wid % len(paths)]
+        chosen = None if cfg.data.checkpoints is None else list(cfg.data.checkpoints)
+        ds = DQNReplayDataset(path, checkpoints=chosen, **data)
         if d.partition == "checkpoints":
             mine = ds.checkpoints[wid :: comm.world]
             require(
@@ -118,11 +143,15 @@ def _run(cfg, d, comm, build, infer_num_actions) -> dict[str, Any]:
                 "checkpoints",
                 f"{len(ds.checkpoints)} checkpoints for {comm.world} workers",
             )
-            ds = DQNReplayDataset(cfg.data.path, checkpoints=mine, **data)
+            ds = DQNReplayDataset(path, checkpoints=mine, **data)
         datasets.append(ds)
-    num_actions = cfg.data.num_actions or infer_num_actions(datasets[0])
-    for wid in comm.local:
-        workers.append(Worker(wid, build(cfg, num_actions), byzantine=wid in byzantine))
+    games = d.partition == "games"
+    for wid, ds in zip(comm.local, datasets, strict=True):
+        num_actions = cfg.data.num_actions or infer_num_actions(ds)
+        game = wid % len(paths)  # per-game tasks and head; the torso from the run's seed
+        learner = build(cfg, num_actions, task_seed=seed + 7919 * (game + 1) if games else None)
+        workers.append(Worker(wid, learner, byzantine=wid in byzantine, torso_only=games))
+    num_actions = workers[0].learner.online.head.num_actions
     alg = _algorithm(d, comm, workers, seed)
     start = 0
     found = list_checkpoints(run_dir)
@@ -136,6 +165,8 @@ def _run(cfg, d, comm, build, infer_num_actions) -> dict[str, Any]:
         start = int(state["step"])
     if comm.rank == 0:
         save_config(cfg, run_dir)
+    for w, ds in zip(workers, datasets, strict=True):
+        attach_task_cache(w.learner, ds, cfg, cfg.progress and comm.rank == 0)
     meta = {
         "torso": OmegaConf.to_container(cfg.torso, resolve=True),
         "moe": OmegaConf.to_container(cfg.moe, resolve=True),

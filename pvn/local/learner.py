@@ -29,23 +29,23 @@ class LocalPVNLearner(PVNLearner):
         self._online_params += [p for p in local.parameters() if p.requires_grad]
 
     def backward(self, batch: TorchBatch, step: int) -> dict[str, Any]:
-        obs, action, reward, next_obs, terminal = batch
+        obs, action, _, next_obs, terminal = batch[:5]
         out: dict[str, torch.Tensor] = {}
         td_on = step >= self.cfg.warmup_steps
         self._zero_grad()
-        with self._autocast(obs.device):
-            tasks = self.tasks(obs, reward)
+        with self.autocast(obs.device):
+            tasks = self.task_output(batch)
             calibration = self._calibration_loss(tasks, out)
         if calibration.requires_grad:
             calibration.backward()
         loss = calibration.detach()
         if td_on:
-            with self._autocast(obs.device):
+            with self.autocast(obs.device):
                 y = self.td_targets(tasks.rewards, next_obs, terminal)
             x = self.online.torso.prepare(obs)
             last = len(self.local.blocks) - 1
             for k, block in enumerate(self.local.blocks):
-                with self._autocast(obs.device):
+                with self.autocast(obs.device):
                     h = block(x)
                     if k < last:
                         block_loss = self.td_loss(self.local(k, h), action, y)

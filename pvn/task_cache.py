@@ -1,0 +1,136 @@
+"""Task outputs computed once per logged state, like the frames: the frozen part of the rewards.
+
+Why: the PVN tasks' random networks (and the hashes) are fixed functions of the state
+(:meth:`auxiliary.TaskFamily.frozen`). Recomputing them for every sampled batch costs, on CPU, as
+much as the nature torso's whole training step (``scripts/bench_pretrain.py``). A run that draws
+more samples than the data holds slots (``steps * batch_size >= slots``; the paper draws 400M
+samples from 50M states) computes them once per slot instead and looks them up by (checkpoint,
+slot) at update time: one gather on the learner's device, no host sync.
+
+Slots are computed in order at a fixed chunk size, so the values do not depend on which batches
+were drawn (a conv's last bit can depend on the batch size), and are kept in
+``run_dir/task_outputs/<key>/ckpt.<id>.npy`` (float32, written atomically; the key hashes the
+data path and the frozen task tensors, so workers on different games never share a file): a
+resumed run reads the same values, so resume stays bit-exact. The learned parts (the
+indicators' biases) are applied after the lookup.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from contextlib import AbstractContextManager, nullcontext
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from auxiliary import TaskFamily
+from pvn.progress import bar
+from replay import DQNReplayDataset
+
+CHUNK = 256
+
+
+class TaskOutputCache:
+    """``cache(checkpoint, index) -> (B, T)``: the stored frozen task outputs of those slots."""
+
+    def __init__(self, values: torch.Tensor, offsets: torch.Tensor) -> None:
+        self.values, self.offsets = values, offsets
+
+    def __call__(self, checkpoint: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        return self.values[self.offsets[checkpoint] + index]
+
+
+def cache_wanted(mode: bool | str, steps: int, batch_size: int, slots: int) -> bool:
+    """``mode`` true/false, or ``auto``: only when the run draws at least as many samples as there
+    are slots (otherwise computing every slot once costs more than computing the batches)."""
+    if mode == "auto":
+        return steps * batch_size >= slots
+    return bool(mode)
+
+
+def build_task_cache(
+    ds: DQNReplayDataset,
+    tasks: TaskFamily,
+    directory: str | Path,
+    device: str | torch.device,
+    autocast: AbstractContextManager | None = None,
+    progress: bool = False,
+) -> TaskOutputCache:
+    """Load (or compute and store) the frozen outputs of ``tasks`` for every slot of ``ds``."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    device = torch.device(device)
+    ids = ds.checkpoints
+    caps = [ds.checkpoint(c).capacity for c in ids]
+    arrays = []
+    with bar(sum(caps), "task outputs", "states", progress) as pbar:
+        for ckpt, cap in zip(ids, caps, strict=True):
+            path = directory / f"ckpt.{ckpt}.npy"
+            arr = _load(path, (cap, tasks.num_tasks))
+            if arr is None:
+                arr = _compute(ds, ckpt, cap, tasks, path, device, autocast, pbar)
+            else:
+                pbar.update(cap)
+            arrays.append(arr)
+    values = torch.from_numpy(np.concatenate(arrays)).to(device)
+    offsets = torch.zeros(max(ids) + 1, dtype=torch.int64)
+    offsets[torch.tensor(ids)] = torch.tensor(np.cumsum([0, *caps[:-1]]), dtype=torch.int64)
+    return TaskOutputCache(values, offsets.to(device))
+
+
+def _key(ds: DQNReplayDataset, tasks: TaskFamily) -> str:
+    """A short hash of the data path and the task family's frozen (not learned) tensors."""
+    h = hashlib.sha1(str(ds.path.resolve()).encode())
+    for name, t in sorted(tasks.state_dict(keep_vars=True).items()):
+        if not t.requires_grad:
+            h.update(name.encode())
+            h.update(t.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()[:12]
+
+
+def _load(path: Path, shape: tuple[int, int]) -> np.ndarray | None:
+    """The stored array if it is complete and of the expected shape, else ``None``."""
+    try:
+        arr = np.load(path, mmap_mode="r", allow_pickle=False)
+    except (FileNotFoundError, ValueError, OSError):
+        return None
+    return arr if arr.shape == shape and arr.dtype == np.float32 else None
+
+
+@torch.no_grad()
+def _compute(ds, ckpt, cap, tasks, path, device, autocast, pbar) -> np.ndarray:
+    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
+    out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(cap, tasks.num_tasks))
+    try:
+        for start in range(0, cap, CHUNK):
+            idx = np.arange(start, min(start + CHUNK, cap))
+            obs = torch.from_numpy(ds.gather(ckpt, idx).observation).to(device)
+            with autocast or nullcontext():
+                out[idx] = tasks.frozen(obs).float().cpu().numpy()
+            pbar.update(len(idx))
+        out.flush()
+        del out
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return np.load(path, mmap_mode="r", allow_pickle=False)
+
+
+def attach_task_cache(learner, ds: DQNReplayDataset, cfg, progress: bool = False) -> None:
+    """Give ``learner`` (a :class:`pvn.learner.PVNLearner`) the stored task outputs of ``ds`` when
+    the pretrain config ``cfg`` asks for them (``data.task_cache``) and the task family has a
+    frozen part. A run that stored them keeps using them, so a resumed run whose ``steps`` grew
+    does not switch paths."""
+    mode = cfg.data.task_cache
+    if mode is False or not learner.tasks.cacheable:
+        return
+    directory = Path(cfg.run_dir) / "task_outputs" / _key(ds, learner.tasks)
+    slots = sum(ds.checkpoint(c).capacity for c in ds.checkpoints)
+    stored = any(directory.glob("ckpt.*.npy"))
+    if stored or cache_wanted(mode, cfg.steps, cfg.batch_size, slots):
+        device = torch.device(cfg.device)
+        learner.task_cache = build_task_cache(
+            ds, learner.tasks, directory, device, learner.autocast(device), progress
+        )

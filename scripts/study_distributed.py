@@ -1,0 +1,348 @@
+"""Multi-worker pretraining studies, written to ``docs/study_distributed.md`` (+ plots).
+
+A. **Non-IID (workers on different games).** 4 simulated workers, two on Pong and two on
+   Breakout (``distributed.partition=games``: one shared torso, each game its own head and task
+   nets), trained on checkpoint 0 of each game's log with ddp (plain SGD, no momentum, on the
+   averaged gradient), fedavg (``fedavg_m`` with beta = 1), fedavg_m, scaffold_m and their VR
+   versions.
+   Measured: each game's training TD loss (last logs), its held-out TD loss on checkpoint 1, the
+   offline linear probes of the shared torso on each game's checkpoint 1, bytes sent per worker.
+B. **Robustness.** 5 workers on Pong (IID shards), worker 4 Byzantine, f = 1: every attack x
+   every aggregation rule, plus each rule without attack. Measured: the honest workers' final TD
+   loss relative to the same rule's attack-free run, and how many Byzantine vectors the honest
+   workers' averaging kept.
+
+Every run is ``python -m pvn pretrain ...`` with one torch thread, two at a time; finished runs
+are reused when the script is re-run with the same --out (``--force`` redoes them). The default
+budget takes about 30 minutes on 2 CPU cores.
+
+    python scripts/study_distributed.py [--out /tmp/pvn_study_distributed] [--steps 400]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _study import (
+    HELDOUT_CKPT,
+    REPO,
+    TRAIN_CKPT,
+    collect_data,
+    env,
+    heldout_transitions,
+    log,
+    machine,
+)
+
+GAMES = ["Pong", "Breakout"]
+NONIID = {  # arm: overrides
+    "ddp": ["distributed=ddp", "optimizer=sgd", "optimizer.momentum=0.0"],
+    "fedavg": ["distributed=fedavg_m", "distributed.beta=1.0"],
+    "fedavg_m": ["distributed=fedavg_m"],
+    "scaffold_m": ["distributed=scaffold_m"],
+    "fedavg_m_vr": ["distributed=fedavg_m_vr"],
+    "scaffold_m_vr": ["distributed=scaffold_m_vr"],
+}
+AGGREGATORS = ["dsgd", "monna", "trimmed_mean", "median"]
+ATTACKS = ["none", "sign_flip", "alie", "foe", "gaussian", "reward_flip"]
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--out", type=Path, default=Path("/tmp/pvn_study_distributed"))
+    ap.add_argument("--docs", type=Path, default=REPO / "docs")
+    ap.add_argument("--collect-steps", type=int, default=12_000, help="agent steps per game log")
+    ap.add_argument("--steps", type=int, default=400, help="updates per non-IID run")
+    ap.add_argument("--robust-steps", type=int, default=300, help="updates per robustness run")
+    ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--lr", type=float, default=0.01, help="local SGD step (every rule)")
+    ap.add_argument("--jobs", type=int, default=2, help="runs at a time (one thread each)")
+    ap.add_argument("--heldout", type=int, default=1024, help="held-out transitions per game")
+    ap.add_argument("--probe-states", type=int, default=2000)
+    ap.add_argument("--force", action="store_true")
+    return ap.parse_args(argv)
+
+
+def run(run_dir: Path, overrides: list[str], force: bool) -> Path:
+    """``pvn pretrain`` into ``run_dir`` (skipped when a finished run is there)."""
+    done = run_dir / "study_done.json"
+    if done.is_file() and not force:
+        return run_dir
+    if run_dir.exists():
+        import shutil
+
+        shutil.rmtree(run_dir)
+    cmd = [sys.executable, "-m", "pvn", "pretrain", f"run_dir={run_dir}", *overrides]
+    t0 = time.perf_counter()
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, env=env())
+    done.write_text(json.dumps({"wall_s": time.perf_counter() - t0, "overrides": overrides}))
+    log(f"done {run_dir.name} ({time.perf_counter() - t0:.0f} s)")
+    return run_dir
+
+
+def records(run_dir: Path) -> list[dict]:
+    return [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def last_mean(recs: list[dict], key: str, n: int = 3) -> float:
+    vals = [r[key] for r in recs if key in r]
+    return float(np.mean(vals[-n:])) if vals else float("nan")
+
+
+@torch.no_grad()
+def heldout_td(learner, batch, chunk: int = 256) -> float:
+    """The learner's TD loss on held-out transitions (its own tasks, head and target)."""
+    total, n = 0.0, 0
+    for i in range(0, len(batch.action), chunk):
+        b = type(batch)(*(t[i : i + chunk] for t in batch[:5]))
+        tasks = learner.tasks(b.observation, b.reward)
+        y = learner.td_targets(tasks.rewards, b.next_observation, b.terminal)
+        q, _ = learner.online(b.observation)
+        total += float(learner.td_loss(q, b.action, y)) * len(b.action)
+        n += len(b.action)
+    return total / n
+
+
+def worker_learner(run_dir: Path, wid: int, games: int):
+    """Worker ``wid``'s learner at the run's final checkpoint (its game's head and tasks)."""
+    from omegaconf import OmegaConf
+
+    from pvn.checkpoint import load_checkpoint, resolve_checkpoint
+    from pvn.pretrain import build
+
+    cfg = OmegaConf.load(run_dir / "config.yaml")
+    state = load_checkpoint(resolve_checkpoint(run_dir))
+    mine = next(s["learner"] for s in state["workers"] if s["id"] == wid)
+    num_actions = mine["online"]["head.weight"].shape[0] // int(cfg.tasks.num_tasks)
+    learner = build(cfg, num_actions, task_seed=int(cfg.seed) + 7919 * (wid % games + 1))
+    learner.load_state_dict(mine)
+    learner.online.eval()
+    return learner
+
+
+def study_noniid(args, logs: dict[str, Path]) -> dict:
+    from agents.probes import linear_probes
+    from pvn import load_encoder
+    from replay import DQNReplayDataset
+
+    base = [
+        f"data.path=[{','.join(str(logs[g]) for g in GAMES)}]",
+        f"data.checkpoints=[{TRAIN_CKPT}]",
+        f"data.cache_dir={args.out / 'cache'}",
+        f"steps={args.steps}",
+        f"batch_size={args.batch_size}",
+        "distributed.workers=4",
+        "distributed.partition=games",
+        f"distributed.lr={args.lr}",
+        f"optimizer.lr={args.lr}",
+        "log_every=20",
+        f"checkpoint_every={args.steps}",
+        "progress=false",
+    ]
+    arms = {a: base + o for a, o in NONIID.items()}
+    arms["ddp"] = [x for x in arms["ddp"] if not x.startswith("distributed.lr")]
+    with ThreadPoolExecutor(args.jobs) as pool:
+        dirs = dict(
+            zip(
+                arms,
+                pool.map(lambda a: run(args.out / "noniid" / a, arms[a], args.force), list(arms)),
+                strict=True,
+            )
+        )
+    held = {}
+    for g in GAMES:
+        cache = args.out / "cache"
+        ds = DQNReplayDataset(logs[g], checkpoints=[HELDOUT_CKPT], cache_dir=cache)
+        both = DQNReplayDataset(logs[g], cache_dir=cache)
+        held[g] = (ds, heldout_transitions(both, args.heldout))
+    results = {}
+    for arm, run_dir in dirs.items():
+        recs = records(run_dir)
+        res = {"curves": {}, "train_td": {}, "heldout_td": {}, "probes": {}}
+        for gi, g in enumerate(GAMES):
+            keys = [f"workers/td_loss_{w}" for w in range(4) if w % 2 == gi]
+            steps = [r["step"] for r in recs if keys[0] in r]
+            curve = np.nanmean([[r.get(k, np.nan) for r in recs if keys[0] in r] for k in keys], 0)
+            res["curves"][g] = {"step": steps, "td": curve.tolist()}
+            res["train_td"][g] = float(np.mean(curve[-3:]))
+            res["heldout_td"][g] = heldout_td(worker_learner(run_dir, gi, 2), held[g][1])
+            res["probes"][g] = linear_probes(
+                load_encoder(run_dir), held[g][0], max_states=args.probe_states
+            )
+        res["bytes_per_update"] = last_mean(recs, "comm_bytes_per_worker", 1) / args.steps
+        results[arm] = res
+        log(f"{arm}: {json.dumps({k: res[k] for k in ('train_td', 'heldout_td')})}")
+    return results
+
+
+def study_robust(args, logs: dict[str, Path]) -> dict:
+    base = [
+        f"data.path={logs['Pong']}",
+        f"data.checkpoints=[{TRAIN_CKPT}]",
+        f"data.cache_dir={args.out / 'cache'}",
+        f"steps={args.robust_steps}",
+        f"batch_size={args.batch_size}",
+        "distributed.workers=5",
+        f"distributed.lr={args.lr}",
+        "log_every=20",
+        f"checkpoint_every={args.robust_steps}",
+        "progress=false",
+    ]
+    arms = {}
+    for rule in AGGREGATORS:
+        for attack in ATTACKS:
+            o = [f"distributed={rule}", "distributed.f=1"]
+            if attack != "none":
+                o += ["distributed.byzantine=[4]", f"distributed.attack={attack}"]
+            arms[(rule, attack)] = base + o
+    with ThreadPoolExecutor(args.jobs) as pool:
+        dirs = dict(
+            zip(
+                arms,
+                pool.map(
+                    lambda k: run(args.out / "robust" / f"{k[0]}-{k[1]}", arms[k], args.force),
+                    list(arms),
+                ),
+                strict=True,
+            )
+        )
+    out = {}
+    for (rule, attack), run_dir in dirs.items():
+        recs = records(run_dir)
+        out[f"{rule}|{attack}"] = {
+            "td": last_mean(recs, "td_loss"),
+            "kept": last_mean(recs, "byzantine_kept", 5),
+        }
+    return out
+
+
+def fmt(v: float, d: int = 4) -> str:
+    return "—" if v != v else f"{v:.{d}f}"
+
+
+def write_doc(args, data: dict, noniid: dict, robust: dict) -> str:
+    g0, g1 = GAMES
+    lines = [
+        "# Multi-worker pretraining: non-IID games and Byzantine workers (small scale, CPU)",
+        "",
+        f"Generated by `python scripts/study_distributed.py` on {machine()}; "
+        f"{time.strftime('%Y-%m-%d')}. Logs: random play, {args.collect_steps:,} agent steps per "
+        f"game (`{data[g0]['command']}` and the same for {g1}); every run trains on checkpoint "
+        f"{TRAIN_CKPT} and is evaluated on checkpoint {HELDOUT_CKPT}. Nature torso, the laptop "
+        f"task default, batch {args.batch_size} per worker, local SGD step {args.lr}.",
+        "",
+        "## A. Workers on different games",
+        "",
+        f"4 workers (0, 2 on {g0}; 1, 3 on {g1}), `distributed.partition=games`: one shared torso, "
+        f"per-game heads and task nets; {args.steps} updates. TD losses are the mean of the game's "
+        "workers over the last 3 logs (training) and on "
+        f"{args.heldout} held-out transitions (worker 0 / 1's networks); probes: ridge R² of the "
+        "shared torso's features on each game's held-out checkpoint (return-to-go / next reward).",
+        "",
+        f"| rule | {g0} train TD | {g0} held-out TD | {g1} train TD | {g1} held-out TD | "
+        f"{g0} probe R² (G / r) | {g1} probe R² (G / r) | MB sent / worker / update |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for arm, r in noniid.items():
+        p0, p1 = r["probes"][g0], r["probes"][g1]
+        lines.append(
+            f"| {arm} | {fmt(r['train_td'][g0])} | {fmt(r['heldout_td'][g0])} | "
+            f"{fmt(r['train_td'][g1])} | {fmt(r['heldout_td'][g1])} | "
+            f"{fmt(p0['return_r2'], 2)} / {fmt(p0['reward_r2'], 2)} | "
+            f"{fmt(p1['return_r2'], 2)} / {fmt(p1['reward_r2'], 2)} | "
+            f"{r['bytes_per_update'] / 1e6:.2f} |"
+        )
+    lines += [
+        "",
+        "![TD loss curves](study_distributed_noniid.png)",
+        "",
+        "## B. One Byzantine worker of five",
+        "",
+        f"5 workers on {g0} (IID shards), worker 4 Byzantine, f = 1, {args.robust_steps} updates. "
+        "Each cell: the honest workers' final TD loss (mean of the last 3 logs) divided by the "
+        "same rule's attack-free run; in brackets, Byzantine vectors kept per honest worker "
+        "(nearest-neighbour rules only).",
+        "",
+        "| rule | no attack (TD) | " + " | ".join(a for a in ATTACKS[1:]) + " |",
+        "|---|---|" + "---|" * (len(ATTACKS) - 1),
+    ]
+    for rule in AGGREGATORS:
+        clean = robust[f"{rule}|none"]["td"]
+        cells = []
+        for a in ATTACKS[1:]:
+            r = robust[f"{rule}|{a}"]
+            kept = f" [{r['kept']:.1f}]" if rule in ("dsgd", "monna") else ""
+            cells.append(f"×{r['td'] / clean:.2f}{kept}")
+        lines.append(f"| {rule} | {fmt(clean)} | " + " | ".join(cells) + " |")
+    lines += ["", "![robustness](study_distributed_robust.png)", ""]
+    return "\n".join(lines)
+
+
+def plots(noniid: dict, robust: dict, docs: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6), sharey=False)
+    for ax, g in zip(axes, GAMES, strict=True):
+        for arm, r in noniid.items():
+            c = r["curves"][g]
+            ax.plot(c["step"], c["td"], label=arm)
+        ax.set(title=f"{g} workers: training TD loss", xlabel="update", yscale="log")
+    axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(docs / "study_distributed_noniid.png", dpi=110)
+    plt.close(fig)
+    fig, ax = plt.subplots(figsize=(7, 3.6))
+    grid = np.array(
+        [
+            [robust[f"{r}|{a}"]["td"] / robust[f"{r}|none"]["td"] for a in ATTACKS[1:]]
+            for r in AGGREGATORS
+        ]
+    )
+    im = ax.imshow(np.log2(grid), cmap="RdYlGn_r", vmin=-1, vmax=3)
+    ax.set_xticks(range(len(ATTACKS) - 1), ATTACKS[1:])
+    ax.set_yticks(range(len(AGGREGATORS)), AGGREGATORS)
+    for i in range(grid.shape[0]):
+        for j in range(grid.shape[1]):
+            ax.text(j, i, f"×{grid[i, j]:.2f}", ha="center", va="center", fontsize=8)
+    fig.colorbar(im, label="log2(TD loss / attack-free)")
+    ax.set_title("Honest TD loss under one Byzantine worker of five")
+    fig.tight_layout()
+    fig.savefig(docs / "study_distributed_robust.png", dpi=110)
+    plt.close(fig)
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    torch.set_num_threads(1)
+    args.out.mkdir(parents=True, exist_ok=True)
+    data, logs = {}, {}
+    for g in GAMES:
+        ns = SimpleNamespace(game=g, collect_steps=args.collect_steps)
+        data[g] = collect_data(ns, args.out / f"data_{g}")
+        logs[g] = args.out / f"data_{g}" / "replay_logs"
+    noniid = study_noniid(args, logs)
+    robust = study_robust(args, logs)
+    (args.out / "results.json").write_text(json.dumps({"noniid": noniid, "robust": robust}))
+    args.docs.mkdir(parents=True, exist_ok=True)
+    plots(noniid, robust, args.docs)
+    doc = write_doc(args, data, noniid, robust)
+    (args.docs / "study_distributed.md").write_text(doc)
+    print(doc)
+
+
+if __name__ == "__main__":
+    main()
