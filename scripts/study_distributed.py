@@ -131,6 +131,27 @@ def worker_learner(run_dir: Path, wid: int, games: int):
     return learner
 
 
+def common(args, steps: int) -> list[str]:
+    """Overrides every run of the study shares."""
+    return [
+        f"data.checkpoints=[{TRAIN_CKPT}]",
+        f"data.cache_dir={args.out / 'cache'}",
+        f"steps={steps}",
+        f"batch_size={args.batch_size}",
+        "log_every=20",
+        f"checkpoint_every={steps}",
+        "progress=false",
+    ]
+
+
+def run_all(args, root: Path, arms: dict) -> dict:
+    """Every arm's run (``args.jobs`` at a time): arm -> run directory."""
+    names = list(arms)
+    with ThreadPoolExecutor(args.jobs) as pool:
+        dirs = pool.map(lambda a: run(root / a.replace("|", "-"), arms[a], args.force), names)
+        return dict(zip(names, dirs, strict=True))
+
+
 def study_noniid(args, logs: dict[str, Path]) -> dict:
     from agents.probes import linear_probes
     from pvn import load_encoder
@@ -138,28 +159,16 @@ def study_noniid(args, logs: dict[str, Path]) -> dict:
 
     base = [
         f"data.path=[{','.join(str(logs[g]) for g in GAMES)}]",
-        f"data.checkpoints=[{TRAIN_CKPT}]",
-        f"data.cache_dir={args.out / 'cache'}",
-        f"steps={args.steps}",
-        f"batch_size={args.batch_size}",
+        *common(args, args.steps),
         "distributed.workers=4",
         "distributed.partition=games",
-        f"distributed.lr={args.lr}",
         f"optimizer.lr={args.lr}",
-        "log_every=20",
-        f"checkpoint_every={args.steps}",
-        "progress=false",
     ]
-    arms = {a: base + o for a, o in NONIID.items()}
-    arms["ddp"] = [x for x in arms["ddp"] if not x.startswith("distributed.lr")]
-    with ThreadPoolExecutor(args.jobs) as pool:
-        dirs = dict(
-            zip(
-                arms,
-                pool.map(lambda a: run(args.out / "noniid" / a, arms[a], args.force), list(arms)),
-                strict=True,
-            )
-        )
+    arms = {
+        a: base + o + ([] if a == "ddp" else [f"distributed.lr={args.lr}"])
+        for a, o in NONIID.items()
+    }
+    dirs = run_all(args, args.out / "noniid", arms)
     held = {}
     for g in GAMES:
         cache = args.out / "cache"
@@ -189,15 +198,9 @@ def study_noniid(args, logs: dict[str, Path]) -> dict:
 def study_robust(args, logs: dict[str, Path]) -> dict:
     base = [
         f"data.path={logs['Pong']}",
-        f"data.checkpoints=[{TRAIN_CKPT}]",
-        f"data.cache_dir={args.out / 'cache'}",
-        f"steps={args.robust_steps}",
-        f"batch_size={args.batch_size}",
+        *common(args, args.robust_steps),
         "distributed.workers=5",
         f"distributed.lr={args.lr}",
-        "log_every=20",
-        f"checkpoint_every={args.robust_steps}",
-        "progress=false",
     ]
     arms = {}
     for rule in AGGREGATORS:
@@ -205,22 +208,12 @@ def study_robust(args, logs: dict[str, Path]) -> dict:
             o = [f"distributed={rule}", "distributed.f=1"]
             if attack != "none":
                 o += ["distributed.byzantine=[4]", f"distributed.attack={attack}"]
-            arms[(rule, attack)] = base + o
-    with ThreadPoolExecutor(args.jobs) as pool:
-        dirs = dict(
-            zip(
-                arms,
-                pool.map(
-                    lambda k: run(args.out / "robust" / f"{k[0]}-{k[1]}", arms[k], args.force),
-                    list(arms),
-                ),
-                strict=True,
-            )
-        )
+            arms[f"{rule}|{attack}"] = base + o
+    dirs = run_all(args, args.out / "robust", arms)
     out = {}
-    for (rule, attack), run_dir in dirs.items():
+    for arm, run_dir in dirs.items():
         recs = records(run_dir)
-        out[f"{rule}|{attack}"] = {
+        out[arm] = {
             "td": last_mean(recs, "td_loss"),
             "kept": last_mean(recs, "byzantine_kept", 5),
         }

@@ -161,6 +161,9 @@ def test_every_rule_pretrains_simulated(log_dir, tmp_path, rule):  # noqa: F811
     assert "workers/dist_to_honest_mean_0" in records[-1]
     state = load_checkpoint(list_checkpoints(run)[-1])
     assert sorted(s["id"] for s in state["workers"]) == [0, 1, 2]
+    if rule == "fedavg_m":  # 4 rounds, each one ring all-reduce of the float32 parameters
+        P = sum(v.numel() for v in state["workers"][0]["learner"]["online"].values())
+        assert records[-1]["comm_bytes_per_worker"] == 4 * (2 * 2 * P * 4 // 3)
     import pvn
 
     assert pvn.load_encoder(run)(torch.zeros(1, 4, 84, 84, dtype=torch.uint8)).shape == (1, 32)

@@ -223,7 +223,10 @@ def _run(cfg, d, comm, build, infer_num_actions) -> dict[str, Any]:
 
 
 def _log(comm, workers, outs, alg, logger, step, t0, n) -> dict[str, float]:
-    """Per-worker TD loss (gathered), the honest mean, distances and bytes; rank 0 writes."""
+    """Per-worker TD loss (gathered), the honest mean, distances and bytes; rank 0 writes.
+    ``comm_bytes_per_worker`` counts the training rule's traffic since the start, not these
+    logging collectives'."""
+    sent = comm.bytes_sent
     td = torch.full((len(workers),), float("nan"))
     for j, out in enumerate(outs):  # one per local worker ({} when it sat the round out)
         if "td_loss" in out:
@@ -237,7 +240,8 @@ def _log(comm, workers, outs, alg, logger, step, t0, n) -> dict[str, float]:
     for i in range(comm.world):
         values[f"workers/td_loss_{i}"] = float(all_td[i])
         values[f"workers/dist_to_honest_mean_{i}"] = float((vecs[i] - center).norm())
-    values["comm_bytes_per_worker"] = float(comm.bytes_sent)
+    comm.bytes_sent = sent
+    values["comm_bytes_per_worker"] = float(sent)
     values["updates_per_s"] = n / (time.perf_counter() - t0)
     values.update(getattr(alg, "last", {}))
     values = {k: v for k, v in values.items() if v == v}  # drop NaN (non-participants)
