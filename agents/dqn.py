@@ -69,7 +69,8 @@ class DQN:
         self.network = network
         self.target = copy.deepcopy(network).requires_grad_(False)
         self.params = [p for p in network.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.Adam(self.params, lr=cfg.lr, eps=cfg.adam_eps, foreach=True)
+        # fused: one kernel per step; a small linear head's update is otherwise dispatch-bound
+        self.optimizer = torch.optim.Adam(self.params, lr=cfg.lr, eps=cfg.adam_eps, fused=True)
         self.updates = 0
 
     def to(self, device: str | torch.device) -> DQN:

@@ -157,10 +157,12 @@ def run_control(
         actions = epsilon_greedy(agent.q_values(states), cfg.epsilon_train, rng)
         env.send(actions, all_envs)
         # The head learns from the replay while the emulators step (the updates owed so far).
+        owed = since_update // cfg.update_every
         if step >= cfg.min_replay:
-            while since_update >= cfg.update_every:
-                metrics = agent.update(replay.sample(cfg.batch_size))
-                since_update -= cfg.update_every
+            if owed:  # one sample for all the updates owed (the replay does not change between)
+                for batch in replay.sample(cfg.batch_size * owed).split(owed):
+                    metrics = agent.update(batch)
+                since_update -= owed * cfg.update_every
         else:
             since_update = 0
         res = env.recv()

@@ -43,6 +43,16 @@ class FeatureBatch:
     env: np.ndarray  # (B,) env of each transition (host)
     slot: np.ndarray  # (B,) absolute slot index in its env's stream (host)
 
+    def split(self, n: int) -> list[FeatureBatch]:
+        """``n`` equal batches of consecutive rows (one sample serves several updates, so the
+        sampler's fixed costs are paid once)."""
+        size = len(self.env) // n
+        cols = [
+            v.split(size) if isinstance(v, torch.Tensor) else np.split(v, n)
+            for v in vars(self).values()
+        ]
+        return [FeatureBatch(*row) for row in zip(*cols, strict=True)]
+
 
 class FeatureReplay:
     """Per-env circular buffers of features with n-step sampling.

@@ -63,10 +63,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--out", type=Path, default=Path("/tmp/pvn_study_distributed"))
     ap.add_argument("--docs", type=Path, default=REPO / "docs")
     ap.add_argument("--collect-steps", type=int, default=12_000, help="agent steps per game log")
-    ap.add_argument("--steps", type=int, default=400, help="updates per non-IID run")
-    ap.add_argument("--robust-steps", type=int, default=300, help="updates per robustness run")
+    ap.add_argument("--steps", type=int, default=1500, help="updates per non-IID run")
+    ap.add_argument("--local-steps", type=int, default=8, help="K of the fedavg-style rules")
+    ap.add_argument("--robust-steps", type=int, default=200, help="updates per robustness run")
     ap.add_argument("--batch-size", type=int, default=32)
-    ap.add_argument("--lr", type=float, default=0.01, help="local SGD step (every rule)")
+    ap.add_argument("--lr", type=float, default=0.5, help="local SGD step size of every rule")
     ap.add_argument("--jobs", type=int, default=2, help="runs at a time (one thread each)")
     ap.add_argument("--heldout", type=int, default=1024, help="held-out transitions per game")
     ap.add_argument("--probe-states", type=int, default=2000)
@@ -85,9 +86,11 @@ def run(run_dir: Path, overrides: list[str], force: bool) -> Path:
         shutil.rmtree(run_dir)
     cmd = [sys.executable, "-m", "pvn", "pretrain", f"run_dir={run_dir}", *overrides]
     t0 = time.perf_counter()
-    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, env=env())
-    done.write_text(json.dumps({"wall_s": time.perf_counter() - t0, "overrides": overrides}))
-    log(f"done {run_dir.name} ({time.perf_counter() - t0:.0f} s)")
+    proc = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env())
+    failed = proc.stderr.decode().strip().splitlines()[-1:] if proc.returncode else []
+    wall = time.perf_counter() - t0
+    done.write_text(json.dumps({"wall_s": wall, "overrides": overrides, "failed": failed}))
+    log(f"done {run_dir.name} ({wall:.0f} s){' FAILED: ' + failed[0] if failed else ''}")
     return run_dir
 
 
@@ -112,6 +115,18 @@ def heldout_td(learner, batch, chunk: int = 256) -> float:
         total += float(learner.td_loss(q, b.action, y)) * len(b.action)
         n += len(b.action)
     return total / n
+
+
+def torso_grad(learner, batch, n: int = 256) -> torch.Tensor:
+    """The shared torso's TD-loss gradient on ``n`` held-out transitions of one game."""
+    b = type(batch)(*(t[:n] for t in batch[:5]))
+    learner.online.zero_grad(set_to_none=True)
+    with torch.no_grad():
+        tasks = learner.tasks(b.observation, b.reward)
+        y = learner.td_targets(tasks.rewards, b.next_observation, b.terminal)
+    q, _ = learner.online(b.observation)
+    learner.td_loss(q, b.action, y).backward()
+    return torch.cat([p.grad.reshape(-1) for p in learner.online.torso.parameters()])
 
 
 def worker_learner(run_dir: Path, wid: int, games: int):
@@ -139,7 +154,7 @@ def common(args, steps: int) -> list[str]:
         f"steps={steps}",
         f"batch_size={args.batch_size}",
         "log_every=20",
-        f"checkpoint_every={steps}",
+        f"checkpoint_every={max(steps // 4, 1)}",
         "progress=false",
     ]
 
@@ -160,14 +175,13 @@ def study_noniid(args, logs: dict[str, Path]) -> dict:
     base = [
         f"data.path=[{','.join(str(logs[g]) for g in GAMES)}]",
         *common(args, args.steps),
-        "distributed.workers=4",
+        "distributed.workers=2",
         "distributed.partition=games",
         f"optimizer.lr={args.lr}",
     ]
-    arms = {
-        a: base + o + ([] if a == "ddp" else [f"distributed.lr={args.lr}"])
-        for a, o in NONIID.items()
-    }
+    fed = [f"distributed.lr={args.lr}", f"distributed.local_steps={args.local_steps}"]
+    fed.append(f"distributed.server_lr={args.lr * args.local_steps}")  # FedAvg's average
+    arms = {a: base + o + ([] if a == "ddp" else fed) for a, o in NONIID.items()}
     dirs = run_all(args, args.out / "noniid", arms)
     held = {}
     for g in GAMES:
@@ -178,17 +192,28 @@ def study_noniid(args, logs: dict[str, Path]) -> dict:
     results = {}
     for arm, run_dir in dirs.items():
         recs = records(run_dir)
-        res = {"curves": {}, "train_td": {}, "heldout_td": {}, "probes": {}}
+        res = {"curves": {}, "train_td": {}, "heldout_td": {}, "probes": {}, "grads": {}}
+        res["failed"] = json.loads((run_dir / "study_done.json").read_text())["failed"]
+        drift = [r.get("workers/dist_to_honest_mean_0", 0.0) for r in recs]
+        drift = [d for d in drift if d > 0]  # logs mid-round (0 at round ends and for ddp)
+        res["drift"] = float(np.mean(drift)) if drift else 0.0
         for gi, g in enumerate(GAMES):
-            keys = [f"workers/td_loss_{w}" for w in range(4) if w % 2 == gi]
+            keys = [f"workers/td_loss_{gi}"]
             steps = [r["step"] for r in recs if keys[0] in r]
             curve = np.nanmean([[r.get(k, np.nan) for r in recs if keys[0] in r] for k in keys], 0)
             res["curves"][g] = {"step": steps, "td": curve.tolist()}
             res["train_td"][g] = float(np.mean(curve[-3:]))
-            res["heldout_td"][g] = heldout_td(worker_learner(run_dir, gi, 2), held[g][1])
+            learner = worker_learner(run_dir, gi, 2)
+            res["heldout_td"][g] = heldout_td(learner, held[g][1])
+            res["grads"][g] = torso_grad(learner, held[g][1])
+            with torch.no_grad():
+                rate = learner.tasks(held[g][1].observation, held[g][1].reward).rewards.mean(0)
+            res.setdefault("floor", {})[g] = float((0.5 * rate * (1 - rate)).mean())
             res["probes"][g] = linear_probes(
                 load_encoder(run_dir), held[g][0], max_states=args.probe_states
             )
+        a, b = (res["grads"].pop(g) for g in GAMES)
+        res["grad_cos"] = float(torch.nn.functional.cosine_similarity(a, b, dim=0))
         res["bytes_per_update"] = last_mean(recs, "comm_bytes_per_worker", 1) / args.steps
         results[arm] = res
         log(f"{arm}: {json.dumps({k: res[k] for k in ('train_td', 'heldout_td')})}")
@@ -210,14 +235,38 @@ def study_robust(args, logs: dict[str, Path]) -> dict:
                 o += ["distributed.byzantine=[4]", f"distributed.attack={attack}"]
             arms[f"{rule}|{attack}"] = base + o
     dirs = run_all(args, args.out / "robust", arms)
+    honest = {arm: honest_mean(run_dir) for arm, run_dir in dirs.items()}
     out = {}
     for arm, run_dir in dirs.items():
         recs = records(run_dir)
+        clean = honest[arm.split("|")[0] + "|none"]
+        x0 = honest_mean(run_dir, initial=True)
         out[arm] = {
             "td": last_mean(recs, "td_loss"),
             "kept": last_mean(recs, "byzantine_kept", 5),
+            "deflection": float((honest[arm] - clean).norm() / (clean - x0).norm()),
+            "failed": json.loads((run_dir / "study_done.json").read_text())["failed"],
         }
     return out
+
+
+def honest_mean(run_dir: Path, initial: bool = False, honest=(0, 1, 2, 3)) -> torch.Tensor:
+    """Workers 0-3's mean parameter vector at the end (or the common one at initialisation)."""
+    from omegaconf import OmegaConf
+
+    from pvn.checkpoint import load_checkpoint, resolve_checkpoint
+    from pvn.pretrain import build
+
+    state = load_checkpoint(resolve_checkpoint(run_dir))
+    if initial:
+        cfg = OmegaConf.load(run_dir / "config.yaml")
+        net = build(cfg, int(state["meta"]["num_actions"])).online
+        return torch.cat([p.detach().reshape(-1) for p in net.parameters()])
+    vecs = []
+    for s in state["workers"]:
+        if s["id"] in honest:
+            vecs.append(torch.cat([v.reshape(-1) for v in s["learner"]["online"].values()]))
+    return torch.stack(vecs).mean(0)
 
 
 def fmt(v: float, d: int = 4) -> str:
@@ -237,35 +286,52 @@ def write_doc(args, data: dict, noniid: dict, robust: dict) -> str:
         "",
         "## A. Workers on different games",
         "",
-        f"4 workers (0, 2 on {g0}; 1, 3 on {g1}), `distributed.partition=games`: one shared torso, "
-        f"per-game heads and task nets; {args.steps} updates. TD losses are the mean of the game's "
-        "workers over the last 3 logs (training) and on "
-        f"{args.heldout} held-out transitions (worker 0 / 1's networks); probes: ridge R² of the "
-        "shared torso's features on each game's held-out checkpoint (return-to-go / next reward).",
+        f"2 workers (0 on {g0}, 1 on {g1}), `distributed.partition=games`: one shared torso, "
+        f"per-game heads and task nets; {args.steps} updates, local SGD step η = "
+        f"{args.lr}; the fedavg-style rules run rounds of K = {args.local_steps} local "
+        "steps with all workers and server step γ = ηK (plain averaging for FedAvg); ddp is "
+        "plain SGD (η) on the averaged gradient every update. TD losses: the game's worker over "
+        f"the last 3 logs (training), and on {args.heldout} held-out transitions; floor: "
+        "½·p(1−p) of the data's firing rate p is what a per-task constant scores. Probes: ridge "
+        "R² of the shared torso's features on each game's held-out checkpoint (return-to-go / "
+        "next reward). Drift: worker 0's distance to the workers' mean at the logs that fall "
+        "mid-round (the workers' local models apart; 0 for ddp). Gradient cos: the two games' "
+        "TD gradients on the final shared torso (256 held-out transitions each).",
         "",
-        f"| rule | {g0} train TD | {g0} held-out TD | {g1} train TD | {g1} held-out TD | "
-        f"{g0} probe R² (G / r) | {g1} probe R² (G / r) | MB sent / worker / update |",
+        f"| rule | {g0} train / held-out TD | {g1} train / held-out TD | "
+        f"{g0} probe R² (G / r) | {g1} probe R² (G / r) | drift | grad cos | "
+        "MB sent / worker / update |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for arm, r in noniid.items():
         p0, p1 = r["probes"][g0], r["probes"][g1]
+        note = " (failed: " + r["failed"][0] + ")" if r.get("failed") else ""
         lines.append(
-            f"| {arm} | {fmt(r['train_td'][g0])} | {fmt(r['heldout_td'][g0])} | "
-            f"{fmt(r['train_td'][g1])} | {fmt(r['heldout_td'][g1])} | "
+            f"| {arm}{note} | {fmt(r['train_td'][g0])} / {fmt(r['heldout_td'][g0])} | "
+            f"{fmt(r['train_td'][g1])} / {fmt(r['heldout_td'][g1])} | "
             f"{fmt(p0['return_r2'], 2)} / {fmt(p0['reward_r2'], 2)} | "
             f"{fmt(p1['return_r2'], 2)} / {fmt(p1['reward_r2'], 2)} | "
+            f"{fmt(r['drift'], 3)} | {fmt(r['grad_cos'], 3)} | "
             f"{r['bytes_per_update'] / 1e6:.2f} |"
         )
+    floors = {g: np.mean([r["floor"][g] for r in noniid.values()]) for g in GAMES}
     lines += [
+        "",
+        f"Floor (a per-task constant, ½·p(1−p) on the held-out transitions): {g0} "
+        f"{fmt(floors[g0])}, {g1} {fmt(floors[g1])}.",
         "",
         "![TD loss curves](study_distributed_noniid.png)",
         "",
         "## B. One Byzantine worker of five",
         "",
-        f"5 workers on {g0} (IID shards), worker 4 Byzantine, f = 1, {args.robust_steps} updates. "
-        "Each cell: the honest workers' final TD loss (mean of the last 3 logs) divided by the "
-        "same rule's attack-free run; in brackets, Byzantine vectors kept per honest worker "
-        "(nearest-neighbour rules only).",
+        f"5 workers on {g0} (IID shards), worker 4 Byzantine, f = 1, {args.robust_steps} updates, "
+        f"local step {args.lr} with Polyak momentum 0.99. Each cell: the honest workers' final "
+        "TD loss (mean of the last 3 logs) divided by the same rule's attack-free run, then the "
+        "deflection: the distance of the honest workers' mean model from the attack-free run's, "
+        "divided by how far the attack-free run travelled from the initial model (every run "
+        "draws the same batches, so 0 is an unharmed run and 1 a displacement as large as the "
+        "whole training); in brackets, Byzantine vectors kept per honest worker and update "
+        "(nearest-neighbour rules).",
         "",
         "| rule | no attack (TD) | " + " | ".join(a for a in ATTACKS[1:]) + " |",
         "|---|---|" + "---|" * (len(ATTACKS) - 1),
@@ -276,7 +342,8 @@ def write_doc(args, data: dict, noniid: dict, robust: dict) -> str:
         for a in ATTACKS[1:]:
             r = robust[f"{rule}|{a}"]
             kept = f" [{r['kept']:.1f}]" if rule in ("dsgd", "monna") else ""
-            cells.append(f"×{r['td'] / clean:.2f}{kept}")
+            bad = " (failed)" if r.get("failed") else ""
+            cells.append(f"×{r['td'] / clean:.2f} / {r['deflection']:.2f}{kept}{bad}")
         lines.append(f"| {rule} | {fmt(clean)} | " + " | ".join(cells) + " |")
     lines += ["", "![robustness](study_distributed_robust.png)", ""]
     return "\n".join(lines)
@@ -299,20 +366,15 @@ def plots(noniid: dict, robust: dict, docs: Path) -> None:
     fig.savefig(docs / "study_distributed_noniid.png", dpi=110)
     plt.close(fig)
     fig, ax = plt.subplots(figsize=(7, 3.6))
-    grid = np.array(
-        [
-            [robust[f"{r}|{a}"]["td"] / robust[f"{r}|none"]["td"] for a in ATTACKS[1:]]
-            for r in AGGREGATORS
-        ]
-    )
-    im = ax.imshow(np.log2(grid), cmap="RdYlGn_r", vmin=-1, vmax=3)
+    grid = np.array([[robust[f"{r}|{a}"]["deflection"] for a in ATTACKS[1:]] for r in AGGREGATORS])
+    im = ax.imshow(np.log10(grid + 1e-3), cmap="RdYlGn_r", vmin=-2, vmax=1)
     ax.set_xticks(range(len(ATTACKS) - 1), ATTACKS[1:])
     ax.set_yticks(range(len(AGGREGATORS)), AGGREGATORS)
     for i in range(grid.shape[0]):
         for j in range(grid.shape[1]):
-            ax.text(j, i, f"×{grid[i, j]:.2f}", ha="center", va="center", fontsize=8)
-    fig.colorbar(im, label="log2(TD loss / attack-free)")
-    ax.set_title("Honest TD loss under one Byzantine worker of five")
+            ax.text(j, i, f"{grid[i, j]:.2f}", ha="center", va="center", fontsize=8)
+    fig.colorbar(im, label="log10 deflection")
+    ax.set_title("Deflection of the honest models by one Byzantine worker of five")
     fig.tight_layout()
     fig.savefig(docs / "study_distributed_robust.png", dpi=110)
     plt.close(fig)

@@ -72,16 +72,19 @@ def test_feature_replay_matches_per_slot_reference(n):
             if ref is not None:
                 expected[(e, k)] = ref
     seen = set()
-    for _ in range(60):
-        b = replay.sample(64)
-        for j, (e, k) in enumerate(zip(b.env.tolist(), b.slot.tolist(), strict=True)):
-            ret, disc, nxt = expected[(e, k)]  # KeyError: an invalid transition was sampled
-            seen.add((e, k))
-            assert abs(float(b.ret[j]) - ret) < 1e-5 and abs(float(b.discount[j]) - disc) < 1e-6
-            torch.testing.assert_close(b.features[j], streams[e][k][0])
-            assert int(b.action[j]) == streams[e][k][1]
-            if nxt is not None:
-                torch.testing.assert_close(b.next_features[j], nxt)
+    for i in range(60):
+        parts = replay.sample(64).split(1 + i % 2)  # one sample split for several updates
+        assert [len(b.env) for b in parts] == [64 // len(parts)] * len(parts)
+        for b in parts:
+            for j, (e, k) in enumerate(zip(b.env.tolist(), b.slot.tolist(), strict=True)):
+                ret, disc, nxt = expected[(e, k)]  # KeyError: an invalid transition was sampled
+                seen.add((e, k))
+                assert abs(float(b.ret[j]) - ret) < 1e-5
+                assert abs(float(b.discount[j]) - disc) < 1e-6
+                torch.testing.assert_close(b.features[j], streams[e][k][0])
+                assert int(b.action[j]) == streams[e][k][1]
+                if nxt is not None:
+                    torch.testing.assert_close(b.next_features[j], nxt)
     assert seen == set(expected)
 
 
