@@ -42,11 +42,17 @@ class TaskOutputCache:
         return self.values[self.offsets[checkpoint] + index]
 
 
-def cache_wanted(mode: bool | str, steps: int, batch_size: int, slots: int) -> bool:
+AUTO_MAX_BYTES = 8 * 2**30  # ``auto`` keeps the table (in memory, on the device) below this
+
+
+def cache_wanted(
+    mode: bool | str, steps: int, batch_size: int, slots: int, num_tasks: int = 1
+) -> bool:
     """``mode`` true/false, or ``auto``: only when the run draws at least as many samples as there
-    are slots (otherwise computing every slot once costs more than computing the batches)."""
+    are slots (otherwise computing every slot once costs more than computing the batches) and
+    the float32 table fits in :data:`AUTO_MAX_BYTES`."""
     if mode == "auto":
-        return steps * batch_size >= slots
+        return steps * batch_size >= slots and slots * num_tasks * 4 <= AUTO_MAX_BYTES
     return bool(mode)
 
 
@@ -129,7 +135,7 @@ def attach_task_cache(learner, ds: DQNReplayDataset, cfg, progress: bool = False
     directory = Path(cfg.run_dir) / "task_outputs" / _key(ds, learner.tasks)
     slots = sum(ds.checkpoint(c).capacity for c in ds.checkpoints)
     stored = any(directory.glob("ckpt.*.npy"))
-    if stored or cache_wanted(mode, cfg.steps, cfg.batch_size, slots):
+    if stored or cache_wanted(mode, cfg.steps, cfg.batch_size, slots, learner.tasks.num_tasks):
         device = torch.device(cfg.device)
         learner.task_cache = build_task_cache(
             ds, learner.tasks, directory, device, learner.autocast(device), progress

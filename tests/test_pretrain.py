@@ -175,9 +175,11 @@ def test_task_cache_holds_each_slots_frozen_outputs(log_dir, tmp_path, family):
 
 
 def test_task_cache_auto_rule():
-    """auto stores the outputs only when the run draws at least as many samples as slots."""
+    """auto stores the outputs only when the run draws at least as many samples as slots and
+    the table fits (the paper's 50 checkpoints x 1M slots x 100 tasks = 20 GB does not)."""
     assert cache_wanted("auto", steps=100, batch_size=10, slots=1000)
     assert not cache_wanted("auto", steps=99, batch_size=10, slots=1000)
+    assert not cache_wanted("auto", steps=10**9, batch_size=256, slots=50 * 10**6, num_tasks=100)
     assert cache_wanted(True, steps=1, batch_size=1, slots=10**9)
     assert not cache_wanted(False, steps=10**9, batch_size=256, slots=1)
 
