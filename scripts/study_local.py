@@ -59,6 +59,7 @@ from _study import (
     REPO,
     TRAIN_CKPT,
     collect_data,
+    heldout_losses,
     heldout_transitions,
     load_learner,
     log,
@@ -248,43 +249,6 @@ def pretrain_run(
 # ---------------------------------------------------------------------------------------------
 # 3. evaluation
 # ---------------------------------------------------------------------------------------------
-
-
-@torch.no_grad()
-def heldout_losses(learner, batch, chunk: int = 256) -> dict[str, float]:
-    """TD loss on held-out transitions of the final head (``td``) and, for a local learner, of
-    each block's auxiliary head (``local/<block>``), all against the run's own targets (its
-    target network, its calibrated tasks), the way the training loss is computed.
-
-    ``const``: the loss of the best per-task constant on the same targets (the L2 loss of
-    predicting each task's mean target: half its variance, averaged over tasks) -- the floor a
-    head reaches without using the state at all. With Bernoulli(p) indicator rewards it is about
-    ``p (1 - p) / 2``."""
-    obs, action, reward, next_obs, terminal = batch[:5]
-    local = getattr(learner, "local", None)
-    sums: dict[str, float] = {}
-    ys = []
-    n = 0
-    for s in range(0, len(obs), chunk):
-        sl = slice(s, s + chunk)
-        b = len(obs[sl])
-        tasks = learner.tasks(obs[sl], reward[sl])
-        y = learner.td_targets(tasks.rewards, next_obs[sl], terminal[sl])
-        ys.append(y.float())
-        q, _ = learner.online(obs[sl])
-        sums["td"] = sums.get("td", 0.0) + float(learner.td_loss(q, action[sl], y)) * b
-        if local is not None:
-            x = learner.online.torso.prepare(obs[sl])
-            for k, block in enumerate(local.blocks[:-1]):
-                x = block(x)
-                key = f"local/{local.names[k]}"
-                loss = float(learner.td_loss(local(k, x), action[sl], y))
-                sums[key] = sums.get(key, 0.0) + loss * b
-        n += b
-    out = {k: v / n for k, v in sums.items()}
-    if learner.cfg.loss == "l2":
-        out["const"] = float(0.5 * torch.cat(ys).var(0, unbiased=False).mean())
-    return out
 
 
 FEATURE_STATES = 1024
