@@ -4,7 +4,8 @@ Ridge regression from ``phi(s_t)`` to (a) the discounted return-to-go
 ``G_t = sum_k gamma^k r_{t+k}`` of the logging policy and (b) the next reward ``r_t``, fit on
 the earlier episodes of the log and scored by R^2 on the later, held-out ones. A cheap signal
 (seconds on a CPU) of how much value-relevant information the features carry linearly, when an
-online evaluation would take hours.
+online evaluation would take hours. On the same states it reports the features' effective rank
+and dormant fraction (:mod:`pvn.diagnostics`): a collapsed representation shows there first.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from pvn.diagnostics import dormant_fraction, srank
 from replay import DQNReplayDataset
 from replay.summary import chronological
 
@@ -65,10 +67,12 @@ def linear_probes(
     seed: int = 0,
     device: str | torch.device = "cpu",
 ) -> dict[str, Any]:
-    """R^2 of linear probes to return-to-go and next reward, on held-out later episodes."""
+    """R^2 of linear probes to return-to-go and next reward, on held-out later episodes; the
+    effective rank (``srank``) and ``dormant`` fraction of the features on the training states."""
     keys, g, r = episode_targets(ds, gamma)
     if len(keys) < 20:
-        return {"states": len(keys), "return_r2": float("nan"), "reward_r2": float("nan")}
+        nan = float("nan")
+        return {"states": len(keys), "return_r2": nan, "reward_r2": nan, "srank": 0, "dormant": nan}
     split = int(len(keys) * (1 - test_fraction))  # earlier episodes train, later ones test
     rng = np.random.default_rng(seed)
     take = [
@@ -91,4 +95,6 @@ def linear_probes(
         "states": int(len(tr) + len(te)),
         "return_r2": ridge_r2(xtr, g[tr], xte, g[te]),
         "reward_r2": ridge_r2(xtr, r[tr], xte, r[te]),
+        "srank": int(srank(torch.from_numpy(xtr))),
+        "dormant": float(dormant_fraction(torch.from_numpy(xtr))),
     }

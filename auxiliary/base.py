@@ -37,6 +37,9 @@ class TaskFamily(nn.Module):
     indicator: bool = False
     #: True when :meth:`frozen` returns the state's fixed outputs (False: it returns None).
     cacheable: bool = True
+    #: The expected reward of every task on the data when it is fixed by construction (the
+    #: indicators' firing rate p); ``None`` when unknown. ``td.center`` subtracts it.
+    base_rate: float | None = None
 
     def frozen(self, obs: torch.Tensor) -> torch.Tensor | None:
         """``(B, T)`` float: the state's fixed task outputs; ``None`` when the family has none."""

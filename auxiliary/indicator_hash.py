@@ -33,6 +33,7 @@ class IndicatorHash(TaskFamily):
         self.bins = max(2, round(1.0 / target_proportion))
         if self.bins >= self.prime:
             raise ValueError(f"tasks.target_proportion={target_proportion}: too small (< 1/P)")
+        self.base_rate = 1.0 / self.bins  # a universal hash spreads states evenly over the bins
         n = 1
         for d in input_shape:
             n *= d

@@ -30,7 +30,8 @@ commands:
                  pvn evaluate encoder=runs/pvn game=Pong steps=20000 run_dir=runs/eval seed=0
   report       Markdown table, CSV and curves from evaluate runs (HNS, IQM with 95% CIs)
                  pvn report runs/eval_* --out report
-  quickstart   the demo: collect a small Pong log, pretrain a small PVN, print diagnostics
+  quickstart   the demo: collect a small Boxing log, pretrain a small PVN, compare linear
+                 control on its features and on random features over 3 seeds (~8 min)
 
 Overrides use Hydra's grammar (key=value, lists as [0,1]). `pvn COMMAND --help` lists a command's
 keys with their defaults and meaning; `--cfg job` prints the resolved config and exits.

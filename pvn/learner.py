@@ -12,6 +12,17 @@ The target network follows the online one by Polyak averaging
 (``target <- (1 - tau) target + tau online``; paper: tau = 0.01) or a hard copy every
 ``target_period`` updates. While the tasks calibrate (``warmup_steps``; paper: 62,500) only their
 calibration loss is optimised. Task parameters have their own optimizer, as in the PVN code.
+
+``center``: learn the successor measure of the centred cumulant ``r_t(s) - p`` instead, where
+``p`` is the indicator's base rate (the fraction of logged states its calibration, or its hash,
+puts in the set). Without terminals the centred fixed point is exactly
+``Q_t(s, a) - p / (1 - gamma)``: the same function up to one constant per task, which a linear
+read-out absorbs in its bias. What changes is learning: uncentred, the targets are dominated by
+that shared constant (5 at p = 0.05, gamma = 0.99; TD error of that size in every state for the
+first thousands of updates), and an optimizer with per-parameter step sizes (Adam moves each
+weight by about ``lr`` per step) builds it faster from many torso units than from one head
+bias, so the features align and go dormant. This is reward centring (Naik et al. 2024, "Reward
+Centering", with the rate known exactly rather than estimated); not in the PVN paper.
 """
 
 from __future__ import annotations
@@ -48,6 +59,7 @@ class TDConfig:
     warmup_steps: int = 0
     max_grad_norm: float | None = None
     bf16: bool = False
+    center: bool = False  # subtract each indicator task's base rate p from its reward
 
 
 def td_target(
@@ -81,6 +93,10 @@ class PVNLearner:
             raise ValueError(f"td.loss={cfg.loss!r}: choose l2 or huber")
         if (cfg.target_tau is None) == (cfg.target_period is None):
             raise ValueError("set exactly one of td.target_tau and td.target_period")
+        if cfg.center and tasks.base_rate is None:
+            raise ValueError(
+                "td.center=true: the task family has no known base rate (indicator tasks only)"
+            )
         self.online, self.tasks, self.cfg = network, tasks, cfg
         # eval mode: the target's MoE routers add no exploration noise
         self.target = copy.deepcopy(network).requires_grad_(False).eval()
@@ -92,6 +108,7 @@ class PVNLearner:
                 task_optimizer, lambda t: 1.0 / (1.0 + t / calibration_decay)
             )
         self.discount = cfg.gamma**cfg.n_step
+        self._center = float(tasks.base_rate) if cfg.center else 0.0
         self._online_params = [p for p in network.parameters() if p.requires_grad]
         self._target_params = list(self.target.parameters())
         self._online_all = list(network.parameters())  # paired with _target_params
@@ -155,10 +172,15 @@ class PVNLearner:
     def td_targets(
         self, rewards: torch.Tensor, next_obs: torch.Tensor, terminal: torch.Tensor
     ) -> torch.Tensor:
-        """The batch's TD targets ``y`` (B, T) from the target network (no gradient)."""
+        """The batch's TD targets ``y`` (B, T) from the target network (no gradient), for the
+        centred rewards ``r - p`` when ``center`` is on."""
         q_next, _ = self.target(next_obs)
         return td_target(
-            rewards.float(), terminal, q_next.float(), self.discount, self.cfg.aggregate
+            rewards.float() - self._center,
+            terminal,
+            q_next.float(),
+            self.discount,
+            self.cfg.aggregate,
         )
 
     def td_loss(

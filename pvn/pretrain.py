@@ -142,10 +142,13 @@ def build(cfg: DictConfig, num_actions: int, task_seed: int | None = None) -> PV
         **OmegaConf.to_container(cfg.td, resolve=True),
     )
     args = (network, tasks, optimizer, task_opt, td)
-    if local is None:
-        learner = PVNLearner(*args, calibration_decay=task_decay)
-    else:  # each block trained by its own loss; torch.compile does not apply
-        learner = LocalPVNLearner(*args, calibration_decay=task_decay, local=local)
+    try:
+        if local is None:
+            learner = PVNLearner(*args, calibration_decay=task_decay)
+        else:  # each block trained by its own loss; torch.compile does not apply
+            learner = LocalPVNLearner(*args, calibration_decay=task_decay, local=local)
+    except ValueError as e:
+        raise ConfigError(f"{e} (tasks={task_name})") from None
     if cfg.compile:
         learner.online.forward = torch.compile(learner.online.forward)
     return learner

@@ -1,8 +1,9 @@
 """``pvn quickstart``: the embedded default pipeline, runnable on a laptop CPU in minutes.
 
 Collect a small DQN-Replay-format log with a random policy; pretrain a small PVN on it; fit a
-linear Q head online on the frozen PVN features and on random features of the same torso; report
-both, with offline linear probes on the collected log.
+linear Q head online on the frozen PVN features and on random features of the same torso, for a
+few seeds each; report both, with offline linear probes on the collected log, and say per seed
+which came out ahead (the budgets and their evidence: ``docs/study_quickstart.md``).
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import shutil
 from pathlib import Path
 
 from pvn.collect import collect
-from pvn.config import load_config, save_config
+from pvn.config import load_config, require, save_config
 from pvn.data_info import format_summary
 from pvn.evaluate import evaluate
 from pvn.pretrain import pretrain
@@ -22,8 +23,16 @@ from replay.summary import summarize
 def quickstart(cfg) -> None:
     out = Path(cfg.out)
     data_dir, run_dir = out / "data", out / "pvn"
-    evals = {"pvn": out / "eval_pvn", "random": out / "eval_random"}
-    for d in (data_dir, run_dir, *evals.values(), out / "report"):
+    seeds = [int(s) for s in cfg.eval_seeds]
+    require(len(seeds) > 0, "eval_seeds", list(seeds), "name at least one seed")
+    require(len(set(seeds)) == len(seeds), "eval_seeds", list(seeds), "seeds must differ")
+    # the evaluation's preset is checked before anything is written
+    load_config("evaluate", [f"eval_preset={cfg.eval_preset}", "encoder=random", "run_dir=x"])
+    encoders = {"pvn": run_dir, "random": "random"}
+    evals = {(m, s): out / f"eval_{m}_s{s}" for s in seeds for m in encoders}
+    for d in out.glob("eval_*"):
+        shutil.rmtree(d)
+    for d in (data_dir, run_dir, out / "report"):
         if d.exists():
             shutil.rmtree(d)
     progress = f"progress={str(cfg.progress).lower()}"
@@ -55,6 +64,7 @@ def quickstart(cfg) -> None:
             f"steps={cfg.pretrain_steps}",
             f"seed={cfg.seed}",
             f"checkpoint_every={cfg.pretrain_steps}",
+            f"td.center={str(cfg.center).lower()}",
             progress,
         ],
     )
@@ -71,27 +81,51 @@ def quickstart(cfg) -> None:
         f"      curves: tensorboard --logdir {run_dir / 'tb'}\n"
         f"      encoder: pvn.load_encoder('{run_dir}')"
     )
-    print(f"\n[3/4] linear control for {cfg.eval_steps} steps on frozen PVN and random features")
-    for name, enc in (("pvn", run_dir), ("random", "random")):
+    print(
+        f"\n[3/4] linear control for {cfg.eval_steps} steps on frozen PVN and random features, "
+        f"seeds {seeds} (eval_preset={cfg.eval_preset})"
+    )
+    final: dict[tuple[str, int], float] = {}
+    for (name, seed), run in evals.items():
         r = evaluate(
             load_config(
                 "evaluate",
                 [
-                    f"encoder={enc}",
+                    f"encoder={encoders[name]}",
                     f"game={cfg.game}",
                     f"steps={cfg.eval_steps}",
                     f"num_envs={cfg.num_envs}",
-                    f"run_dir={evals[name]}",
-                    f"seed={cfg.seed}",
+                    f"run_dir={run}",
+                    f"seed={seed}",
+                    f"eval_preset={cfg.eval_preset}",
+                    "checkpoint_every=0",
                     progress,
                 ],
             )
         )
+        final[name, seed] = r["mean_return_last_10"]
         print(
-            f"      {name}: {r['episodes']} episodes, mean return (last 10) "
+            f"      {name} seed {seed}: {r['episodes']} episodes, mean return (last 10) "
             f"{r['mean_return_last_10']}"
         )
     print("\n[4/4] report (and offline linear probes on the collected log)\n")
     print(report([str(d) for d in evals.values()], out / "report", data=data_dir))
+    print("\n" + verdict(final, seeds))
     print(f"\nfiles: {out / 'report'} (report.md, report.csv, curves.png, probes.json)")
     save_config(cfg, out)
+
+
+def verdict(final: dict[tuple[str, int], float | None], seeds: list[int]) -> str:
+    """One line per seed pair and a tally: same seed, same envs, same head init, the encoder is
+    the only difference (a paired comparison; the bootstrap CIs above are over seeds)."""
+    pairs = [(s, final["pvn", s], final["random", s]) for s in seeds]
+    pairs = [(s, p, r) for s, p, r in pairs if p is not None and r is not None]
+    if not pairs:
+        return "PVN vs random features: no finished episodes to compare (raise eval_steps)"
+    ahead = sum(p > r for _, p, r in pairs)
+    gap = sum(p - r for _, p, r in pairs) / len(pairs)
+    per_seed = ", ".join(f"seed {s}: {p:+.1f} vs {r:+.1f}" for s, p, r in pairs)
+    return (
+        f"PVN vs random features (final return, paired by seed): {per_seed}; PVN ahead in "
+        f"{ahead} of {len(pairs)} seeds, mean gap {gap:+.1f}"
+    )

@@ -180,9 +180,15 @@ def probes(run_dirs: list[str], data: str | Path) -> dict[str, dict[str, Any]]:
 
 
 def probes_markdown(table: dict[str, dict[str, Any]]) -> str:
-    lines = ["| method | probe states | R^2 return-to-go | R^2 next reward |", "|---|---|---|---|"]
+    lines = [
+        "| method | probe states | R^2 return-to-go | R^2 next reward | feature srank | dormant |",
+        "|---|---|---|---|---|---|",
+    ]
     for m, p in table.items():
-        lines.append(f"| {m} | {p['states']} | {p['return_r2']:.3f} | {p['reward_r2']:.3f} |")
+        lines.append(
+            f"| {m} | {p['states']} | {p['return_r2']:.3f} | {p['reward_r2']:.3f} "
+            f"| {p['srank']} | {p['dormant']:.2f} |"
+        )
     return "\n".join(lines)
 
 

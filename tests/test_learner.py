@@ -36,10 +36,13 @@ def _distinct_frames(ale_episodes, k):
     raise AssertionError("not enough distinct frames")
 
 
-def test_learns_the_closed_form_successor_measure(ale_episodes):
+@pytest.mark.parametrize("center", [False, True])
+def test_learns_the_closed_form_successor_measure(ale_episodes, center):
     """4 states (real frames), 2 actions, known deterministic transitions, uniform behaviour.
     Each head must approach Q(s, a) = r(s) + gamma * V(T[s, a]), V = (I - gamma P_pi)^-1 r,
-    the successor measure of the task's set under the uniform policy."""
+    the successor measure of the task's set under the uniform policy. Centred (``td.center``),
+    the rewards are r - c with c the family's base rate (1/2 here) and, P being stochastic,
+    V_c = V - c / (1 - gamma), so the heads must approach Q - c / (1 - gamma)."""
     gamma, K, A = 0.5, 4, 2
     T = np.array([[1, 2], [2, 0], [3, 3], [0, 1]])  # next state of (s, a)
     frames = torch.from_numpy(_distinct_frames(ale_episodes, K))
@@ -54,11 +57,15 @@ def test_learns_the_closed_form_successor_measure(ale_episodes):
             P[s, T[s, a]] += 1 / A
     V = np.linalg.solve(np.eye(K) - gamma * P, r)  # (K, tasks)
     Q = r[:, None, :] + gamma * V[T]  # (K, A, tasks)
+    if center:
+        assert tasks.base_rate == 0.5
+        Q = Q - 0.5 / (1 - gamma)
 
     torso = build_torso("nature", gen, feature_dim=64)
     net = PVNNetwork(torso, MultiTaskHead(64, 8, A, gen))
     opt = build_optimizer({"name": "adam", "lr": 1e-3, "eps": 1.5e-4}, net.parameters())
-    learner = PVNLearner(net, tasks, opt, None, TDConfig(gamma=gamma, target_tau=0.05))
+    cfg = TDConfig(gamma=gamma, target_tau=0.05, center=center)
+    learner = PVNLearner(net, tasks, opt, None, cfg)
     rng = np.random.default_rng(0)
     for step in range(600):
         s = rng.integers(0, K, 32)

@@ -51,3 +51,4 @@ def test_linear_probes_run_on_real_play(tmp_path, ale_episodes):
     out = linear_probes(enc, ds, max_states=500)
     assert out["states"] > 100
     assert np.isfinite(out["return_r2"]) and out["return_r2"] <= 1
+    assert 1 <= out["srank"] <= 16 and 0 <= out["dormant"] <= 1

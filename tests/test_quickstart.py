@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from pvn.checkpoint import list_checkpoints
 from pvn.cli import main
+from pvn.quickstart import verdict
 
 
-def test_quickstart_runs_collect_then_pretrain(tmp_path, capsys, monkeypatch):
+def test_quickstart_runs_collect_pretrain_evaluate_report(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("PVN_CACHE_DIR", str(tmp_path / "cache"))
     out = tmp_path / "qs"
     args = [
@@ -15,6 +16,7 @@ def test_quickstart_runs_collect_then_pretrain(tmp_path, capsys, monkeypatch):
         "steps=800",
         "pretrain_steps=120",
         "eval_steps=300",
+        "eval_seeds=[0,1]",
         "num_envs=2",
         f"out={out}",
         "progress=false",
@@ -23,9 +25,28 @@ def test_quickstart_runs_collect_then_pretrain(tmp_path, capsys, monkeypatch):
     text = capsys.readouterr().out
     assert "[1/4] collecting" in text and "[2/4] pretraining" in text
     assert "[3/4] linear control" in text and "R^2 return-to-go" in text
-    assert (out / "report" / "report.md").exists() and (
-        out / "eval_random" / "results.json"
-    ).exists()
+    assert "feature srank" in text and "PVN vs random features" in text
+    assert (out / "report" / "report.md").exists()
+    for m in ("pvn", "random"):
+        for s in (0, 1):
+            assert (out / f"eval_{m}_s{s}" / "results.json").exists()
+    assert "| Breakout | pvn | 2 |" in (out / "report" / "report.md").read_text()
     assert "indicators fire on" in text and "srank" in text
     assert list_checkpoints(out / "pvn")[-1].name == "ckpt_000000120.pt"
-    assert main(args) == 0  # re-runnable: the previous demo output is replaced
+    assert main([*args[:-3], "eval_seeds=[3]", *args[-3:]]) == 0  # previous output replaced
+    assert sorted(p.name for p in out.glob("eval_*")) == ["eval_pvn_s3", "eval_random_s3"]
+
+
+def test_quickstart_refuses_a_bad_preset_before_writing(tmp_path, capsys):
+    out = tmp_path / "qs"
+    assert main(["quickstart", "eval_preset=fast", f"out={out}", "progress=false"]) == 2
+    assert "eval_preset" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_verdict_pairs_seeds_by_hand():
+    final = {("pvn", 0): 2.0, ("random", 0): -4.0, ("pvn", 1): -1.0, ("random", 1): 0.0}
+    line = verdict(final, [0, 1])
+    assert "seed 0: +2.0 vs -4.0" in line and "seed 1: -1.0 vs +0.0" in line
+    assert "PVN ahead in 1 of 2 seeds, mean gap +2.5" in line  # ((2+4) + (-1-0)) / 2
+    assert "no finished episodes" in verdict({("pvn", 0): None, ("random", 0): 1.0}, [0])

@@ -1,0 +1,272 @@
+"""Study (issue 4, item 7): which quickstart budget makes PVN vs random features say something?
+
+The quickstart has 10 minutes of 2 CPU cores for the whole pipeline, about 1/1000 of the paper's
+pretraining and 1/20 of its evaluation. This script runs the quickstart's pipeline with its
+defaults (Boxing, 30k logged random-play steps, 2,000 PVN updates, 45k agent steps of online
+linear DQN per encoder and seed) over the two choices that decide whether the comparison says
+anything at that scale, and writes ``docs/study_quickstart.md`` and
+``docs/study_quickstart_curves.png``:
+
+* the pretraining rule: the paper's uncentred successor measures, or ``td.center=true`` (the
+  SM of ``r - p``; see ``pvn/learner.py``);
+* the linear head's learning rate: the paper's protocol (``eval_preset=none``, Adam 6.25e-5,
+  target period 2,000) or ``eval_preset=short`` (1e-3, 500).
+
+Every (encoder, preset) runs the same seeds; a seed fixes the envs, the exploration and the
+head's init, so runs with the same seed differ only in the encoder (paired). The random encoder
+is the same torso at a random init (a different one per seed, as ``pvn evaluate encoder=random``
+draws it). Per encoder the doc also gives the offline probes (``agents.probes``), the features'
+effective rank, dormant fraction and mean norm on logged states. Finished runs in ``--out`` are
+reused; about 30 minutes on 2 cores with the defaults.
+
+    .venv/bin/python scripts/study_quickstart.py
+    .venv/bin/python scripts/study_quickstart.py --seeds 0 1 2 3 4 5 --out runs/study_qs6
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _study import REPO, log, machine, rel
+
+ENCODERS = {"random": "random features", "pvn": "PVN (paper rule)", "pvn_c": "PVN (td.center)"}
+#: head settings: name -> (label, evaluate overrides)
+HEADS = {
+    "paper": ("paper head (lr 6.25e-5)", ["eval_preset=none"]),
+    "short": ("short preset (lr 1e-3)", ["eval_preset=short"]),
+    "short_3e-4": ("short preset, lr 3e-4", ["eval_preset=short", "agent.lr=3e-4"]),
+    "short_3e-3": ("short preset, lr 3e-3", ["eval_preset=short", "agent.lr=3e-3"]),
+}
+#: the main grid (every encoder under the paper's and the short head), then the head
+#: learning-rate sensitivity of the two encoders the quickstart compares
+GRID = [(e, h) for h in ("paper", "short") for e in ENCODERS] + [
+    (e, h) for h in ("short_3e-4", "short_3e-3") for e in ("random", "pvn_c")
+]
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument("--game", default="Boxing", help="ALE game (default: Boxing)")
+    ap.add_argument("--collect-steps", type=int, default=30_000, help="logged steps (30000)")
+    ap.add_argument("--pretrain-steps", type=int, default=2000, help="PVN updates (2000)")
+    ap.add_argument("--eval-steps", type=int, default=45_000, help="agent steps per run (45000)")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3], help="(0 1 2 3)")
+    ap.add_argument(
+        "--heads",
+        nargs="+",
+        default=list(HEADS),
+        choices=list(HEADS),
+        help="head settings to run (default: all; the last two only for random and pvn_c)",
+    )
+    ap.add_argument("--out", type=Path, default=REPO / "runs" / "study_quickstart")
+    ap.add_argument("--docs", type=Path, default=REPO / "docs")
+    return ap.parse_args(argv)
+
+
+def pvn(*args: str) -> None:
+    """One ``pvn`` command in a subprocess (its output discarded, its errors raised)."""
+    log("pvn " + " ".join(args))
+    subprocess.run(
+        [sys.executable, "-m", "pvn", *args, "progress=false"],
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
+
+
+def run_pipeline(args: argparse.Namespace) -> dict[str, Any]:
+    out, data = args.out, args.out / "data"
+    if not (data / "collect.json").is_file():
+        pvn(
+            "collect",
+            f"game={args.game}",
+            f"steps={args.collect_steps}",
+            f"out={data}",
+            "num_envs=8",
+            "seed=0",
+        )
+    encoders = {"random": "random"}
+    for name, center in (("pvn", "false"), ("pvn_c", "true")):
+        run = out / name
+        if not (run / "metrics.jsonl").is_file() or not list((run / "checkpoints").glob("*.pt")):
+            pvn(
+                "pretrain",
+                f"data.path={data}",
+                f"run_dir={run}",
+                f"steps={args.pretrain_steps}",
+                "seed=0",
+                f"td.center={center}",
+                f"checkpoint_every={args.pretrain_steps}",
+            )
+        encoders[name] = str(run)
+    runs: dict[str, Any] = {}
+    for seed in args.seeds:
+        for name, head in grid(args):
+            rd = out / "eval" / f"{name}_{head}_s{seed}"
+            if not (rd / "results.json").is_file():
+                t0 = time.perf_counter()
+                pvn(
+                    "evaluate",
+                    f"encoder={encoders[name]}",
+                    f"game={args.game}",
+                    f"steps={args.eval_steps}",
+                    "num_envs=8",
+                    f"run_dir={rd}",
+                    f"seed={seed}",
+                    "checkpoint_every=0",
+                    *HEADS[head][1],
+                )
+                log(f"  {time.perf_counter() - t0:.0f} s")
+            res = json.loads((rd / "results.json").read_text())
+            runs[f"{name}/{head}/{seed}"] = [(e["step"], e["return"]) for e in res["episodes"]]
+    return {"encoders": encoders, "runs": runs}
+
+
+def grid(args: argparse.Namespace) -> list[tuple[str, str]]:
+    return [(e, h) for e, h in GRID if h in args.heads]
+
+
+@torch.no_grad()
+def features_table(data: Path, encoders: dict[str, str], seeds: list[int]) -> dict[str, Any]:
+    """Probes, srank, dormant fraction and mean feature norm per encoder (random: per seed's
+    torso, averaged)."""
+    from agents.probes import linear_probes
+    from pvn.config import load_config
+    from pvn.evaluate import encoder_for
+    from replay import DQNReplayDataset
+
+    ds = DQNReplayDataset(data)
+    ck = ds.checkpoints[0]
+    idx = np.sort(np.random.default_rng(1).choice(np.flatnonzero(ds.valid_mask(ck)), 1024, False))
+    obs = torch.from_numpy(ds.gather(ck, idx).observation)
+    table = {}
+    for name, enc in encoders.items():
+        rows = []
+        for seed in seeds if name == "random" else seeds[:1]:
+            cfg = load_config("evaluate", [f"encoder={enc}", "run_dir=x", f"seed={seed}"])
+            e = encoder_for(cfg, torch.device("cpu"))
+            p = linear_probes(e, ds)
+            p["norm"] = float(e(obs).float().norm(dim=1).mean())
+            rows.append(p)
+        table[name] = {k: float(np.mean([r[k] for r in rows])) for k in rows[0]}
+    return table
+
+
+def final(curve: list[tuple[int, float]], window: int = 10) -> float:
+    """Mean of the last ``window`` episodes (what ``pvn report`` calls the final return)."""
+    return float(np.mean([r for _, r in curve[-window:]])) if curve else float("nan")
+
+
+def write_doc(args: argparse.Namespace, res: dict[str, Any], feats: dict[str, Any]) -> str:
+    runs, seeds = res["runs"], args.seeds
+    lines = [
+        "# Study: a quickstart budget where PVN and random features separate",
+        "",
+        f"`scripts/study_quickstart.py` on {machine()}. {args.game}, "
+        f"{args.collect_steps:,} logged steps of uniform-random play (seed 0), "
+        f"{args.pretrain_steps:,} PVN updates (batch 32, nature torso, 20 RND indicator tasks at "
+        f"p = 0.05, seed 0), then {args.eval_steps:,} agent steps of online linear DQN (8 envs, "
+        f"`eval` protocol) per encoder, head preset and seed {seeds}. Final return = mean of the "
+        "last 10 training episodes (`pvn report`'s). Gap = paired difference to random "
+        "features at the same seed.",
+        "",
+        "| head | encoder | final return per seed | mean | gap to random per seed | "
+        "ahead of random |",
+        "|---|---|---|---|---|---|",
+    ]
+    summary = {}
+    for name, head in grid(args):
+        base = [final(runs[f"random/{head}/{s}"]) for s in seeds]
+        label = ENCODERS[name]
+        f = [final(runs[f"{name}/{head}/{s}"]) for s in seeds]
+        gaps = [a - b for a, b in zip(f, base, strict=True)]
+        ahead = sum(g > 0 for g in gaps)
+        summary[f"{name}/{head}"] = {"final": f, "gaps": gaps}
+        gap_txt = "—" if name == "random" else ", ".join(f"{g:+.1f}" for g in gaps)
+        ahead_txt = "—" if name == "random" else f"{ahead} of {len(seeds)}"
+        lines.append(
+            f"| {HEADS[head][0]} | {label} | {', '.join(f'{x:.1f}' for x in f)} | "
+            f"{np.mean(f):.1f} | {gap_txt} | {ahead_txt} |"
+        )
+    lines += [
+        "",
+        "Features on logged states (probes: ridge R² on held-out later episodes, 4,000 states; "
+        "srank and dormant fraction as `pvn pretrain` logs them; norm: mean L2 norm of a "
+        "state's feature vector; random: the mean over the seeds' torsos):",
+        "",
+        "| encoder | R² return-to-go | R² next reward | srank | dormant | norm |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, label in ENCODERS.items():
+        p = feats[name]
+        lines.append(
+            f"| {label} | {p['return_r2']:.3f} | {p['reward_r2']:.3f} | {p['srank']:.0f} | "
+            f"{p['dormant']:.2f} | {p['norm']:.2f} |"
+        )
+    lines += [
+        "",
+        "![curves](study_quickstart_curves.png)",
+        "",
+        "Reproduce: `.venv/bin/python scripts/study_quickstart.py` (finished runs in `--out` "
+        "are reused). The quickstart's defaults are this grid's `PVN (td.center)` and `random "
+        "features` under the short preset at seeds 0, 1, 2.",
+        "",
+    ]
+    (args.docs / "study_quickstart.md").write_text("\n".join(lines) + "\n")
+    (args.out / "summary.json").write_text(json.dumps({"summary": summary, "features": feats}))
+    return "\n".join(lines)
+
+
+def plot(args: argparse.Namespace, runs: dict[str, Any]) -> None:
+    """Mean return of the episodes ending in each bout (8 envs end theirs together) per arm."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    heads = [h for h in ("paper", "short") if h in args.heads]
+    fig, axes = plt.subplots(
+        1, len(heads), figsize=(5.5 * len(heads), 3.8), sharey=True, squeeze=False
+    )
+    bins = np.linspace(0, args.eval_steps, 7)
+    for ax, head in zip(axes[0], heads, strict=True):
+        for name, label in ENCODERS.items():
+            ep = [e for s in args.seeds for e in runs[f"{name}/{head}/{s}"]]
+            steps, rets = np.array([e[0] for e in ep]), np.array([e[1] for e in ep])
+            at = np.digitize(steps, bins)
+            xs = [steps[at == b].mean() for b in np.unique(at)]
+            ys = [rets[at == b].mean() for b in np.unique(at)]
+            ax.plot(xs, ys, marker="o", label=label)
+        ax.set_title(f"{args.game}, {HEADS[head][0]}, seeds {args.seeds}")
+        ax.set_xlabel("agent steps")
+        ax.axhline(0, color="grey", lw=0.5)
+        ax.legend(fontsize=8)
+    axes[0][0].set_ylabel("episode return (mean over seeds and envs)")
+    fig.tight_layout()
+    fig.savefig(args.docs / "study_quickstart_curves.png", dpi=110)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    args.out.mkdir(parents=True, exist_ok=True)
+    res = run_pipeline(args)
+    feats = features_table(args.out / "data", res["encoders"], args.seeds)
+    plot(args, res["runs"])
+    print(write_doc(args, res, feats))
+    log(f"wrote {rel(args.docs / 'study_quickstart.md')}")
+
+
+if __name__ == "__main__":
+    main()
