@@ -10,14 +10,16 @@ anything at that scale, and writes ``docs/study_quickstart.md`` and
 * the pretraining rule: the paper's uncentred successor measures, or ``td.center=true`` (the
   SM of ``r - p``; see ``pvn/learner.py``);
 * the linear head's learning rate: the paper's protocol (``eval_preset=none``, Adam 6.25e-5,
-  target period 2,000) or ``eval_preset=short`` (1e-3, 500).
+  target period 2,000) or ``eval_preset=short`` (target period 500) at lr 3e-4, 1e-3, 3e-3
+  (the preset's) and 1e-2, since the encoders' feature scales differ by up to 65x and a head's
+  best step size with them; the fair comparison is each encoder at its best.
 
 Every (encoder, preset) runs the same seeds; a seed fixes the envs, the exploration and the
 head's init, so runs with the same seed differ only in the encoder (paired). The random encoder
 is the same torso at a random init (a different one per seed, as ``pvn evaluate encoder=random``
 draws it). Per encoder the doc also gives the offline probes (``agents.probes``), the features'
 effective rank, dormant fraction and mean norm on logged states. Finished runs in ``--out`` are
-reused; about 30 minutes on 2 cores with the defaults.
+reused; about 55 minutes on 2 cores with the defaults.
 
     .venv/bin/python scripts/study_quickstart.py
     .venv/bin/python scripts/study_quickstart.py --seeds 0 1 2 3 4 5 --out runs/study_qs6
@@ -43,14 +45,15 @@ ENCODERS = {"random": "random features", "pvn": "PVN (paper rule)", "pvn_c": "PV
 #: head settings: name -> (label, evaluate overrides)
 HEADS = {
     "paper": ("paper head (lr 6.25e-5)", ["eval_preset=none"]),
-    "short": ("short preset (lr 1e-3)", ["eval_preset=short"]),
     "short_3e-4": ("short preset, lr 3e-4", ["eval_preset=short", "agent.lr=3e-4"]),
-    "short_3e-3": ("short preset, lr 3e-3", ["eval_preset=short", "agent.lr=3e-3"]),
+    "short_1e-3": ("short preset, lr 1e-3", ["eval_preset=short", "agent.lr=1e-3"]),
+    "short": ("short preset (lr 3e-3)", ["eval_preset=short"]),
+    "short_1e-2": ("short preset, lr 1e-2", ["eval_preset=short", "agent.lr=1e-2"]),
 }
-#: the main grid (every encoder under the paper's and the short head), then the head
-#: learning-rate sensitivity of the two encoders the quickstart compares
-GRID = [(e, h) for h in ("paper", "short") for e in ENCODERS] + [
-    (e, h) for h in ("short_3e-4", "short_3e-3") for e in ("random", "pvn_c")
+#: every encoder under the paper's head and the short preset at lr 1e-3, then the head
+#: learning-rate sweep of the two encoders the quickstart compares
+GRID = [(e, h) for h in ("paper", "short_1e-3") for e in ENCODERS] + [
+    (e, h) for h in ("short_3e-4", "short", "short_1e-2") for e in ("random", "pvn_c")
 ]
 
 
@@ -68,7 +71,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         nargs="+",
         default=list(HEADS),
         choices=list(HEADS),
-        help="head settings to run (default: all; the last two only for random and pvn_c)",
+        help="head settings to run (default: all; paper and short_1e-3 for every encoder, the "
+        "others for random and pvn_c only)",
     )
     ap.add_argument("--out", type=Path, default=REPO / "runs" / "study_quickstart")
     ap.add_argument("--docs", type=Path, default=REPO / "docs")
@@ -199,6 +203,24 @@ def write_doc(args: argparse.Namespace, res: dict[str, Any], feats: dict[str, An
             f"| {HEADS[head][0]} | {label} | {', '.join(f'{x:.1f}' for x in f)} | "
             f"{np.mean(f):.1f} | {gap_txt} | {ahead_txt} |"
         )
+    lines += ["", "Reading, from the numbers above:", ""]
+    for head in args.heads:
+        if f"pvn_c/{head}" in summary:
+            g = summary[f"pvn_c/{head}"]["gaps"]
+            lines.append(
+                f"- {HEADS[head][0]}: PVN (td.center) ahead of random features in "
+                f"{sum(x > 0 for x in g)} of {len(g)} seeds, mean gap {np.mean(g):+.1f}."
+            )
+    tuned = [h for h in args.heads if h != "paper"]
+    best = {}
+    for name in ("random", "pvn_c"):
+        means = {h: np.mean(summary[f"{name}/{h}"]["final"]) for h in tuned}
+        if means:
+            best[name] = max(means, key=means.get)
+            lines.append(
+                f"- {ENCODERS[name]} at its best head learning rate ({HEADS[best[name]][0]}): "
+                f"mean final return {means[best[name]]:.1f}."
+            )
     lines += [
         "",
         "Features on logged states (probes: ridge R² on held-out later episodes, 4,000 states; "
@@ -235,13 +257,15 @@ def plot(args: argparse.Namespace, runs: dict[str, Any]) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    heads = [h for h in ("paper", "short") if h in args.heads]
+    heads = [h for h in ("paper", "short_1e-3", "short") if h in args.heads]
     fig, axes = plt.subplots(
         1, len(heads), figsize=(5.5 * len(heads), 3.8), sharey=True, squeeze=False
     )
     bins = np.linspace(0, args.eval_steps, 7)
     for ax, head in zip(axes[0], heads, strict=True):
         for name, label in ENCODERS.items():
+            if f"{name}/{head}/{args.seeds[0]}" not in runs:
+                continue
             ep = [e for s in args.seeds for e in runs[f"{name}/{head}/{s}"]]
             steps, rets = np.array([e[0] for e in ep]), np.array([e[1] for e in ep])
             at = np.digitize(steps, bins)

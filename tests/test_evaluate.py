@@ -13,6 +13,7 @@ from agents.evaluation import EvalConfig, run_control
 from agents.linear_dqn import LinearDQN
 from envs import make_atari
 from pvn.cli import main
+from pvn.config import load_config
 from pvn.networks import build_torso
 from replay import DQNReplayWriter
 
@@ -236,6 +237,15 @@ def test_paper_evaluation_preset(capsys):
         0.01,
         0.001,
     )
+
+
+def test_short_evaluation_preset_changes_only_the_head_speed():
+    paper = load_config("evaluate", ["encoder=random", "run_dir=x"])
+    short = load_config("evaluate", ["eval_preset=short", "encoder=random", "run_dir=x"])
+    assert (short.agent.lr, short.agent.target_period) == (3e-3, 500)
+    rest = {k: v for k, v in short.agent.items() if k not in ("lr", "target_period")}
+    assert rest == {k: v for k, v in paper.agent.items() if k not in ("lr", "target_period")}
+    assert (short.steps, short.protocol) == (paper.steps, paper.protocol)
 
 
 def test_killed_evaluation_resumes_deterministically(tmp_path):

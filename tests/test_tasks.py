@@ -101,6 +101,14 @@ def test_hash_fires_at_about_p(stacks):
     rate = fam(stacks, torch.zeros(len(stacks))).rewards.mean()
     # 50 tasks x ~1000 stacks (correlated frames): a loose binomial bound around p
     assert abs(float(rate) - 0.1) < 0.02
+    assert fam.base_rate == 0.1  # what td.center subtracts: 1 / m, m = 10 bins
+
+
+def test_only_indicator_families_have_a_base_rate():
+    gen = torch.Generator().manual_seed(0)
+    assert build_tasks("indicator_rnd", gen, num_tasks=10, target_proportion=0.05).base_rate == 0.05
+    assert build_tasks("random_cumulants", gen, num_tasks=10).base_rate is None
+    assert build_tasks("reward", gen).base_rate is None
 
 
 def test_random_cumulants_and_reward():
