@@ -42,6 +42,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _study import REPO, log, machine, rel
 
 ENCODERS = {"random": "random features", "pvn": "PVN (paper rule)", "pvn_c": "PVN (td.center)"}
+COLORS = {"random": "tab:blue", "pvn": "tab:orange", "pvn_c": "tab:green"}
 #: head settings: name -> (label, evaluate overrides)
 HEADS = {
     "paper": ("paper head (lr 6.25e-5)", ["eval_preset=none"]),
@@ -271,7 +272,7 @@ def plot(args: argparse.Namespace, runs: dict[str, Any]) -> None:
             at = np.digitize(steps, bins)
             xs = [steps[at == b].mean() for b in np.unique(at)]
             ys = [rets[at == b].mean() for b in np.unique(at)]
-            ax.plot(xs, ys, marker="o", label=label)
+            ax.plot(xs, ys, marker="o", label=label, color=COLORS[name])
         ax.set_title(f"{args.game}, {HEADS[head][0]}, seeds {args.seeds}")
         ax.set_xlabel("agent steps")
         ax.axhline(0, color="grey", lw=0.5)
