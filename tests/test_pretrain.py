@@ -169,7 +169,10 @@ def test_task_cache_holds_each_slots_frozen_outputs(log_dir, tmp_path, family):
         batch = next(pf)
         cached = learner.task_output(batch)
         direct = learner.tasks(batch.observation, batch.reward)
-    assert torch.equal(cached.rewards, direct.rewards)
+    if learner.tasks.indicator:  # thresholded: the same bits
+        assert torch.equal(cached.rewards, direct.rewards)
+    else:  # a conv over 64 stacks need not round like one over the cache's chunk
+        torch.testing.assert_close(cached.rewards, direct.rewards, rtol=1e-5, atol=1e-6)
     if family == "indicator_rnd":
         torch.testing.assert_close(cached.calibration_loss, direct.calibration_loss)
 
