@@ -33,13 +33,16 @@ class IndicatorHash(TaskFamily):
         self.bins = max(2, round(1.0 / target_proportion))
         if self.bins >= self.prime:
             raise ValueError(f"tasks.target_proportion={target_proportion}: too small (< 1/P)")
-        self.base_rate = 1.0 / self.bins  # a universal hash spreads states evenly over the bins
         n = 1
         for d in input_shape:
             n *= d
         a = torch.randint(0, 2**16 - 1, (num_tasks, n + 1), generator=gen, dtype=torch.int64)
         self.register_buffer("a0", a[:, 0].to(torch.float64))
         self.register_buffer("a", a[:, 1:].to(torch.float64).T.contiguous())  # (pixels, T)
+
+    @property
+    def base_rate(self) -> float:
+        return 1.0 / self.bins  # a universal hash spreads states evenly over the bins
 
     @torch.no_grad()
     def frozen(self, obs: torch.Tensor) -> torch.Tensor:

@@ -36,9 +36,12 @@ class IndicatorRND(TaskFamily):
     ) -> None:
         super().__init__()
         self.num_tasks, self.p = num_tasks, target_proportion
-        self.base_rate = target_proportion  # what the calibration drives each rate to
         self.nets = RandomConvNets.for_tasks(num_tasks, tasks_per_module, gen, final_relu)
         self.bias = nn.Parameter(torch.zeros(num_tasks))
+
+    @property
+    def base_rate(self) -> float:
+        return self.p  # what the calibration drives each task's firing rate to
 
     def frozen(self, obs: torch.Tensor) -> torch.Tensor:
         return self.nets(obs)

@@ -168,9 +168,11 @@ def features_table(data: Path, encoders: dict[str, str], seeds: list[int]) -> di
     return table
 
 
-def final(curve: list[tuple[int, float]], window: int = 10) -> float:
-    """Mean of the last ``window`` episodes (what ``pvn report`` calls the final return)."""
-    return float(np.mean([r for _, r in curve[-window:]])) if curve else float("nan")
+def final(curve: list[tuple[int, float]]) -> float:
+    """``pvn report``'s final return: the mean of the last 10 episodes."""
+    from pvn.report import final_and_best
+
+    return final_and_best([r for _, r in curve], 10)[0]
 
 
 def write_doc(args: argparse.Namespace, res: dict[str, Any], feats: dict[str, Any]) -> str:
