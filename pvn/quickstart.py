@@ -3,7 +3,7 @@
 Collect a small DQN-Replay-format log with a random policy; pretrain a small PVN on it; fit a
 linear Q head online on the frozen PVN features and on random features of the same torso, for a
 few seeds each; report both, with offline linear probes on the collected log, and say per seed
-which came out ahead (the budgets and their evidence: ``docs/study_quickstart.md``).
+which came out ahead (the budgets and their evidence: ``docs/study_quickstart_boxing.md``).
 """
 
 from __future__ import annotations
@@ -116,16 +116,27 @@ def quickstart(cfg) -> None:
 
 
 def verdict(final: dict[tuple[str, int], float | None], seeds: list[int]) -> str:
-    """One line per seed pair and a tally: same seed, same envs, same head init, the encoder is
-    the only difference (a paired comparison; the bootstrap CIs above are over seeds)."""
+    """One line per seed pair, a tally and what it establishes: same seed, same envs, same head
+    init, the encoder is the only difference (a paired comparison; the bootstrap CIs above are
+    over seeds). The encoders count as separated only when every seed's gap has the same sign;
+    a mean over a few seeds whose gaps disagree says nothing (the mean of -6 and +8 is +1)."""
     pairs = [(s, final["pvn", s], final["random", s]) for s in seeds]
     pairs = [(s, p, r) for s, p, r in pairs if p is not None and r is not None]
     if not pairs:
         return "PVN vs random features: no finished episodes to compare (raise eval_steps)"
-    ahead = sum(p > r for _, p, r in pairs)
-    gap = sum(p - r for _, p, r in pairs) / len(pairs)
+    gaps = [p - r for _, p, r in pairs]
+    ahead = sum(g > 0 for g in gaps)
     per_seed = ", ".join(f"seed {s}: {p:+.1f} vs {r:+.1f}" for s, p, r in pairs)
+    if all(g > 0 for g in gaps) or all(g < 0 for g in gaps):
+        winner = "PVN" if gaps[0] > 0 else "random features"
+        reading = f"{winner} ahead in every seed"
+    else:
+        reading = (
+            "the gaps change sign across seeds, so this budget does not separate the encoders "
+            "(README: what `make demo` shows, and how to scale it up)"
+        )
     return (
         f"PVN vs random features (final return, paired by seed): {per_seed}; PVN ahead in "
-        f"{ahead} of {len(pairs)} seeds, mean gap {gap:+.1f}"
+        f"{ahead} of {len(pairs)} seeds, mean gap {sum(gaps) / len(gaps):+.1f} (per seed "
+        f"{min(gaps):+.1f} to {max(gaps):+.1f}): {reading}"
     )

@@ -49,4 +49,10 @@ def test_verdict_pairs_seeds_by_hand():
     line = verdict(final, [0, 1])
     assert "seed 0: +2.0 vs -4.0" in line and "seed 1: -1.0 vs +0.0" in line
     assert "PVN ahead in 1 of 2 seeds, mean gap +2.5" in line  # ((2+4) + (-1-0)) / 2
+    assert "(per seed -1.0 to +6.0)" in line and "does not separate" in line
+    final[("pvn", 1)] = 0.5
+    assert "ahead in every seed" in verdict(final, [0, 1]).split(":")[-1]
+    assert "PVN ahead in every seed" in verdict(final, [0, 1])
+    final = {("pvn", 0): -2.0, ("random", 0): -1.0}
+    assert verdict(final, [0]).endswith("random features ahead in every seed")
     assert "no finished episodes" in verdict({("pvn", 0): None, ("random", 0): 1.0}, [0])
