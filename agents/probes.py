@@ -3,9 +3,9 @@
 Ridge regression from ``phi(s_t)`` to (a) the discounted return-to-go
 ``G_t = sum_k gamma^k r_{t+k}`` of the logging policy and (b) the next reward ``r_t``, fit on
 the earlier episodes of the log (the penalty chosen by blocked cross-validation over them) and
-scored by R^2 on the later, held-out ones. A cheap signal
-(seconds on a CPU) of how much value-relevant information the features carry linearly, when an
-online evaluation would take hours. On the same states it reports the features' effective rank
+scored by R^2 on the later, held-out ones. A cheap signal (seconds on a CPU) of how much
+value-relevant information the features carry linearly, when an online evaluation would take
+hours. On the same states it reports the features' effective rank
 and dormant fraction (:mod:`pvn.diagnostics`): a collapsed representation shows there first.
 """
 
@@ -50,6 +50,11 @@ def episode_targets(ds: DQNReplayDataset, gamma: float) -> tuple[list, np.ndarra
 L2_GRID = tuple(10.0**k for k in range(-4, 4))
 
 
+def _standardise(x_train: np.ndarray, x_test: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    mu, sd = x_train.mean(0), x_train.std(0) + 1e-6
+    return (x_train - mu) / sd, (x_test - mu) / sd
+
+
 def ridge_weights(a: np.ndarray, y: np.ndarray, l2s) -> np.ndarray:
     """Ridge weights ``(a^T a + l2 n I)^-1 a^T y`` for every ``l2`` at once, from one SVD."""
     u, s, vt = np.linalg.svd(a, full_matrices=False)
@@ -70,11 +75,6 @@ def choose_l2(x: np.ndarray, y: np.ndarray, folds: int = 5, grid=L2_GRID) -> flo
         w = ridge_weights(a, y[fit] - ym, grid)
         sse += (((b @ w.T) + ym - y[held, None]) ** 2).sum(0)
     return float(grid[int(np.argmin(sse))])
-
-
-def _standardise(x_train: np.ndarray, x_test: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    mu, sd = x_train.mean(0), x_train.std(0) + 1e-6
-    return (x_train - mu) / sd, (x_test - mu) / sd
 
 
 def ridge_r2(x_train, y_train, x_test, y_test, l2: float | None = None) -> tuple[float, float]:
@@ -129,6 +129,7 @@ def linear_probes(
             rows.append(encoder(torch.from_numpy(obs).to(device)).float().cpu().numpy())
         feats.append(np.concatenate(rows).astype(np.float64))
     (tr, te), (xtr, xte) = take, feats
+    phi = torch.from_numpy(xtr)
     return_r2, return_l2 = ridge_r2(xtr, g[tr], xte, g[te])
     reward_r2, reward_l2 = ridge_r2(xtr, r[tr], xte, r[te])
     return {
@@ -137,6 +138,6 @@ def linear_probes(
         "reward_r2": reward_r2,
         "return_l2": return_l2,
         "reward_l2": reward_l2,
-        "srank": int(srank(torch.from_numpy(xtr))),
-        "dormant": float(dormant_fraction(torch.from_numpy(xtr))),
+        "srank": int(srank(phi)),
+        "dormant": float(dormant_fraction(phi)),
     }

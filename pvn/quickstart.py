@@ -24,8 +24,8 @@ def quickstart(cfg) -> None:
     out = Path(cfg.out)
     data_dir, run_dir = out / "data", out / "pvn"
     seeds = [int(s) for s in cfg.eval_seeds]
-    require(len(seeds) > 0, "eval_seeds", list(seeds), "name at least one seed")
-    require(len(set(seeds)) == len(seeds), "eval_seeds", list(seeds), "seeds must differ")
+    require(len(seeds) > 0, "eval_seeds", seeds, "name at least one seed")
+    require(len(set(seeds)) == len(seeds), "eval_seeds", seeds, "seeds must differ")
     # the evaluation's preset is checked before anything is written
     load_config("evaluate", [f"eval_preset={cfg.eval_preset}", "encoder=random", "run_dir=x"])
     encoders = {"pvn": run_dir, "random": "random"}

@@ -40,7 +40,7 @@ def test_return_to_go_by_hand(tmp_path, ale_episodes):
     np.testing.assert_allclose(r, [e[1] for e in expected])
 
 
-def testridge_weights_match_the_normal_equations():
+def test_ridge_weights_match_the_normal_equations():
     rng = np.random.default_rng(0)
     a, y = rng.standard_normal((50, 6)), rng.standard_normal(50)
     for l2, w in zip((1e-3, 1.0), ridge_weights(a, y, [1e-3, 1.0]), strict=True):
