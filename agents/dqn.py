@@ -10,16 +10,22 @@ PVN code's online evaluation runs Acme DQN):
 
 The rule (van Hasselt et al. 2016, double Q-learning with n-step returns)::
 
-    y = R^(n) + discount * Q_target(s', argmax_a' Q(s', a'))      discount = gamma^n or 0
+    y = clip(R^(n)) + discount * Q_target(s', argmax_a' Q(s', a'))   discount = gamma^n or 0
     loss = mean Huber_1(Q(s, a) - y)
 
-with Adam (paper: lr 6.25e-5, eps 1.5e-4), a global gradient-norm clip (10) and a hard target
-copy every ``target_period`` (2,000) updates.
+with Adam (paper: lr 6.25e-5, eps 1.5e-4) and a hard target copy every ``target_period``
+(2,000) updates. ``reward_clip`` says where rewards meet [-1, 1]: ``return`` clips the
+discounted n-step return inside the loss, as Acme's DQN learner does (its n-step adder sums the
+raw rewards); ``step`` clips each reward before it is stored (Dopamine's rule, and pvn's before
+the paper preset followed Acme); ``none`` never clips. ``max_grad_norm`` clips the global
+gradient norm; ``None`` does not, which is what the official run did (its config names 10, but
+Acme's DQN builder never passes the value to the learner).
 """
 
 from __future__ import annotations
 
 import copy
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,14 +35,23 @@ from torch import nn
 from agents.feature_replay import FeatureBatch
 from pvn.networks.init import xavier_
 
+REWARD_CLIPS = ("return", "step", "none")
+
 
 @dataclass
 class DQNConfig:
     lr: float = 6.25e-5
     adam_eps: float = 1.5e-4
-    max_grad_norm: float = 10.0
+    max_grad_norm: float | None = 10.0
     target_period: int = 2_000
     huber_delta: float = 1.0
+    reward_clip: str = "step"  # return (Acme, the paper) | step (Dopamine) | none
+
+    def __post_init__(self) -> None:
+        if self.reward_clip not in REWARD_CLIPS:
+            raise ValueError(
+                f"agent.reward_clip={self.reward_clip!r}: choose one of {', '.join(REWARD_CLIPS)}"
+            )
 
 
 def double_dqn_target(
@@ -84,9 +99,10 @@ class DQN:
 
     def update(self, batch: FeatureBatch) -> dict[str, torch.Tensor]:
         """One gradient step; returns device tensors (no host sync)."""
+        ret = batch.ret.clamp(-1.0, 1.0) if self.cfg.reward_clip == "return" else batch.ret
         with torch.no_grad():
             y = double_dqn_target(
-                batch.ret,
+                ret,
                 batch.discount,
                 self.network(batch.next_features),
                 self.target(batch.next_features),
@@ -95,7 +111,8 @@ class DQN:
         loss = nn.functional.huber_loss(q, y, delta=self.cfg.huber_delta)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        grad_norm = nn.utils.clip_grad_norm_(self.params, self.cfg.max_grad_norm)
+        max_norm = math.inf if self.cfg.max_grad_norm is None else self.cfg.max_grad_norm
+        grad_norm = nn.utils.clip_grad_norm_(self.params, max_norm)
         self.optimizer.step()
         self.updates += 1
         if self.updates % self.cfg.target_period == 0:

@@ -3,7 +3,8 @@ end to end.
 
 Reads top to bottom like a CleanRL script: every step, one batched forward pass of the frozen
 encoder over all envs' zero-padded stacks gives ``phi(s_t)``; the linear head acts
-epsilon-greedily on it; the features, actions and clipped rewards go to the feature replay; every
+epsilon-greedily on it; the features, actions and rewards (clipped here with
+``reward_clip=step``) go to the feature replay; every
 ``update_every`` agent steps the head takes a double-DQN n-step update, computed while the
 emulators step (``send``, update, ``recv``). Frames are never stored and the torso never runs in
 an update. With ``encoder=None`` (end-to-end DQN) the agent's own network reads the stacks and
@@ -43,7 +44,8 @@ class EvalConfig:
     epsilon_train: float = 0.01
     feature_dtype: torch.dtype = torch.float16
     log_every: int = 1_000
-    eval_every: int = 0  # agent steps between greedy evaluations (0: none)
+    eval_episodes: int = 0  # greedy episodes per evaluation (0: no evaluations; paper: 100)
+    eval_every: int = 0  # agent steps between evaluations besides the first and last (0: none)
     epsilon_eval: float = 0.001
     eval_max_steps: int = 27_000  # per evaluation episode (agent steps)
     checkpoint_every: int = 0  # agent steps between checkpoints of the loop state (0: none)
@@ -64,29 +66,36 @@ def greedy_episodes(
     env,
     encoder: nn.Module | None,
     agent: DQN,
+    episodes: int,
     epsilon: float,
     max_steps: int,
     device: torch.device,
     rng: np.random.Generator,
 ) -> list[float]:
-    """One episode in each of ``env``'s envs with (almost) greedy actions; their returns.
+    """The returns of ``episodes`` (almost) greedy episodes, played in rounds of one episode per
+    env of ``env`` (each round starts from a reset; the last round keeps its first envs' returns,
+    so no episode is chosen by its length).
 
     Episodes still running after ``max_steps`` agent steps are cut there (their partial return
-    counts). Envs that finished keep stepping (their results are ignored) until all are done.
+    counts: the paper's evaluation caps episodes at 108k frames). Envs that finished keep
+    stepping (their results are ignored) until all are done.
     """
     n = env.num_envs
-    stack = FrameStack(n)
-    obs = stack.push(env.reset()[:, -1], np.ones(n, bool))
-    score, done = np.zeros(n), np.zeros(n, bool)
-    for _ in range(max_steps):
-        q = agent.q_values(_states(encoder, obs, device))
-        res = env.step(epsilon_greedy(q, epsilon, rng))
-        score[~done] += res.reward[~done]
-        done |= res.terminated | res.truncated
-        if done.all():
-            break
-        obs = stack.push(res.obs[:, -1])
-    return score.tolist()
+    returns: list[float] = []
+    while len(returns) < episodes:
+        stack = FrameStack(n)
+        obs = stack.push(env.reset()[:, -1], np.ones(n, bool))
+        score, done = np.zeros(n), np.zeros(n, bool)
+        for _ in range(max_steps):
+            q = agent.q_values(_states(encoder, obs, device))
+            res = env.step(epsilon_greedy(q, epsilon, rng))
+            score[~done] += res.reward[~done]
+            done |= res.terminated | res.truncated
+            if done.all():
+                break
+            obs = stack.push(res.obs[:, -1])
+        returns += score[: episodes - len(returns)].tolist()
+    return returns
 
 
 def run_control(
@@ -105,15 +114,19 @@ def run_control(
     """Run online DQN for ``cfg.steps`` agent steps (counted over all envs).
 
     ``encoder`` is the frozen torso whose features a linear ``agent`` learns on, or ``None`` for
-    end-to-end DQN (the replay then holds frames). With ``eval_env`` and ``cfg.eval_every``,
-    every ``eval_every`` agent steps the agent plays one episode per eval env at
-    ``epsilon_eval`` (the paper's evaluation: 0.001). Every ``cfg.checkpoint_every`` agent steps
+    end-to-end DQN (the replay then holds frames). With ``eval_env`` and ``cfg.eval_episodes``,
+    the agent is scored as the paper scores it: ``eval_episodes`` episodes at ``epsilon_eval``
+    (paper: 100 at 0.001) in ``eval_env`` at step 0 and after the last step, and every
+    ``eval_every`` agent steps if set; evaluations draw from their own generator, so they never
+    change the training run. Every ``cfg.checkpoint_every`` agent steps
     ``checkpoint(step, state)`` receives the loop's state; passing such a state as ``resume``
     continues the run from it.
     """
     n = env.num_envs
     rng = np.random.default_rng(seed)
+    eval_rng = np.random.default_rng([seed, 1])
     frames = encoder is None
+    clip_steps = agent.cfg.reward_clip == "step"
     replay = FeatureReplay(
         cfg.capacity,
         n,
@@ -127,13 +140,15 @@ def run_control(
     )
     episodes: list[dict[str, float]] = []
     evaluations: list[dict[str, Any]] = []
-    next_eval = cfg.eval_every if eval_env is not None and cfg.eval_every > 0 else None
+    evaluating = eval_env is not None and cfg.eval_episodes > 0
+    next_eval = cfg.eval_every if evaluating and cfg.eval_every > 0 else None
     step, since_update = 0, 0
     resumed_at: list[int] = []
     if resume is not None:
         agent.load_state_dict(resume["agent"])
         replay.load_state_dict(resume["replay"])
         rng.bit_generator.state = resume["rng"]
+        eval_rng.bit_generator.state = resume["eval_rng"]
         episodes, evaluations = resume["episodes"], resume["evaluations"]
         resumed_at = [*resume["resumed_at"], int(resume["step"])]
         step, since_update = int(resume["step"]), int(resume["since_update"])
@@ -142,6 +157,24 @@ def run_control(
         replay.start_new_episodes()
         if pbar is not None:
             pbar.update(step)
+
+    def evaluate() -> None:
+        returns = greedy_episodes(
+            eval_env,
+            encoder,
+            agent,
+            cfg.eval_episodes,
+            cfg.epsilon_eval,
+            cfg.eval_max_steps,
+            device,
+            eval_rng,
+        )
+        evaluations.append({"step": step, "returns": returns})
+        if log is not None:
+            log(step, {"eval_return": float(np.mean(returns))})
+
+    if evaluating and step == 0:
+        evaluate()
     next_ckpt = None
     if checkpoint is not None and cfg.checkpoint_every > 0:
         next_ckpt = (step // cfg.checkpoint_every + 1) * cfg.checkpoint_every
@@ -174,7 +207,7 @@ def run_control(
             live,
             states[rows, -1] if frames else states[rows],
             actions[live],
-            np.clip(reward[live], -1.0, 1.0),
+            np.clip(reward[live], -1.0, 1.0) if clip_steps else reward[live],
             term[live],
             trunc[live],
         )
@@ -190,14 +223,10 @@ def run_control(
         since_log += len(live)
         if pbar is not None:
             pbar.update(len(live))
-        if next_eval is not None and (step >= next_eval or step >= cfg.steps):
-            returns = greedy_episodes(
-                eval_env, encoder, agent, cfg.epsilon_eval, cfg.eval_max_steps, device, rng
-            )
-            evaluations.append({"step": step, "returns": returns})
-            if log is not None:
-                log(step, {"eval_return": float(np.mean(returns))})
-            next_eval = step + cfg.eval_every if step < cfg.steps else None
+        if evaluating and (step >= cfg.steps or (next_eval is not None and step >= next_eval)):
+            evaluate()
+            if next_eval is not None:
+                next_eval = step + cfg.eval_every
         if log is not None and (since_log >= cfg.log_every or step >= cfg.steps):
             dt = time.perf_counter() - t0
             values = {"steps_per_s": since_log / dt}
@@ -212,6 +241,7 @@ def run_control(
                 "agent": agent.state_dict(),
                 "replay": replay.state_dict(),
                 "rng": rng.bit_generator.state,
+                "eval_rng": eval_rng.bit_generator.state,
                 "episodes": episodes,
                 "evaluations": evaluations,
                 "step": step,

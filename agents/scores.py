@@ -7,7 +7,10 @@ Follows Agarwal et al. (2021), "Deep RL at the Edge of the Statistical Precipice
   proportion 0.25 on the flattened matrix: ``int(0.25 n)`` scores cut from each end);
 * median and mean: of the per-game mean scores;
 * 95% CIs: percentile intervals over stratified bootstrap replicates, each resampling the runs
-  of every game with replacement independently.
+  of every game with replacement independently;
+* the probability of improvement of one method over another (Mann-Whitney per game).
+
+``tests/test_official_parity.py`` checks every one against ``rliable`` on the same matrices.
 """
 
 from __future__ import annotations
@@ -37,21 +40,39 @@ def human_normalized(game: str, score: float) -> float:
     return (score - random) / (human - random)
 
 
-def iqm(scores: np.ndarray) -> float:
-    x = np.sort(np.asarray(scores, np.float64).ravel())
-    cut = int(0.25 * len(x))
-    return float(x[cut : len(x) - cut].mean())
+def iqm(scores: np.ndarray) -> np.ndarray | float:
+    """Interquartile mean of the last two axes (runs, games) together; leading axes batch."""
+    x = np.asarray(scores, np.float64)
+    x = np.sort(x.reshape(*x.shape[:-2], -1) if x.ndim >= 2 else x, axis=-1)
+    cut = int(0.25 * x.shape[-1])
+    return _scalar(x[..., cut : x.shape[-1] - cut].mean(axis=-1))
 
 
-def median_of_means(scores: np.ndarray) -> float:
-    return float(np.median(np.asarray(scores).mean(axis=0)))
+def median_of_means(scores: np.ndarray) -> np.ndarray | float:
+    """Median over games of the per-game mean over runs."""
+    return _scalar(np.median(np.asarray(scores, np.float64).mean(axis=-2), axis=-1))
 
 
-def mean_of_means(scores: np.ndarray) -> float:
-    return float(np.asarray(scores).mean(axis=0).mean())
+def mean_of_means(scores: np.ndarray) -> np.ndarray | float:
+    """Mean over games of the per-game mean over runs."""
+    return _scalar(np.asarray(scores, np.float64).mean(axis=-2).mean(axis=-1))
 
 
-AGGREGATES: dict[str, Callable[[np.ndarray], float]] = {
+def _scalar(x: np.ndarray) -> np.ndarray | float:
+    return float(x) if np.ndim(x) == 0 else x
+
+
+def probability_of_improvement(x: np.ndarray, y: np.ndarray) -> float:
+    """P(X > Y): per game, the probability that a run of X beats a run of Y (ties count half,
+    the Mann-Whitney U statistic over ``n_x n_y``), averaged over games. ``x`` is ``(runs_x,
+    games)``, ``y`` is ``(runs_y, games)``."""
+    x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
+    diff = x[:, None, :] - y[None, :, :]  # (runs_x, runs_y, games)
+    per_game = ((diff > 0) + 0.5 * (diff == 0)).mean(axis=(0, 1))
+    return float(per_game.mean())
+
+
+AGGREGATES: dict[str, Callable[[np.ndarray], np.ndarray | float]] = {
     "IQM": iqm,
     "median": median_of_means,
     "mean": mean_of_means,
@@ -60,26 +81,29 @@ AGGREGATES: dict[str, Callable[[np.ndarray], float]] = {
 
 def stratified_bootstrap_ci(
     scores: np.ndarray,
-    fn: Callable[[np.ndarray], float],
-    reps: int = 2000,
+    fn: Callable[[np.ndarray], np.ndarray | float],
+    reps: int = 50_000,
     confidence: float = 0.95,
     seed: int = 0,
+    chunk: int = 5_000,
 ) -> tuple[float, float]:
-    """Percentile CI of ``fn`` over bootstrap replicates that resample runs within each game."""
+    """Percentile CI of ``fn`` over bootstrap replicates that resample runs within each game
+    (rliable's ``StratifiedBootstrap`` with its default 50,000 replicates). ``fn`` takes a stack
+    of replicates ``(reps, runs, games)`` and returns one value per replicate."""
     scores = np.asarray(scores, np.float64)
     runs, games = scores.shape
     rng = np.random.default_rng(seed)
-    stats = np.empty(reps)
     cols = np.arange(games)
-    for b in range(reps):
-        idx = rng.integers(0, runs, size=(runs, games))
-        stats[b] = fn(scores[idx, cols])
+    stats = []
+    for start in range(0, reps, chunk):
+        idx = rng.integers(0, runs, size=(min(chunk, reps - start), runs, games))
+        stats.append(np.asarray(fn(scores[idx, cols])).reshape(-1))
     alpha = (1 - confidence) / 2
-    lo, hi = np.percentile(stats, [100 * alpha, 100 * (1 - alpha)])
+    lo, hi = np.percentile(np.concatenate(stats), [100 * alpha, 100 * (1 - alpha)])
     return float(lo), float(hi)
 
 
-def aggregate(scores: np.ndarray, reps: int = 2000, seed: int = 0) -> dict[str, dict[str, float]]:
+def aggregate(scores: np.ndarray, reps: int = 50_000, seed: int = 0) -> dict[str, dict[str, float]]:
     """IQM, median and mean of a ``(runs, games)`` matrix, each with its 95% CI."""
     out = {}
     for name, fn in AGGREGATES.items():

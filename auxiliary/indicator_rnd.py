@@ -12,6 +12,11 @@ exactly 0 on most states whenever its weights lean negative, and ``f_i + b_i > 0
 a fraction ``p`` of states: the bias oscillates around 0 and the indicator flips between never
 and always firing (about half of the tasks on real Breakout frames at p = 0.1). pvn's default
 drops that relu so every task calibrates; ``preset=paper`` keeps it, as the official code does.
+
+``calibration_reduce``: the official code averages the quantile loss over batch and tasks
+(``mean``, ``preset=paper``); pvn's default sums it over tasks (``sum``), so the gradient of
+each bias is ``rate_i - p`` whatever the number of tasks and plain SGD takes Robbins-Monro steps
+of ``lr * (rate_i - p)``. Adam is invariant to that scale except through its ``eps``.
 """
 
 from __future__ import annotations
@@ -33,9 +38,13 @@ class IndicatorRND(TaskFamily):
         tasks_per_module: int = 10,
         target_proportion: float = 0.01,
         final_relu: bool = False,
+        calibration_reduce: str = "sum",
     ) -> None:
         super().__init__()
+        if calibration_reduce not in ("sum", "mean"):
+            raise ValueError(f"tasks.calibration_reduce={calibration_reduce!r}: choose sum or mean")
         self.num_tasks, self.p = num_tasks, target_proportion
+        self.reduce_mean = calibration_reduce == "mean"
         self.nets = RandomConvNets.for_tasks(num_tasks, tasks_per_module, gen, final_relu)
         self.bias = nn.Parameter(torch.zeros(num_tasks))
 
@@ -49,8 +58,6 @@ class IndicatorRND(TaskFamily):
     def from_frozen(self, frozen: torch.Tensor, reward: torch.Tensor) -> TaskOutput:
         pre = frozen + self.bias  # gradient reaches the bias only
         below = (pre < 0).to(pre.dtype)
-        # Mean over the batch, sum over tasks: d loss / d b_i = rate_i - p, so an SGD step moves
-        # each bias by lr * (rate_i - p) whatever the number of tasks (a Robbins-Monro step);
-        # Adam, the paper's optimizer, is invariant to this scale.
-        loss = (pre * ((1.0 - self.p) - below)).mean(0).sum()
+        pinball = (pre * ((1.0 - self.p) - below)).mean(0)  # per task, mean over the batch
+        loss = pinball.mean() if self.reduce_mean else pinball.sum()
         return TaskOutput(rewards=(pre.detach() > 0).to(pre.dtype), calibration_loss=loss)

@@ -59,7 +59,12 @@ def agent_for(
 ) -> DQN:
     """The learner of an evaluate config: a linear head on ``encoder``, or end-to-end DQN."""
     a = cfg.agent
-    dqn_cfg = DQNConfig(a.lr, a.adam_eps, a.max_grad_norm, a.target_period)
+    try:
+        dqn_cfg = DQNConfig(
+            a.lr, a.adam_eps, a.max_grad_norm, a.target_period, reward_clip=a.reward_clip
+        )
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
     gen = torch.Generator().manual_seed(int(cfg.seed))
     if encoder is None:
         return end_to_end_dqn(_config_torso(cfg), num_actions, dqn_cfg, gen).to(device)
@@ -77,6 +82,15 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         "choose float16 or float32",
     )
     require(cfg.checkpoint_every >= 0, "checkpoint_every", cfg.checkpoint_every, "must be >= 0")
+    require(cfg.eval_episodes >= 0, "eval_episodes", cfg.eval_episodes, "must be >= 0")
+    require(cfg.eval_every >= 0, "eval_every", cfg.eval_every, "must be >= 0")
+    require(
+        cfg.eval_every == 0 or cfg.eval_episodes > 0,
+        "eval_every",
+        cfg.eval_every,
+        "needs eval_episodes > 0 (the episodes each evaluation plays)",
+    )
+    require(cfg.eval_num_envs > 0, "eval_num_envs", cfg.eval_num_envs, "must be > 0")
     run_dir = Path(cfg.run_dir)
     if (run_dir / "results.json").exists():
         raise ConfigError(f"{run_dir}: already holds results.json; choose a new run_dir")
@@ -93,11 +107,12 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         env_seed = int(np.random.SeedSequence([env_seed, step]).generate_state(1)[0] >> 1)
     env = make_atari(cfg.game, cfg.num_envs, cfg.protocol, env_seed)
     eval_env = None
-    if cfg.eval_every > 0:  # its own envs and seeds, so evaluation never disturbs training
-        eval_env = make_atari(cfg.game, cfg.num_envs, cfg.protocol, env_seed + 10_000)
+    if cfg.eval_episodes > 0:  # its own envs and seeds, so evaluation never disturbs training
+        n_eval = min(cfg.eval_episodes, cfg.eval_num_envs)
+        eval_env = make_atari(cfg.game, n_eval, cfg.protocol, env_seed + 10_000)
     try:
-        save_config(cfg, run_dir)
         agent = agent_for(cfg, encoder, env.num_actions, device)
+        save_config(cfg, run_dir)
         ecfg = EvalConfig(
             steps=cfg.steps,
             n_step=a.n_step,
@@ -109,6 +124,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
             epsilon_train=a.epsilon_train,
             feature_dtype=getattr(torch, a.feature_dtype),
             log_every=cfg.log_every,
+            eval_episodes=cfg.eval_episodes,
             eval_every=cfg.eval_every,
             epsilon_eval=a.epsilon_eval,
             eval_max_steps=cfg.eval_max_steps,

@@ -9,9 +9,16 @@ over next actions; ``aggregate="max"`` learns per-task control values instead)::
     loss = mean_{b,t} 1/2 (y_t - Q_t(s, a))^2          (or Huber)
 
 The target network follows the online one by Polyak averaging
-(``target <- (1 - tau) target + tau online``; paper: tau = 0.01) or a hard copy every
-``target_period`` updates. While the tasks calibrate (``warmup_steps``; paper: 62,500) only their
-calibration loss is optimised. Task parameters have their own optimizer, as in the PVN code.
+(``target <- (1 - tau) target + tau online``, with the online weights from before the update, as
+the PVN code's ``apply_gradients`` does; paper: tau = 0.01) or a hard copy every
+``target_period`` updates. For the first ``warmup_steps`` updates (paper: the TD loss is masked
+while ``step <= 62,500``, so ``62,501``) only the tasks' calibration loss counts; it stays on
+for the whole run. ``warmup_mode`` says what the main optimizer does meanwhile: ``skip`` (pvn's
+default) leaves it alone; ``zero_td`` is the official update, which multiplies the TD loss by 0
+and still steps the main Adam on the zero gradient, so its step count (hence its bias
+correction) when TD starts is the official one. Task parameters have their own optimizer, as in
+the PVN code. Task rewards are computed in float32 even under ``bf16`` autocast, so a threshold
+never flips on a bfloat16 rounding.
 
 ``center``: learn the successor measure of the centred cumulant ``r_t(s) - p`` instead, where
 ``p`` is the indicator's base rate (the fraction of logged states its calibration, or its hash,
@@ -57,6 +64,7 @@ class TDConfig:
     target_tau: float | None = 0.01
     target_period: int | None = None
     warmup_steps: int = 0
+    warmup_mode: str = "skip"  # skip | zero_td (the main optimizer steps on a zero TD gradient)
     max_grad_norm: float | None = None
     bf16: bool = False
     center: bool = False  # subtract each indicator task's base rate p from its reward
@@ -91,6 +99,8 @@ class PVNLearner:
             raise ValueError(f"td.aggregate={cfg.aggregate!r}: choose mean or max")
         if cfg.loss not in ("l2", "huber"):
             raise ValueError(f"td.loss={cfg.loss!r}: choose l2 or huber")
+        if cfg.warmup_mode not in ("skip", "zero_td"):
+            raise ValueError(f"td.warmup_mode={cfg.warmup_mode!r}: choose skip or zero_td")
         if (cfg.target_tau is None) == (cfg.target_period is None):
             raise ValueError("set exactly one of td.target_tau and td.target_period")
         if cfg.center and tasks.base_rate is None:
@@ -127,10 +137,12 @@ class PVNLearner:
 
     def task_output(self, batch: TorchBatch) -> TaskOutput:
         """The batch's task rewards and calibration loss, the frozen part from the cache when
-        one is attached (and the batch says which slots it holds)."""
-        if self.task_cache is None or batch.checkpoint is None:
-            return self.tasks(batch.observation, batch.reward)
-        return self.tasks.from_frozen(self.task_cache(batch.checkpoint, batch.index), batch.reward)
+        one is attached (and the batch says which slots it holds); float32 under any autocast."""
+        with torch.autocast(batch.observation.device.type, enabled=False):
+            if self.task_cache is None or batch.checkpoint is None:
+                return self.tasks(batch.observation, batch.reward)
+            frozen = self.task_cache(batch.checkpoint, batch.index)
+            return self.tasks.from_frozen(frozen, batch.reward)
 
     def backward(self, batch: TorchBatch, step: int) -> dict[str, Any]:
         """The batch's gradients, left in ``.grad`` (zeroed first), and its metrics. Multi-worker
@@ -220,11 +232,16 @@ class PVNLearner:
     def _step(self, step: int, td_on: bool, calibrating: bool) -> torch.Tensor | None:
         """Clip, step the optimizers and follow with the target; returns the gradient norm."""
         grad_norm = None
-        if td_on:
+        if td_on or self.cfg.warmup_mode == "zero_td":
+            if not td_on:  # the official warm-up: the TD gradient is there, and zero
+                for p in self._online_params:
+                    if p.grad is None:
+                        p.grad = torch.zeros_like(p)
             max_norm = self.cfg.max_grad_norm or math.inf
             grad_norm = nn.utils.clip_grad_norm_(self._online_params, max_norm).detach()
+            self._follow(step, before_update=True)
             self.optimizer.step()
-            self._update_target(step)
+            self._follow(step, before_update=False)
         if self.task_optimizer is not None and calibrating:
             self.task_optimizer.step()
             if self.task_schedule is not None:
@@ -232,10 +249,13 @@ class PVNLearner:
         return grad_norm
 
     @torch.no_grad()
-    def _update_target(self, step: int) -> None:
+    def _follow(self, step: int, before_update: bool) -> None:
+        """The target's move: Polyak averaging reads the online weights from before the
+        optimizer step (the PVN code); a hard copy takes them after it, every period."""
         if self.cfg.target_tau is not None:
-            torch._foreach_lerp_(self._target_params, self._online_all, self.cfg.target_tau)
-        elif (step + 1) % self.cfg.target_period == 0:
+            if before_update:
+                torch._foreach_lerp_(self._target_params, self._online_all, self.cfg.target_tau)
+        elif not before_update and (step + 1) % self.cfg.target_period == 0:
             self.target.load_state_dict(self.online.state_dict())
 
     def state_dict(self) -> dict[str, Any]:

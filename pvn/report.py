@@ -1,8 +1,10 @@
 """``pvn report RUN_DIR...``: tables, CSV and curves from ``pvn evaluate`` runs.
 
-Per game and method: the final return (mean of each seed's last ``window`` episodes) and the
-best (highest rolling mean over ``window`` episodes), averaged over seeds, and the final
-human-normalised score. Across games: IQM, median and mean of human-normalised final scores
+Per game and method: the final score, averaged over seeds, and its human-normalised value; the
+best (highest rolling mean over ``window`` training episodes). A run is scored as the paper
+scores it, by the mean return of its final greedy evaluation (``eval_episodes`` episodes after
+the last step), when it has one; otherwise by the mean of its last ``window`` training episodes.
+The report says which. Across games: IQM, median and mean of human-normalised final scores
 with stratified-bootstrap 95% CIs (:mod:`agents.scores`), per method.
 """
 
@@ -10,6 +12,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import warnings
 from collections import defaultdict
 from pathlib import Path
@@ -47,33 +50,48 @@ def final_and_best(returns: list[float], window: int) -> tuple[float, float]:
     return float(r[-w:].mean()), float(rolling.max())
 
 
+def final_score(run: dict[str, Any], window: int = 10) -> tuple[float, str]:
+    """A run's score and what it is: the mean return of its final evaluation (one run after
+    the last step), else the mean of its last ``window`` training episodes."""
+    final = [e for e in run.get("evaluations") or [] if e["step"] >= run.get("steps", math.inf)]
+    if final and final[-1]["returns"]:
+        returns = final[-1]["returns"]
+        return float(np.mean(returns)), f"final evaluation ({len(returns)} episodes)"
+    score, _ = final_and_best([e["return"] for e in run["episodes"]], window)
+    return score, f"last {window} training episodes"
+
+
 def summarize(runs: list[dict[str, Any]], window: int = 10) -> list[dict[str, Any]]:
-    """One row per (game, method): seeds, final and best mean return, final HNS."""
+    """One row per (game, method): seeds, final score (and what it is), best training return,
+    final HNS."""
     groups: dict[tuple[str, str], list] = defaultdict(list)
     for r in runs:
         groups[(r["game"], r["method"])].append(r)
     rows = []
     for (game, method), rs in sorted(groups.items()):
-        fb = [final_and_best([e["return"] for e in r["episodes"]], window) for r in rs]
-        final = float(np.mean([f for f, _ in fb]))
+        scored = [final_score(r, window) for r in rs]
+        best = [final_and_best([e["return"] for e in r["episodes"]], window)[1] for r in rs]
+        final = float(np.mean([f for f, _ in scored]))
+        sources = sorted({src for _, src in scored})
         rows.append(
             {
                 "game": game,
                 "method": method,
                 "seeds": sorted(int(r["seed"]) for r in rs),
                 "final_return": final,
-                "best_return": float(np.mean([b for _, b in fb])),
+                "scored_by": sources[0] if len(sources) == 1 else "mixed: " + "; ".join(sources),
+                "best_return": float(np.mean(best)),
                 "final_hns": human_normalized(game, final),
                 "per_seed_final_hns": {
                     int(r["seed"]): human_normalized(game, f)
-                    for r, (f, _) in zip(rs, fb, strict=True)
+                    for r, (f, _) in zip(rs, scored, strict=True)
                 },
             }
         )
     return rows
 
 
-def aggregates(rows: list[dict[str, Any]], reps: int = 2000) -> dict[str, dict]:
+def aggregates(rows: list[dict[str, Any]], reps: int = 50_000) -> dict[str, dict]:
     """Per method: IQM/median/mean of final HNS over a (seeds x games) matrix with CIs.
 
     Uses the seeds present in every game of that method (the matrix must be rectangular)."""
@@ -92,13 +110,13 @@ def aggregates(rows: list[dict[str, Any]], reps: int = 2000) -> dict[str, dict]:
 
 def markdown(rows: list[dict[str, Any]], aggs: dict[str, dict]) -> str:
     lines = [
-        "| game | method | seeds | final return | best return | final HNS |",
-        "|---|---|---|---|---|---|",
+        "| game | method | seeds | final score | scored by | best training return | final HNS |",
+        "|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         lines.append(
             f"| {r['game']} | {r['method']} | {len(r['seeds'])} | {r['final_return']:.1f} | "
-            f"{r['best_return']:.1f} | {r['final_hns']:.3f} |"
+            f"{r['scored_by']} | {r['best_return']:.1f} | {r['final_hns']:.3f} |"
         )
     if aggs:
         lines += [
@@ -217,17 +235,9 @@ def report(
     (out / "report.md").write_text(text + "\n")
     with open(out / "report.csv", "w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["game", "method", "seeds", "final_return", "best_return", "final_hns"])
+        keys = ["game", "method", "seeds", "final_return", "scored_by", "best_return", "final_hns"]
+        w.writerow(keys)
         for r in rows:
-            w.writerow(
-                [
-                    r["game"],
-                    r["method"],
-                    len(r["seeds"]),
-                    r["final_return"],
-                    r["best_return"],
-                    r["final_hns"],
-                ]
-            )
+            w.writerow([len(r[k]) if k == "seeds" else r[k] for k in keys])
     plot_curves(runs, out / "curves.png")
     return text

@@ -1,17 +1,14 @@
-"""Shared fixtures: Dopamine-written checkpoints (../shared/fixtures) and real ALE frames."""
+"""Shared fixtures: Dopamine-written checkpoints (tests/data) and real ALE frames."""
 
 from __future__ import annotations
 
-import os
 import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
-SHARED = Path(os.environ.get("PVN_SHARED", REPO.parent / "shared"))
-DOPAMINE_FIXTURE = SHARED / "fixtures" / "dopamine_breakout"
+DOPAMINE_FIXTURE = Path(__file__).resolve().parent / "data" / "dopamine_breakout"
 
 
 @pytest.fixture(autouse=True, scope="session")
@@ -25,9 +22,7 @@ def _private_cache(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def dopamine_fixture() -> Path:
-    """Checkpoints written by Dopamine's own replay code (see ../shared/fixtures/README.md)."""
-    if not (DOPAMINE_FIXTURE / "reference.npz").is_file():
-        pytest.fail(f"missing {DOPAMINE_FIXTURE}: the shared fixtures must sit beside the repo")
+    """Checkpoints written by Dopamine's own replay code (see tests/data/README.md)."""
     return DOPAMINE_FIXTURE
 
 

@@ -1,7 +1,7 @@
 """Independent references for the replay tests: Dopamine's rules as plain per-index loops.
 
-Written from the rules as ../shared/REFERENCES.md states them, reading the checkpoint files
-directly with numpy; nothing here calls the library's replay code.
+Written from Dopamine's rules as `circular_replay_buffer.py` states them, reading the checkpoint
+files directly with numpy; nothing here calls the library's replay code.
 """
 
 from __future__ import annotations

@@ -77,13 +77,17 @@ def test_evaluate_writes_results(pretrained, tmp_path, which):
     assert (run / "config.yaml").exists() and any((run / "tb").iterdir())
 
 
-def test_periodic_greedy_evaluations(tmp_path):
+def test_greedy_evaluations_at_start_every_and_end(tmp_path):
+    """The paper's scoring: ``eval_episodes`` episodes at step 0, every ``eval_every`` agent
+    steps, and after the last step, in rounds over ``eval_num_envs`` envs."""
     run = tmp_path / "eval"
     args = [
         "evaluate",
         "encoder=random",
         f"run_dir={run}",
         *SMALL,
+        "eval_episodes=3",
+        "eval_num_envs=2",
         "eval_every=400",
         "eval_max_steps=60",
         "agent.epsilon_eval=1.0",
@@ -91,15 +95,30 @@ def test_periodic_greedy_evaluations(tmp_path):
     assert main(args) == 0
     res = json.loads((run / "results.json").read_text())
     steps = [e["step"] for e in res["evaluations"]]
-    # every 400 agent steps (the first step count past it: envs add 1 or 2 steps at a time), and
-    # one at the end
-    assert len(steps) == 3
-    assert all(0 <= s - e < 2 for s, e in zip(steps, [400, 800, 1000], strict=True))
+    # at 0, then the first step count past each 400 (envs add 1 or 2 steps at a time), and the end
+    assert len(steps) == 4 and steps[0] == 0 and steps[-1] == res["steps"]
+    assert all(0 <= s - e < 2 for s, e in zip(steps[1:3], [400, 800], strict=True))
     for e in res["evaluations"]:
-        assert len(e["returns"]) == 2  # one episode per env
+        assert len(e["returns"]) == 3  # two rounds of 2 envs, the second cut to 1
         assert all(r >= 0 for r in e["returns"])
     records = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
-    assert sum("eval_return" in r for r in records) == 3
+    assert sum("eval_return" in r for r in records) == 4
+
+
+def test_evaluations_do_not_change_the_training_run(tmp_path):
+    """Evaluation draws from its own generator and envs: the training episodes are the same."""
+    common = ["encoder=random", *SMALL, "steps=600"]
+    assert main(["evaluate", f"run_dir={tmp_path / 'a'}", *common]) == 0
+    assert main(["evaluate", f"run_dir={tmp_path / 'b'}", *common, "eval_episodes=2"]) == 0
+    a, b = (json.loads((tmp_path / d / "results.json").read_text()) for d in "ab")
+    assert a["episodes"] == b["episodes"] and a["evaluations"] == []
+    assert [e["step"] for e in b["evaluations"]] == [0, b["steps"]]
+
+
+def test_eval_every_needs_episodes(tmp_path, capsys):
+    assert main(["evaluate", "encoder=random", f"run_dir={tmp_path / 'r'}", "eval_every=10"]) == 2
+    assert "eval_every" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()
 
 
 def test_frozen_encoder_never_changes():
@@ -227,10 +246,12 @@ def test_paper_evaluation_preset(capsys):
     import yaml
 
     cfg = yaml.safe_load(capsys.readouterr().out)
-    assert cfg["steps"] == 1_000_000 and cfg["protocol"] == "eval" and cfg["eval_every"] > 0
+    assert cfg["steps"] == 1_000_000 and cfg["protocol"] == "eval" and cfg["num_envs"] == 1
+    assert (cfg["eval_episodes"], cfg["eval_every"], cfg["eval_max_steps"]) == (100, 0, 27000)
     a = cfg["agent"]
     assert (a["n_step"], a["target_period"], a["batch_size"], a["update_every"]) == (5, 2000, 32, 4)
-    assert (a["lr"], a["adam_eps"], a["max_grad_norm"]) == (6.25e-5, 1.5e-4, 10.0)
+    assert (a["lr"], a["adam_eps"], a["max_grad_norm"]) == (6.25e-5, 1.5e-4, None)
+    assert (a["reward_clip"], a["feature_dtype"]) == ("return", "float32")
     assert (a["min_replay"], a["capacity"], a["epsilon_train"], a["epsilon_eval"]) == (
         2000,
         1_000_000,
@@ -281,3 +302,21 @@ def test_killed_evaluation_resumes_deterministically(tmp_path):
     nets = [load_checkpoint(list_checkpoints(c)[-1])["agent"]["network"] for c in copies]
     for k in nets[0]:
         assert torch.equal(nets[0][k], nets[1][k]), k
+
+
+def test_paper_preset_scores_by_its_final_evaluation(tmp_path, capsys):
+    """The issue's check: ``eval_preset=paper`` with a short budget writes evaluations of
+    ``eval_episodes`` greedy episodes at step 0 and after the last step, and ``pvn report``
+    scores the run by the final one and says so."""
+    run = tmp_path / "paper"
+    args = ["evaluate", "eval_preset=paper", "encoder=random", "game=Pong", f"run_dir={run}"]
+    assert main([*args, "steps=3000", "eval_episodes=10", "progress=false"]) == 0
+    res = json.loads((run / "results.json").read_text())
+    assert [e["step"] for e in res["evaluations"]] == [0, 3000]  # one env: exactly 3,000 steps
+    assert all(len(e["returns"]) == 10 for e in res["evaluations"])
+    assert all(-21 <= r <= 21 for e in res["evaluations"] for r in e["returns"])
+    out = tmp_path / "rep"
+    assert main(["report", str(run), "--out", str(out)]) == 0
+    final = np.mean(res["evaluations"][-1]["returns"])
+    text = (out / "report.md").read_text()
+    assert f"| {final:.1f} | final evaluation (10 episodes) |" in text

@@ -314,4 +314,12 @@ def test_paper_preset(capsys):
     assert cfg["batch_size"] == 256 and cfg["steps"] == 1_562_500
     assert abs(cfg["optimizer"]["lr"] - 6.25e-5 * 8**0.25) < 1e-12
     assert cfg["optimizer"]["eps"] == 1.5e-4 and cfg["td"]["target_tau"] == 0.01
-    assert cfg["td"]["warmup_steps"] == 62_500
+    # the TD loss is masked while step <= 62,500 (offline.py), the main Adam stepping on zeros
+    assert cfg["td"]["warmup_steps"] == 62_501 and cfg["td"]["warmup_mode"] == "zero_td"
+    t = cfg["tasks"]
+    assert (t["calibration_reduce"], t["calibration_optimizer"], t["final_relu"]) == (
+        "mean",
+        None,
+        True,
+    )
+    assert cfg["td"]["max_grad_norm"] is None and cfg["td"]["loss"] == "l2"

@@ -47,7 +47,7 @@ def test_stratified_bootstrap_ci():
     assert (lo, hi) == (1.0, 3.0)
     # resampling stays within each game: a game's column never borrows another's values
     two = np.array([[0.0, 100.0], [0.0, 100.0]])
-    assert stratified_bootstrap_ci(two, lambda m: float(m[:, 0].max()), reps=100) == (0.0, 0.0)
+    assert stratified_bootstrap_ci(two, lambda m: m[..., 0].max(-1), reps=100) == (0.0, 0.0)
 
 
 def _write_run(path, game, method, seed, returns):
@@ -91,7 +91,31 @@ def test_report_end_to_end(tmp_path, capsys):
     hand = float(np.sort(pong + brk)[1:5].mean())  # 6 scores, int(1.5) = 1 cut each end
     assert f"| pvn | 2 x 3 | {hand:.3f} [" in text
     assert (out / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert "final return" in capsys.readouterr().out
+    assert "final score" in capsys.readouterr().out
+    assert "| last 2 training episodes |" in text
+
+
+def test_report_scores_by_the_final_evaluation(tmp_path):
+    """A run with a greedy evaluation after its last step is scored by that evaluation's mean
+    return, not by its training episodes, and the report says which rule scored each row."""
+    run = tmp_path / "e"
+    _write_run(run, "Pong", "pvn", 0, [-21, -21, -21])
+    res = json.loads((run / "results.json").read_text())
+    res["evaluations"] = [
+        {"step": 0, "returns": [-21.0, -21.0]},
+        {"step": res["steps"], "returns": [-10.0, -12.0, -14.0]},
+    ]
+    (run / "results.json").write_text(json.dumps(res))
+    plain = _write_run(tmp_path / "t", "Pong", "random", 0, [-20, -19, -18])
+    out = tmp_path / "rep"
+    assert main(["report", str(run), plain, "--out", str(out)]) == 0
+    with open(out / "report.csv") as f:
+        rows = {r["method"]: r for r in csv.DictReader(f)}
+    assert float(rows["pvn"]["final_return"]) == -12.0
+    assert rows["pvn"]["scored_by"] == "final evaluation (3 episodes)"
+    assert float(rows["random"]["final_return"]) == -19.0
+    assert rows["random"]["scored_by"] == "last 10 training episodes"
+    assert "| final evaluation (3 episodes) |" in (out / "report.md").read_text()
 
 
 def test_report_errors(tmp_path, capsys):

@@ -6,13 +6,15 @@ own loss, MoE layers replace the feature block.
 
 * ``nature`` -- Mnih et al. (2015): conv 32x8x8/4, 64x4x4/2, 64x3x3/1 (valid padding), Dense(512).
 * ``impala`` -- Espeholt et al. (2018) as in the PVN code: three stacks of
-  [conv3x3 -> maxpool 3x3/2 -> 2 residual blocks (relu, conv, relu, conv, +skip)] with
+  [conv3x3 -> maxpool 3x3/2 with Flax's SAME padding (84 -> 42 and 42 -> 21 pad 0 before and 1
+  after, 21 -> 11 pads 1 and 1) -> 2 residual blocks (relu, conv, relu, conv, +skip)] with
   (16, 32, 32) x ``width`` channels, then relu, flatten, Dense(``feature_dim``), relu.
   ``impala_x8`` (width 8, 4096 features) is the PVN paper's ~133M-parameter torso.
 """
 
 from __future__ import annotations
 
+import math
 from collections import OrderedDict
 from collections.abc import Mapping
 from typing import Any
@@ -20,7 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from pvn.networks.init import init_module_
+from pvn.networks.init import init_module_, same_pad
 
 
 class Torso(nn.Module):
@@ -70,10 +72,25 @@ class ResidualBlock(nn.Module):
         return x + self.conv2(torch.relu(self.conv1(torch.relu(x))))
 
 
-def impala_stack(in_channels: int, channels: int, num_blocks: int = 2) -> nn.Sequential:
+class SamePool(nn.Module):
+    """3x3/2 max-pool with TensorFlow/Flax 'SAME' padding (-inf, possibly asymmetric) for an
+    input of side ``size``; PyTorch's ``padding=1`` pads both sides and shifts the windows."""
+
+    def __init__(self, size: int, kernel: int = 3, stride: int = 2) -> None:
+        super().__init__()
+        before, after = same_pad(size, kernel, stride)
+        self.pad = (before, after, before, after)
+        self.pool = nn.MaxPool2d(kernel, stride=stride)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.pool(nn.functional.pad(x, self.pad, value=-math.inf))
+
+
+def impala_stack(in_channels: int, channels: int, size: int, num_blocks: int = 2) -> nn.Sequential:
+    """conv3x3 -> SAME max-pool 3x3/2 -> residual blocks, for inputs of side ``size``."""
     return nn.Sequential(
         nn.Conv2d(in_channels, channels, 3, padding=1),
-        nn.MaxPool2d(3, stride=2, padding=1),
+        SamePool(size),
         *(ResidualBlock(channels) for _ in range(num_blocks)),
     )
 
@@ -87,7 +104,7 @@ def impala(
 ) -> Torso:
     blocks, c, size = [], in_channels, 84
     for i, s in enumerate(stack_sizes, start=1):
-        blocks.append((f"stack{i}", impala_stack(c, s * width, num_blocks)))
+        blocks.append((f"stack{i}", impala_stack(c, s * width, size, num_blocks)))
         c, size = s * width, (size + 1) // 2
     blocks.append(("features", _flat_dense(c * size * size, feature_dim, relu_first=True)))
     return Torso(blocks, feature_dim)
