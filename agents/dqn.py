@@ -13,6 +13,10 @@ The rule (van Hasselt et al. 2016, double Q-learning with n-step returns)::
     y = clip(R^(n)) + discount * Q_target(s', argmax_a' Q(s', a'))   discount = gamma^n or 0
     loss = mean Huber_1(Q(s, a) - y)
 
+(``double_q=False``: ``max_a' Q_target(s', a')``, the Nature DQN target that Dopamine's DQN,
+the agent of the DQN Replay Dataset, uses; ``optimizer=rmsprop_tf``: its optimizer,
+:class:`pvn.optim.rmsprop_tf.RMSPropTF`.)
+
 with Adam (paper: lr 6.25e-5, eps 1.5e-4) and a hard target copy every ``target_period``
 (2,000) updates. ``reward_clip`` says where rewards meet [-1, 1]: ``return`` clips the
 discounted n-step return inside the loss, as Acme's DQN learner does (its n-step adder sums the
@@ -34,6 +38,7 @@ from torch import nn
 
 from agents.feature_replay import FeatureBatch
 from pvn.networks.init import xavier_
+from pvn.optim.rmsprop_tf import RMSPropTF
 
 REWARD_CLIPS = ("return", "step", "none")
 
@@ -46,21 +51,32 @@ class DQNConfig:
     target_period: int = 2_000
     huber_delta: float = 1.0
     reward_clip: str = "step"  # return (Acme, the paper) | step (Dopamine) | none
+    double_q: bool = True  # False: max over the target's values (Nature DQN, Dopamine)
+    optimizer: str = "adam"  # adam | rmsprop_tf (Dopamine's DQN: TF1 RMSProp)
+    rms_decay: float = 0.95
+    rms_momentum: float = 0.0
+    rms_eps: float = 1e-5
+    rms_centered: bool = True
 
     def __post_init__(self) -> None:
         if self.reward_clip not in REWARD_CLIPS:
             raise ValueError(
                 f"agent.reward_clip={self.reward_clip!r}: choose one of {', '.join(REWARD_CLIPS)}"
             )
+        if self.optimizer not in ("adam", "rmsprop_tf"):
+            raise ValueError(f"agent.optimizer={self.optimizer!r}: choose adam or rmsprop_tf")
 
 
 def double_dqn_target(
     ret: torch.Tensor,
     discount: torch.Tensor,
-    q_next_online: torch.Tensor,
+    q_next_online: torch.Tensor | None,
     q_next_target: torch.Tensor,
 ) -> torch.Tensor:
-    """``ret + discount * q_next_target[argmax q_next_online]`` for each row."""
+    """``ret + discount * q_next_target[argmax q_next_online]`` for each row; without online
+    values, ``ret + discount * max q_next_target`` (the Nature DQN target)."""
+    if q_next_online is None:
+        return ret + discount * q_next_target.amax(dim=1)
     best = q_next_online.argmax(dim=1, keepdim=True)
     return ret + discount * q_next_target.gather(1, best).squeeze(1)
 
@@ -84,8 +100,12 @@ class DQN:
         self.network = network
         self.target = copy.deepcopy(network).requires_grad_(False)
         self.params = [p for p in network.parameters() if p.requires_grad]
-        # fused: one kernel per step; a small linear head's update is otherwise dispatch-bound
-        self.optimizer = torch.optim.Adam(self.params, lr=cfg.lr, eps=cfg.adam_eps, fused=True)
+        if cfg.optimizer == "rmsprop_tf":
+            self.optimizer: torch.optim.Optimizer = RMSPropTF(
+                self.params, cfg.lr, cfg.rms_decay, cfg.rms_momentum, cfg.rms_eps, cfg.rms_centered
+            )
+        else:  # fused: one kernel per step; a linear head's update is otherwise dispatch-bound
+            self.optimizer = torch.optim.Adam(self.params, lr=cfg.lr, eps=cfg.adam_eps, fused=True)
         self.updates = 0
 
     def to(self, device: str | torch.device) -> DQN:
@@ -104,7 +124,7 @@ class DQN:
             y = double_dqn_target(
                 ret,
                 batch.discount,
-                self.network(batch.next_features),
+                self.network(batch.next_features) if self.cfg.double_q else None,
                 self.target(batch.next_features),
             )
         q = self.network(batch.features).gather(1, batch.action.view(-1, 1)).squeeze(1)

@@ -28,8 +28,9 @@ from torch import nn
 
 from agents.dqn import DQN
 from agents.feature_replay import FeatureReplay
-from agents.policies import epsilon_greedy
+from agents.policies import epsilon_greedy, linearly_decaying_epsilon
 from envs import FrameStack
+from replay.episode_log import EpisodeLog
 
 
 @dataclass
@@ -41,7 +42,9 @@ class EvalConfig:
     update_every: int = 4
     min_replay: int = 2_000
     capacity: int = 1_000_000
-    epsilon_train: float = 0.01
+    epsilon_train: float = 0.01  # the final exploration rate (fixed without a decay)
+    epsilon_start: float = 1.0
+    epsilon_decay_steps: int = 0  # agent steps of linear decay after min_replay (0: fixed)
     feature_dtype: torch.dtype = torch.float16
     log_every: int = 1_000
     eval_episodes: int = 0  # greedy episodes per evaluation (0: no evaluations; paper: 100)
@@ -110,6 +113,7 @@ def run_control(
     eval_env=None,
     resume: dict[str, Any] | None = None,
     checkpoint=None,
+    replay_log: EpisodeLog | None = None,
 ) -> dict[str, Any]:
     """Run online DQN for ``cfg.steps`` agent steps (counted over all envs).
 
@@ -121,6 +125,11 @@ def run_control(
     change the training run. Every ``cfg.checkpoint_every`` agent steps
     ``checkpoint(step, state)`` receives the loop's state; passing such a state as ``resume``
     continues the run from it.
+
+    ``replay_log`` logs every transition the envs produce as a DQN Replay dataset (each env's
+    episodes whole; its writer's state goes into the checkpoints, and the episodes in flight at
+    a checkpoint are dropped from the log on resume, as from the agent's replay). The caller
+    closes it.
     """
     n = env.num_envs
     rng = np.random.default_rng(seed)
@@ -187,7 +196,10 @@ def run_control(
     metrics: dict[str, torch.Tensor] = {}
     while step < cfg.steps:
         states = _states(encoder, obs, device)
-        actions = epsilon_greedy(agent.q_values(states), cfg.epsilon_train, rng)
+        eps = linearly_decaying_epsilon(
+            step, cfg.epsilon_train, cfg.epsilon_decay_steps, cfg.min_replay, cfg.epsilon_start
+        )
+        actions = epsilon_greedy(agent.q_values(states), eps, rng)
         env.send(actions, all_envs)
         # The head learns from the replay while the emulators step (the updates owed so far).
         owed = since_update // cfg.update_every
@@ -211,6 +223,10 @@ def run_control(
             term[live],
             trunc[live],
         )
+        if replay_log is not None:
+            replay_log.add(
+                live, obs[live, -1], actions[live], reward[live], term[live], trunc[live]
+            )
         score[live] += reward[live]
         ended = ~resetting & (term | trunc)
         for i in np.flatnonzero(ended):
@@ -229,7 +245,7 @@ def run_control(
                 next_eval = step + cfg.eval_every
         if log is not None and (since_log >= cfg.log_every or step >= cfg.steps):
             dt = time.perf_counter() - t0
-            values = {"steps_per_s": since_log / dt}
+            values = {"steps_per_s": since_log / dt, "epsilon": eps}
             values.update({k: float(v) for k, v in metrics.items()})
             recent = [e["return"] for e in episodes[-10:]]
             if recent:
@@ -248,6 +264,7 @@ def run_control(
                 "since_update": since_update,
                 "next_eval": next_eval or 0,
                 "resumed_at": resumed_at,
+                "replay_log": None if replay_log is None else replay_log.writer.state_dict(),
             }
             checkpoint(step, state)
             next_ckpt = (step // cfg.checkpoint_every + 1) * cfg.checkpoint_every

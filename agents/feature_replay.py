@@ -86,7 +86,10 @@ class FeatureReplay:
         self.n_step, self.gamma = n_step, gamma
         self.device = torch.device(device)
         item = (feature_dim,) if isinstance(feature_dim, int) else tuple(feature_dim)
-        self.features = torch.zeros(num_envs, self.slots, *item, dtype=dtype, device=device)
+        # empty, not zeros: pages are touched as slots are written, so memory grows with what is
+        # stored, not with capacity (a 1M-frame buffer is 7 GB). Unwritten slots are never read:
+        # sampled windows lie in written slots, and stacks mask slots before the stored ones.
+        self.features = torch.empty(num_envs, self.slots, *item, dtype=dtype, device=device)
         self.stack_size = stack_size
         shape = (num_envs, self.slots)
         self.action = np.zeros(shape, np.int64)
@@ -203,7 +206,8 @@ class FeatureReplay:
     def state_dict(self) -> dict[str, Any]:
         filled = int(min(self.count.max(), self.slots))  # slots beyond were never written
         return {
-            "features": self.features[:, :filled],
+            # a copy: torch.save writes a view's whole storage (7 GB for an empty 1M-frame buffer)
+            "features": self.features[:, :filled].clone(),
             "action": torch.from_numpy(self.action),
             "reward": torch.from_numpy(self.reward),
             "terminated": torch.from_numpy(self.terminated),
@@ -213,7 +217,6 @@ class FeatureReplay:
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.features.zero_()
         self.features[:, : state["features"].shape[1]] = state["features"]
         for k in ("action", "reward", "terminated", "ended", "count"):
             getattr(self, k)[...] = state[k].numpy()

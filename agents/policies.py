@@ -20,6 +20,18 @@ class Policy(Protocol):
     def act(self, obs: np.ndarray) -> np.ndarray: ...
 
 
+def linearly_decaying_epsilon(
+    step: int, final: float, decay_steps: int, warmup_steps: int, start: float = 1.0
+) -> float:
+    """Dopamine's ``linearly_decaying_epsilon``: ``start`` for the first ``warmup_steps`` agent
+    steps (the replay's minimum fill), then linear to ``final`` over ``decay_steps``, then
+    ``final``; ``decay_steps=0`` is a fixed ``final``."""
+    if decay_steps <= 0:
+        return final
+    bonus = (start - final) * (decay_steps + warmup_steps - step) / decay_steps
+    return final + min(max(bonus, 0.0), start - final)
+
+
 def epsilon_greedy(q: torch.Tensor, epsilon: float, rng: np.random.Generator) -> np.ndarray:
     """argmax of ``q`` (N, A) per row, replaced by a uniform action with probability epsilon."""
     greedy = q.argmax(dim=1).cpu().numpy()

@@ -22,24 +22,8 @@ from pvn.config import require, save_config
 from pvn.files import write_text_atomic
 from pvn.progress import bar
 from replay import DQNReplayWriter, ReplayError
-
-
-class _Episodes:
-    """Per-env buffers of (frame, action, reward) for episodes in progress."""
-
-    def __init__(self, num_envs: int) -> None:
-        self.frames: list[list[np.ndarray]] = [[] for _ in range(num_envs)]
-        self.actions: list[list[int]] = [[] for _ in range(num_envs)]
-        self.rewards: list[list[float]] = [[] for _ in range(num_envs)]
-        self.score = np.zeros(num_envs, np.float64)  # unclipped game score so far
-
-    def pop(self, i: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
-        frames, actions = np.stack(self.frames[i]), np.asarray(self.actions[i], np.int32)
-        rewards = np.clip(np.asarray(self.rewards[i], np.float32), -1.0, 1.0)
-        score = float(self.score[i])
-        self.frames[i], self.actions[i], self.rewards[i] = [], [], []
-        self.score[i] = 0.0
-        return frames, actions, rewards, score
+from replay.dopamine_format import FRAME_SHAPE
+from replay.episode_log import EpisodeLog
 
 
 def run_collection(
@@ -53,7 +37,10 @@ def run_collection(
     """
     n = env.num_envs
     stack = FrameStack(n)
-    eps = _Episodes(n)
+    log = EpisodeLog(writer, n)
+    acted = np.zeros((n, *FRAME_SHAPE), np.uint8)  # each env's frame and action in flight
+    action = np.zeros(n, np.int64)
+    score = np.zeros(n)  # unclipped game score of each env's episode so far
     returns: list[float] = []
     first = np.ones(n, bool)  # the next result of these envs is an episode's first frame
     done_steps, start = 0, time.perf_counter()
@@ -65,18 +52,20 @@ def run_collection(
             frames = res.obs[:, -1]
             outcome = ~first[ids]  # results of a logged action (not of a reset)
             ended = outcome & (res.terminated | res.truncated)
-            for j in np.flatnonzero(outcome):
-                i = ids[j]
-                eps.rewards[i].append(float(res.reward[j]))
-                eps.score[i] += res.reward[j]
-            for j in np.flatnonzero(ended):
-                frames_i, acts, rews, score = eps.pop(ids[j])
-                writer.add_episode(frames_i, acts, rews, terminated=bool(res.terminated[j]))
-                returns.append(score)
+            got = ids[outcome]
+            log.add(
+                got,
+                acted[got],
+                action[got],
+                res.reward[outcome],
+                res.terminated[outcome],
+                res.truncated[outcome],
+            )
+            score[got] += res.reward[outcome]
+            returns += score[ids[ended]].tolist()
+            score[ids[ended]] = 0.0
             actions = policy.act(stack.push(frames, first[ids], rows=ids))
-            for j in np.flatnonzero(~ended):  # an ended env's next step only resets it
-                eps.frames[ids[j]].append(frames[j].copy())
-                eps.actions[ids[j]].append(int(actions[j]))
+            acted[ids], action[ids] = frames, actions
             first[ids] = ended
             env.send(actions, ids)
             k = int(outcome.sum())
@@ -84,15 +73,7 @@ def run_collection(
             pbar.update(k)
             if returns and ended.any():
                 pbar.set_postfix(episodes=len(returns), ret=f"{np.mean(returns[-20:]):.1f}")
-    truncated = 0
-    for i in range(n):
-        eps.frames[i] = eps.frames[i][: len(eps.rewards[i])]  # drop actions still in flight
-        eps.actions[i] = eps.actions[i][: len(eps.rewards[i])]
-        if eps.frames[i]:
-            frames_i, acts, rews, _ = eps.pop(i)
-            writer.add_episode(frames_i, acts, rews, terminated=False)
-            truncated += 1
-    writer.close()
+    truncated = log.close(write_in_flight=True)  # actions still in flight are not logged
     seconds = time.perf_counter() - start
     r = np.asarray(returns)
     return {

@@ -6,15 +6,17 @@ from typing import Any
 
 
 def format_summary(s: dict[str, Any]) -> str:
-    lines = [f"replay: {s['path']}", ""]
+    lines = [f"replay: {s['path']}", "(mean ret: clipped return of the complete episodes ending in "
+             "the checkpoint's new slots)", ""]  # fmt: skip
     lines.append(
         f"{'ckpt':>5} {'capacity':>9} {'add_count':>10} {'full':>5} {'new':>9} {'valid':>9} "
-        f"{'episodes':>9}"
+        f"{'episodes':>9} {'mean ret':>9}"
     )
     for r in s["checkpoints"]:
+        mean = "-" if r["return_mean"] is None else f"{r['return_mean']:.2f}"
         lines.append(
             f"{r['checkpoint']:>5} {r['capacity']:>9} {r['add_count']:>10} {r['full']!s:>5} "
-            f"{r['new_slots']:>9} {r['valid']:>9} {r['episodes_ended']:>9}"
+            f"{r['new_slots']:>9} {r['valid']:>9} {r['episodes_ended']:>9} {mean:>9}"
         )
     ret = s["clipped_return"]
     lines += [

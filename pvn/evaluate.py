@@ -29,6 +29,8 @@ from pvn.files import write_text_atomic
 from pvn.metrics import MetricsLogger
 from pvn.networks import build_torso
 from pvn.progress import bar
+from replay import DQNReplayWriter
+from replay.episode_log import EpisodeLog
 
 METHODS = {"random": "random", "e2e": "dqn"}  # encoder= value -> report label; else "pvn"
 
@@ -61,7 +63,14 @@ def agent_for(
     a = cfg.agent
     try:
         dqn_cfg = DQNConfig(
-            a.lr, a.adam_eps, a.max_grad_norm, a.target_period, reward_clip=a.reward_clip
+            a.lr,
+            a.adam_eps,
+            a.max_grad_norm,
+            a.target_period,
+            reward_clip=a.reward_clip,
+            double_q=a.double_q,
+            optimizer=a.optimizer,
+            **{f"rms_{k}": v for k, v in a.rmsprop.items()},
         )
     except ValueError as e:
         raise ConfigError(str(e)) from None
@@ -69,6 +78,47 @@ def agent_for(
     if encoder is None:
         return end_to_end_dqn(_config_torso(cfg), num_actions, dqn_cfg, gen).to(device)
     return LinearDQN(encoder.feature_dim, num_actions, dqn_cfg, gen).to(device)
+
+
+def _replay_log(cfg: DictConfig, env, resume: dict[str, Any] | None) -> EpisodeLog | None:
+    """The DQN Replay log of ``replay_log=DIR`` (``DIR/replay_logs``), continued on resume."""
+    if cfg.replay_log is None:
+        return None
+    require(cfg.replay_log_capacity >= 5, "replay_log_capacity", cfg.replay_log_capacity, ">= 5")
+    state = None
+    if resume is not None:
+        state = resume.get("replay_log")
+        if state is None:
+            raise ConfigError(
+                f"{cfg.run_dir}: was started without replay_log=; resume it without, or start a "
+                "new run_dir"
+            )
+    log_dir = Path(cfg.replay_log) / "replay_logs"
+    writer = DQNReplayWriter(log_dir, int(cfg.replay_log_capacity), resume=state)
+    return EpisodeLog(writer, env.num_envs)
+
+
+def _close_log(
+    log: EpisodeLog, cfg: DictConfig, out: dict[str, Any], num_actions: int
+) -> dict[str, Any]:
+    """Write the episodes in flight as truncated, close the log, and describe it beside it."""
+    truncated = log.close(write_in_flight=True)
+    info = {
+        "source": "pvn evaluate",
+        "run_dir": str(cfg.run_dir),
+        "game": cfg.game,
+        "protocol": cfg.protocol,
+        "num_actions": num_actions,  # the game's minimal action set, as the data's actions index
+        "encoder": str(cfg.encoder),
+        "agent_steps": out["steps"],
+        "slots": log.writer.add_count,
+        "capacity": log.writer.capacity,
+        "checkpoints": log.writer.checkpoints_written,
+        "unfinished_episodes_logged_as_truncated": truncated,
+        "resumed_at": out["resumed_at"],
+    }
+    write_text_atomic(Path(cfg.replay_log) / "log.json", json.dumps(info, indent=1))
+    return info
 
 
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
@@ -91,6 +141,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         "needs eval_episodes > 0 (the episodes each evaluation plays)",
     )
     require(cfg.eval_num_envs > 0, "eval_num_envs", cfg.eval_num_envs, "must be > 0")
+    require(a.epsilon_decay_steps >= 0, "agent.epsilon_decay_steps", a.epsilon_decay_steps, ">= 0")
     run_dir = Path(cfg.run_dir)
     if (run_dir / "results.json").exists():
         raise ConfigError(f"{run_dir}: already holds results.json; choose a new run_dir")
@@ -112,6 +163,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         eval_env = make_atari(cfg.game, n_eval, cfg.protocol, env_seed + 10_000)
     try:
         agent = agent_for(cfg, encoder, env.num_actions, device)
+        replay_log = _replay_log(cfg, env, resume)
         save_config(cfg, run_dir)
         ecfg = EvalConfig(
             steps=cfg.steps,
@@ -122,6 +174,8 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
             min_replay=a.min_replay,
             capacity=a.capacity,
             epsilon_train=a.epsilon_train,
+            epsilon_start=a.epsilon_start,
+            epsilon_decay_steps=a.epsilon_decay_steps,
             feature_dtype=getattr(torch, a.feature_dtype),
             log_every=cfg.log_every,
             eval_episodes=cfg.eval_episodes,
@@ -149,7 +203,10 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
                     eval_env,
                     resume,
                     checkpoint,
+                    replay_log,
                 )
+            if replay_log is not None:
+                out["replay_log"] = _close_log(replay_log, cfg, out, env.num_actions)
         finally:
             logger.close()
     finally:
@@ -168,6 +225,8 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         "episodes": out["episodes"],
         "evaluations": out["evaluations"],
     }
+    if "replay_log" in out:
+        results["replay_log"] = out["replay_log"]
     write_text_atomic(run_dir / "results.json", json.dumps(results, indent=1))
     rets = [e["return"] for e in out["episodes"]]
     return {

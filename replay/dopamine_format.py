@@ -150,11 +150,26 @@ def stream_to_npy(
     return shape
 
 
-def write_npy_gz(path: Path, array: np.ndarray) -> None:
+def read_frames_into(path: Path, out: np.ndarray) -> None:
+    """Decompress an observation file straight into ``out`` (uint8 ``(cap, 84, 84)``, e.g. a
+    memmap), a chunk at a time."""
+    with _open_checked(path, "observation") as (f, shape, total):
+        if tuple(shape) != out.shape:
+            raise ReplayError(f"{path}: shape {shape}, expected {out.shape}")
+        dst = out.reshape(-1)
+        done = 0
+        while done < total:
+            n = f.readinto(memoryview(dst[done : min(total, done + _CHUNK)]))
+            if not n:
+                raise ReplayError(f"{path}: truncated: {done} of {total} bytes")
+            done += n
+
+
+def write_npy_gz(path: Path, array: np.ndarray, compresslevel: int = 6) -> None:
     """Write one array as Dopamine does (gzip of ``np.save``), atomically: temp, fsync, rename."""
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     with open(tmp, "wb") as raw:
-        with gzip.GzipFile(fileobj=raw, mode="wb", compresslevel=6) as gz:
+        with gzip.GzipFile(fileobj=raw, mode="wb", compresslevel=compresslevel) as gz:
             np.save(gz, np.asarray(array), allow_pickle=False)
         raw.flush()
         os.fsync(raw.fileno())

@@ -60,6 +60,8 @@ def summarize(path: str | Path, stack_size: int = 4, n_step: int = 1) -> dict[st
                 "new_slots": new,
                 "valid": int(valid_mask(ck, stack_size, n_step, guard_cursor=True).sum()),
                 "episodes_ended": int(chrono_terminal[len(chrono_terminal) - new :].sum()),
+                # the learning curve of the agent that logged the data, checkpoint by checkpoint
+                "return_mean": float(rets.mean()) if len(rets) else None,
             }
         )
         prev = (c, ck.add_count)

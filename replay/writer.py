@@ -20,6 +20,12 @@ Two deliberate differences, both invisible to readers of the format:
 Frames go to a memory-mapped scratch file beside the output, not to RAM; each checkpoint file is
 written atomically (temp file, fsync, rename) with ``add_count`` last, so a reader never sees half a
 checkpoint.
+
+A writer survives its process through :meth:`state_dict` (the counters, the small arrays, and only
+the frames added since the last saved checkpoint: the rest of the buffer is that checkpoint's
+file) and ``DQNReplayWriter(path, ..., resume=state)``, which removes the checkpoints a killed
+process wrote after the state was taken and rebuilds the buffer, so the continued log equals one
+written without the interruption from that state on.
 """
 
 from __future__ import annotations
@@ -28,8 +34,15 @@ import os
 from pathlib import Path
 
 import numpy as np
+import torch
 
-from replay.dopamine_format import FRAME_SHAPE, file_name, find_checkpoints, write_npy_gz
+from replay.dopamine_format import (
+    FRAME_SHAPE,
+    file_name,
+    find_checkpoints,
+    read_frames_into,
+    write_npy_gz,
+)
 from replay.errors import ReplayError
 from replay.transitions import cursor_range
 
@@ -45,6 +58,7 @@ class DQNReplayWriter:
         stack_size: frames per stack; sets the padding length (DQN Replay: 4).
         update_horizon: the horizon used for ``invalid_range`` (DQN Replay: 1).
         compresslevel: gzip level of the checkpoint files (1 is fastest, 9 smallest).
+        resume: a :meth:`state_dict` of a writer on the same ``path`` to continue from.
     """
 
     def __init__(
@@ -54,16 +68,19 @@ class DQNReplayWriter:
         stack_size: int = 4,
         update_horizon: int = 1,
         compresslevel: int = 6,
+        resume: dict | None = None,
     ) -> None:
         if capacity < stack_size + update_horizon:
             raise ReplayError(f"capacity={capacity}: must be >= stack_size + update_horizon")
+        if not 1 <= compresslevel <= 9:
+            raise ReplayError(f"compresslevel={compresslevel}: must be in 1..9")
         self.path = Path(path)
         self.path.mkdir(parents=True, exist_ok=True)
         try:
             existing = find_checkpoints(self.path)
         except ReplayError:
             existing = []
-        if existing:
+        if existing and resume is None:
             raise ReplayError(
                 f"{self.path}: already holds checkpoints {existing}; choose a new dir"
             )
@@ -79,8 +96,11 @@ class DQNReplayWriter:
         self._reward = np.zeros(capacity, np.float32)
         self._terminal = np.zeros(capacity, np.uint8)
         self.add_count = 0
+        self._saved_count = 0  # add_count at the last saved checkpoint
         self.checkpoints_written: list[int] = []
         self._dirty = False  # slots added since the last checkpoint
+        if resume is not None:
+            self._load_state(resume, existing)
 
     @property
     def cursor(self) -> int:
@@ -144,9 +164,53 @@ class DQNReplayWriter:
             "add_count": np.array(self.add_count, dtype=np.int64),
         }
         for kind, arr in arrays.items():  # add_count last: its presence marks a whole checkpoint
-            write_npy_gz(self.path / file_name(kind, ckpt), arr)
+            write_npy_gz(self.path / file_name(kind, ckpt), arr, self.compresslevel)
         self.checkpoints_written.append(ckpt)
+        self._saved_count = self.add_count
         self._dirty = False
+
+    def _since_save(self) -> np.ndarray:
+        """Buffer slots written since the last saved checkpoint (fewer than ``capacity``)."""
+        return (self._saved_count + np.arange(self.add_count - self._saved_count)) % self.capacity
+
+    def state_dict(self) -> dict:
+        """What :class:`DQNReplayWriter` needs to continue this log exactly: counters, the small
+        arrays, and the frames added since the last saved checkpoint."""
+        arrays = {  # torch tensors: run checkpoints load with torch.load(weights_only=True)
+            "action": self._action,
+            "reward": self._reward,
+            "terminal": self._terminal,
+            "frames": self._obs[self._since_save()],
+        }
+        return {
+            "capacity": self.capacity,
+            "add_count": self.add_count,
+            "saved_count": self._saved_count,
+            "checkpoints_written": list(self.checkpoints_written),
+            **{k: torch.from_numpy(np.array(v)) for k, v in arrays.items()},
+        }
+
+    def _load_state(self, state: dict, existing: list[int]) -> None:
+        if state["capacity"] != self.capacity:
+            raise ReplayError(
+                f"{self.path}: resumed with capacity {self.capacity}, written with "
+                f"{state['capacity']}"
+            )
+        written = list(state["checkpoints_written"])
+        missing = sorted(set(written) - set(existing))
+        if missing:
+            raise ReplayError(f"{self.path}: checkpoints {missing} of the resumed log are missing")
+        for f in self.path.glob("*_ckpt.*.gz"):  # files written after the state was taken
+            if int(f.name.rsplit(".", 2)[-2]) not in written:
+                f.unlink()
+        if written:  # the buffer as the last saved checkpoint left it
+            read_frames_into(self.path / file_name("observation", written[-1]), self._obs)
+        self.add_count, self._saved_count = int(state["add_count"]), int(state["saved_count"])
+        self.checkpoints_written = written
+        self._obs[self._since_save()] = state["frames"].numpy()
+        self._action[:], self._reward[:] = state["action"].numpy(), state["reward"].numpy()
+        self._terminal[:] = state["terminal"].numpy()
+        self._dirty = self.add_count > self._saved_count
 
     def close(self) -> None:
         """Save the final partial buffer (if anything was added since the last save)."""

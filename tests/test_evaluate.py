@@ -109,7 +109,8 @@ def test_evaluations_do_not_change_the_training_run(tmp_path):
     """Evaluation draws from its own generator and envs: the training episodes are the same."""
     common = ["encoder=random", *SMALL, "steps=600"]
     assert main(["evaluate", f"run_dir={tmp_path / 'a'}", *common]) == 0
-    assert main(["evaluate", f"run_dir={tmp_path / 'b'}", *common, "eval_episodes=2"]) == 0
+    evals = ["eval_episodes=2", "eval_max_steps=60"]
+    assert main(["evaluate", f"run_dir={tmp_path / 'b'}", *common, *evals]) == 0
     a, b = (json.loads((tmp_path / d / "results.json").read_text()) for d in "ab")
     assert a["episodes"] == b["episodes"] and a["evaluations"] == []
     assert [e["step"] for e in b["evaluations"]] == [0, b["steps"]]

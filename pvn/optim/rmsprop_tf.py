@@ -1,0 +1,65 @@
+"""RMSProp as TensorFlow 1 computes it: the optimizer of Dopamine's DQN, hence of the agent that
+logged the DQN Replay Dataset (``dqn.gin``: lr 2.5e-4, decay 0.95, momentum 0, epsilon 1e-5,
+centered).
+
+It differs from ``torch.optim.RMSprop`` in two ways that matter at Dopamine's settings:
+``epsilon`` is added *inside* the square root, and the mean-square accumulator starts at 1,
+not 0 (``tf.compat.v1.train.RMSPropOptimizer`` creates its ``rms`` slot with ones), so the first
+steps are about ``lr * g`` rather than ``lr * sign(g) / sqrt(1 - decay)``. Per parameter::
+
+    ms  <- decay ms + (1 - decay) g^2                 (ms starts at 1)
+    mg  <- decay mg + (1 - decay) g                   (centered only; starts at 0)
+    mom <- momentum mom + lr g / sqrt(ms - mg^2 + eps)   (mg = 0 when not centered)
+    w   <- w - mom
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+
+
+class RMSPropTF(torch.optim.Optimizer):
+    def __init__(
+        self,
+        params: Iterable[torch.nn.Parameter],
+        lr: float,
+        decay: float = 0.9,
+        momentum: float = 0.0,
+        eps: float = 1e-10,
+        centered: bool = False,
+    ) -> None:
+        if not 0.0 <= decay < 1.0:
+            raise ValueError(f"decay={decay}: must be in [0, 1)")
+        if eps < 0 or momentum < 0 or lr < 0:
+            raise ValueError("lr, momentum and eps must be >= 0")
+        super().__init__(
+            params, dict(lr=lr, decay=decay, momentum=momentum, eps=eps, centered=centered)
+        )
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None if closure is None else closure()
+        for group in self.param_groups:
+            rho, mu, eps, lr = group["decay"], group["momentum"], group["eps"], group["lr"]
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                g = p.grad
+                state = self.state[p]
+                if not state:
+                    state["ms"] = torch.ones_like(p)
+                    state["mom"] = torch.zeros_like(p)
+                    if group["centered"]:
+                        state["mg"] = torch.zeros_like(p)
+                ms, mom = state["ms"], state["mom"]
+                ms.mul_(rho).addcmul_(g, g, value=1 - rho)
+                denom = ms + eps
+                if group["centered"]:
+                    mg = state["mg"]
+                    mg.mul_(rho).add_(g, alpha=1 - rho)
+                    denom = denom.addcmul(mg, mg, value=-1)
+                mom.mul_(mu).addcdiv_(g, denom.sqrt_(), value=lr)
+                p.sub_(mom)
+        return loss
