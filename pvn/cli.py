@@ -32,6 +32,8 @@ commands:
                  pvn report runs/eval_* --out report
   quickstart   the demo: collect a small Boxing log, pretrain a small PVN, compare linear
                  control on its features and on random features over 3 seeds (~8 min)
+  experiment   games x seeds x arms from a config, each stage run once, resumable
+                 pvn experiment configs/experiment/evidence_cpu.yaml [--status|--print-commands]
 
 Overrides use Hydra's grammar (key=value, lists as [0,1]). `pvn COMMAND --help` lists a command's
 keys with their defaults and meaning; `--cfg job` prints the resolved config and exits.
@@ -59,6 +61,17 @@ def _run_configured(name: str, args: list[str], fn: Callable) -> int:
         args = args[:i] + args[i + 2 :]
         show = True
     cfg = load_config(name, args)
+    if "threads" in cfg:  # decided once, before any parallel work; saved with the config
+        from omegaconf import open_dict
+
+        from pvn import threads
+
+        plan = threads.plan_for(cfg, name)
+        with open_dict(cfg):
+            cfg.threads = plan.as_dict()
+        if not show:
+            threads.apply(plan)
+            print(f"pvn: threads {plan.as_dict()}", file=sys.stderr)
     if show:
         print(OmegaConf.to_yaml(cfg, resolve=True), end="")
         return 0
@@ -128,6 +141,23 @@ def _data(args: list[str]) -> int:
     return 0
 
 
+def _experiment(args: list[str]) -> int:
+    if not args or args[0] in ("-h", "--help"):
+        from pvn import experiment
+
+        print("usage: pvn experiment CONFIG.yaml [--status] [--print-commands]\n")
+        print(experiment.__doc__)
+        return 0 if args else 2
+    flags = {a for a in args if a.startswith("--")}
+    paths = [a for a in args if not a.startswith("--")]
+    unknown = flags - {"--status", "--print-commands"}
+    if unknown or len(paths) != 1:
+        raise ConfigError(f"pvn experiment: expected CONFIG.yaml and flags; got {args}")
+    from pvn.experiment import run
+
+    return run(paths[0], "--print-commands" in flags, "--status" in flags)
+
+
 def _quickstart(args: list[str]) -> int:
     from pvn.quickstart import quickstart
 
@@ -153,6 +183,8 @@ def main(argv: list[str] | None = None) -> int:
             return _data(rest)
         if cmd == "quickstart":
             return _quickstart(rest)
+        if cmd == "experiment":
+            return _experiment(rest)
         raise ConfigError(f"unknown command '{cmd}'; see `pvn --help`")
     except USER_ERRORS as e:
         print(f"pvn: error: {e}", file=sys.stderr)
@@ -163,4 +195,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def entry() -> None:
+    from pvn.threads import set_wait_policy
+
+    set_wait_policy()  # before torch is imported: idle OpenMP workers sleep, never spin
     sys.exit(main())

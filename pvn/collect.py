@@ -21,6 +21,7 @@ from envs import FrameStack, make_atari
 from pvn.config import require, save_config
 from pvn.files import write_text_atomic
 from pvn.progress import bar
+from pvn.threads import plan_for
 from replay import DQNReplayWriter, ReplayError
 from replay.dopamine_format import FRAME_SHAPE
 from replay.episode_log import EpisodeLog
@@ -135,7 +136,13 @@ def collect(cfg) -> dict[str, Any]:
         raise ReplayError(f"{log_dir}: already holds checkpoints; choose a new out=DIR")
     # make_atari validates game, protocol, backend, num_envs and batch_size itself
     env = make_atari(
-        cfg.game, cfg.num_envs, cfg.protocol, cfg.seed, cfg.backend, batch_size=cfg.batch_size
+        cfg.game,
+        cfg.num_envs,
+        cfg.protocol,
+        cfg.seed,
+        cfg.backend,
+        batch_size=cfg.batch_size,
+        num_threads=plan_for(cfg, "collect").envpool,
     )
     try:
         if cfg.policy == "random":

@@ -29,6 +29,7 @@ from pvn.files import write_text_atomic
 from pvn.metrics import MetricsLogger
 from pvn.networks import build_torso
 from pvn.progress import bar
+from pvn.threads import plan_for
 from replay import DQNReplayWriter
 from replay.episode_log import EpisodeLog
 
@@ -156,11 +157,14 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     env_seed = int(cfg.seed)
     if step:
         env_seed = int(np.random.SeedSequence([env_seed, step]).generate_state(1)[0] >> 1)
-    env = make_atari(cfg.game, cfg.num_envs, cfg.protocol, env_seed)
+    env_threads = plan_for(cfg, "evaluate").envpool
+    env = make_atari(cfg.game, cfg.num_envs, cfg.protocol, env_seed, num_threads=env_threads)
     eval_env = None
     if cfg.eval_episodes > 0:  # its own envs and seeds, so evaluation never disturbs training
         n_eval = min(cfg.eval_episodes, cfg.eval_num_envs)
-        eval_env = make_atari(cfg.game, n_eval, cfg.protocol, env_seed + 10_000)
+        eval_env = make_atari(
+            cfg.game, n_eval, cfg.protocol, env_seed + 10_000, num_threads=env_threads
+        )
     try:
         agent = agent_for(cfg, encoder, env.num_actions, device)
         replay_log = _replay_log(cfg, env, resume)

@@ -31,8 +31,16 @@ from pvn.progress import bar, byte_bars
 from pvn.task_cache import attach_task_cache
 from replay import DQNReplayDataset, Prefetcher
 
-#: Keys that may change when a run is resumed (they do not change what is computed).
-RESUMABLE_KEYS = {"steps", "progress", "checkpoint_every", "keep_checkpoints", "log_every"}
+#: Keys that may change when a run is resumed (they do not change what is computed; the thread
+#: plan follows the machine a run resumes on).
+RESUMABLE_KEYS = {
+    "steps",
+    "progress",
+    "checkpoint_every",
+    "keep_checkpoints",
+    "log_every",
+    "threads",
+}
 
 
 class NonFiniteLoss(PVNError):

@@ -40,26 +40,38 @@ class RMSPropTF(torch.optim.Optimizer):
 
     @torch.no_grad()
     def step(self, closure=None):
+        """One update of every parameter with a gradient, as multi-tensor (``_foreach``) ops:
+        the update is memory-bound, so passes over the state are what it costs."""
         loss = None if closure is None else closure()
         for group in self.param_groups:
             rho, mu, eps, lr = group["decay"], group["momentum"], group["eps"], group["lr"]
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                g = p.grad
+            params = [p for p in group["params"] if p.grad is not None]
+            if not params:
+                continue
+            grads = [p.grad for p in params]
+            for p in params:
                 state = self.state[p]
                 if not state:
                     state["ms"] = torch.ones_like(p)
-                    state["mom"] = torch.zeros_like(p)
+                    if mu:
+                        state["mom"] = torch.zeros_like(p)
                     if group["centered"]:
                         state["mg"] = torch.zeros_like(p)
-                ms, mom = state["ms"], state["mom"]
-                ms.mul_(rho).addcmul_(g, g, value=1 - rho)
-                denom = ms + eps
-                if group["centered"]:
-                    mg = state["mg"]
-                    mg.mul_(rho).add_(g, alpha=1 - rho)
-                    denom = denom.addcmul(mg, mg, value=-1)
-                mom.mul_(mu).addcdiv_(g, denom.sqrt_(), value=lr)
-                p.sub_(mom)
+            ms = [self.state[p]["ms"] for p in params]
+            torch._foreach_mul_(ms, rho)
+            torch._foreach_addcmul_(ms, grads, grads, value=1 - rho)
+            denom = torch._foreach_add(ms, eps)
+            if group["centered"]:
+                mg = [self.state[p]["mg"] for p in params]
+                torch._foreach_mul_(mg, rho)
+                torch._foreach_add_(mg, grads, alpha=1 - rho)
+                torch._foreach_addcmul_(denom, mg, mg, value=-1)
+            torch._foreach_sqrt_(denom)
+            if mu:
+                mom = [self.state[p]["mom"] for p in params]
+                torch._foreach_mul_(mom, mu)
+                torch._foreach_addcdiv_(mom, grads, denom, value=lr)
+                torch._foreach_sub_(params, mom)
+            else:  # mom = lr g / denom, never kept
+                torch._foreach_addcdiv_(params, grads, denom, value=-lr)
         return loss

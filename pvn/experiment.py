@@ -1,0 +1,216 @@
+"""``pvn experiment CONFIG.yaml``: games x seeds x arms, each stage run once, resumable.
+
+An experiment is a list of stages, each one ``pvn`` command with its own run directory:
+
+1. ``data/<game>``: the log to pretrain on -- a learning agent's training run logged with
+   ``replay_log=`` (``data.kind: agent``; e.g. ``eval_preset=dopamine_dqn``) or ``pvn collect``
+   (``data.kind: collect``);
+2. ``pretrain/<game>``: a PVN pretrained on that log;
+3. ``eval/<game>/<arm>/seed<k>``: each arm (``encoder: pvn`` -- the game's pretrained PVN --,
+   ``random`` or ``e2e``, with its own overrides) at each seed;
+4. ``report``: ``pvn report`` over every evaluation (and offline probes per game), the per-run
+   CSV and the config, under ``results``.
+
+A stage whose output is complete is skipped; one that was killed is re-run with the same command,
+and every ``pvn`` command resumes from its own checkpoints, so the experiment continues across
+interruptions and machines. A failed stage stops the runner with one line naming the stage and
+its command. ``--print-commands`` prints the commands instead (one per line, in order), for a
+cluster launcher; ``--status`` prints which stages are done and left.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from omegaconf import OmegaConf
+
+from pvn.checkpoint import list_checkpoints
+from pvn.errors import ConfigError
+
+ARM_ENCODERS = ("pvn", "random", "e2e")
+
+
+@dataclass
+class Stage:
+    name: str
+    argv: list[str]  # arguments of the `pvn` command
+    run_dir: Path
+    kind: str  # data | pretrain | eval | report
+    done_file: str  # the file whose presence marks the stage complete
+    after: list[str] = field(default_factory=list)  # stages that must be complete first
+
+    @property
+    def done(self) -> bool:
+        return (self.run_dir / self.done_file).is_file()
+
+    def command(self) -> str:
+        return shlex.join(["pvn", *self.argv])
+
+
+def load(path: str | Path) -> dict[str, Any]:
+    """The experiment config, checked: one line naming the key when something is wrong."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"{p}: no such experiment config")
+    cfg = OmegaConf.to_container(OmegaConf.load(p), resolve=True)
+    for key in ("name", "out", "results", "games", "seeds", "data", "pretrain", "arms"):
+        if key not in cfg:
+            raise ConfigError(f"{p}: missing key '{key}'")
+    if cfg["data"].get("kind") not in ("agent", "collect"):
+        raise ConfigError(f"{p}: data.kind={cfg['data'].get('kind')!r}: choose agent or collect")
+    for arm, spec in cfg["arms"].items():
+        if spec.get("encoder") not in ARM_ENCODERS:
+            raise ConfigError(
+                f"{p}: arms.{arm}.encoder={spec.get('encoder')!r}: choose one of {ARM_ENCODERS}"
+            )
+    return cfg
+
+
+def stages(cfg: dict[str, Any]) -> list[Stage]:
+    """Every stage of the experiment, in an order that respects their dependencies."""
+    out, results = Path(cfg["out"]), Path(cfg["results"])
+    seed0 = int(cfg.get("seed", 0))
+    todo: list[Stage] = []
+    evals: list[str] = []
+    for game in cfg["games"]:
+        data = out / "data" / game
+        if cfg["data"]["kind"] == "agent":
+            run = data / "agent"
+            argv = ["evaluate", f"game={game}", f"run_dir={run}", f"replay_log={data}"]
+            argv += [f"seed={seed0}", "progress=false", *cfg["data"].get("overrides", [])]
+            todo.append(Stage(f"data/{game}", argv, run, "data", "results.json"))
+        else:
+            argv = ["collect", f"game={game}", f"out={data}", f"seed={seed0}", "progress=false"]
+            argv += cfg["data"].get("overrides", [])
+            todo.append(Stage(f"data/{game}", argv, data, "data", "collect.json"))
+        pre = out / "pretrain" / game
+        argv = ["pretrain", f"data.path={data}", f"run_dir={pre}", f"seed={seed0}"]
+        argv += ["progress=false", *cfg["pretrain"].get("overrides", [])]
+        todo.append(Stage(f"pretrain/{game}", argv, pre, "pretrain", "done.json", [f"data/{game}"]))
+        for arm, spec in cfg["arms"].items():
+            encoder = str(pre) if spec["encoder"] == "pvn" else spec["encoder"]
+            for seed in cfg["seeds"]:
+                run = out / "eval" / game / arm / f"seed{seed}"
+                argv = ["evaluate", f"encoder={encoder}", f"game={game}", f"run_dir={run}"]
+                argv += [f"seed={seed}", "progress=false", *spec.get("overrides", [])]
+                after = [f"pretrain/{game}"] if spec["encoder"] == "pvn" else []
+                name = f"eval/{game}/{arm}/seed{seed}"
+                todo.append(Stage(name, argv, run, "eval", "results.json", after))
+                evals.append(name)
+    todo.append(Stage("report", [], results, "report", "runs.csv", evals))
+    return todo
+
+
+def _die_with_parent() -> None:
+    """In the stage's process: receive SIGKILL when the runner dies (Linux), so a killed runner
+    leaves no stage running on to finish behind the next runner's back."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+def _run_stage(stage: Stage) -> None:
+    """Run one stage as a `pvn` subprocess (its own thread plan; a crash stays its own)."""
+    rc = subprocess.call([sys.executable, "-m", "pvn", *stage.argv], preexec_fn=_die_with_parent)
+    if rc != 0:
+        raise ConfigError(f"stage {stage.name} failed (exit {rc}): {stage.command()}")
+    if stage.kind == "pretrain":  # pretrain resumes into the same dir; mark it complete
+        ckpts = list_checkpoints(stage.run_dir)
+        (stage.run_dir / "done.json").write_text(
+            json.dumps({"checkpoint": ckpts[-1].name if ckpts else None})
+        )
+
+
+def write_report(cfg: dict[str, Any], todo: list[Stage], config_path: Path) -> None:
+    """The report stage: ``pvn report`` over every evaluation, per-game probes on the logs,
+    the raw per-run CSV and the experiment config, under ``results``."""
+    from pvn.report import final_score, load_results, report
+
+    results = Path(cfg["results"])
+    results.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(config_path, results / "experiment.yaml")
+    evals = [s for s in todo if s.kind == "eval"]
+    report([str(s.run_dir) for s in evals], results)
+    for game in cfg["games"]:
+        if cfg.get("probes", True):
+            dirs = [str(s.run_dir) for s in evals if s.name.startswith(f"eval/{game}/")]
+            report(dirs, results / f"probes_{game}", data=Path(cfg["out"]) / "data" / game)
+    rows = []
+    for s in evals:
+        res = load_results(s.run_dir)
+        score, scored_by = final_score(res)
+        _, game, arm, seed = s.name.split("/")
+        final_eval = res["evaluations"][-1]["returns"] if res.get("evaluations") else []
+        rows.append([game, int(seed[4:]), arm, res["method"], score, scored_by,
+                     len(res["episodes"]), json.dumps(final_eval)])  # fmt: skip
+    tmp = results / ".runs.csv.tmp"
+    with open(tmp, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["game", "seed", "arm", "method", "final_score", "scored_by",
+                    "training_episodes", "final_evaluation_returns"])  # fmt: skip
+        w.writerows(rows)
+    tmp.replace(results / "runs.csv")
+
+
+def status_table(todo: list[Stage]) -> str:
+    done = [s for s in todo if s.done]
+    lines = [f"{len(done)} of {len(todo)} stages done"]
+    for s in todo:
+        lines.append(f"  {'done' if s.done else 'left':5} {s.name}")
+    return "\n".join(lines)
+
+
+def run(config_path: str | Path, print_commands: bool = False, status: bool = False) -> int:
+    cfg = load(config_path)
+    todo = stages(cfg)
+    if print_commands:
+        for s in todo:
+            if s.kind == "report":
+                print(f"pvn experiment {shlex.quote(str(config_path))}  # the report stage")
+            else:
+                print(s.command())
+        return 0
+    if status:
+        print(status_table(todo))
+        return 0
+    spent: dict[str, list[float]] = {}
+    for i, s in enumerate(todo):
+        if s.done:
+            continue
+        missing = [a for a in s.after if not next(t for t in todo if t.name == a).done]
+        if missing:
+            raise ConfigError(f"stage {s.name}: needs {missing} first")
+        left = [t for t in todo[i:] if not t.done]
+        eta = sum(_mean(spent.get(t.kind)) or 0.0 for t in left)
+        known = all(t.kind in spent for t in left)
+        print(
+            f"pvn experiment: [{len(todo) - len(left) + 1}/{len(todo)}] {s.name} "
+            f"({len(left)} left{f', ETA {eta / 60:.0f} min' if known else ''})",
+            file=sys.stderr,
+            flush=True,
+        )
+        t0 = time.perf_counter()
+        if s.kind == "report":
+            write_report(cfg, todo, Path(config_path))
+        else:
+            _run_stage(s)
+        spent.setdefault(s.kind, []).append(time.perf_counter() - t0)
+    print(status_table(todo))
+    return 0
+
+
+def _mean(xs: list[float] | None) -> float | None:
+    return sum(xs) / len(xs) if xs else None

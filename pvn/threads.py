@@ -1,0 +1,138 @@
+"""One thread plan per process, so pvn stays fast on a busy machine.
+
+PyTorch's defaults take every core the machine has and let OpenMP workers spin while they wait
+for each other. When another process holds one of those cores, every parallel region waits for
+the descheduled worker: a Nature forward pass at batch 32 went from 8 ms to 138 ms with one
+competing process on a 2-core machine. pvn therefore decides, once, from the cores this process
+may use (CPU affinity, then the cgroup CPU quota) and, under torchrun, the number of workers on
+this host:
+
+* ``intra_op``: PyTorch's intra-op threads, the process's share of the cores;
+* ``inter_op``: PyTorch's inter-op threads (1: pvn runs no parallel graphs);
+* ``envpool``: envpool's emulator threads (evaluate and collect step envs *while* the learner
+  updates, so the two pools split the share rather than each taking all of it);
+* ``wait_policy``: ``OMP_WAIT_POLICY`` (``PASSIVE``: idle workers sleep instead of spinning, the
+  fix for the slowdown above; it must be set before OpenMP starts, i.e. before ``import torch``,
+  which :func:`set_wait_policy` does for the ``pvn`` command).
+
+Every value can be overridden (``threads.*`` in each command's config); the plan is logged at
+start and saved with the run's config.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+#: commands whose envs step while the learner works, so envpool gets a share of the cores
+ENV_COMMANDS = ("evaluate", "collect", "quickstart")
+
+
+@dataclass(frozen=True)
+class ThreadPlan:
+    cores: int  # cores this process may use (its share under torchrun)
+    intra_op: int
+    inter_op: int
+    envpool: int
+    wait_policy: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def available_cores() -> int:
+    """Cores this process may use: its CPU affinity, capped by a cgroup v2/v1 CPU quota."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        cores = os.cpu_count() or 1
+    quota = _cgroup_quota()
+    if quota is not None:
+        cores = min(cores, max(1, math.ceil(quota)))
+    return max(1, cores)
+
+
+def _cgroup_quota(root: Path = Path("/sys/fs/cgroup")) -> float | None:
+    """CPUs allowed by the cgroup (``cpu.max`` or ``cpu.cfs_quota_us``), None when unlimited."""
+    v2 = root / "cpu.max"
+    try:
+        if v2.is_file():
+            quota, period = v2.read_text().split()[:2]
+            return None if quota == "max" else int(quota) / int(period)
+        q = root / "cpu" / "cpu.cfs_quota_us"
+        p = root / "cpu" / "cpu.cfs_period_us"
+        if q.is_file() and p.is_file():
+            quota_us = int(q.read_text())
+            return None if quota_us <= 0 else quota_us / int(p.read_text())
+    except (OSError, ValueError):
+        return None
+    return None
+
+
+def plan_threads(
+    command: str,
+    cores: int | None = None,
+    local_world_size: int | None = None,
+    overrides: dict[str, Any] | None = None,
+) -> ThreadPlan:
+    """The plan for ``command`` on ``cores`` (default: :func:`available_cores`) shared by
+    ``local_world_size`` processes (default: torchrun's ``LOCAL_WORLD_SIZE``, else 1).
+    ``overrides`` (``threads.*``; ``None`` values mean "decide") win over every choice."""
+    cores = available_cores() if cores is None else cores
+    if local_world_size is None:
+        local_world_size = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    share = max(1, cores // max(1, local_world_size))
+    envs = command in ENV_COMMANDS
+    plan = {
+        "cores": share,
+        # with envs, the emulators get half the share and the learner the rest (>= 1 each)
+        "intra_op": max(1, share - share // 2) if envs else share,
+        "inter_op": 1,
+        "envpool": max(1, share // 2) if envs else 0,
+        "wait_policy": "PASSIVE",
+    }
+    for key, value in (overrides or {}).items():
+        if key == "cores":  # a resolved plan's record of its share: decided, never set
+            continue
+        if key not in plan:
+            raise ValueError(f"threads.{key}: unknown; choose from intra_op, inter_op, envpool, "
+                             "wait_policy")  # fmt: skip
+        if value is not None:
+            plan[key] = value
+    if plan["wait_policy"] not in ("PASSIVE", "ACTIVE"):
+        raise ValueError(f"threads.wait_policy={plan['wait_policy']!r}: choose PASSIVE or ACTIVE")
+    for key in ("intra_op", "inter_op"):
+        if int(plan[key]) < 1:
+            raise ValueError(f"threads.{key}={plan[key]}: must be >= 1")
+    return ThreadPlan(**plan)
+
+
+def set_wait_policy(policy: str = "PASSIVE") -> None:
+    """Set ``OMP_WAIT_POLICY`` unless the user did; only effective before ``import torch``."""
+    os.environ.setdefault("OMP_WAIT_POLICY", policy)
+
+
+def apply(plan: ThreadPlan) -> None:
+    """Apply the PyTorch part of ``plan`` to this process (once, before any parallel work:
+    PyTorch refuses to change its inter-op pool after it has started)."""
+    import torch
+
+    torch.set_num_threads(int(plan.intra_op))
+    # fails once the pool has started (a second command in one process): that pool stays
+    with contextlib.suppress(RuntimeError):
+        torch.set_num_interop_threads(int(plan.inter_op))
+
+
+def plan_for(cfg: Any, command: str) -> ThreadPlan:
+    """The plan of a command's config: its ``threads.*`` keys (``None``: decide) resolved;
+    a bad value is a one-line :class:`pvn.errors.ConfigError`."""
+    from pvn.errors import ConfigError
+
+    try:
+        return plan_threads(command, overrides=dict(cfg.threads))
+    except ValueError as e:
+        raise ConfigError(str(e)) from None

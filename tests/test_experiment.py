@@ -1,0 +1,107 @@
+"""``pvn experiment``: every stage once, skipped when complete, resumed when killed."""
+
+from __future__ import annotations
+
+import csv
+import signal
+import subprocess
+import sys
+import time
+
+import yaml
+
+from pvn.cli import main
+
+
+def _config(tmp_path) -> str:
+    cfg = {
+        "name": "tiny",
+        "out": str(tmp_path / "runs"),
+        "results": str(tmp_path / "results"),
+        "games": ["Breakout"],
+        "seeds": [0, 1],
+        "data": {"kind": "collect", "overrides": ["steps=1500", "num_envs=4", "capacity=1000"]},
+        "pretrain": {
+            "overrides": [
+                "steps=40",
+                "batch_size=8",
+                "torso.feature_dim=32",
+                "tasks.num_tasks=10",
+                "td.warmup_steps=5",
+                "checkpoint_every=20",
+            ]
+        },
+        "arms": {
+            "pvn": {
+                "encoder": "pvn",
+                "overrides": [
+                    "steps=400",
+                    "num_envs=2",
+                    "agent.min_replay=100",
+                    "eval_episodes=2",
+                    "eval_max_steps=50",
+                ],
+            },
+            "random": {
+                "encoder": "random",
+                "overrides": [
+                    "steps=400",
+                    "num_envs=2",
+                    "agent.min_replay=100",
+                    "torso.feature_dim=32",
+                ],
+            },
+        },
+        "probes": False,
+    }
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return str(path)
+
+
+def test_killed_experiment_resumes_without_redoing_finished_stages(tmp_path, capsys):
+    config = _config(tmp_path)
+    assert main(["experiment", config, "--print-commands"]) == 0
+    commands = capsys.readouterr().out.splitlines()
+    assert len(commands) == 1 + 1 + 2 * 2 + 1  # data, pretrain, 2 arms x 2 seeds, report
+    assert commands[0].startswith("pvn collect game=Breakout")
+    runs = tmp_path / "runs"
+    proc = subprocess.Popen([sys.executable, "-m", "pvn", "experiment", config])
+    try:  # kill it once the pretraining has finished and an evaluation has started
+        while proc.poll() is None and not (runs / "eval").exists():
+            time.sleep(0.05)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    assert (runs / "pretrain" / "Breakout" / "done.json").is_file()
+    assert not (tmp_path / "results" / "runs.csv").exists()
+    data_mtime = (runs / "data" / "Breakout" / "collect.json").stat().st_mtime_ns
+    pre_mtime = (runs / "pretrain" / "Breakout" / "done.json").stat().st_mtime_ns
+    assert main(["experiment", config]) == 0
+    out = capsys.readouterr().out
+    assert "7 of 7 stages done" in out
+    # the finished stages were not run again
+    assert (runs / "data" / "Breakout" / "collect.json").stat().st_mtime_ns == data_mtime
+    assert (runs / "pretrain" / "Breakout" / "done.json").stat().st_mtime_ns == pre_mtime
+    with open(tmp_path / "results" / "runs.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert sorted((r["arm"], r["seed"]) for r in rows) == [
+        ("pvn", "0"), ("pvn", "1"), ("random", "0"), ("random", "1")
+    ]  # fmt: skip
+    pvn_rows = [r for r in rows if r["arm"] == "pvn"]
+    assert all(r["scored_by"] == "final evaluation (2 episodes)" for r in pvn_rows)
+    assert (tmp_path / "results" / "report.md").is_file()
+    assert (tmp_path / "results" / "experiment.yaml").is_file()
+    # a second run finds everything done and does nothing
+    assert main(["experiment", config]) == 0
+
+
+def test_bad_experiment_configs_are_refused(tmp_path, capsys):
+    assert main(["experiment", str(tmp_path / "none.yaml")]) == 2
+    assert "no such experiment config" in capsys.readouterr().err
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump({"name": "x", "out": "o", "results": "r", "games": ["Pong"],
+                                   "seeds": [0], "data": {"kind": "agent"}, "pretrain": {},
+                                   "arms": {"a": {"encoder": "nope"}}}))  # fmt: skip
+    assert main(["experiment", str(bad)]) == 2
+    assert "arms.a.encoder='nope'" in capsys.readouterr().err

@@ -1,0 +1,93 @@
+"""The thread plan: cores from affinity and cgroup quota, shares per torchrun worker, the split
+between the learner and envpool, overrides, and the CLI's one-line errors."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from pvn.cli import main
+from pvn.threads import _cgroup_quota, available_cores, plan_threads, set_wait_policy
+
+
+@pytest.mark.parametrize(
+    "command,cores,world,want",
+    [
+        ("pretrain", 2, 1, (2, 0)),  # no envs: the learner takes the share
+        ("evaluate", 2, 1, (1, 1)),  # envs step while the learner updates: half each
+        ("collect", 16, 1, (8, 8)),
+        ("evaluate", 3, 1, (2, 1)),
+        ("pretrain", 16, 4, (4, 0)),  # torchrun: 4 workers on this host share 16 cores
+        ("evaluate", 16, 4, (2, 2)),
+        ("pretrain", 2, 4, (1, 0)),  # never below one thread
+    ],
+)
+def test_plan_splits_the_cores(command, cores, world, want):
+    plan = plan_threads(command, cores=cores, local_world_size=world)
+    assert (plan.intra_op, plan.envpool) == want
+    assert plan.intra_op + plan.envpool <= max(1, cores // world) or plan.intra_op == 1
+    assert plan.inter_op == 1 and plan.wait_policy == "PASSIVE"
+
+
+def test_local_world_size_comes_from_torchrun(monkeypatch):
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    assert plan_threads("pretrain", cores=8).intra_op == 4
+
+
+def test_overrides_win_and_bad_values_are_refused():
+    plan = plan_threads("evaluate", cores=8, overrides={"intra_op": 3, "envpool": None})
+    assert (plan.intra_op, plan.envpool) == (3, 4)
+    with pytest.raises(ValueError, match=r"threads\.intra_op=0"):
+        plan_threads("evaluate", cores=8, overrides={"intra_op": 0})
+    with pytest.raises(ValueError, match=r"threads\.bogus"):
+        plan_threads("evaluate", cores=8, overrides={"bogus": 1})
+    with pytest.raises(ValueError, match="wait_policy"):
+        plan_threads("evaluate", cores=8, overrides={"wait_policy": "SPIN"})
+
+
+def test_cores_follow_affinity():
+    """A process pinned to one core plans for one core."""
+    if len(os.sched_getaffinity(0)) < 2:
+        pytest.skip("needs 2 cores to pin to fewer")
+    code = (
+        "import os; os.sched_setaffinity(0, {min(os.sched_getaffinity(0))}); "
+        "from pvn.threads import available_cores; print(available_cores())"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "1"
+    assert available_cores() <= len(os.sched_getaffinity(0))
+
+
+def test_cgroup_quota_is_read(tmp_path):
+    assert _cgroup_quota(tmp_path) is None  # no cgroup files: unlimited
+    (tmp_path / "cpu.max").write_text("150000 100000\n")
+    assert _cgroup_quota(tmp_path) == 1.5
+    (tmp_path / "cpu.max").write_text("max 100000\n")
+    assert _cgroup_quota(tmp_path) is None
+    (tmp_path / "cpu.max").unlink()
+    (tmp_path / "cpu").mkdir()
+    (tmp_path / "cpu" / "cpu.cfs_quota_us").write_text("300000")
+    (tmp_path / "cpu" / "cpu.cfs_period_us").write_text("100000")
+    assert _cgroup_quota(tmp_path) == 3.0
+
+
+def test_wait_policy_keeps_the_users_choice(monkeypatch):
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    set_wait_policy()
+    assert os.environ["OMP_WAIT_POLICY"] == "PASSIVE"
+    monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")
+    set_wait_policy()
+    assert os.environ["OMP_WAIT_POLICY"] == "ACTIVE"
+
+
+def test_cli_saves_the_resolved_plan_and_refuses_bad_values(capsys):
+    args = ["evaluate", "encoder=random", "run_dir=x", "threads.envpool=3", "--cfg", "job"]
+    assert main(args) == 0
+    t = yaml.safe_load(capsys.readouterr().out)["threads"]
+    assert t["envpool"] == 3 and t["intra_op"] >= 1 and t["wait_policy"] == "PASSIVE"
+    assert main(["pretrain", "data.path=x", "run_dir=y", "threads.inter_op=0"]) == 2
+    assert "threads.inter_op=0: must be >= 1" in capsys.readouterr().err
