@@ -9,8 +9,9 @@ this host:
 
 * ``intra_op``: PyTorch's intra-op threads, the process's share of the cores;
 * ``inter_op``: PyTorch's inter-op threads (1: pvn runs no parallel graphs);
-* ``envpool``: envpool's emulator threads (evaluate and collect step envs *while* the learner
-  updates, so the two pools split the share rather than each taking all of it);
+* ``envpool``: envpool's emulator threads (``evaluate`` steps envs *while* the learner updates,
+  so the two pools split the share rather than each taking all of it; ``collect`` is mostly
+  emulation, so envpool takes the share and the policy half of it);
 * ``wait_policy``: ``OMP_WAIT_POLICY`` (``PASSIVE``: idle workers sleep instead of spinning, the
   fix for the slowdown above; it must be set before OpenMP starts, i.e. before ``import torch``,
   which :func:`set_wait_policy` does for the ``pvn`` command).
@@ -29,7 +30,9 @@ from pathlib import Path
 from typing import Any
 
 #: commands whose envs step while the learner works, so envpool gets a share of the cores
-ENV_COMMANDS = ("evaluate", "collect", "quickstart")
+ENV_COMMANDS = ("evaluate", "quickstart")
+#: commands that are mostly emulation (the policy is one forward pass per step, if any)
+EMULATION_COMMANDS = ("collect",)
 
 
 @dataclass(frozen=True)
@@ -87,12 +90,17 @@ def plan_threads(
         local_world_size = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
     share = max(1, cores // max(1, local_world_size))
     envs = command in ENV_COMMANDS
+    if command in EMULATION_COMMANDS:  # the emulators take the share; the policy, half of it
+        intra_op, envpool = max(1, share // 2), share
+    elif envs:  # the emulators get half the share and the learner the rest (>= 1 each)
+        intra_op, envpool = max(1, share - share // 2), max(1, share // 2)
+    else:
+        intra_op, envpool = share, 0
     plan = {
         "cores": share,
-        # with envs, the emulators get half the share and the learner the rest (>= 1 each)
-        "intra_op": max(1, share - share // 2) if envs else share,
+        "intra_op": intra_op,
         "inter_op": 1,
-        "envpool": max(1, share // 2) if envs else 0,
+        "envpool": envpool,
         "wait_policy": "PASSIVE",
     }
     for key, value in (overrides or {}).items():
