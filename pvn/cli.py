@@ -24,6 +24,8 @@ commands:
                  pvn collect game=Pong steps=50000 out=data/pong num_envs=8 seed=0
   data info    checkpoints, transitions, valid transitions, episodes, returns of a log
                  pvn data info data/pong
+  data verify  read every byte of a log once and check it (after a download or a copy)
+                 pvn data verify data/pong
   pretrain     proto-value network pretraining on a DQN Replay log (resumes in run_dir)
                  pvn pretrain data.path=data/pong run_dir=runs/pvn steps=2000 seed=0
   evaluate     linear control on a frozen encoder (a pretraining run, or random features)
@@ -69,9 +71,8 @@ def _run_configured(name: str, args: list[str], fn: Callable) -> int:
         plan = threads.plan_for(cfg, name)
         with open_dict(cfg):
             cfg.threads = plan.as_dict()
-        if not show:
+        if not show:  # announced by the command once its config is checked (threads.announce)
             threads.apply(plan)
-            print(f"pvn: threads {plan.as_dict()}", file=sys.stderr)
     if show:
         print(OmegaConf.to_yaml(cfg, resolve=True), end="")
         return 0
@@ -125,20 +126,45 @@ def _report(args: list[str]) -> int:
     return 0
 
 
-def _data(args: list[str]) -> int:
-    if not args or args[0] in ("-h", "--help") or args[0] != "info":
-        print(
-            "usage: pvn data info PATH\n\nSummarise a replay_logs directory (or a directory "
-            "holding one) from its small arrays: no frames are decompressed."
-        )
-        return 0 if args and args[0] in ("-h", "--help") else 2
-    if len(args) != 2:
-        raise ConfigError("pvn data info: expected exactly one PATH")
-    from pvn.data_info import format_summary
-    from replay.summary import summarize
+DATA_USAGE = """usage: pvn data info PATH [--skip-incomplete]
+       pvn data verify PATH [--checkpoints N [N ...]]
 
-    print(format_summary(summarize(args[1])))
-    return 0
+info    summarise a replay_logs directory (or a directory holding one) from its small arrays:
+        no frames are decompressed, so it is instant. A checkpoint missing any of its six files
+        is an error unless --skip-incomplete (which lists the ones it skipped).
+verify  read every byte of every checkpoint once (gzip integrity, dtypes and shapes, add_count
+        against invalid_range, rewards, terminals and episode padding); prints a table and
+        exits 2 if anything is wrong."""
+
+
+def _data(args: list[str]) -> int:
+    if not args or args[0] in ("-h", "--help") or args[0] not in ("info", "verify"):
+        print(DATA_USAGE)
+        return 0 if args and args[0] in ("-h", "--help") else 2
+    cmd, rest = args[0], args[1:]
+    flags = [a for a in rest if a.startswith("--")]
+    paths = [a for a in rest if not a.startswith("--")]
+    if cmd == "info":
+        if len(paths) != 1 or set(flags) - {"--skip-incomplete"}:
+            raise ConfigError("pvn data info: expected PATH [--skip-incomplete]")
+        from pvn.data_info import format_summary
+        from replay.summary import summarize
+
+        print(format_summary(summarize(paths[0], skip_incomplete=bool(flags))))
+        return 0
+    ckpts = None
+    if "--checkpoints" in rest:
+        i = rest.index("--checkpoints")
+        paths, tail = rest[:i], rest[i + 1 :]
+        try:
+            ckpts = [int(x) for x in tail]
+        except ValueError:
+            raise ConfigError(f"pvn data verify: --checkpoints takes ids; got {tail}") from None
+    if len(paths) != 1 or not (ckpts is None or ckpts) or set(flags) - {"--checkpoints"}:
+        raise ConfigError("pvn data verify: expected PATH [--checkpoints N [N ...]]")
+    from pvn.data_info import run_verify
+
+    return run_verify(paths[0], ckpts)
 
 
 def _experiment(args: list[str]) -> int:

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -18,35 +20,54 @@ import numpy as np
 
 from agents.policies import POLICIES, EpsilonGreedyPolicy, Policy, RandomPolicy
 from envs import FrameStack, make_atari
+from pvn.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
 from pvn.config import require, save_config
 from pvn.files import write_text_atomic
 from pvn.progress import bar
-from pvn.threads import plan_for
+from pvn.threads import announce, plan_for
 from replay import DQNReplayWriter, ReplayError
 from replay.dopamine_format import FRAME_SHAPE
 from replay.episode_log import EpisodeLog
 
 
 def run_collection(
-    env, policy: Policy, writer: DQNReplayWriter, steps: int, progress: bool = True
+    env,
+    policy: Policy,
+    writer: DQNReplayWriter,
+    steps: int,
+    progress: bool = True,
+    resume: dict[str, Any] | None = None,
+    checkpoint: Callable[[int, dict[str, Any]], None] | None = None,
 ) -> dict[str, Any]:
     """Play ``env`` with ``policy`` until ``steps`` transitions are logged by ``writer``.
 
     Works on envpool's asynchronous batches (``batch_size < num_envs``: results arrive for
     whichever envs finished first, so emulation overlaps logging) and on synchronous ones.
     Envs auto-reset on the step after an episode ends; that step logs nothing.
+
+    Each time the writer saves a checkpoint, ``checkpoint(logged, state)`` receives what a
+    killed collection needs to continue (the writer's state, the policy's generator, the
+    returns so far); ``resume`` is such a state. The episodes in flight at that moment are not
+    in the state: a resumed collection starts fresh episodes, as a resumed training run does.
     """
     n = env.num_envs
     stack = FrameStack(n)
     log = EpisodeLog(writer, n)
+    rng = getattr(policy, "rng", None)
     acted = np.zeros((n, *FRAME_SHAPE), np.uint8)  # each env's frame and action in flight
     action = np.zeros(n, np.int64)
     score = np.zeros(n)  # unclipped game score of each env's episode so far
     returns: list[float] = []
     first = np.ones(n, bool)  # the next result of these envs is an episode's first frame
     done_steps, start = 0, time.perf_counter()
+    if resume is not None:
+        returns, log.logged_steps = list(resume["returns"]), int(resume["logged_steps"])
+        done_steps = log.logged_steps
+        if rng is not None:
+            rng.bit_generator.state = resume["policy_rng"]
+    saved = len(writer.checkpoints_written)
     env.async_reset()
-    with bar(steps, "collect", "step", progress) as pbar:
+    with bar(steps, "collect", "step", progress, initial=done_steps) as pbar:
         while done_steps < steps:
             res = env.recv()
             ids = res.env_id
@@ -65,6 +86,15 @@ def run_collection(
             score[got] += res.reward[outcome]
             returns += score[ids[ended]].tolist()
             score[ids[ended]] = 0.0
+            if checkpoint is not None and len(writer.checkpoints_written) > saved:
+                saved = len(writer.checkpoints_written)
+                state = {
+                    "writer": writer.state_dict(),
+                    "policy_rng": None if rng is None else rng.bit_generator.state,
+                    "returns": returns,
+                    "logged_steps": log.logged_steps,
+                }
+                checkpoint(log.logged_steps, state)
             actions = policy.act(stack.push(frames, first[ids], rows=ids))
             acted[ids], action[ids] = frames, actions
             first[ids] = ended
@@ -123,7 +153,8 @@ def trained_policy(run_dir: str, num_actions: int, epsilon: float, seed: int) ->
 
 
 def collect(cfg) -> dict[str, Any]:
-    """Run ``pvn collect`` from a resolved config; returns (and saves) the summary."""
+    """Run ``pvn collect`` from a resolved config; returns (and saves) the summary. A killed
+    collection re-run with the same command continues from its last logged checkpoint."""
     require(cfg.steps > 0, "steps", cfg.steps, "must be > 0")
     capacity = cfg.capacity or min(1_000_000, cfg.steps + cfg.steps // 10 + 100)
     require(isinstance(capacity, int) and capacity >= 5, "capacity", cfg.capacity, "an int >= 5")
@@ -132,14 +163,22 @@ def collect(cfg) -> dict[str, Any]:
     require(0 <= cfg.epsilon <= 1, "epsilon", cfg.epsilon, "must be in [0, 1]")
     out = Path(cfg.out)
     log_dir = out / "replay_logs"
-    if log_dir.is_dir() and any(log_dir.glob("add_count_ckpt.*.gz")):
+    if (out / "collect.json").exists():
+        raise ReplayError(f"{out}: holds a finished collection (collect.json); choose a new out")
+    found = list_checkpoints(out)
+    resume = load_checkpoint(found[-1]).get("collect") if found else None
+    if resume is None and log_dir.is_dir() and any(log_dir.glob("add_count_ckpt.*.gz")):
         raise ReplayError(f"{log_dir}: already holds checkpoints; choose a new out=DIR")
+    env_seed = int(cfg.seed)
+    if resume is not None:  # fresh episodes, seeded by where the collection resumes
+        done = int(resume["logged_steps"])
+        env_seed = int(np.random.SeedSequence([env_seed, done]).generate_state(1)[0] >> 1)
     # make_atari validates game, protocol, backend, num_envs and batch_size itself
     env = make_atari(
         cfg.game,
         cfg.num_envs,
         cfg.protocol,
-        cfg.seed,
+        env_seed,
         cfg.backend,
         batch_size=cfg.batch_size,
         num_threads=plan_for(cfg, "collect").envpool,
@@ -152,11 +191,23 @@ def collect(cfg) -> dict[str, Any]:
                 cfg.checkpoint is not None, "checkpoint", None, "policy=epsilon_greedy needs one"
             )
             policy = trained_policy(cfg.checkpoint, env.num_actions, cfg.epsilon, cfg.seed)
+        writer_state = None if resume is None else resume["writer"]
+        writer = DQNReplayWriter(
+            log_dir, capacity, compresslevel=cfg.compresslevel, resume=writer_state
+        )
         save_config(cfg, out)
-        with DQNReplayWriter(log_dir, capacity, compresslevel=cfg.compresslevel) as writer:
-            summary = run_collection(env, policy, writer, cfg.steps, cfg.progress)
+        announce(cfg)
+
+        def checkpoint(logged: int, state: dict[str, Any]) -> None:
+            save_checkpoint(out, logged, {"collect": state}, keep=1)
+
+        with writer:
+            summary = run_collection(
+                env, policy, writer, cfg.steps, cfg.progress, resume, checkpoint
+            )
     finally:
         env.close()
+    shutil.rmtree(out / "checkpoints", ignore_errors=True)  # finished: nothing to resume
     summary = {"game": cfg.game, "out": str(log_dir), **summary}
     summary["files"] = sorted(os.listdir(log_dir))
     write_text_atomic(out / "collect.json", json.dumps(summary, indent=2))

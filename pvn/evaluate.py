@@ -29,7 +29,7 @@ from pvn.files import write_text_atomic
 from pvn.metrics import MetricsLogger
 from pvn.networks import build_torso
 from pvn.progress import bar
-from pvn.threads import plan_for
+from pvn.threads import announce, plan_for
 from replay import DQNReplayWriter
 from replay.episode_log import EpisodeLog
 
@@ -169,6 +169,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         agent = agent_for(cfg, encoder, env.num_actions, device)
         replay_log = _replay_log(cfg, env, resume)
         save_config(cfg, run_dir)
+        announce(cfg)
         ecfg = EvalConfig(
             steps=cfg.steps,
             n_step=a.n_step,

@@ -8,6 +8,7 @@ the device and are read back only every ``log_every`` updates.
 
 from __future__ import annotations
 
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,7 @@ from pvn.networks.moe import MOE_KEYS
 from pvn.optim import build_optimizer
 from pvn.progress import bar, byte_bars
 from pvn.task_cache import attach_task_cache
+from pvn.threads import announce
 from replay import DQNReplayDataset, Prefetcher
 
 #: Keys that may change when a run is resumed (they do not change what is computed; the thread
@@ -224,7 +226,12 @@ def pretrain(cfg: DictConfig) -> dict[str, Any]:
         cache_dir=cfg.data.cache_dir,
         seed=int(cfg.seed),
         progress=byte_bars(cfg.progress),
+        skip_incomplete=bool(cfg.data.skip_incomplete),
+        keep_stale=bool(cfg.data.keep_stale),
     )
+    for c, missing in ds.skipped.items():
+        print(f"pvn: skipping incomplete checkpoint {c} ({', '.join(missing)} missing)",
+              file=sys.stderr)  # fmt: skip
     num_actions = cfg.data.num_actions or infer_num_actions(ds)
     learner = build(cfg, num_actions)
     start = 0
@@ -234,6 +241,7 @@ def pretrain(cfg: DictConfig) -> dict[str, Any]:
         ds.load_state_dict(state["sampler"])
         start = int(state["step"])
     save_config(cfg, run_dir)
+    announce(cfg)
     attach_task_cache(learner, ds, cfg, cfg.progress)
     meta = {
         "torso": OmegaConf.to_container(cfg.torso, resolve=True),

@@ -144,3 +144,12 @@ def plan_for(cfg: Any, command: str) -> ThreadPlan:
         return plan_threads(command, overrides=dict(cfg.threads))
     except ValueError as e:
         raise ConfigError(str(e)) from None
+
+
+def announce(cfg: Any) -> None:
+    """Log the run's plan at start (stderr), once its command has checked the config: a bad
+    value still gets its one-line error and nothing else."""
+    import sys
+
+    if "threads" in cfg:
+        print(f"pvn: threads {dict(cfg.threads)}", file=sys.stderr)

@@ -9,7 +9,12 @@ from typing import Any
 import numpy as np
 
 from replay.cache import Checkpoint, open_checkpoint
-from replay.dopamine_format import find_checkpoints
+from replay.dopamine_format import (
+    file_name,
+    find_checkpoints,
+    incomplete_checkpoints,
+    read_small,
+)
 from replay.errors import ReplayError
 from replay.transitions import TransitionBatch, discount_vector, gather_into, valid_mask
 
@@ -18,6 +23,23 @@ def resolve_log_dir(path: str | Path) -> Path:
     """Accept either a ``replay_logs`` directory or a run directory that contains one."""
     path = Path(path).expanduser()
     return path / "replay_logs" if (path / "replay_logs").is_dir() else path
+
+
+def new_slot_count(log_dir: Path, c: int, ck: Checkpoint, found: Sequence[int]) -> int:
+    """Slots of checkpoint ``c`` written since checkpoint ``c - 1`` (all, without one): a
+    logged buffer's final partial checkpoint holds fewer new slots than its capacity."""
+    if c - 1 not in found or not ck.is_full:
+        return ck.capacity
+    prev = int(read_small(log_dir / file_name("add_count", c - 1), "add_count"))
+    since = ck.add_count - prev
+    return ck.capacity if since <= 0 else min(ck.capacity, since)
+
+
+def new_slot_mask(ck: Checkpoint, new: int) -> np.ndarray:
+    """Bool over the slots of ``ck``: the ``new`` slots written last, just before the cursor."""
+    fresh = np.zeros(ck.capacity, bool)
+    fresh[(ck.cursor - new + np.arange(new)) % ck.capacity] = True
+    return fresh
 
 
 class DQNReplayDataset:
@@ -34,6 +56,15 @@ class DQNReplayDataset:
         seed: seed of the sampling generator (its state is in :meth:`state_dict`).
         guard_cursor: also reject slots whose n-step window reaches the write cursor (see
             :func:`replay.transitions.valid_mask`); ``False`` matches Dopamine bit for bit.
+        skip_incomplete: skip checkpoints missing any of their six files (listed in
+            :attr:`skipped`) instead of refusing the dataset; a checkpoint asked for in
+            ``checkpoints`` must be complete either way.
+        keep_stale: also sample the slots a final partial checkpoint still holds from the
+            previous round of the circular buffer. Those transitions are also in the previous
+            checkpoint, so Dopamine's reading (``True``) samples them twice; by default only
+            each checkpoint's new slots (written since checkpoint ``c - 1``) start transitions.
+            Their stacks may still read the slots just before them, which hold the frames
+            that truly preceded them.
         progress: ``progress(description, total_bytes)`` factory for conversion progress bars.
 
     Frames are stored once (the memmapped single frames); stacks are built at sample time.
@@ -52,6 +83,8 @@ class DQNReplayDataset:
         seed: int = 0,
         guard_cursor: bool = True,
         progress: Callable[[str, int], Callable[[int], None] | None] | None = None,
+        skip_incomplete: bool = False,
+        keep_stale: bool = False,
     ) -> None:
         if stack_size < 1:
             raise ReplayError(f"stack_size={stack_size}: must be >= 1")
@@ -60,11 +93,22 @@ class DQNReplayDataset:
         if not 0.0 <= gamma <= 1.0:
             raise ReplayError(f"gamma={gamma}: must be in [0, 1]")
         self.path = resolve_log_dir(path)
-        found = find_checkpoints(self.path)
-        if checkpoints is None:
+        asked = None if checkpoints is None else [int(c) for c in checkpoints]
+        #: incomplete checkpoints that were skipped, with their missing files
+        self.skipped: dict[int, list[str]] = {}
+        if self.path.is_dir():
+            self.skipped = incomplete_checkpoints(self.path)
+            for c in asked or []:
+                if c in self.skipped:
+                    raise ReplayError(
+                        f"{self.path}: checkpoint {c} is incomplete: {self.skipped[c][0]} is "
+                        "missing"
+                    )
+        found = find_checkpoints(self.path, skip_incomplete or asked is not None)
+        if asked is None:
             chosen = found
         else:
-            chosen = [int(c) for c in checkpoints]
+            chosen = asked
             missing = sorted(set(chosen) - set(found))
             if missing:
                 raise ReplayError(
@@ -87,6 +131,9 @@ class DQNReplayDataset:
                     f"stack_size + n_step = {stack_size + n_step}"
                 )
             mask = valid_mask(ck, stack_size, n_step, guard_cursor)
+            new = new_slot_count(self.path, c, ck, found)
+            if not keep_stale and new < ck.capacity:
+                mask &= new_slot_mask(ck, new)
             self._ckpts.append(ck)
             self._packed.append(np.packbits(mask))
             counts.append(int(mask.sum()))

@@ -42,6 +42,9 @@ DTYPES = {
 }
 FRAME_SHAPE = (84, 84)
 _CKPT_RE = re.compile(r"^add_count_ckpt\.(\d+)\.gz$")
+_KIND_RE = re.compile(
+    r"^(?:\$store\$_)?(observation|action|reward|terminal|add_count|invalid_range)_ckpt\.(\d+)\.gz$"
+)
 _CHUNK = 1 << 22  # 4 MiB of decompressed bytes per read when streaming to a memmap
 
 
@@ -56,13 +59,42 @@ def checkpoint_files(log_dir: Path, ckpt: int) -> dict[str, Path]:
     return {k: log_dir / file_name(k, ckpt) for k in (*STORE, "add_count", "invalid_range")}
 
 
-def find_checkpoints(log_dir: Path) -> list[int]:
-    """Checkpoint ids present in ``log_dir`` (those with an ``add_count`` file), sorted."""
+def incomplete_checkpoints(log_dir: Path) -> dict[int, list[str]]:
+    """Checkpoint ids of which some but not all six files are present, with the missing file
+    names (an interrupted download or copy; a checkpoint being written)."""
+    present: dict[int, set[str]] = {}
+    for f in os.listdir(log_dir):
+        if m := _KIND_RE.match(f):
+            present.setdefault(int(m.group(2)), set()).add(m.group(1))
+    kinds = (*STORE, "add_count", "invalid_range")
+    return {
+        c: [file_name(k, c) for k in kinds if k not in have]
+        for c, have in sorted(present.items())
+        if len(have) < len(kinds)
+    }
+
+
+def find_checkpoints(log_dir: Path, skip_incomplete: bool = False) -> list[int]:
+    """Ids of the complete checkpoints in ``log_dir``, sorted.
+
+    A checkpoint missing any of its six files is an error naming the checkpoint and the file
+    (a partial download would otherwise drop a million transitions without a word), unless
+    ``skip_incomplete``; see :func:`incomplete_checkpoints` for which were skipped.
+    """
     if not log_dir.is_dir():
         raise ReplayError(f"{log_dir}: no such replay directory")
+    incomplete = incomplete_checkpoints(log_dir)
+    if incomplete and not skip_incomplete:
+        c, missing = next(iter(incomplete.items()))
+        more = f" (and {len(incomplete) - 1} more)" if len(incomplete) > 1 else ""
+        raise ReplayError(
+            f"{log_dir}: checkpoint {c} is incomplete: {missing[0]} is missing{more}; "
+            "restore it, or skip incomplete checkpoints (data.skip_incomplete=true)"
+        )
     ids = sorted(int(m.group(1)) for f in os.listdir(log_dir) if (m := _CKPT_RE.match(f)))
+    ids = [c for c in ids if c not in incomplete]
     if not ids:
-        raise ReplayError(f"{log_dir}: no Dopamine checkpoints (no add_count_ckpt.N.gz files)")
+        raise ReplayError(f"{log_dir}: no Dopamine checkpoints (no complete set of six files)")
     return ids
 
 

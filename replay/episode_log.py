@@ -19,6 +19,7 @@ class EpisodeLog:
 
     def __init__(self, writer: DQNReplayWriter, num_envs: int) -> None:
         self.writer = writer
+        self.logged_steps = 0  # steps of the episodes written so far (padding not counted)
         self.frames: list[list[np.ndarray]] = [[] for _ in range(num_envs)]
         self.actions: list[list[int]] = [[] for _ in range(num_envs)]
         self.rewards: list[list[float]] = [[] for _ in range(num_envs)]
@@ -49,6 +50,7 @@ class EpisodeLog:
         return sum(len(f) for f in self.frames)
 
     def _write(self, i: int, terminated: bool) -> None:
+        self.logged_steps += len(self.frames[i])
         self.writer.add_episode(
             np.stack(self.frames[i]),
             np.asarray(self.actions[i], np.int32),

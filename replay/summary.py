@@ -8,8 +8,8 @@ from typing import Any
 import numpy as np
 
 from replay.cache import Checkpoint, read_checkpoint_meta
-from replay.dataset import resolve_log_dir
-from replay.dopamine_format import find_checkpoints
+from replay.dataset import new_slot_count, new_slot_mask, resolve_log_dir
+from replay.dopamine_format import find_checkpoints, incomplete_checkpoints
 from replay.transitions import valid_mask
 
 
@@ -39,15 +39,18 @@ def episode_returns(ck: Checkpoint, new_slots: int) -> np.ndarray:
     return returns[keep]
 
 
-def summarize(path: str | Path, stack_size: int = 4, n_step: int = 1) -> dict[str, Any]:
-    """Per-checkpoint and total counts: slots, valid transitions, episodes, clipped returns."""
+def summarize(
+    path: str | Path, stack_size: int = 4, n_step: int = 1, skip_incomplete: bool = False
+) -> dict[str, Any]:
+    """Per-checkpoint and total counts: slots, valid transitions (those a
+    :class:`DQNReplayDataset` samples by default: starting in new slots), episodes, clipped
+    returns; and, with ``skip_incomplete``, the incomplete checkpoints skipped."""
     log_dir = resolve_log_dir(path)
     rows, all_returns = [], []
-    prev: tuple[int, int] | None = None  # (id, add_count) of the previous checkpoint
-    for c in find_checkpoints(log_dir):
+    found = find_checkpoints(log_dir, skip_incomplete)
+    for c in found:
         ck = read_checkpoint_meta(log_dir, c)
-        since = ck.add_count - prev[1] if prev and prev[0] == c - 1 else ck.add_count
-        new = min(ck.capacity, since)
+        new = new_slot_count(log_dir, c, ck, found) if ck.is_full else ck.add_count
         rets = episode_returns(ck, new)
         all_returns.append(rets)
         chrono_terminal = np.asarray(ck.terminal)[chronological(ck)]
@@ -58,13 +61,14 @@ def summarize(path: str | Path, stack_size: int = 4, n_step: int = 1) -> dict[st
                 "add_count": ck.add_count,
                 "full": ck.is_full,
                 "new_slots": new,
-                "valid": int(valid_mask(ck, stack_size, n_step, guard_cursor=True).sum()),
+                "valid": int(
+                    (valid_mask(ck, stack_size, n_step, True) & new_slot_mask(ck, new)).sum()
+                ),
                 "episodes_ended": int(chrono_terminal[len(chrono_terminal) - new :].sum()),
                 # the learning curve of the agent that logged the data, checkpoint by checkpoint
                 "return_mean": float(rets.mean()) if len(rets) else None,
             }
         )
-        prev = (c, ck.add_count)
     rets = np.concatenate(all_returns)
     stats = (
         {"mean": float(rets.mean()), "min": float(rets.min()), "max": float(rets.max())}
@@ -73,6 +77,7 @@ def summarize(path: str | Path, stack_size: int = 4, n_step: int = 1) -> dict[st
     )
     return {
         "path": str(log_dir),
+        "skipped_incomplete": incomplete_checkpoints(log_dir) if skip_incomplete else {},
         "checkpoints": rows,
         "slots": sum(r["new_slots"] for r in rows),
         "valid": sum(r["valid"] for r in rows),

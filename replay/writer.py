@@ -77,7 +77,7 @@ class DQNReplayWriter:
         self.path = Path(path)
         self.path.mkdir(parents=True, exist_ok=True)
         try:
-            existing = find_checkpoints(self.path)
+            existing = find_checkpoints(self.path, skip_incomplete=True)
         except ReplayError:
             existing = []
         if existing and resume is None:

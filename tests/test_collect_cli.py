@@ -146,7 +146,50 @@ def test_bad_config_is_one_line_exit_2_and_writes_nothing(tmp_path, capsys, over
 
 def test_existing_log_is_refused(collected, capsys):
     assert main(["collect", f"out={collected}", "steps=10", "progress=false"]) == 2
-    assert "already holds checkpoints" in capsys.readouterr().err
+    assert "holds a finished collection" in capsys.readouterr().err
+
+
+def test_killed_collection_continues_from_its_last_checkpoint(tmp_path):
+    """SIGKILL after a log checkpoint, then the same command: the collection completes; the
+    checkpoints written before the kill are kept byte for byte, nothing is logged twice (every
+    logged step once, plus 3 padding slots per episode), the log verifies, and two re-runs from
+    the same killed state write the same log."""
+    import shutil
+    import signal
+    import time
+
+    from pvn.checkpoint import list_checkpoints
+
+    out = tmp_path / "killed"
+    args = ["collect", "game=Breakout", "steps=4000", "num_envs=4", "capacity=400", f"out={out}"]
+    args += ["progress=false", "seed=1"]
+    proc = subprocess.Popen([sys.executable, "-m", "pvn", *args])
+    try:
+        while proc.poll() is None and not list_checkpoints(out):
+            time.sleep(0.02)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    assert not (out / "collect.json").exists(), "finished before it could be killed"
+    kept = {p.name: p.read_bytes() for p in (out / "replay_logs").glob("*ckpt.0.gz")}
+    assert kept, "no complete checkpoint before the kill"
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    for o in (out, copy):
+        assert main([*args[:-3], f"out={o}", *args[-2:]]) == 0
+    for name, data in kept.items():
+        assert (out / "replay_logs" / name).read_bytes() == data
+    summary = json.loads((out / "collect.json").read_text())
+    info = summarize(out)
+    episodes = summary["episodes"] + summary["unfinished_episodes_logged_as_truncated"]
+    assert info["slots"] == summary["steps"] + 3 * episodes and summary["steps"] >= 4000
+    assert main(["data", "verify", str(out)]) == 0
+    import gzip
+
+    for p in (out / "replay_logs").glob("*.gz"):  # contents (gzip headers carry a time)
+        other = copy / "replay_logs" / p.name
+        assert gzip.decompress(p.read_bytes()) == gzip.decompress(other.read_bytes()), p.name
+    assert not (out / "checkpoints").exists()  # finished: no resume state left behind
 
 
 def test_cfg_job_and_help(tmp_path, capsys):

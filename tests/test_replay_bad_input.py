@@ -44,7 +44,9 @@ def test_missing_checkpoint_id(dopamine_copy, tmp_path):
 
 def test_missing_file(dopamine_copy, tmp_path):
     (dopamine_copy / "$store$_reward_ckpt.1.gz").unlink()
-    with pytest.raises(ReplayError, match=r"reward_ckpt\.1\.gz: missing file"):
+    with pytest.raises(
+        ReplayError, match=r"checkpoint 1 is incomplete: \$store\$_reward_ckpt\.1\.gz"
+    ):
         _open(dopamine_copy, tmp_path)
 
 

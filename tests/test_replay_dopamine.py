@@ -16,7 +16,9 @@ def reference(dopamine_fixture):
 
 @pytest.mark.parametrize("n", [1, 3])
 def test_validity_matches_dopamine_exactly(dopamine_fixture, reference, tmp_path, n):
-    ds = DQNReplayDataset(dopamine_fixture, n_step=n, cache_dir=tmp_path, guard_cursor=False)
+    ds = DQNReplayDataset(
+        dopamine_fixture, n_step=n, cache_dir=tmp_path, guard_cursor=False, keep_stale=True
+    )
     assert ds.checkpoints == list(range(int(reference["n_ckpt"])))
     for c in ds.checkpoints:
         np.testing.assert_array_equal(ds.valid_mask(c), reference[f"valid_h{n}_c{c}"])
@@ -45,7 +47,9 @@ def test_transitions_match_dopamine_exactly(dopamine_fixture, reference, tmp_pat
 
 def test_cursor_guard_removes_exactly_the_straddling_slots(dopamine_fixture, reference, tmp_path):
     """With n=3, Dopamine keeps 2 slots whose next stack reaches the cursor (stale frames)."""
-    ds = DQNReplayDataset(dopamine_fixture, n_step=3, cache_dir=tmp_path, guard_cursor=True)
+    ds = DQNReplayDataset(
+        dopamine_fixture, n_step=3, cache_dir=tmp_path, guard_cursor=True, keep_stale=True
+    )
     for c in ds.checkpoints:
         ck = ds.checkpoint(c)
         dropped = np.flatnonzero(reference[f"valid_h3_c{c}"] & ~ds.valid_mask(c))

@@ -131,6 +131,8 @@ def _run(cfg, d, comm, build, infer_num_actions) -> dict[str, Any]:
             gamma=cfg.data.gamma,
             cache_dir=cfg.data.cache_dir,
             seed=seed + 1000 * (wid + 1),
+            skip_incomplete=bool(cfg.data.skip_incomplete),
+            keep_stale=bool(cfg.data.keep_stale),
         )
         path = paths[wid % len(paths)]
         chosen = None if cfg.data.checkpoints is None else list(cfg.data.checkpoints)
