@@ -13,7 +13,6 @@ from __future__ import annotations
 import csv
 import json
 import math
-import warnings
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -21,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from agents.scores import aggregate, human_normalized
+from pvn import plots
 from pvn.errors import ConfigError
 
 
@@ -91,21 +91,41 @@ def summarize(runs: list[dict[str, Any]], window: int = 10) -> list[dict[str, An
     return rows
 
 
-def aggregates(rows: list[dict[str, Any]], reps: int = 50_000) -> dict[str, dict]:
-    """Per method: IQM/median/mean of final HNS over a (seeds x games) matrix with CIs.
-
-    Uses the seeds present in every game of that method (the matrix must be rectangular)."""
+def hns_matrices(rows: list[dict[str, Any]]) -> dict[str, np.ndarray]:
+    """Per method: the ``(seeds, games)`` matrix of final human-normalised scores, over the
+    seeds present in every game of that method (games outside the table are left out)."""
     out = {}
     for method in sorted({r["method"] for r in rows}):
         mine = [r for r in rows if r["method"] == method and not np.isnan(r["final_hns"])]
         if not mine:
             continue
         seeds = sorted(set.intersection(*(set(r["per_seed_final_hns"]) for r in mine)))
-        if not seeds:
-            continue
-        matrix = np.array([[r["per_seed_final_hns"][s] for r in mine] for s in seeds])
-        out[method] = {"games": len(mine), "seeds": len(seeds), **aggregate(matrix, reps)}
+        if seeds:
+            out[method] = np.array([[r["per_seed_final_hns"][s] for r in mine] for s in seeds])
     return out
+
+
+def aggregates(rows: list[dict[str, Any]], reps: int = 50_000) -> dict[str, dict]:
+    """Per method: IQM/median/mean of final HNS over its (seeds x games) matrix with CIs."""
+    return {
+        m: {"games": x.shape[1], "seeds": x.shape[0], **aggregate(x, reps)}
+        for m, x in hns_matrices(rows).items()
+    }
+
+
+def improvements(matrices: dict[str, np.ndarray]) -> list[tuple[str, float, float, float]]:
+    """P(X > Y) with its 95% CI for every ordered pair of methods on the same games (PVN
+    first when present)."""
+    from pvn.plots import probability_of_improvement_ci
+
+    order = sorted(matrices, key=lambda m: (m != "pvn", m))
+    rows = []
+    for i, a in enumerate(order):
+        for b in order[i + 1 :]:
+            if matrices[a].shape[1] == matrices[b].shape[1]:
+                p, lo, hi = probability_of_improvement_ci(matrices[a], matrices[b])
+                rows.append((f"P({a} > {b})", p, lo, hi))
+    return rows
 
 
 def markdown(rows: list[dict[str, Any]], aggs: dict[str, dict]) -> str:
@@ -131,51 +151,6 @@ def markdown(rows: list[dict[str, Any]], aggs: dict[str, dict]) -> str:
             ]
             lines.append(f"| {m} | {a['games']} x {a['seeds']} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
-
-
-def plot_curves(runs: list[dict[str, Any]], path: Path, bins: int = 20) -> None:
-    """Episode return against agent steps, mean over seeds, one panel per game."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    games = sorted({r["game"] for r in runs})
-    fig, axes = plt.subplots(1, len(games), figsize=(4.5 * len(games), 3.4), squeeze=False)
-    for ax, game in zip(axes[0], games, strict=True):
-        by_method: dict[str, list] = defaultdict(list)
-        for r in runs:
-            if r["game"] == game:
-                by_method[r["method"]].append(r)
-        for method, rs in sorted(by_method.items()):
-            top = max(
-                int(r.get("steps") or max((e["step"] for e in r["episodes"]), default=1))
-                for r in rs
-            )
-            edges = np.linspace(0, top, bins + 1)
-            curves = []
-            for r in rs:
-                steps = np.array([e["step"] for e in r["episodes"]], np.float64)
-                rets = np.array([e["return"] for e in r["episodes"]], np.float64)
-                idx = np.clip(np.searchsorted(edges, steps, side="right") - 1, 0, bins - 1)
-                sums = np.bincount(idx, rets, minlength=bins)
-                counts = np.bincount(idx, minlength=bins)
-                with np.errstate(invalid="ignore"):
-                    curves.append(sums / counts)
-            mid = (edges[:-1] + edges[1:]) / 2
-            with np.errstate(invalid="ignore"), warnings.catch_warnings():
-                warnings.simplefilter("ignore", RuntimeWarning)  # bins with no episode: gaps
-                mean = np.nanmean(np.array(curves), axis=0)
-            ax.plot(mid, mean, marker=".", label=f"{method} (n={len(rs)})")
-        if not any(r["episodes"] for r in runs if r["game"] == game):
-            ax.text(0.5, 0.5, "no finished episode", ha="center", transform=ax.transAxes)
-        ax.set_title(game)
-        ax.set_xlabel("agent steps")
-        ax.set_ylabel("episode return")
-        ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
 def probes(run_dirs: list[str], data: str | Path) -> dict[str, dict[str, Any]]:
@@ -226,6 +201,15 @@ def report(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     text = markdown(rows, aggs)
+    matrices = hns_matrices(rows)
+    pairs = improvements(matrices)
+    if pairs:
+        text += "\n\n| probability of improvement | estimate [95% CI] |\n|---|---|\n"
+        text += "\n".join(f"| {k} | {p:.2f} [{lo:.2f}, {hi:.2f}] |" for k, p, lo, hi in pairs)
+        plots.plot_improvement(pairs, out / "probability_of_improvement.png")
+    if matrices:
+        plots.plot_profiles(matrices, out / "performance_profile.png")
+        plots.plot_iqm_curve(runs, out / "iqm_curve.png")
     if data is not None:
         table = probes(run_dirs, data)
         text += "\n\nOffline linear probes on held-out logged episodes:\n\n" + probes_markdown(
@@ -239,5 +223,5 @@ def report(
         w.writerow(keys)
         for r in rows:
             w.writerow([len(r[k]) if k == "seeds" else r[k] for k in keys])
-    plot_curves(runs, out / "curves.png")
+    plots.plot_curves(runs, out / "curves.png")
     return text

@@ -9,7 +9,9 @@ Compares, in one run and on the same memory-mapped data (page cache warm):
     else: the memory-copy limit;
   * prefetcher: batches per second handed to a consumer by ``replay.Prefetcher``.
 Then the process's anonymous memory (RssAnon, not the page cache of the maps) while sampling
-from 1 and from 10 checkpoints, each in a fresh subprocess.
+from 1 and from 10 checkpoints, each in a fresh subprocess. Then ``pvn data verify`` (every byte
+read and checked) against a bare ``gunzip -c > /dev/null`` of the same files, interleaved
+(goal: verify within 1.5x of gunzip).
 
     python scripts/bench_replay.py [--capacity 20000] [--seconds 2]
 """
@@ -176,6 +178,35 @@ def memory(path: Path, cache: Path) -> dict:
     return out
 
 
+def verify_speed(log_dir: Path, rounds: int = 3) -> dict:
+    """Seconds for ``replay.verify.verify`` and for the ``gunzip`` command on the same files."""
+    import shutil
+    import time
+
+    from replay.verify import verify
+
+    files = sorted(p for p in log_dir.glob("*_ckpt.*.gz"))
+    mb = sum(p.stat().st_size for p in files) / 1e6
+    gunzip = shutil.which("gunzip")
+    t_verify, t_gunzip = [], []
+    for _ in range(rounds):
+        t = time.perf_counter()
+        rows = verify(log_dir)
+        t_verify.append(time.perf_counter() - t)
+        assert not any(r["problems"] for r in rows)
+        if gunzip:
+            t = time.perf_counter()
+            for f in files:
+                subprocess.run([gunzip, "-c", str(f)], stdout=subprocess.DEVNULL, check=True)
+            t_gunzip.append(time.perf_counter() - t)
+    out = {"compressed_mb": round(mb, 1), "verify_s": round(float(np.median(t_verify)), 2),
+           "verify_mb_per_s": round(mb / float(np.median(t_verify)), 1)}  # fmt: skip
+    if gunzip:
+        out["gunzip_s"] = round(float(np.median(t_gunzip)), 2)
+        out["verify_vs_gunzip"] = round(float(np.median(np.array(t_verify) / t_gunzip)), 2)
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--capacity", type=int, default=20_000, help="slots per checkpoint")
@@ -193,6 +224,7 @@ def main() -> None:
                     tmp / "replay_logs", tmp / "cache", args.seconds
                 ),
                 "memory": memory(tmp / "replay_logs", tmp / "cache"),
+                "verify": verify_speed(tmp / "replay_logs"),
                 "rss_anon_parent_mb": round(proc_status("RssAnon") / 2**20, 1),
             }
         )

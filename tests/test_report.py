@@ -121,3 +121,43 @@ def test_report_scores_by_the_final_evaluation(tmp_path):
 def test_report_errors(tmp_path, capsys):
     assert main(["report", str(tmp_path)]) == 2
     assert "results.json: missing" in capsys.readouterr().err
+
+
+def test_run_curve_of_training_episodes_is_a_running_mean_without_gaps():
+    from pvn import plots
+
+    run = {"steps": 400, "episodes": [{"step": s, "return": r} for s, r in
+                                      [(50, 1.0), (120, 3.0), (130, 5.0), (390, 7.0)]]}  # fmt: skip
+    x, y = plots.run_curve(run, window=2)
+    assert len(x) == plots.GRID and x[-1] == 400
+    at = dict(zip(x.tolist(), y.tolist(), strict=True))
+    assert np.isnan(at[10.0])  # before the first episode
+    assert at[50.0] == 1.0 and at[120.0] == 2.0  # mean of (1, 3)
+    assert at[380.0] == 4.0 and at[390.0] == 6.0  # last two: (3, 5), then (5, 7)
+    evals = {**run, "evaluations": [{"step": 0, "returns": [0, 2]}, {"step": 400, "returns": [4]}]}
+    x, y = plots.run_curve(evals)
+    assert x.tolist() == [0, 400] and y.tolist() == [1.0, 4.0]
+
+
+def test_performance_profile_by_hand():
+    from pvn.plots import performance_profile
+
+    scores = np.array([[0.1, 0.5], [0.3, 0.9]])  # 2 runs x 2 games
+    frac, lo, hi = performance_profile(scores, np.array([0.0, 0.2, 0.6, 1.0]), reps=500)
+    assert frac.tolist() == [1.0, 0.75, 0.25, 0.0]
+    assert (lo <= frac + 1e-12).all() and (hi >= frac - 1e-12).all()
+
+
+def test_report_draws_profiles_and_probability_of_improvement(tmp_path):
+    runs = []
+    for seed in range(3):
+        for game, lo in (("Pong", -21), ("Breakout", 1)):
+            runs.append(_write_run(tmp_path / f"p{game}{seed}", game, "pvn", seed,
+                                   [lo + 5, lo + 6 + seed]))  # fmt: skip
+            runs.append(_write_run(tmp_path / f"r{game}{seed}", game, "random", seed, [lo, lo]))
+    out = tmp_path / "rep"
+    assert main(["report", *runs, "--out", str(out)]) == 0
+    text = (out / "report.md").read_text()
+    assert "| P(pvn > random) | 1.00 [1.00, 1.00] |" in text  # pvn beats random in every pair
+    for png in ("curves", "iqm_curve", "performance_profile", "probability_of_improvement"):
+        assert (out / f"{png}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", png

@@ -1,0 +1,217 @@
+"""The report's pictures, drawn as rliable draws them (Agarwal et al. 2021).
+
+* ``curves.png``: per game, each method's return against agent steps, a line through every
+  point with a shaded 95% CI of the mean over seeds. A run's points are its greedy evaluations
+  when it has two or more; otherwise its training episodes as a running mean of the last 10
+  finished episodes on a fixed grid of steps, so the line has no gaps.
+* ``iqm_curve.png``: the human-normalised IQM over all runs and games against the fraction of
+  training done, with its stratified-bootstrap 95% CI band.
+* ``performance_profile.png``: the fraction of runs (all games) whose final human-normalised
+  score exceeds tau, with CI bands.
+* ``probability_of_improvement.png``: P(X > Y) for each pair of methods, with 95% CIs.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from agents.scores import human_normalized, iqm, probability_of_improvement
+
+GRID = 40  # points per curve
+
+
+def run_curve(run: dict[str, Any], window: int = 10) -> tuple[np.ndarray, np.ndarray]:
+    """``(steps, returns)`` of one run: its evaluations (mean return of each) when it has at
+    least two; else the mean of its last ``window`` training episodes at ``GRID`` evenly
+    spaced steps (NaN before its first finished episode)."""
+    evals = run.get("evaluations") or []
+    if len(evals) >= 2:
+        steps = np.array([e["step"] for e in evals], np.float64)
+        return steps, np.array([np.mean(e["returns"]) for e in evals], np.float64)
+    ends = np.array([e["step"] for e in run["episodes"]], np.float64)
+    rets = np.array([e["return"] for e in run["episodes"]], np.float64)
+    top = float(run.get("steps") or (ends.max() if len(ends) else 1.0))
+    grid = np.linspace(0.0, top, GRID + 1)[1:]
+    y = np.full(len(grid), np.nan)
+    for i, x in enumerate(grid):
+        done = rets[ends <= x]
+        if len(done):
+            y[i] = done[-window:].mean()
+    return grid, y
+
+
+def _on_grid(runs: list[dict[str, Any]], grid: np.ndarray, fraction: bool) -> np.ndarray:
+    """Each run's curve interpolated onto ``grid`` (steps, or fractions of each run's steps);
+    NaN before its first point."""
+    out = np.full((len(runs), len(grid)), np.nan)
+    for i, r in enumerate(runs):
+        x, y = run_curve(r)
+        keep = ~np.isnan(y)
+        if keep.sum() == 0:
+            continue
+        x, y = x[keep], y[keep]
+        if fraction:
+            x = x / float(r.get("steps") or x.max() or 1.0)
+        vals = np.interp(grid, x, y)
+        vals[grid < x[0]] = np.nan
+        out[i] = vals
+    return out
+
+
+def mean_ci(values: np.ndarray, reps: int = 2000, seed: int = 0) -> tuple[np.ndarray, ...]:
+    """Mean over rows (seeds) per column and its 95% percentile-bootstrap CI (rows resampled)."""
+    rng = np.random.default_rng(seed)
+    n = values.shape[0]
+    with np.errstate(invalid="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # columns before any run's first point
+        mean = np.nanmean(values, axis=0)
+        boots = np.nanmean(values[rng.integers(0, n, size=(reps, n))], axis=1)
+        lo, hi = np.nanpercentile(boots, [2.5, 97.5], axis=0)
+    return mean, lo, hi
+
+
+def _stratified(scores: np.ndarray, rng: np.random.Generator, reps: int) -> np.ndarray:
+    """``reps`` stratified-bootstrap replicates of a ``(runs, games)`` matrix."""
+    runs, games = scores.shape
+    return scores[rng.integers(0, runs, size=(reps, runs, games)), np.arange(games)]
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_curves(runs: list[dict[str, Any]], path: Path) -> None:
+    """Per game: each method's mean curve over seeds with a shaded 95% CI."""
+    plt = _plt()
+    games = sorted({r["game"] for r in runs})
+    fig, axes = plt.subplots(1, len(games), figsize=(4.5 * len(games), 3.4), squeeze=False)
+    for ax, game in zip(axes[0], games, strict=True):
+        by_method: dict[str, list] = defaultdict(list)
+        for r in runs:
+            if r["game"] == game:
+                by_method[r["method"]].append(r)
+        for method, rs in sorted(by_method.items()):
+            top = max(float(r.get("steps") or 1) for r in rs)
+            grid = np.linspace(0.0, top, GRID + 1)
+            if all(len(r.get("evaluations") or []) >= 2 for r in rs):  # the evaluations' steps
+                grid = np.unique(np.concatenate([run_curve(r)[0] for r in rs]))
+            mean, lo, hi = mean_ci(_on_grid(rs, grid, fraction=False))
+            (line,) = ax.plot(grid, mean, label=f"{method} (n={len(rs)})")
+            ax.fill_between(grid, lo, hi, color=line.get_color(), alpha=0.2, linewidth=0)
+        if not any(r["episodes"] or r.get("evaluations") for r in runs if r["game"] == game):
+            ax.text(0.5, 0.5, "no finished episode", ha="center", transform=ax.transAxes)
+        ax.set_title(game)
+        ax.set_xlabel("agent steps")
+        ax.set_ylabel("return (mean over seeds, 95% CI)")
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _hns_matrix(runs: list[dict[str, Any]], scores: dict[int, float]) -> np.ndarray | None:
+    """``(seeds, games)`` of ``scores`` (keyed by run index), seeds common to every game."""
+    by_game: dict[str, dict[int, float]] = defaultdict(dict)
+    for i, r in enumerate(runs):
+        v = human_normalized(r["game"], scores[i])
+        if not np.isnan(v):
+            by_game[r["game"]][int(r["seed"])] = v
+    if not by_game:
+        return None
+    seeds = sorted(set.intersection(*(set(d) for d in by_game.values())))
+    if not seeds:
+        return None
+    return np.array([[by_game[g][s] for g in sorted(by_game)] for s in seeds])
+
+
+def plot_iqm_curve(runs: list[dict[str, Any]], path: Path, reps: int = 2000) -> None:
+    """Human-normalised IQM (all runs and games) against the fraction of training done."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(5, 3.4))
+    grid = np.linspace(0.0, 1.0, GRID + 1)[1:]
+    rng = np.random.default_rng(0)
+    for method in sorted({r["method"] for r in runs}):
+        rs = [r for r in runs if r["method"] == method]
+        curves = _on_grid(rs, grid, fraction=True)
+        points = []
+        for j in range(len(grid)):
+            m = _hns_matrix(rs, {i: curves[i, j] for i in range(len(rs))})
+            if m is None or np.isnan(m).any():
+                points.append((np.nan, np.nan, np.nan))
+                continue
+            boots = iqm(_stratified(m, rng, reps))
+            points.append((iqm(m), *np.percentile(boots, [2.5, 97.5])))
+        mid, lo, hi = (np.array(p) for p in zip(*points, strict=True))
+        (line,) = ax.plot(grid, mid, label=method)
+        ax.fill_between(grid, lo, hi, color=line.get_color(), alpha=0.2, linewidth=0)
+    ax.set_xlabel("fraction of training")
+    ax.set_ylabel("IQM human-normalised score")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def performance_profile(
+    scores: np.ndarray, taus: np.ndarray, reps: int = 2000, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Fraction of runs (all games) with score > tau, and its stratified-bootstrap 95% CI."""
+    frac = (scores.reshape(-1, 1) > taus).mean(axis=0)
+    boots = _stratified(scores, np.random.default_rng(seed), reps)
+    b = (boots.reshape(reps, -1, 1) > taus).mean(axis=1)
+    lo, hi = np.percentile(b, [2.5, 97.5], axis=0)
+    return frac, lo, hi
+
+
+def probability_of_improvement_ci(
+    x: np.ndarray, y: np.ndarray, reps: int = 2000, seed: int = 0
+) -> tuple[float, float, float]:
+    """P(X > Y) and its 95% CI, X's and Y's runs resampled independently within each game."""
+    rng = np.random.default_rng(seed)
+    boots = [
+        probability_of_improvement(_stratified(x, rng, 1)[0], _stratified(y, rng, 1)[0])
+        for _ in range(reps)
+    ]
+    lo, hi = np.percentile(boots, [2.5, 97.5])
+    return probability_of_improvement(x, y), float(lo), float(hi)
+
+
+def plot_profiles(matrices: dict[str, np.ndarray], path: Path) -> None:
+    plt = _plt()
+    allv = np.concatenate([m.ravel() for m in matrices.values()])
+    taus = np.linspace(min(allv.min(), 0.0), max(allv.max(), 1.0), 60)
+    fig, ax = plt.subplots(figsize=(5, 3.4))
+    for method, m in sorted(matrices.items()):
+        frac, lo, hi = performance_profile(m, taus)
+        (line,) = ax.plot(taus, frac, label=method)
+        ax.fill_between(taus, lo, hi, color=line.get_color(), alpha=0.2, linewidth=0)
+    ax.set_xlabel("human-normalised score tau")
+    ax.set_ylabel("fraction of runs with score > tau")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_improvement(rows: list[tuple[str, float, float, float]], path: Path) -> None:
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(5, 0.5 + 0.5 * len(rows)))
+    for i, (_, p, lo, hi) in enumerate(rows):
+        ax.errorbar(p, i, xerr=[[p - lo], [hi - p]], fmt="o", capsize=4)
+    ax.axvline(0.5, color="grey", linestyle="--", linewidth=1)
+    ax.set_yticks(range(len(rows)), [r[0] for r in rows])
+    ax.set_xlim(0, 1)
+    ax.set_xlabel("probability of improvement (95% CI)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
