@@ -14,7 +14,8 @@ from typing import Any
 
 import torch
 
-from pvn.errors import CheckpointError
+from pvn.errors import CheckpointError, WriteError
+from pvn.files import failed_write
 
 _NAME = re.compile(r"^ckpt_(\d{9})\.pt$")
 
@@ -33,14 +34,19 @@ def list_checkpoints(run_dir: str | Path) -> list[Path]:
 
 def save_checkpoint(run_dir: str | Path, step: int, state: dict[str, Any], keep: int) -> Path:
     d = checkpoint_dir(run_dir)
-    d.mkdir(parents=True, exist_ok=True)
     path = d / f"ckpt_{step:09d}.pt"
     tmp = d / f".{path.name}.tmp-{os.getpid()}"
-    with open(tmp, "wb") as f:
-        torch.save(state, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with failed_write(path, tmp):
+            d.mkdir(parents=True, exist_ok=True)
+            with open(tmp, "wb") as f:
+                torch.save(state, f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+    except RuntimeError as e:  # torch's zip writer reports a failed write as RuntimeError
+        tmp.unlink(missing_ok=True)
+        raise WriteError(f"{path}: could not be written ({str(e).splitlines()[0]})") from None
     dir_fd = os.open(d, os.O_RDONLY)
     try:
         os.fsync(dir_fd)

@@ -17,4 +17,9 @@ class CheckpointError(PVNError):
     """A missing, corrupt or incompatible checkpoint or run directory."""
 
 
+class WriteError(PVNError):
+    """A file could not be written (a full disk, a file-size limit, no permission); the message
+    names the file and the cause, and nothing half-written is left behind."""
+
+
 USER_ERRORS = (PVNError, ReplayError, EnvError)

@@ -6,10 +6,12 @@ Loading them with ``np.load`` (as Dopamine does) needs that much RAM per checkpo
 so opening 50 checkpoints costs disk and page cache, not anonymous memory.
 
 Cache entries are keyed by the replay directory's real path and validated against each source
-file's size and mtime. A conversion writes into a temporary directory and renames it into place
-only once complete (the sentinel is the final ``meta.json``), under a file lock so concurrent
-workers convert a checkpoint once; a conversion killed midway leaves only a temporary directory,
-which the next run deletes and redoes.
+file's size and mtime, and their own files against the sizes recorded when they were made (a
+cache file truncated later is rebuilt, never read as data). A conversion writes into a
+temporary directory and renames it into place only once complete (the sentinel is the final
+``meta.json``), under a file lock so concurrent workers convert a checkpoint once; a conversion
+killed midway leaves only a temporary directory, which the next run deletes and redoes. A full
+disk while converting is one error naming the cache directory, with nothing left behind.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ from replay.dopamine_format import (
 )
 from replay.errors import ReplayError
 
-_META_VERSION = 1
+_META_VERSION = 2  # 2: meta records the cache files' sizes
 
 
 def default_cache_dir() -> Path:
@@ -124,6 +126,8 @@ def _convert(files: dict[str, Path], dest: Path, progress: Callable[[int], None]
     for name in os.listdir(dest):
         with open(dest / name, "rb+") as f:
             os.fsync(f.fileno())
+    # the cache's own files, so a cache damaged later (truncated) is seen, not read as data
+    meta["sizes"] = {k: (dest / f"{k}.npy").stat().st_size for k in STORE}
     tmp = dest / "meta.json.tmp"
     tmp.write_text(json.dumps(meta))
     os.replace(tmp, dest / "meta.json")
@@ -144,11 +148,17 @@ def _load(entry: Path, ckpt: int) -> Checkpoint:
 
 
 def _is_current(entry: Path, files: dict[str, Path]) -> bool:
+    """The entry is complete, made from the current source files, and its arrays are whole."""
     try:
         meta = json.loads((entry / "meta.json").read_text())
+        sizes = {k: (entry / f"{k}.npy").stat().st_size for k in STORE}
     except (FileNotFoundError, json.JSONDecodeError):
         return False
-    return meta.get("version") == _META_VERSION and meta.get("sources") == _fingerprint(files)
+    return (
+        meta.get("version") == _META_VERSION
+        and meta.get("sources") == _fingerprint(files)
+        and meta.get("sizes") == sizes
+    )
 
 
 def open_checkpoint(
@@ -176,8 +186,8 @@ def open_checkpoint(
             for stale in root.glob(f"ckpt.{ckpt}.tmp-*"):
                 shutil.rmtree(stale, ignore_errors=True)
             tmp = root / f"ckpt.{ckpt}.tmp-{os.getpid()}"
-            tmp.mkdir()
             try:
+                tmp.mkdir()
                 cb = None
                 if progress is not None:
                     cb = progress(f"caching checkpoint {ckpt}", _raw_bytes(files))
@@ -185,6 +195,11 @@ def open_checkpoint(
                 if entry.exists():
                     shutil.rmtree(entry)
                 os.replace(tmp, entry)
+            except OSError as e:  # a full disk or a file-size limit while writing the cache
+                raise ReplayError(
+                    f"{tmp}: could not be written ({e.strerror or e}); free space or choose "
+                    "another cache dir (data.cache_dir, $PVN_CACHE_DIR)"
+                ) from None
             finally:
                 shutil.rmtree(tmp, ignore_errors=True)
     return _load(entry, ckpt)

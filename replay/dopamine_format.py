@@ -163,22 +163,31 @@ def stream_to_npy(
 ) -> tuple[int, ...]:
     """Decompress ``path`` into the ``.npy`` file ``out``, a chunk at a time (bounded RAM).
 
-    ``out`` is opened as a memmap afterwards, so a 7 GB observation file never sits in RAM.
+    ``out`` is opened as a memmap afterwards, so a 7 GB observation file never sits in RAM. It
+    is written with plain writes, not through a map: a full disk is then an error naming the
+    file (a write through a map would end the process with SIGBUS).
     ``progress`` receives the number of decompressed bytes after each chunk.
     """
     with _open_checked(path, kind) as (f, shape, total):
-        mm = np.lib.format.open_memmap(out, mode="w+", dtype=DTYPES[kind], shape=shape)
-        dst = mm.reshape(-1).view(np.uint8) if mm.size else np.empty(0, np.uint8)
-        done = 0
-        while done < total:
-            n = f.readinto(memoryview(dst[done : min(total, done + _CHUNK)]))
-            if not n:
-                raise ReplayError(f"{path}: truncated: {done} of {total} bytes")
-            done += n
-            if progress is not None:
-                progress(n)
-        mm.flush()
-        del mm, dst
+        try:
+            dst = open(out, "wb")  # noqa: SIM115 (closed below; write errors named apart)
+            header = {"descr": DTYPES[kind].str, "fortran_order": False, "shape": shape}
+            np.lib.format.write_array_header_1_0(dst, header)
+        except OSError as e:
+            raise ReplayError(f"{out}: could not be written ({e.strerror or e})") from None
+        with dst:
+            done = 0
+            while done < total:
+                data = f.read(min(_CHUNK, total - done))  # read errors: _open_checked's
+                if not data:
+                    raise ReplayError(f"{path}: truncated: {done} of {total} bytes")
+                try:
+                    dst.write(data)
+                except OSError as e:
+                    raise ReplayError(f"{out}: could not be written ({e.strerror or e})") from None
+                done += len(data)
+                if progress is not None:
+                    progress(len(data))
     return shape
 
 
@@ -198,11 +207,17 @@ def read_frames_into(path: Path, out: np.ndarray) -> None:
 
 
 def write_npy_gz(path: Path, array: np.ndarray, compresslevel: int = 6) -> None:
-    """Write one array as Dopamine does (gzip of ``np.save``), atomically: temp, fsync, rename."""
+    """Write one array as Dopamine does (gzip of ``np.save``), atomically: temp, fsync, rename.
+    A failed write (full disk, file-size limit) is a :class:`ReplayError` naming the file, and
+    leaves no partial file."""
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as raw:
-        with gzip.GzipFile(fileobj=raw, mode="wb", compresslevel=compresslevel) as gz:
-            np.save(gz, np.asarray(array), allow_pickle=False)
-        raw.flush()
-        os.fsync(raw.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as raw:
+            with gzip.GzipFile(fileobj=raw, mode="wb", compresslevel=compresslevel) as gz:
+                np.save(gz, np.asarray(array), allow_pickle=False)
+            raw.flush()
+            os.fsync(raw.fileno())
+        os.replace(tmp, path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise ReplayError(f"{path}: could not be written ({e.strerror or e})") from None

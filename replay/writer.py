@@ -89,9 +89,15 @@ class DQNReplayWriter:
         self.capacity, self.stack_size, self.update_horizon = capacity, stack_size, update_horizon
         self.compresslevel = compresslevel
         self._scratch = self.path / f"{_SCRATCH}-{os.getpid()}"
-        self._obs = np.lib.format.open_memmap(
-            self._scratch, mode="w+", dtype=np.uint8, shape=(capacity, *FRAME_SHAPE)
-        )
+        try:
+            self._obs = np.lib.format.open_memmap(
+                self._scratch, mode="w+", dtype=np.uint8, shape=(capacity, *FRAME_SHAPE)
+            )
+        except OSError as e:  # no room for the frame buffer (full disk, file-size limit)
+            self._scratch.unlink(missing_ok=True)
+            raise ReplayError(
+                f"{self._scratch}: could not be written ({e.strerror or e})"
+            ) from None
         self._action = np.zeros(capacity, np.int32)
         self._reward = np.zeros(capacity, np.float32)
         self._terminal = np.zeros(capacity, np.uint8)
