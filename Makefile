@@ -6,7 +6,7 @@ BIN     := $(VENV)/bin
 TORCH   ?= torch==2.13.0
 STAMP   := $(VENV)/.installed
 
-.PHONY: install demo test lint format bench clean
+.PHONY: install demo test test-fast lint docs format bench clean
 
 install: $(STAMP)
 
@@ -22,6 +22,15 @@ demo: install
 
 test: install
 	$(BIN)/python -m pytest -q --durations=15
+
+# development loop: the slowest end-to-end tests (marked `slow`) are left to `make test` and CI
+test-fast: install
+	$(BIN)/python -m pytest -q -m "not slow"
+
+# the documentation site, strict: a broken link or a stale config reference fails
+docs: install
+	$(BIN)/python scripts/gen_config_reference.py --check
+	$(BIN)/mkdocs build --strict --quiet
 
 lint: install
 	$(BIN)/ruff check .

@@ -149,6 +149,7 @@ def test_existing_log_is_refused(collected, capsys):
     assert "holds a finished collection" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_killed_collection_continues_from_its_last_checkpoint(tmp_path):
     """SIGKILL after a log checkpoint, then the same command: the collection completes; the
     checkpoints written before the kill are kept byte for byte, nothing is logged twice (every

@@ -192,6 +192,7 @@ def _torchrun(args: list[str], procs: int = 2) -> list[str]:
     return [*run, f"--nproc_per_node={procs}", "-m", "pvn", *args]
 
 
+@pytest.mark.slow
 def test_torchrun_gloo_equals_simulation(log_dir, tmp_path):  # noqa: F811
     extra = ["distributed=monna", "distributed.f=0", "steps=6", "checkpoint_every=6"]
     sim = tmp_path / "sim"
@@ -229,6 +230,7 @@ def test_monna_holds_under_attack_where_averaging_breaks(log_dir, tmp_path):  # 
     assert not d["td_loss"] <= 10 * honest["td_loss"], d  # far larger, or NaN: diverged
 
 
+@pytest.mark.slow
 def test_a_killed_worker_ends_the_job_cleanly_and_the_restart_resumes(log_dir, tmp_path):  # noqa: F811
     """torchrun with 2 gloo workers; SIGKILL one worker after a checkpoint: the job exits
     non-zero within 60 s (no hang); the same command then resumes from the last checkpoint."""

@@ -59,6 +59,7 @@ def pretrained(tmp_path_factory, ale_episodes):
 
 
 @pytest.mark.parametrize("which", ["pretrained", "random", "e2e"])
+@pytest.mark.slow
 def test_evaluate_writes_results(pretrained, tmp_path, which):
     encoder = str(pretrained) if which == "pretrained" else which
     run = tmp_path / "eval"
@@ -77,6 +78,7 @@ def test_evaluate_writes_results(pretrained, tmp_path, which):
     assert (run / "config.yaml").exists() and any((run / "tb").iterdir())
 
 
+@pytest.mark.slow
 def test_greedy_evaluations_at_start_every_and_end(tmp_path):
     """The paper's scoring: ``eval_episodes`` episodes at step 0, every ``eval_every`` agent
     steps, and after the last step, in rounds over ``eval_num_envs`` envs."""
@@ -105,6 +107,7 @@ def test_greedy_evaluations_at_start_every_and_end(tmp_path):
     assert sum("eval_return" in r for r in records) == 4
 
 
+@pytest.mark.slow
 def test_evaluations_do_not_change_the_training_run(tmp_path):
     """Evaluation draws from its own generator and envs: the training episodes are the same."""
     common = ["encoder=random", *SMALL, "steps=600"]
@@ -270,6 +273,7 @@ def test_short_evaluation_preset_changes_only_the_head_speed():
     assert (short.steps, short.protocol) == (paper.steps, paper.protocol)
 
 
+@pytest.mark.slow
 def test_killed_evaluation_resumes_deterministically(tmp_path):
     """SIGKILL after a checkpoint; two resumptions from the same checkpoint finish with identical
     agents and results; the episodes recorded before the checkpoint are kept."""
@@ -305,6 +309,7 @@ def test_killed_evaluation_resumes_deterministically(tmp_path):
         assert torch.equal(nets[0][k], nets[1][k]), k
 
 
+@pytest.mark.slow
 def test_paper_preset_scores_by_its_final_evaluation(tmp_path, capsys):
     """The issue's check: ``eval_preset=paper`` with a short budget writes evaluations of
     ``eval_episodes`` greedy episodes at step 0 and after the last step, and ``pvn report``

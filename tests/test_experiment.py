@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 
+import pytest
 import yaml
 
 from pvn.cli import main
@@ -59,6 +60,7 @@ def _config(tmp_path) -> str:
     return str(path)
 
 
+@pytest.mark.slow
 def test_killed_experiment_resumes_without_redoing_finished_stages(tmp_path, capsys):
     config = _config(tmp_path)
     assert main(["experiment", config, "--print-commands"]) == 0

@@ -37,6 +37,7 @@ def _distinct_frames(ale_episodes, k):
 
 
 @pytest.mark.parametrize("center", [False, True])
+@pytest.mark.slow
 def test_learns_the_closed_form_successor_measure(ale_episodes, center):
     """4 states (real frames), 2 actions, known deterministic transitions, uniform behaviour.
     Each head must approach Q(s, a) = r(s) + gamma * V(T[s, a]), V = (I - gamma P_pi)^-1 r,

@@ -286,6 +286,7 @@ def _score_matrices() -> list[np.ndarray]:
 
 
 @pytest.mark.parametrize("which", range(3))
+@pytest.mark.slow
 def test_aggregates_equal_rliables(which):
     """IQM, median and mean equal ``rliable.metrics``; their stratified-bootstrap percentile
     CIs equal ``rliable.library.get_interval_estimates``' up to the Monte Carlo error of 50,000

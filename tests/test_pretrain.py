@@ -114,6 +114,7 @@ def test_same_seed_same_parameters(log_dir, tmp_path):
 
 
 @pytest.mark.parametrize("task_cache", ["false", "true"])
+@pytest.mark.slow
 def test_sigkill_then_resume_is_bit_exact(log_dir, tmp_path, task_cache):
     """A run killed with SIGKILL after a checkpoint, then restarted, ends bit for bit where an
     uninterrupted run ends (parameters, optimizer and task state, sampler), with the task
@@ -193,6 +194,7 @@ OPTIMIZERS = ["adam", "adamw", "sgd"]
 
 
 @pytest.mark.parametrize("torso", TORSOS)
+@pytest.mark.slow
 def test_every_torso_tasks_optimizer_combination_trains(log_dir, tmp_path, torso):
     ds = DQNReplayDataset(log_dir, cache_dir=log_dir.parent / "cache")
     with Prefetcher(ds, 2) as batches:

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import pytest
+
 from pvn.checkpoint import list_checkpoints
 from pvn.cli import main
 from pvn.quickstart import verdict
 
 
+@pytest.mark.slow
 def test_quickstart_runs_collect_pretrain_evaluate_report(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("PVN_CACHE_DIR", str(tmp_path / "cache"))
     out = tmp_path / "qs"

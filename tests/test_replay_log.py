@@ -10,6 +10,7 @@ import sys
 import time
 
 import numpy as np
+import pytest
 
 from pvn.checkpoint import list_checkpoints
 from pvn.cli import main
@@ -36,6 +37,7 @@ def _complete_episode_returns(log) -> list[float]:
     return sorted(np.diff(np.concatenate([[0.0], sums])).tolist())
 
 
+@pytest.mark.slow
 def test_any_run_logs_every_transition(tmp_path, capsys):
     """Pong (rewards are already +-1, so clipped returns are the game's): 2 envs, a linear head
     on random features. Every agent step is logged once (plus 3 padding slots per episode), each
@@ -71,6 +73,7 @@ def _run_until(args: list[str], done) -> None:
         proc.wait()
 
 
+@pytest.mark.slow
 def test_killed_logging_run_resumes_its_log_exactly(tmp_path):
     """The issue's command (Dopamine's DQN on Breakout, log checkpoints of 250 slots), killed
     once right after its run checkpoint at step 1,500 and once much later (log checkpoints
@@ -122,6 +125,7 @@ def test_killed_logging_run_resumes_its_log_exactly(tmp_path):
         assert x.add_count == y.add_count
 
 
+@pytest.mark.slow
 def test_frame_replay_memory_grows_with_what_it_holds(tmp_path):
     """End-to-end DQN with the paper's 1M-frame replay (7 GB if allocated up front) for 6,000
     agent steps: peak resident memory of the process stays under 2 GB."""

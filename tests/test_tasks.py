@@ -95,6 +95,7 @@ def test_exact_hash_matches_integer_arithmetic(stacks):
             assert got[b, i] == float(h == 0)
 
 
+@pytest.mark.slow
 def test_hash_fires_at_about_p(stacks):
     gen = torch.Generator().manual_seed(4)
     fam = build_tasks("indicator_hash", gen, num_tasks=50, target_proportion=0.1)

@@ -9,6 +9,7 @@ import sys
 import textwrap
 
 import numpy as np
+import pytest
 
 from pvn.checkpoint import list_checkpoints
 from replay import DQNReplayDataset
@@ -39,6 +40,7 @@ def _one_error_line(proc, *needles: str) -> None:
         assert n in lines[0], lines[0]
 
 
+@pytest.mark.slow
 def test_full_disk_while_caching_a_checkpoint(dopamine_copy, tmp_path):
     """The observation array (21 MB decompressed) cannot be cached under a 5 MB limit."""
     cache = tmp_path / "cache"
@@ -52,6 +54,7 @@ def test_full_disk_while_caching_a_checkpoint(dopamine_copy, tmp_path):
     assert ds.checkpoints == [0, 1, 2, 3]
 
 
+@pytest.mark.slow
 def test_full_disk_while_writing_a_run_checkpoint(tmp_path):
     """End-to-end DQN's checkpoint (network, target, Adam and replay: tens of MB) cannot be
     written under a 5 MB limit: one line naming it, no partial checkpoint; a re-run completes."""
@@ -68,6 +71,7 @@ def test_full_disk_while_writing_a_run_checkpoint(tmp_path):
     assert (run / "results.json").exists()
 
 
+@pytest.mark.slow
 def test_full_disk_for_a_logs_frame_buffer(tmp_path):
     """``pvn collect`` and ``replay_log=``: the frame buffer (capacity x 7 KB) does not fit."""
     out = tmp_path / "data"
@@ -84,6 +88,7 @@ def test_full_disk_for_a_logs_frame_buffer(tmp_path):
     assert done.returncode == 0  # with space again, the same command completes
 
 
+@pytest.mark.slow
 def test_two_readers_convert_a_checkpoint_once(dopamine_copy, tmp_path):
     """Two processes open the same uncached log at once: each checkpoint is converted by one of
     them (the other waits on its lock), and both read the same data."""
