@@ -90,6 +90,25 @@ def _plt():
     return plt
 
 
+def _band(ax, x, mid, lo, hi, label: str) -> None:
+    """A line and its shaded CI in one colour."""
+    (line,) = ax.plot(x, mid, label=label)
+    ax.fill_between(x, lo, hi, color=line.get_color(), alpha=0.2, linewidth=0)
+
+
+def _save(fig, ax, path: Path, xlabel: str, ylabel: str | None = None, legend: bool = True):
+    import matplotlib.pyplot as plt
+
+    ax.set_xlabel(xlabel)
+    if ylabel:
+        ax.set_ylabel(ylabel)
+    if legend:
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def plot_curves(runs: list[dict[str, Any]], path: Path) -> None:
     """Per game: each method's mean curve over seeds with a shaded 95% CI."""
     plt = _plt()
@@ -105,9 +124,7 @@ def plot_curves(runs: list[dict[str, Any]], path: Path) -> None:
             grid = np.linspace(0.0, top, GRID + 1)
             if all(len(r.get("evaluations") or []) >= 2 for r in rs):  # the evaluations' steps
                 grid = np.unique(np.concatenate([run_curve(r)[0] for r in rs]))
-            mean, lo, hi = mean_ci(_on_grid(rs, grid, fraction=False))
-            (line,) = ax.plot(grid, mean, label=f"{method} (n={len(rs)})")
-            ax.fill_between(grid, lo, hi, color=line.get_color(), alpha=0.2, linewidth=0)
+            _band(ax, grid, *mean_ci(_on_grid(rs, grid, fraction=False)), f"{method} (n={len(rs)})")
         if not any(r["episodes"] or r.get("evaluations") for r in runs if r["game"] == game):
             ax.text(0.5, 0.5, "no finished episode", ha="center", transform=ax.transAxes)
         ax.set_title(game)
@@ -151,15 +168,8 @@ def plot_iqm_curve(runs: list[dict[str, Any]], path: Path, reps: int = 2000) -> 
                 continue
             boots = iqm(_stratified(m, rng, reps))
             points.append((iqm(m), *np.percentile(boots, [2.5, 97.5])))
-        mid, lo, hi = (np.array(p) for p in zip(*points, strict=True))
-        (line,) = ax.plot(grid, mid, label=method)
-        ax.fill_between(grid, lo, hi, color=line.get_color(), alpha=0.2, linewidth=0)
-    ax.set_xlabel("fraction of training")
-    ax.set_ylabel("IQM human-normalised score")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+        _band(ax, grid, *(np.array(p) for p in zip(*points, strict=True)), method)
+    _save(fig, ax, path, "fraction of training", "IQM human-normalised score")
 
 
 def performance_profile(
@@ -192,15 +202,8 @@ def plot_profiles(matrices: dict[str, np.ndarray], path: Path) -> None:
     taus = np.linspace(min(allv.min(), 0.0), max(allv.max(), 1.0), 60)
     fig, ax = plt.subplots(figsize=(5, 3.4))
     for method, m in sorted(matrices.items()):
-        frac, lo, hi = performance_profile(m, taus)
-        (line,) = ax.plot(taus, frac, label=method)
-        ax.fill_between(taus, lo, hi, color=line.get_color(), alpha=0.2, linewidth=0)
-    ax.set_xlabel("human-normalised score tau")
-    ax.set_ylabel("fraction of runs with score > tau")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+        _band(ax, taus, *performance_profile(m, taus), method)
+    _save(fig, ax, path, "human-normalised score tau", "fraction of runs with score > tau")
 
 
 def plot_improvement(rows: list[tuple[str, float, float, float]], path: Path) -> None:
@@ -211,7 +214,4 @@ def plot_improvement(rows: list[tuple[str, float, float, float]], path: Path) ->
     ax.axvline(0.5, color="grey", linestyle="--", linewidth=1)
     ax.set_yticks(range(len(rows)), [r[0] for r in rows])
     ax.set_xlim(0, 1)
-    ax.set_xlabel("probability of improvement (95% CI)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(fig, ax, path, "probability of improvement (95% CI)", legend=False)
