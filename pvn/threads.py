@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 #: commands whose envs step while the learner works, so envpool gets a share of the cores
-ENV_COMMANDS = ("evaluate", "quickstart")
+ENV_COMMANDS = ("evaluate",)
 #: commands that are mostly emulation (the policy is one forward pass per step, if any)
 EMULATION_COMMANDS = ("collect",)
 
