@@ -8,15 +8,22 @@
     states) at every update, as a frame replay would.
 Goal: pvn / limit >= 0.7; pvn / naive is the gain from storing features.
 
-    python scripts/bench_evaluate.py [--torso nature] [--steps 4000] [--num-envs 8]
+    python scripts/bench_evaluate.py [--torso nature] [--steps 4000] [--num-envs 8] [--plan]
+
+``--plan`` runs everything under ``pvn evaluate``'s thread plan (pvn/threads.py: the cores split
+between PyTorch and envpool, OMP_WAIT_POLICY=PASSIVE) instead of the libraries' defaults.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
+
+if "--plan" in sys.argv:  # before torch loads: OpenMP reads its wait policy once
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import numpy as np
 import torch
@@ -29,12 +36,15 @@ from agents.evaluation import EvalConfig, run_control
 from agents.linear_dqn import LinearDQN
 from envs import FrameStack, make_atari
 from pvn.networks import build_torso
+from pvn.threads import apply, plan_threads
+
+ENV_THREADS = 0  # envpool's emulator threads (0: its default; --plan: the plan's)
 
 
 def pvn(torso, game, n, steps) -> float:
     agent = LinearDQN(torso.feature_dim, 6, DQNConfig(), torch.Generator().manual_seed(0))
     cfg = EvalConfig(steps=steps, min_replay=500, capacity=100_000)
-    with make_atari(game, n, "eval") as env:
+    with make_atari(game, n, "eval", num_threads=ENV_THREADS) as env:
         t = time.perf_counter()
         run_control(env, torso, agent, cfg, torch.device("cpu"), 0)
         return steps / (time.perf_counter() - t)
@@ -42,7 +52,7 @@ def pvn(torso, game, n, steps) -> float:
 
 def limit(torso, game, n, steps) -> float:
     rng = np.random.default_rng(0)
-    with make_atari(game, n, "eval") as env, torch.no_grad():
+    with make_atari(game, n, "eval", num_threads=ENV_THREADS) as env, torch.no_grad():
         stack = FrameStack(n)
         obs = stack.push(env.reset()[:, -1], np.ones(n, bool))
         t = time.perf_counter()
@@ -59,7 +69,7 @@ def naive(torso, game, n, steps) -> float:
     head = torch.nn.Linear(torso.feature_dim, 6)
     opt = torch.optim.Adam(head.parameters(), lr=6.25e-5, eps=1.5e-4)
     frames = np.zeros((20_000, 4, 84, 84), np.uint8)
-    with make_atari(game, n, "eval") as env:
+    with make_atari(game, n, "eval", num_threads=ENV_THREADS) as env:
         stack = FrameStack(n)
         obs = stack.push(env.reset()[:, -1], np.ones(n, bool))
         t, size, since = time.perf_counter(), 0, 0
@@ -90,7 +100,13 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=4000)
     ap.add_argument("--num-envs", type=int, default=8)
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--plan", action="store_true", help="pvn evaluate's thread plan")
     args = ap.parse_args()
+    if args.plan:
+        global ENV_THREADS
+        plan = plan_threads("evaluate")
+        apply(plan)
+        ENV_THREADS = plan.envpool
     torso = build_torso(args.torso, torch.Generator().manual_seed(0)).eval().requires_grad_(False)
     fns = {"pvn": pvn, "limit": limit, "naive": naive}
     rates = {k: [] for k in fns}
@@ -107,6 +123,7 @@ def main() -> None:
             "torso": args.torso,
             "game": args.game,
             "num_envs": args.num_envs,
+            "threads": "plan" if args.plan else "defaults",
             "agent_steps_per_s": med,
             **ratio,
         }

@@ -298,7 +298,8 @@ def test_reward_flip_poisons_the_byzantine_workers_tasks(log_dir):  # noqa: F811
     honest, poisoned = (w.learner.tasks(obs, reward).rewards for w in (workers[0], workers[2]))
     assert torch.equal(poisoned, 1.0 - honest) and honest.sum() > 0
     gossip.step(split[0], 0)
-    assert gossip.last["byzantine_kept"] in (0.0, 1.0)
+    # the mean over the 2 honest workers of whether each kept the Byzantine vector
+    assert gossip.last["byzantine_kept"] in (0.0, 0.5, 1.0)
 
 
 @pytest.fixture(scope="module")

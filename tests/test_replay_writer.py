@@ -128,7 +128,12 @@ def _write(path, episodes, capacity):
 
 def _check_against_loop(path, stack, n, gamma=0.99, guard=False):
     ds = DQNReplayDataset(
-        path, n_step=n, stack_size=stack, cache_dir=path.parent / "cache", guard_cursor=guard
+        path,
+        n_step=n,
+        stack_size=stack,
+        cache_dir=path.parent / "cache",
+        guard_cursor=guard,
+        keep_stale=True,  # the per-index loop is Dopamine's reading
     )
     for c in ds.checkpoints:
         raw = load_raw(path, c)
