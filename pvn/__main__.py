@@ -1,3 +1,3 @@
-from pvn.cli import entry
+from pvn.console import entry
 
 entry()

@@ -12,6 +12,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from pvn.errors import CheckpointError, WriteError
@@ -30,6 +31,14 @@ def list_checkpoints(run_dir: str | Path) -> list[Path]:
     if not d.is_dir():
         return []
     return sorted(d / f for f in os.listdir(d) if _NAME.match(f))
+
+
+def resumed_env_seed(seed: int, step: int) -> int:
+    """The env seed of a run resumed at ``step``: envpool cannot restore emulators, so a resumed
+    run starts fresh episodes, seeded by where it resumes (``seed`` itself at step 0)."""
+    if not step:
+        return int(seed)
+    return int(np.random.SeedSequence([int(seed), int(step)]).generate_state(1)[0] >> 1)
 
 
 def save_checkpoint(run_dir: str | Path, step: int, state: dict[str, Any], keep: int) -> Path:

@@ -221,7 +221,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def entry() -> None:
-    from pvn.threads import set_wait_policy
+    """Kept for installs made before ``pvn.console:entry``; the wait policy is set too late
+    here (this module has already imported torch), so prefer ``pvn.console.entry``."""
+    from pvn.console import entry as console_entry
 
-    set_wait_policy()  # before torch is imported: idle OpenMP workers sleep, never spin
-    sys.exit(main())
+    console_entry()

@@ -20,7 +20,12 @@ import numpy as np
 
 from agents.policies import POLICIES, EpsilonGreedyPolicy, Policy, RandomPolicy
 from envs import FrameStack, make_atari
-from pvn.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
+from pvn.checkpoint import (
+    list_checkpoints,
+    load_checkpoint,
+    resumed_env_seed,
+    save_checkpoint,
+)
 from pvn.config import require, save_config
 from pvn.files import write_text_atomic
 from pvn.progress import bar
@@ -169,10 +174,7 @@ def collect(cfg) -> dict[str, Any]:
     resume = load_checkpoint(found[-1]).get("collect") if found else None
     if resume is None and log_dir.is_dir() and any(log_dir.glob("add_count_ckpt.*.gz")):
         raise ReplayError(f"{log_dir}: already holds checkpoints; choose a new out=DIR")
-    env_seed = int(cfg.seed)
-    if resume is not None:  # fresh episodes, seeded by where the collection resumes
-        done = int(resume["logged_steps"])
-        env_seed = int(np.random.SeedSequence([env_seed, done]).generate_state(1)[0] >> 1)
+    env_seed = resumed_env_seed(cfg.seed, int(resume["logged_steps"]) if resume else 0)
     # make_atari validates game, protocol, backend, num_envs and batch_size itself
     env = make_atari(
         cfg.game,

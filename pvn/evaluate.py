@@ -21,7 +21,12 @@ from agents.dqn import DQN, DQNConfig, end_to_end_dqn
 from agents.evaluation import EvalConfig, run_control
 from agents.linear_dqn import LinearDQN
 from envs import make_atari
-from pvn.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
+from pvn.checkpoint import (
+    list_checkpoints,
+    load_checkpoint,
+    resumed_env_seed,
+    save_checkpoint,
+)
 from pvn.config import require, require_device, save_config
 from pvn.encoder import load_encoder
 from pvn.errors import ConfigError
@@ -152,11 +157,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         raise ConfigError(f"{found[-1]}: not a checkpoint of a running evaluation")
     device = torch.device(cfg.device)
     encoder = encoder_for(cfg, device)
-    # A resumed run starts fresh episodes (envpool cannot restore emulators), seeded by the step.
-    step = int(resume["step"]) if resume else 0
-    env_seed = int(cfg.seed)
-    if step:
-        env_seed = int(np.random.SeedSequence([env_seed, step]).generate_state(1)[0] >> 1)
+    env_seed = resumed_env_seed(cfg.seed, int(resume["step"]) if resume else 0)
     env_threads = plan_for(cfg, "evaluate").envpool
     env = make_atari(cfg.game, cfg.num_envs, cfg.protocol, env_seed, num_threads=env_threads)
     eval_env = None

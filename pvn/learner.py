@@ -239,24 +239,18 @@ class PVNLearner:
                         p.grad = torch.zeros_like(p)
             max_norm = self.cfg.max_grad_norm or math.inf
             grad_norm = nn.utils.clip_grad_norm_(self._online_params, max_norm).detach()
-            self._follow(step, before_update=True)
-            self.optimizer.step()
-            self._follow(step, before_update=False)
+            with torch.no_grad():
+                if self.cfg.target_tau is not None:  # from the pre-update weights (PVN code)
+                    tau = self.cfg.target_tau
+                    torch._foreach_lerp_(self._target_params, self._online_all, tau)
+                self.optimizer.step()
+                if self.cfg.target_period and (step + 1) % self.cfg.target_period == 0:
+                    self.target.load_state_dict(self.online.state_dict())
         if self.task_optimizer is not None and calibrating:
             self.task_optimizer.step()
             if self.task_schedule is not None:
                 self.task_schedule.step()
         return grad_norm
-
-    @torch.no_grad()
-    def _follow(self, step: int, before_update: bool) -> None:
-        """The target's move: Polyak averaging reads the online weights from before the
-        optimizer step (the PVN code); a hard copy takes them after it, every period."""
-        if self.cfg.target_tau is not None:
-            if before_update:
-                torch._foreach_lerp_(self._target_params, self._online_all, self.cfg.target_tau)
-        elif not before_update and (step + 1) % self.cfg.target_period == 0:
-            self.target.load_state_dict(self.online.state_dict())
 
     def state_dict(self) -> dict[str, Any]:
         return {

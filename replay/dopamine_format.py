@@ -23,7 +23,7 @@ import gzip
 import os
 import re
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -143,6 +143,18 @@ def _open_checked(path: Path, kind: str):
         raise ReplayError(f"{path}: truncated or corrupt gzip stream ({e})") from None
 
 
+def chunks(f, total: int, path: Path) -> Iterator[bytes]:
+    """The ``total`` data bytes of an opened gzip-npy stream, ``_CHUNK`` at a time; a stream that
+    ends early is a :class:`ReplayError` naming ``path``."""
+    done = 0
+    while done < total:
+        data = f.read(min(_CHUNK, total - done))
+        if not data:
+            raise ReplayError(f"{path}: truncated: {done} of {total} bytes")
+        done += len(data)
+        yield data
+
+
 def read_small(path: Path, kind: str) -> np.ndarray:
     """Read a whole (small) array into memory, checked against the format table."""
     with _open_checked(path, kind) as (f, shape, nbytes):
@@ -176,16 +188,11 @@ def stream_to_npy(
         except OSError as e:
             raise ReplayError(f"{out}: could not be written ({e.strerror or e})") from None
         with dst:
-            done = 0
-            while done < total:
-                data = f.read(min(_CHUNK, total - done))  # read errors: _open_checked's
-                if not data:
-                    raise ReplayError(f"{path}: truncated: {done} of {total} bytes")
+            for data in chunks(f, total, path):  # read errors: _open_checked's
                 try:
                     dst.write(data)
                 except OSError as e:
                     raise ReplayError(f"{out}: could not be written ({e.strerror or e})") from None
-                done += len(data)
                 if progress is not None:
                     progress(len(data))
     return shape
@@ -197,13 +204,10 @@ def read_frames_into(path: Path, out: np.ndarray) -> None:
     with _open_checked(path, "observation") as (f, shape, total):
         if tuple(shape) != out.shape:
             raise ReplayError(f"{path}: shape {shape}, expected {out.shape}")
-        dst = out.reshape(-1)
-        done = 0
-        while done < total:
-            n = f.readinto(memoryview(dst[done : min(total, done + _CHUNK)]))
-            if not n:
-                raise ReplayError(f"{path}: truncated: {done} of {total} bytes")
-            done += n
+        dst, done = out.reshape(-1), 0
+        for data in chunks(f, total, path):
+            dst[done : done + len(data)] = np.frombuffer(data, np.uint8)
+            done += len(data)
 
 
 def write_npy_gz(path: Path, array: np.ndarray, compresslevel: int = 6) -> None:

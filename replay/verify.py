@@ -17,8 +17,6 @@ Each checkpoint gets ``ok`` or the list of what is wrong.
 
 from __future__ import annotations
 
-import gzip
-import zlib
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -26,61 +24,44 @@ from typing import Any
 import numpy as np
 
 from replay.dopamine_format import (
-    _CHUNK,
     DTYPES,
     FRAME_SHAPE,
-    _read_header,
+    _open_checked,
     checkpoint_files,
+    chunks,
     incomplete_checkpoints,
 )
 from replay.errors import ReplayError
 from replay.transitions import cursor_range
 
-#: array rank of each kind (observation: (cap, 84, 84); add_count: a scalar)
-RANKS = {"observation": 3, "action": 1, "reward": 1, "terminal": 1, "add_count": 0,
-         "invalid_range": 1}  # fmt: skip
-
 
 def _read_all(path: Path, kind: str, keep: bool, on_chunk=None, progress=None, cap=None):
-    """Stream one file: header, every data byte (``on_chunk(offset, bytes)``), gzip trailer.
-    Returns ``(array or None, problems)``."""
-    problems: list[str] = []
+    """Stream one file: header (checked against the format), every data byte
+    (``on_chunk(offset, bytes)``), then the gzip trailer (its CRC and length are checked when the
+    stream is read to its end). Returns ``(array or None, problems)``."""
     try:
-        with open(path, "rb") as raw, gzip.GzipFile(fileobj=raw) as f:
-            shape, fortran, dtype = _read_header(f, path)
-            if dtype != DTYPES[kind]:
-                return None, [f"{path.name}: dtype {dtype}, expected {DTYPES[kind]}"]
-            if len(shape) != RANKS[kind] or (kind == "observation" and shape[1:] != FRAME_SHAPE):
-                return None, [f"{path.name}: shape {shape} is not a {kind} array's"]
+        with _open_checked(path, kind) as (f, shape, total):
             if cap is not None and shape[0] != cap:
                 return None, [f"{path.name}: {shape[0]} slots, the other arrays {cap}"]
-            if fortran and len(shape) > 1:
-                return None, [f"{path.name}: Fortran-ordered array"]
-            total = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
             buf = bytearray(total) if keep else None
             done, last = 0, 0
-            while True:
-                data = f.read(_CHUNK)
-                if not data:
-                    break
-                if done + len(data) > total:
-                    return None, [f"{path.name}: more bytes than its header's shape {shape}"]
+            for data in chunks(f, total, path):
                 if buf is not None:
                     buf[done : done + len(data)] = data
                 if on_chunk is not None:
                     on_chunk(done, data)
                 done += len(data)
-                if progress is not None:
-                    pos = raw.tell()
+                if progress is not None:  # in compressed bytes, as the bar counts them
+                    pos = f.fileobj.tell()
                     progress(pos - last)
                     last = pos
-            if done != total:
-                problems.append(f"{path.name}: truncated: {done} of {total} bytes")
-    except (OSError, EOFError, zlib.error, ReplayError) as e:
+            if f.read(1):
+                return None, [f"{path.name}: more bytes than its header's shape {shape}"]
+    except ReplayError as e:
         return None, [f"{path.name}: {str(e).removeprefix(str(path) + ': ')}"]
-    if problems or buf is None:
-        return None, problems
-    return np.frombuffer(bytes(buf), dtype=DTYPES[kind]).reshape(shape), problems
+    if buf is None:
+        return None, []
+    return np.frombuffer(bytes(buf), dtype=DTYPES[kind]).reshape(shape), []
 
 
 def verify_checkpoint(

@@ -93,3 +93,16 @@ def test_cli_saves_the_resolved_plan_and_refuses_bad_values(capsys):
     assert t["envpool"] == 3 and t["intra_op"] >= 1 and t["wait_policy"] == "PASSIVE"
     assert main(["pretrain", "data.path=x", "run_dir=y", "threads.inter_op=0"]) == 2
     assert "threads.inter_op=0: must be >= 1" in capsys.readouterr().err
+
+
+def test_the_pvn_command_sets_the_wait_policy_before_torch_loads():
+    """OpenMP reads OMP_WAIT_POLICY when torch loads it: the entry point must not import torch
+    before setting it, and a ``threads.wait_policy=`` override must reach it."""
+    from pvn.console import wait_policy_from
+
+    code = "import sys, pvn.console; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+    assert wait_policy_from(["pretrain", "x=1"]) == "PASSIVE"
+    assert wait_policy_from(["pretrain", "threads.wait_policy=ACTIVE"]) == "ACTIVE"
+    assert wait_policy_from(["threads.wait_policy=null"]) == "PASSIVE"
