@@ -77,10 +77,16 @@ def load(path: str | Path) -> dict[str, Any]:
 
 
 def stages(cfg: dict[str, Any]) -> list[Stage]:
-    """Every stage of the experiment, in an order that respects their dependencies."""
+    """Every stage of the experiment, in an order that respects their dependencies.
+
+    End-to-end arms run last: each costs about ten linear arms, and the question the experiment
+    asks (PVN features against random ones) is answered by the data, pretraining and linear
+    stages of every game, so an interrupted experiment has that answer first.
+    """
     out, results = Path(cfg["out"]), Path(cfg["results"])
     seed0 = int(cfg.get("seed", 0))
     todo: list[Stage] = []
+    e2e: list[Stage] = []
     evals: list[str] = []
     for game in cfg["games"]:
         data = out / "data" / game
@@ -105,8 +111,10 @@ def stages(cfg: dict[str, Any]) -> list[Stage]:
                 argv += [f"seed={seed}", "progress=false", *spec.get("overrides", [])]
                 after = [f"pretrain/{game}"] if spec["encoder"] == "pvn" else []
                 name = f"eval/{game}/{arm}/seed{seed}"
-                todo.append(Stage(name, argv, run, "eval", "results.json", after))
+                stage = Stage(name, argv, run, "eval", "results.json", after)
+                (e2e if spec["encoder"] == "e2e" else todo).append(stage)
                 evals.append(name)
+    todo += e2e
     todo.append(Stage("report", [], results, "report", "runs.csv", evals))
     return todo
 
