@@ -8,6 +8,7 @@ the device and are read back only every ``log_every`` updates.
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from pathlib import Path
@@ -21,6 +22,7 @@ from auxiliary import build_tasks
 from pvn.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
 from pvn.config import require, require_device, save_config
 from pvn.diagnostics import dormant_fraction, srank
+from pvn.distributed.team import Team, distributed_team, single_team
 from pvn.errors import ConfigError, PVNError
 from pvn.learner import PVNLearner, TDConfig
 from pvn.local import LocalPVNLearner, build_local
@@ -207,99 +209,137 @@ class _Accumulator:
         return out
 
 
-def pretrain(cfg: DictConfig) -> dict[str, Any]:
-    """Run (or resume) ``pvn pretrain``; returns the last logged metrics."""
-    _validate(cfg)
-    if cfg.distributed.name != "none":
-        from pvn.distributed.runner import pretrain_distributed
+def open_data(cfg: DictConfig, path: str, checkpoints: list[int] | None, seed: int,
+              lead: bool = True) -> DQNReplayDataset:  # fmt: skip
+    """The replay log at ``path`` as the run reads it, its sampler seeded with ``seed``; the
+    ``lead`` process shows the conversion's progress and names skipped checkpoints."""
+    ds = DQNReplayDataset(
+        path,
+        checkpoints=checkpoints,
+        n_step=cfg.data.n_step,
+        gamma=cfg.data.gamma,
+        cache_dir=cfg.data.cache_dir,
+        seed=seed,
+        progress=byte_bars(cfg.progress and lead),
+        skip_incomplete=bool(cfg.data.skip_incomplete),
+        keep_stale=bool(cfg.data.keep_stale),
+    )
+    if lead:
+        for c, missing in ds.skipped.items():
+            print(f"pvn: skipping incomplete checkpoint {c} ({', '.join(missing)} missing)",
+                  file=sys.stderr)  # fmt: skip
+    return ds
 
-        return pretrain_distributed(cfg, build, infer_num_actions)
+
+def open_team(cfg: DictConfig) -> Team:
+    """The workers this process trains: one for a plain run, or those of ``distributed=``."""
+    lead = int(os.environ.get("RANK", "0")) == 0  # torchrun's rank 0, or a plain process
+
+    def data(path, checkpoints, seed):
+        return open_data(cfg, path, checkpoints, seed, lead)
+
+    def learner(ds, task_seed):
+        return build(cfg, cfg.data.num_actions or infer_num_actions(ds), task_seed=task_seed)
+
+    if cfg.distributed.name == "none":
+        return single_team(cfg, data, learner)
+    return distributed_team(cfg, data, learner)
+
+
+def pretrain(cfg: DictConfig) -> dict[str, Any]:
+    """Run (or resume) ``pvn pretrain``, one worker or many; returns the last logged metrics.
+
+    The one pretraining loop: every worker's update goes through the team's rule
+    (:mod:`pvn.distributed.team`); the non-finite guard, diagnostics, metrics and checkpoints
+    are the same for a plain run and a distributed one.
+    """
+    _validate(cfg)
     run_dir = Path(cfg.run_dir)
     resume = list_checkpoints(run_dir)
     if resume:
         _check_resumable(run_dir, cfg)
-    ds = DQNReplayDataset(
-        cfg.data.path,
-        checkpoints=None if cfg.data.checkpoints is None else list(cfg.data.checkpoints),
-        n_step=cfg.data.n_step,
-        gamma=cfg.data.gamma,
-        cache_dir=cfg.data.cache_dir,
-        seed=int(cfg.seed),
-        progress=byte_bars(cfg.progress),
-        skip_incomplete=bool(cfg.data.skip_incomplete),
-        keep_stale=bool(cfg.data.keep_stale),
-    )
-    for c, missing in ds.skipped.items():
-        print(f"pvn: skipping incomplete checkpoint {c} ({', '.join(missing)} missing)",
-              file=sys.stderr)  # fmt: skip
-    num_actions = cfg.data.num_actions or infer_num_actions(ds)
-    learner = build(cfg, num_actions)
+    team = open_team(cfg)
+    try:
+        return _train(cfg, team, run_dir, resume[-1] if resume else None)
+    finally:
+        team.close()
+
+
+def _train(cfg: DictConfig, team: Team, run_dir: Path, resume: Path | None) -> dict[str, Any]:
     start = 0
-    if resume:
-        state = load_checkpoint(resume[-1])
-        learner.load_state_dict(state["learner"])
-        ds.load_state_dict(state["sampler"])
+    if resume is not None:
+        state = load_checkpoint(resume)
+        team.load_state_dict(state)
         start = int(state["step"])
-    save_config(cfg, run_dir)
-    announce(cfg)
-    attach_task_cache(learner, ds, cfg, cfg.progress)
+    lead = team.rank == 0  # writes the config, metrics and checkpoints
+    if lead:
+        save_config(cfg, run_dir)
+        announce(cfg)
+    for w, ds in zip(team.workers, team.datasets, strict=True):
+        attach_task_cache(w.learner, ds, cfg, cfg.progress and lead)
+    first = team.workers[0].learner  # whose diagnostics are logged
     meta = {
         "torso": OmegaConf.to_container(cfg.torso, resolve=True),
         "moe": OmegaConf.to_container(cfg.moe, resolve=True),
-        "num_actions": num_actions,
-        "num_tasks": learner.tasks.num_tasks,
+        "num_actions": first.online.head.num_actions,
+        "num_tasks": first.tasks.num_tasks,
     }
-    logger = MetricsLogger(run_dir)
-    first_bad = torch.full((), -1, dtype=torch.long, device=cfg.device)
+    logger = MetricsLogger(run_dir) if lead else None
+    feeds = [Prefetcher(ds, cfg.batch_size, cfg.device, depth=cfg.data.prefetch)
+             for ds in team.datasets]  # fmt: skip
+    first_bad = torch.full((len(team.workers),), -1, dtype=torch.long, device=cfg.device)
     acc, last = _Accumulator(), {}
     t_log, n_log = time.perf_counter(), 0
 
     def check_finite(step: int, params: bool = False) -> None:
         where = f"stopped at update {step}; last good checkpoint kept in {run_dir / 'checkpoints'}"
-        if int(first_bad) >= 0:
-            raise NonFiniteLoss(f"non-finite loss at update {int(first_bad)}; {where}")
-        if params and not all(bool(torch.isfinite(p).all()) for p in learner.online.parameters()):
+        bad = team.first_bad(first_bad)
+        if bad >= 0:
+            raise NonFiniteLoss(f"non-finite loss at update {bad}; {where}")
+        if params and not team.params_finite():
             raise NonFiniteLoss(f"non-finite parameters after update {step}; {where}")
 
+    name = "pretrain" if team.world == 1 else f"pretrain x{team.world}"
     try:
-        with (
-            Prefetcher(ds, cfg.batch_size, cfg.device, depth=cfg.data.prefetch) as batches,
-            bar(cfg.steps, "pretrain", "upd", cfg.progress, initial=start) as pbar,
-        ):
+        with bar(cfg.steps, name, "upd", cfg.progress and lead, initial=start) as pbar:
             for step in range(start, cfg.steps):
-                m = learner.update(next(batches), step)
-                bad = ~torch.isfinite(m["loss"]) & (first_bad < 0)
-                first_bad = torch.where(bad, torch.full_like(first_bad, step), first_bad)
-                acc.add(m, learner.tasks.indicator)
+                outs = team.rule.step([next(f) for f in feeds], step)
+                for j, m in enumerate(outs):  # {} for a worker that sat the round out
+                    if "loss" in m:
+                        bad = ~torch.isfinite(m["loss"]) & (first_bad[j] < 0)
+                        first_bad[j] = torch.where(bad, step, first_bad[j])
+                if outs[0]:
+                    acc.add(outs[0], first.tasks.indicator)
                 n_log += 1
                 done = step + 1
                 if done % cfg.log_every == 0 or done == cfg.steps:
                     check_finite(done)
                     last = acc.read()
-                    if "features" in m:
-                        last["srank"] = int(srank(m["features"]))
-                        last["dormant_fraction"] = float(
-                            dormant_fraction(m["features"], cfg.diagnostics.dormant_tau)
-                        )
+                    if "features" in outs[0]:
+                        features = outs[0]["features"]
+                        last["srank"] = int(srank(features))
+                        tau = cfg.diagnostics.dormant_tau
+                        last["dormant_fraction"] = float(dormant_fraction(features, tau))
                     dt = time.perf_counter() - t_log
                     last["updates_per_s"] = n_log / dt
                     last["samples_per_s"] = n_log * cfg.batch_size / dt
+                    last.update(team.metrics(outs))
                     t_log, n_log = time.perf_counter(), 0
-                    logger.log(done, last)
+                    if logger is not None:
+                        logger.log(done, last)
                     pbar.set_postfix(
                         {k: f"{last[k]:.3g}" for k in ("td_loss", "fire_mean") if k in last}
                     )
                 if done % cfg.checkpoint_every == 0 or done == cfg.steps:
                     check_finite(done, params=True)
-                    state = {
-                        "format": 1,
-                        "step": done,
-                        "learner": learner.state_dict(),
-                        "sampler": batches.state_dict(),
-                        "meta": meta,
-                    }
-                    save_checkpoint(run_dir, done, state, cfg.keep_checkpoints)
+                    state = team.state(feeds)
+                    if state is not None:
+                        state = {"format": 1, "step": done, **state, "meta": meta}
+                        save_checkpoint(run_dir, done, state, cfg.keep_checkpoints)
                 pbar.update(1)
     finally:
-        logger.close()
-    return {"run_dir": str(run_dir), "steps": cfg.steps, **last}
+        for f in feeds:
+            f.close()
+        if logger is not None:
+            logger.close()
+    return {"run_dir": str(run_dir), "steps": cfg.steps, "workers": team.world, **last}

@@ -154,8 +154,8 @@ def run_all(args, root: Path, arms: dict) -> dict:
 
 
 def study_noniid(args, logs: dict[str, Path]) -> dict:
-    from agents.probes import linear_probes
     from pvn import load_encoder
+    from pvn.analysis.probes import linear_probes
     from replay import DQNReplayDataset
 
     base = [
@@ -165,7 +165,7 @@ def study_noniid(args, logs: dict[str, Path]) -> dict:
         "distributed.partition=games",
         f"optimizer.lr={args.lr}",
     ]
-    fed = [f"distributed.lr={args.lr}", f"distributed.local_steps={args.local_steps}"]
+    fed = [f"optimizer.lr={args.lr}", f"distributed.local_steps={args.local_steps}"]
     fed.append(f"distributed.server_lr={args.lr * args.local_steps}")  # FedAvg's average
     arms = {a: base + o + ([] if a == "ddp" else fed) for a, o in NONIID.items()}
     dirs = run_all(args, args.out / "noniid", arms)
@@ -210,7 +210,7 @@ def study_robust(args, logs: dict[str, Path]) -> dict:
         f"data.path={logs['Pong']}",
         *common(args, args.robust_steps),
         "distributed.workers=5",
-        f"distributed.lr={args.lr}",
+        f"optimizer.lr={args.lr}",
     ]
     arms = {}
     for rule in AGGREGATORS:

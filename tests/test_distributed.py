@@ -10,6 +10,7 @@ import sys
 
 import pytest
 import torch
+from omegaconf import OmegaConf
 
 from pvn.checkpoint import list_checkpoints, load_checkpoint
 from pvn.cli import main
@@ -215,19 +216,89 @@ def _final_td(log_dir, run, *extra):  # noqa: F811
     return {"td_loss": sum(honest) / 4, "byzantine_kept": last.get("byzantine_kept")}
 
 
-def test_monna_holds_under_attack_where_averaging_breaks(log_dir, tmp_path):  # noqa: F811
+GAUSS = [
+    "distributed.byzantine=[4]",
+    "distributed.attack=gaussian",
+    "distributed.attack_scale=10.0",
+]
+
+
+def test_monna_holds_under_attack_where_averaging_breaks(log_dir, tmp_path, capsys):  # noqa: F811
     """5 workers, worker 4 Byzantine, sending Gaussian vectors: plain averaging (dsgd) is wrecked
-    while MoNNA (f = 1) drops the attacker's vector every time and stays within 10% of the
-    honest run's TD loss. (Sign flipping and ALIE move parameters too little in a test-sized
-    run to separate the rules; that comparison belongs to the robustness study.)"""
+    -- its loss turns non-finite and the guard stops it -- while MoNNA (f = 1) drops the
+    attacker's vector every time and stays within 10% of the honest run's TD loss. (Sign
+    flipping and ALIE move parameters too little in a test-sized run to separate the rules; that
+    comparison belongs to the robustness study.)"""
     honest = _final_td(log_dir, tmp_path / "honest", "distributed=monna", "distributed.f=1")
-    bad = ["distributed.byzantine=[4]"]
-    gauss = [*bad, "distributed.attack=gaussian", "distributed.attack_scale=10.0"]
-    m = _final_td(log_dir, tmp_path / "monna_g", "distributed=monna", "distributed.f=1", *gauss)
-    d = _final_td(log_dir, tmp_path / "dsgd_g", "distributed=dsgd", "distributed.f=1", *gauss)
+    m = _final_td(log_dir, tmp_path / "monna_g", "distributed=monna", "distributed.f=1", *GAUSS)
     assert abs(m["td_loss"] - honest["td_loss"]) <= 0.1 * honest["td_loss"]
     assert m["byzantine_kept"] == 0.0
-    assert not d["td_loss"] <= 10 * honest["td_loss"], d  # far larger, or NaN: diverged
+    args = ["distributed=dsgd", "distributed.workers=5", "steps=10", *GAUSS]
+    capsys.readouterr()
+    assert main(_args(log_dir, tmp_path / "dsgd_g", *args)) == 2
+    assert "non-finite loss at update" in capsys.readouterr().err
+
+
+def test_non_finite_loss_stops_a_distributed_run_keeping_the_last_good_checkpoint(
+    log_dir,  # noqa: F811
+    tmp_path,
+    capsys,
+):
+    """The one loop's guard under a rule: D-SGD wrecked by a Gaussian attacker stops with exit 2
+    naming the update whose loss was non-finite; every checkpoint it kept holds finite
+    parameters for every worker and was written before that update; re-running the command
+    resumes from the last good one and stops at the same update."""
+    import re
+
+    run = tmp_path / "run"
+    args = _args(log_dir, run, "distributed=dsgd", "distributed.workers=5", *GAUSS,
+                 "steps=20", "checkpoint_every=2", "log_every=1")  # fmt: skip
+    outcomes = []
+    for _ in range(2):
+        assert main(args) == 2
+        err = capsys.readouterr().err
+        outcomes.append(int(re.search(r"non-finite loss at update (\d+)", err).group(1)))
+        kept = list_checkpoints(run)
+        assert kept, "no good checkpoint was kept"
+        for path in kept:
+            state = load_checkpoint(path)
+            assert state["step"] <= outcomes[-1]
+            for w in state["workers"]:
+                assert all(torch.isfinite(v).all() for v in w["learner"]["online"].values())
+    assert outcomes[0] == outcomes[1]
+
+
+@pytest.mark.parametrize("rule", RULES)
+def test_local_learning_trains_its_auxiliary_nets_under_every_rule(log_dir, tmp_path, rule):  # noqa: F811
+    """local=dgl under each rule: every worker's optimizer is the configured one (plain SGD for
+    the rules that supply their own momentum, Adam for ddp) over the network *and* the
+    auxiliary nets, and the auxiliary nets move away from their initial weights."""
+    run = tmp_path / rule
+    extra = [f"distributed={rule}", "distributed.workers=2", "local=dgl", "steps=4",
+             "checkpoint_every=4", "td.warmup_steps=0"]  # fmt: skip
+    if rule.startswith(("fedavg", "scaffold")):
+        extra += ["distributed.local_steps=2"]
+    assert main(_args(log_dir, run, *extra)) == 0
+    initial = build(OmegaConf.load(run / "config.yaml"), num_actions=4)
+    n_params = len(list(initial.online.parameters())) + len(list(initial.local.parameters()))
+    start = initial.local.state_dict()
+    state = load_checkpoint(list_checkpoints(run)[-1])
+    for w in state["workers"]:
+        group = w["learner"]["optimizer"]["param_groups"][0]
+        assert len(group["params"]) == n_params
+        assert ("momentum" in group and group["momentum"] == 0.0) == (rule != "ddp")
+        aux = w["learner"]["local"]
+        moved = [
+            k for k, v in start.items() if v.is_floating_point() and not torch.equal(aux[k], v)
+        ]
+        assert moved, f"{rule}: worker {w['id']}'s auxiliary nets never trained"
+
+
+def test_a_rule_refuses_an_optimizer_it_cannot_honour(log_dir, tmp_path, capsys):  # noqa: F811
+    args = _args(log_dir, tmp_path / "run", "distributed=monna", "optimizer=adam")
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "optimizer" in err and "plain SGD" in err and len(err.strip().splitlines()) == 1
 
 
 @pytest.mark.slow

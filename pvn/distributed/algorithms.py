@@ -99,7 +99,9 @@ def _trainable(w: Worker) -> list[torch.nn.Parameter]:
 
 
 class Algorithm:
-    def __init__(self, comm: Comm, workers: list[Worker]) -> None:
+    """A training rule: how this process's workers take one update together."""
+
+    def __init__(self, comm: Comm | None, workers: list[Worker]) -> None:
         self.comm, self.workers = comm, workers
 
     def step(self, batches: list, step: int) -> list[dict[str, Any]]:
@@ -111,6 +113,13 @@ class Algorithm:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         pass
+
+
+class Single(Algorithm):
+    """A plain run: one worker, its own optimizer, nothing exchanged."""
+
+    def step(self, batches, step):
+        return [self.workers[0].learner.update(batches[0], step)]
 
 
 class DDP(Algorithm):
@@ -125,7 +134,7 @@ class DDP(Algorithm):
 
 class FedAvgM(Algorithm):
     """FedAvg-M (``scaffold=False``) and SCAFFOLD-M, their VR versions with ``vr``; the workers'
-    optimizers are plain SGD(eta)."""
+    optimizers are plain SGD(eta) (:mod:`pvn.distributed.team` refuses any other)."""
 
     def __init__(
         self,

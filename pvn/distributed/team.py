@@ -1,0 +1,252 @@
+"""The workers one ``pvn pretrain`` process trains, and the rule that couples them.
+
+:func:`pvn.pretrain.pretrain` is the one pretraining loop; it sees a :class:`Team`. A plain run
+is a team of one worker under :class:`~pvn.distributed.algorithms.Single`. With
+``distributed=<rule>`` it is this process's workers (all N simulated in one process with
+``distributed.backend=simulate``, or its own rank under ``torchrun --nproc_per_node=N -m pvn
+pretrain distributed=<rule> ...``; gloo on CPU, NCCL on GPU) under that rule.
+
+All workers start from the same networks (the run's seed); each samples its own data:
+``distributed.partition=iid`` (every worker all checkpoints, its own sampler seed),
+``checkpoints`` (worker i the checkpoints i, i+N, ...: non-IID when they were logged by different
+policies) or ``games`` (worker i the game ``data.games[i % G]``, with its own head and tasks; only
+the torso is shared). Every worker's optimizer is the configured one, over every trainable
+parameter (the local-learning auxiliary networks among them); the rules other than ``ddp`` define
+their local step as plain SGD on their own direction, so they refuse any other optimizer. Rank 0
+writes metrics and checkpoints holding every worker's state (networks, optimizers, tasks, sampler,
+momentum and control variates). A worker that dies makes the others' collectives fail within
+``distributed.timeout_s`` and the job exits non-zero; the restarted job resumes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from omegaconf import DictConfig
+
+from pvn.config import require
+from pvn.distributed.aggregators import AGGREGATORS, ATTACKS
+from pvn.distributed.algorithms import DDP, Algorithm, FedAvgM, Gossip, Single, Worker
+from pvn.distributed.comm import Comm, SimulatedComm, TorchComm, in_torchrun
+from pvn.learner import PVNLearner
+from replay import DQNReplayDataset
+
+FEDAVG = ("fedavg_m", "scaffold_m", "fedavg_m_vr", "scaffold_m_vr")
+RULES = ("ddp", *FEDAVG, *AGGREGATORS)
+PARTITIONS = ("iid", "checkpoints", "games")
+
+#: ``open_data(path, checkpoints, seed) -> dataset`` and ``build(num_actions, task_seed)``
+OpenData = Callable[[str, "list[int] | None", int], DQNReplayDataset]
+Build = Callable[[DQNReplayDataset, "int | None"], PVNLearner]
+
+
+@dataclass
+class Team:
+    """This process's workers, their data and the rule; ``comm`` is None for a plain run."""
+
+    workers: list[Worker]
+    datasets: list[DQNReplayDataset]
+    rule: Algorithm
+    comm: Comm | None = None
+
+    @property
+    def rank(self) -> int:
+        return 0 if self.comm is None else self.comm.rank
+
+    @property
+    def world(self) -> int:
+        return 1 if self.comm is None else self.comm.world
+
+    def first_bad(self, per_worker: torch.Tensor) -> int:
+        """The first update at which any worker's loss was non-finite (-1: none); a collective,
+        so that every rank stops at the same update."""
+        if self.comm is not None:
+            n, sent = len(self.workers), self.comm.bytes_sent
+            per_worker = self.comm.all_gather([per_worker[j : j + 1] for j in range(n)])
+            self.comm.bytes_sent = sent  # the rule's traffic only
+        bad = per_worker[per_worker >= 0]
+        return int(bad.min()) if bad.numel() else -1
+
+    def params_finite(self) -> bool:
+        """Whether every worker's network parameters are finite (a collective)."""
+        ok = [
+            all(bool(torch.isfinite(p).all()) for p in w.learner.online.parameters())
+            for w in self.workers
+        ]
+        if self.comm is None:
+            return all(ok)
+        flags, sent = [torch.tensor([0.0 if o else 1.0]) for o in ok], self.comm.bytes_sent
+        total = float(self.comm.all_reduce_sum(flags))
+        self.comm.bytes_sent = sent  # the rule's traffic only
+        return total == 0.0
+
+    def state(self, feeds: list) -> dict[str, Any] | None:
+        """The checkpoint's training state (rank 0; None elsewhere). A plain run keeps its one
+        learner and sampler; a team adds every worker's and the rule's state."""
+        parts = [
+            {"id": w.id, "learner": w.learner.state_dict(), "sampler": f.state_dict()}
+            for w, f in zip(self.workers, feeds, strict=True)
+        ]
+        if self.comm is None:
+            return {"learner": parts[0]["learner"], "sampler": parts[0]["sampler"]}
+        parts = self.comm.gather_objects(parts)
+        rules = self.comm.gather_objects([self.rule.state_dict()])
+        if self.comm.rank != 0:
+            return None
+        return {"learner": parts[0]["learner"], "workers": parts, "algorithm": rules}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if self.comm is None:
+            self.workers[0].learner.load_state_dict(state["learner"])
+            self.datasets[0].load_state_dict(state["sampler"])
+            return
+        by_id = {s["id"]: s for s in state["workers"]}
+        for w, ds in zip(self.workers, self.datasets, strict=True):
+            w.learner.load_state_dict(by_id[w.id]["learner"])
+            ds.load_state_dict(by_id[w.id]["sampler"])
+        self.rule.load_state_dict(state["algorithm"][self.comm.rank])
+
+    def metrics(self, outs: list[dict[str, Any]]) -> dict[str, float]:
+        """A team's own metrics (a collective; {} for a plain run): each worker's TD loss and
+        distance to the honest workers' mean, the honest mean TD loss (as ``td_loss``), the
+        rule's traffic since the start (``comm_bytes_per_worker``, not counting these logging
+        collectives) and the rule's own numbers."""
+        comm = self.comm
+        if comm is None:
+            return {}
+        sent = comm.bytes_sent
+        td = torch.full((len(self.workers),), float("nan"))
+        for j, out in enumerate(outs):  # one per local worker ({} when it sat the round out)
+            if "td_loss" in out:
+                td[j] = float(out["td_loss"])
+        all_td = comm.all_gather([td[j : j + 1] for j in range(len(self.workers))]).view(-1)
+        vecs = comm.all_gather([w.vector() for w in self.workers])
+        byzantine = getattr(self.rule, "byzantine", [])
+        honest = [i for i in range(comm.world) if i not in byzantine]
+        center = vecs[honest].mean(0)
+        live = all_td[honest][~torch.isnan(all_td[honest])]
+        values = {"td_loss": float(live.mean()) if len(live) else float("nan")}
+        for i in range(comm.world):
+            values[f"workers/td_loss_{i}"] = float(all_td[i])
+            values[f"workers/dist_to_honest_mean_{i}"] = float((vecs[i] - center).norm())
+        comm.bytes_sent = sent
+        values["comm_bytes_per_worker"] = float(sent)
+        values.update(getattr(self.rule, "last", {}))
+        return {k: v for k, v in values.items() if v == v}  # drop NaN (non-participants)
+
+    def close(self) -> None:
+        if self.comm is not None:
+            self.comm.close()
+
+
+def single_team(cfg: DictConfig, open_data: OpenData, build: Build) -> Team:
+    """A plain run: one worker on ``data.path``, sampled with the run's seed."""
+    ds = open_data(cfg.data.path, _chosen(cfg), int(cfg.seed))
+    worker = Worker(0, build(ds, None))
+    return Team([worker], [ds], Single(None, [worker]))
+
+
+def distributed_team(cfg: DictConfig, open_data: OpenData, build: Build) -> Team:
+    """This process's workers under ``distributed=<rule>``, their data and the rule."""
+    d = cfg.distributed
+    backend = d.backend if d.backend != "auto" else ("torch" if in_torchrun() else "simulate")
+    require(backend in ("torch", "simulate"), "distributed.backend", d.backend,
+            "choose auto, torch or simulate")  # fmt: skip
+    comm = TorchComm(cfg.device, d.timeout_s) if backend == "torch" else SimulatedComm(d.workers)
+    try:
+        _validate(cfg, comm.world)
+        seed = int(cfg.seed)
+        paths = _game_paths(cfg, d)
+        datasets = []
+        for wid in comm.local:
+            path = paths[wid % len(paths)]
+            ds = open_data(path, _chosen(cfg), seed + 1000 * (wid + 1))
+            if d.partition == "checkpoints":
+                mine = ds.checkpoints[wid :: comm.world]
+                require(bool(mine), "distributed.partition", "checkpoints",
+                        f"{len(ds.checkpoints)} checkpoints for {comm.world} workers")  # fmt: skip
+                ds = open_data(path, mine, seed + 1000 * (wid + 1))
+            datasets.append(ds)
+        games = d.partition == "games"
+        byzantine = set(d.get("byzantine") or [])
+        workers = []
+        for wid, ds in zip(comm.local, datasets, strict=True):
+            game = wid % len(paths)  # per-game tasks and head; the torso from the run's seed
+            learner = build(ds, seed + 7919 * (game + 1) if games else None)
+            workers.append(Worker(wid, learner, byzantine=wid in byzantine, torso_only=games))
+        return Team(workers, datasets, _rule(cfg, comm, workers), comm)
+    except BaseException:
+        comm.close()
+        raise
+
+
+def _chosen(cfg: DictConfig) -> list[int] | None:
+    return None if cfg.data.checkpoints is None else list(cfg.data.checkpoints)
+
+
+def _validate(cfg: DictConfig, world: int) -> None:
+    d = cfg.distributed
+    require(d.name in RULES, "distributed", d.name, f"choose one of none, {', '.join(RULES)}")
+    require(world >= 1, "distributed.workers", world, "must be >= 1")
+    require(d.partition in PARTITIONS, "distributed.partition", d.partition,
+            f"choose one of {', '.join(PARTITIONS)}")  # fmt: skip
+    if d.name != "ddp":
+        o = cfg.optimizer
+        plain = o.name == "sgd" and not o.get("momentum") and not o.get("nesterov")
+        require(plain, "optimizer", o.name,
+                f"distributed={d.name} steps its workers by plain SGD on the rule's own direction "
+                "(its momentum included): use optimizer=plain_sgd (the rule's default) and set "
+                "optimizer.lr")  # fmt: skip
+    byz = list(d.get("byzantine") or [])
+    require(all(0 <= r < world for r in byz), "distributed.byzantine", byz, "ranks out of range")
+    if d.name in AGGREGATORS:
+        require(2 * d.f < world, "distributed.f", d.f, f"needs 2f < n = {world} workers")
+        require(d.attack in ATTACKS, "distributed.attack", d.attack, f"choose one of {ATTACKS}")
+    if d.name in FEDAVG:
+        require(1 <= d.participants <= world, "distributed.participants", d.participants,
+                f"must be in 1..{world}")  # fmt: skip
+        require(0 < d.beta <= 1, "distributed.beta", d.beta, "must be in (0, 1]")
+
+
+def _game_paths(cfg: DictConfig, d: DictConfig) -> list[str]:
+    """``data.path``: one replay directory, or with ``partition=games`` a list, one per game."""
+    path = cfg.data.path
+    if d.partition != "games":
+        require(isinstance(path, str), "data.path", path, "a list needs partition=games")
+        return [path]
+    paths = [path] if isinstance(path, str) else list(path)
+    require(len(paths) >= 1, "data.path", paths, "partition=games needs one path per game")
+    return paths
+
+
+def _rule(cfg: DictConfig, comm: Comm, workers: list[Worker]) -> Algorithm:
+    d, seed = cfg.distributed, int(cfg.seed)
+    if d.name == "ddp":
+        return DDP(comm, workers)
+    if d.name in FEDAVG:
+        return FedAvgM(
+            comm,
+            workers,
+            beta=d.beta,
+            eta=float(cfg.optimizer.lr),
+            gamma=d.server_lr,
+            local_steps=d.local_steps,
+            participants=d.participants,
+            seed=seed,
+            scaffold=d.name.startswith("scaffold"),
+            vr=d.name.endswith("_vr"),
+        )
+    return Gossip(
+        comm,
+        workers,
+        rule=d.name,
+        f=d.f,
+        beta=d.beta,
+        byzantine=list(d.byzantine),
+        attack=d.attack,
+        scale=d.attack_scale,
+        seed=seed,
+    )
