@@ -32,9 +32,11 @@ docs: install
 	$(BIN)/python scripts/gen_config_reference.py --check
 	$(BIN)/mkdocs build --strict --quiet
 
+# ruff, then the package layers (the import-linter contracts in pyproject.toml; docs/layout.md)
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports
 
 format: install
 	$(BIN)/ruff format .
@@ -46,4 +48,4 @@ bench: install
 	$(BIN)/python scripts/bench_envs.py
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache
+	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache .import_linter_cache

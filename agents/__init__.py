@@ -1,1 +1,2 @@
-"""Agents that act in ALE: collection policies now; linear and end-to-end DQN control later."""
+"""Agents that act in ALE: acting policies, the DQN rule (linear and end to end), and the online
+control loop (:mod:`agents.control`)."""

@@ -36,9 +36,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from agents.feature_replay import FeatureBatch
-from pvn.networks.init import xavier_
+from auxiliary.init import xavier_
 from pvn.optim.rmsprop_tf import RMSPropTF
+from replay.feature_replay import FeatureBatch
 
 REWARD_CLIPS = ("return", "step", "none")
 

@@ -35,7 +35,7 @@ commands:
   quickstart   the demo: collect a small Boxing log, pretrain a small PVN, compare linear
                  control on its features and on random features over 3 seeds (~8 min)
   experiment   games x seeds x arms from a config, each stage run once, resumable
-                 pvn experiment configs/experiment/evidence_cpu.yaml [--status|--print-commands]
+                 pvn experiment configs/experiment/evidence_cpu.yaml [--status|--report]
 
 Overrides use Hydra's grammar (key=value, lists as [0,1]). `pvn COMMAND --help` lists a command's
 keys with their defaults and meaning; `--cfg job` prints the resolved config and exits.
@@ -171,17 +171,17 @@ def _experiment(args: list[str]) -> int:
     if not args or args[0] in ("-h", "--help"):
         from pvn import experiment
 
-        print("usage: pvn experiment CONFIG.yaml [--status] [--print-commands]\n")
+        print("usage: pvn experiment CONFIG.yaml [--status] [--print-commands] [--report]\n")
         print(experiment.__doc__)
         return 0 if args else 2
     flags = {a for a in args if a.startswith("--")}
     paths = [a for a in args if not a.startswith("--")]
-    unknown = flags - {"--status", "--print-commands"}
+    unknown = flags - {"--status", "--print-commands", "--report"}
     if unknown or len(paths) != 1:
         raise ConfigError(f"pvn experiment: expected CONFIG.yaml and flags; got {args}")
     from pvn.experiment import run
 
-    return run(paths[0], "--print-commands" in flags, "--status" in flags)
+    return run(paths[0], "--print-commands" in flags, "--status" in flags, "--report" in flags)
 
 
 def _quickstart(args: list[str]) -> int:

@@ -2,7 +2,7 @@
 or end-to-end DQN (``encoder=e2e``), under one protocol.
 
 Wires the pieces the CLI owns (config, encoder loading, run directory, logging, checkpoints)
-around :func:`agents.evaluation.run_control`. Writes ``run_dir/results.json`` with the game,
+around :func:`agents.control.run_control`. Writes ``run_dir/results.json`` with the game,
 seed, steps and every episode's return with the agent step at which it ended. Re-running with the
 same ``run_dir`` resumes from its latest checkpoint (``checkpoint_every`` agent steps).
 """
@@ -17,8 +17,8 @@ import numpy as np
 import torch
 from omegaconf import DictConfig
 
+from agents.control import EvalConfig, run_control
 from agents.dqn import DQN, DQNConfig, end_to_end_dqn
-from agents.evaluation import EvalConfig, run_control
 from agents.linear_dqn import LinearDQN
 from envs import make_atari
 from pvn.checkpoint import (

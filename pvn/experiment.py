@@ -15,7 +15,9 @@ A stage whose output is complete is skipped; one that was killed is re-run with 
 and every ``pvn`` command resumes from its own checkpoints, so the experiment continues across
 interruptions and machines. A failed stage stops the runner with one line naming the stage and
 its command. ``--print-commands`` prints the commands instead (one per line, in order), for a
-cluster launcher; ``--status`` prints which stages are done and left.
+cluster launcher; ``--status`` prints which stages are done and left; ``--report`` writes the
+report over the evaluations finished so far (``stages.txt`` beside it says which), without
+marking the report stage done.
 """
 
 from __future__ import annotations
@@ -115,7 +117,7 @@ def stages(cfg: dict[str, Any]) -> list[Stage]:
                 (e2e if spec["encoder"] == "e2e" else todo).append(stage)
                 evals.append(name)
     todo += e2e
-    todo.append(Stage("report", [], results, "report", "runs.csv", evals))
+    todo.append(Stage("report", [], results, "report", "complete.json", evals))
     return todo
 
 
@@ -143,18 +145,23 @@ def _run_stage(stage: Stage) -> None:
 
 
 def write_report(cfg: dict[str, Any], todo: list[Stage], config_path: Path) -> None:
-    """The report stage: ``pvn report`` over every evaluation, per-game probes on the logs,
-    the raw per-run CSV and the experiment config, under ``results``."""
+    """The report stage: ``pvn report`` over every finished evaluation, per-game probes on the
+    logs, the raw per-run CSV, the experiment config and ``stages.txt`` (which stages the report
+    covers), under ``results``. ``complete.json`` marks a report over every stage; ``pvn
+    experiment CONFIG --report`` writes one over the stages finished so far without it."""
     from pvn.report import final_score, load_results, report
 
     results = Path(cfg["results"])
+    evals = [s for s in todo if s.kind == "eval" and s.done]
+    if not evals:
+        raise ConfigError(f"{config_path}: no evaluation stage has finished yet; nothing to report")
     results.mkdir(parents=True, exist_ok=True)
+    (results / "complete.json").unlink(missing_ok=True)
     shutil.copyfile(config_path, results / "experiment.yaml")
-    evals = [s for s in todo if s.kind == "eval"]
     report([str(s.run_dir) for s in evals], results)
     for game in cfg["games"]:
-        if cfg.get("probes", True):
-            dirs = [str(s.run_dir) for s in evals if s.name.startswith(f"eval/{game}/")]
+        dirs = [str(s.run_dir) for s in evals if s.name.startswith(f"eval/{game}/")]
+        if cfg.get("probes", True) and dirs:
             report(dirs, results / f"probes_{game}", data=Path(cfg["out"]) / "data" / game)
     rows = []
     for s in evals:
@@ -171,6 +178,9 @@ def write_report(cfg: dict[str, Any], todo: list[Stage], config_path: Path) -> N
                     "training_episodes", "final_evaluation_returns"])  # fmt: skip
         w.writerows(rows)
     tmp.replace(results / "runs.csv")
+    (results / "stages.txt").write_text(status_table(todo) + "\n")
+    if all(s.done for s in todo if s.kind != "report"):
+        (results / "complete.json").write_text(json.dumps({"evaluations": len(evals)}) + "\n")
 
 
 def status_table(todo: list[Stage]) -> str:
@@ -181,9 +191,18 @@ def status_table(todo: list[Stage]) -> str:
     return "\n".join(lines)
 
 
-def run(config_path: str | Path, print_commands: bool = False, status: bool = False) -> int:
+def run(
+    config_path: str | Path,
+    print_commands: bool = False,
+    status: bool = False,
+    report_now: bool = False,
+) -> int:
     cfg = load(config_path)
     todo = stages(cfg)
+    if report_now:
+        write_report(cfg, todo, Path(config_path))
+        print(status_table(todo))
+        return 0
     if print_commands:
         for s in todo:
             if s.kind == "report":

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from agents.scores import human_normalized, iqm, probability_of_improvement
+from pvn.analysis.scores import human_normalized, iqm, probability_of_improvement
 
 GRID = 40  # points per curve
 

@@ -5,7 +5,7 @@ best (highest rolling mean over ``window`` training episodes). A run is scored a
 scores it, by the mean return of its final greedy evaluation (``eval_episodes`` episodes after
 the last step), when it has one; otherwise by the mean of its last ``window`` training episodes.
 The report says which. Across games: IQM, median and mean of human-normalised final scores
-with stratified-bootstrap 95% CIs (:mod:`agents.scores`), per method.
+with stratified-bootstrap 95% CIs (:mod:`pvn.analysis.scores`), per method.
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ from typing import Any
 
 import numpy as np
 
-from agents.scores import aggregate, human_normalized
 from pvn import plots
+from pvn.analysis.scores import aggregate, human_normalized
 from pvn.errors import ConfigError
 
 
@@ -158,7 +158,7 @@ def probes(run_dirs: list[str], data: str | Path) -> dict[str, dict[str, Any]]:
     import torch
     from omegaconf import OmegaConf
 
-    from agents.probes import linear_probes
+    from pvn.analysis.probes import linear_probes
     from pvn.evaluate import encoder_for
     from replay import DQNReplayDataset
 

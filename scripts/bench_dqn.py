@@ -1,7 +1,7 @@
 """End-to-end DQN throughput (Dopamine's DQN, the agent that makes DQN Replay data), side by side
 in interleaved rounds (prints JSON):
 
-  * pvn: ``agents.evaluation.run_control`` with ``eval_preset=dopamine_dqn``'s agent (Nature
+  * pvn: ``agents.control.run_control`` with ``eval_preset=dopamine_dqn``'s agent (Nature
     torso trained from frames, TF1 RMSProp, max target) and, with ``--log``, every transition
     logged as a DQN Replay dataset;
   * limit: the same work bare -- envpool stepping, one batched action forward per step, and one
@@ -26,14 +26,14 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _bench import emit, significant
 
+from agents.control import EvalConfig, run_control
 from agents.dqn import DQNConfig, end_to_end_dqn
-from agents.evaluation import EvalConfig, run_control
-from agents.feature_replay import FeatureBatch
 from agents.policies import epsilon_greedy
 from envs import FrameStack, make_atari
 from pvn.networks import build_torso
 from replay import DQNReplayWriter
 from replay.episode_log import EpisodeLog
+from replay.feature_replay import FeatureBatch
 
 DOPAMINE = DQNConfig(
     lr=2.5e-4, max_grad_norm=None, target_period=2000, double_q=False, optimizer="rmsprop_tf"

@@ -1,6 +1,6 @@
 """Linear-control throughput (prints JSON), side by side in interleaved rounds:
 
-  * pvn: ``agents.evaluation.run_control`` -- envpool stepping, one batched encoder
+  * pvn: ``agents.control.run_control`` -- envpool stepping, one batched encoder
     forward per step, the feature replay and a linear double-DQN update every 4 agent steps;
   * limit: envpool stepping plus one batched encoder forward per step, nothing else (the limit
     for frozen features);
@@ -31,8 +31,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _bench import emit, significant
 
+from agents.control import EvalConfig, run_control
 from agents.dqn import DQNConfig
-from agents.evaluation import EvalConfig, run_control
 from agents.linear_dqn import LinearDQN
 from envs import FrameStack, make_atari
 from pvn.networks import build_torso

@@ -64,8 +64,8 @@ def _worker(workload: str, mode: str, seconds: float) -> None:
             learner.update(batch, 1)
             return 1
     elif workload == "evaluate":
+        from agents.control import EvalConfig, run_control
         from agents.dqn import DQNConfig
-        from agents.evaluation import EvalConfig, run_control
         from agents.linear_dqn import LinearDQN
         from envs import make_atari
         from pvn.networks import build_torso

@@ -15,9 +15,9 @@ What it does, top to bottom:
      ``--final-logs`` logs); the held-out TD loss of the final head and of every block's
      auxiliary head on ``--eval-transitions`` transitions of checkpoint 1 (targets from the run's
      own target network); offline ridge probes of the frozen torso (``pvn.load_encoder`` +
-     ``agents.probes.linear_probes``, the function ``pvn report --data`` runs) on checkpoint 1;
-     wall time; and, with ``--control-steps N``, online linear control (``pvn evaluate``, a linear
-     Q head on the frozen torso) for N agent steps;
+     ``pvn.analysis.probes.linear_probes``, the function ``pvn report --data`` runs) on
+     checkpoint 1; wall time; and, with ``--control-steps N``, online linear control
+     (``pvn evaluate``, a linear Q head on the frozen torso) for N agent steps;
   4. the probe floor: the arms' common torso at initialisation (no pretraining);
   5. writes ``docs/study_local.md`` (setup, tables, plots, a reading generated from the numbers)
      and ``docs/study_local_{td_curves,block_losses}.png``; prints the table as Markdown.
@@ -291,8 +291,8 @@ def param_counts(learner) -> dict[str, int]:
 def evaluate_run(
     args: argparse.Namespace, run_dir: Path, ds_eval, batch, wall: dict
 ) -> dict[str, Any]:
-    from agents.probes import linear_probes
     from pvn import load_encoder
+    from pvn.analysis.probes import linear_probes
 
     cache = run_dir / "study_eval.json"
     key = f"v3|{args.eval_transitions}|{args.probe_states}|{args.final_logs}"
@@ -333,7 +333,7 @@ def evaluate_run(
 @torch.no_grad()
 def init_probe(args: argparse.Namespace, run_dir: Path, ds_eval, batch) -> dict[str, Any]:
     """The probe floor: the arms' common torso at initialisation, rebuilt from the seed."""
-    from agents.probes import linear_probes
+    from pvn.analysis.probes import linear_probes
     from pvn.pretrain import build
 
     cfg, _, num_actions = load_learner(run_dir)
@@ -911,7 +911,7 @@ comes from the runs recorded here; re-running the command regenerates this page.
   *Held out ÷ best constant:* that loss over the loss of the best per-task constant fitted to
   the same held-out targets (half their variance, averaged over tasks; ≈ p(1 − p)/2 for
   indicator rewards): 1 means the head does no better than ignoring the state.
-  *Probes:* `agents.probes.linear_probes` (what `pvn report --data` runs) on checkpoint
+  *Probes:* `pvn.analysis.probes.linear_probes` (what `pvn report --data` runs) on checkpoint
   {HELDOUT_CKPT}: ridge regression from the frozen torso's 512 features
   (`pvn.load_encoder(run_dir)`) to the logging policy's discounted return-to-go and to the next
   reward, fit on the earlier 80% of its episodes, R² on the later 20% (up to

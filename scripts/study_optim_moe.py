@@ -10,7 +10,7 @@ What it does, top to bottom:
      the reference arm (adam+dense) also runs ``--yardstick-seeds`` extra seeds, whose spread is
      the yardstick for "within noise";
   3. per run: the TD-loss curve (``metrics.jsonl``) and the final training TD loss (mean of the
-     last ``--final-logs`` logs); offline ridge probes (``agents.probes.linear_probes``, the
+     last ``--final-logs`` logs); offline ridge probes (``pvn.analysis.probes.linear_probes``, the
      function ``pvn report --data`` uses) of the frozen torso on the held-out checkpoint; and
      robustness: the TD loss of the final online network (eval mode: no routing noise) on
      ``--eval-transitions`` held-out transitions whose observation ``s`` (all 4 stacked frames) is
@@ -351,8 +351,8 @@ def param_counts(learner) -> tuple[int, int]:
 def evaluate_run(
     args: argparse.Namespace, run_dir: Path, ds_eval, batch, wall: dict
 ) -> dict[str, Any]:
-    from agents.probes import linear_probes
     from pvn import load_encoder
+    from pvn.analysis.probes import linear_probes
 
     cache = run_dir / "study_eval.json"
     if cache.is_file() and not args.force:
@@ -412,7 +412,7 @@ def eval_key(args: argparse.Namespace) -> str:
 @torch.no_grad()
 def random_probe(args: argparse.Namespace, ds_eval) -> dict[str, Any]:
     """The probe floor: the dense nature torso at its random init (no pretraining)."""
-    from agents.probes import linear_probes
+    from pvn.analysis.probes import linear_probes
     from pvn.networks import build_torso
 
     torso = build_torso("nature", torch.Generator().manual_seed(0)).eval()
@@ -899,7 +899,7 @@ from the run recorded here; re-running the command regenerates this page.
   ({args.log_every} updates each) of the training TD loss (MoE top-k arms: with router noise on).
   *TD loss, held out:* the final online network (eval mode, no router noise) on
   {args.eval_transitions} transitions of checkpoint {HELDOUT_CKPT}, targets from the run's
-  target network and calibrated tasks. *Probes:* `agents.probes.linear_probes` (what
+  target network and calibrated tasks. *Probes:* `pvn.analysis.probes.linear_probes` (what
   `pvn report --data` runs) on checkpoint {HELDOUT_CKPT}: ridge regression from the frozen
   torso's features to discounted return-to-go and next reward, fit on the earlier 80% of its
   episodes, R² on the later 20% (up to {args.probe_states} states). *Robustness:* Gaussian

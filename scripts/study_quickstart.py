@@ -17,9 +17,9 @@ anything at that scale, and writes ``docs/study_quickstart_<game>.md`` and
 Every (encoder, preset) runs the same seeds; a seed fixes the envs, the exploration and the
 head's init, so runs with the same seed differ only in the encoder (paired). The random encoder
 is the same torso at a random init (a different one per seed, as ``pvn evaluate encoder=random``
-draws it). Per encoder the doc also gives the offline probes (``agents.probes``), the features'
-effective rank, dormant fraction and mean norm on logged states. Finished runs in ``--out`` are
-reused; about 55 minutes on 2 cores with the defaults.
+draws it). Per encoder the doc also gives the offline probes (``pvn.analysis.probes``), the
+features' effective rank, dormant fraction and mean norm on logged states. Finished runs in
+``--out`` are reused; about 55 minutes on 2 cores with the defaults.
 
     .venv/bin/python scripts/study_quickstart.py
     .venv/bin/python scripts/study_quickstart.py --seeds 0 1 2 3 4 5 --out runs/study_qs6
@@ -148,7 +148,7 @@ def grid(args: argparse.Namespace) -> list[tuple[str, str]]:
 def features_table(data: Path, encoders: dict[str, str], seeds: list[int]) -> dict[str, Any]:
     """Probes, srank, dormant fraction and mean feature norm per encoder (random: per seed's
     torso, averaged)."""
-    from agents.probes import linear_probes
+    from pvn.analysis.probes import linear_probes
     from pvn.config import load_config
     from pvn.evaluate import encoder_for
     from replay import DQNReplayDataset

@@ -9,10 +9,10 @@ import torch
 import yaml
 
 from agents.dqn import DQN, DQNConfig
-from agents.feature_replay import FeatureBatch
 from agents.policies import linearly_decaying_epsilon
 from pvn.cli import main
 from pvn.optim.rmsprop_tf import RMSPropTF
+from replay.feature_replay import FeatureBatch
 
 
 @pytest.mark.parametrize("centered,momentum", [(True, 0.0), (False, 0.0), (True, 0.9)])

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
+from agents.control import EvalConfig, run_control
 from agents.dqn import DQNConfig
-from agents.evaluation import EvalConfig, run_control
 from agents.linear_dqn import LinearDQN
 from envs import make_atari
 from pvn.cli import main

@@ -94,8 +94,17 @@ def test_killed_experiment_resumes_without_redoing_finished_stages(tmp_path, cap
     assert all(r["scored_by"] == "final evaluation (2 episodes)" for r in pvn_rows)
     assert (tmp_path / "results" / "report.md").is_file()
     assert (tmp_path / "results" / "experiment.yaml").is_file()
+    assert (tmp_path / "results" / "complete.json").is_file()
+    assert "7 of 7 stages done" in (tmp_path / "results" / "stages.txt").read_text()
     # a second run finds everything done and does nothing
     assert main(["experiment", config]) == 0
+
+
+def test_a_report_needs_a_finished_evaluation(tmp_path, capsys):
+    """``--report`` reports the evaluations finished so far; with none, a one-line error."""
+    assert main(["experiment", _config(tmp_path), "--report"]) == 2
+    assert "no evaluation stage has finished yet" in capsys.readouterr().err
+    assert not (tmp_path / "results").exists()
 
 
 def test_bad_experiment_configs_are_refused(tmp_path, capsys):

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from agents.dqn import DQNConfig, double_dqn_target
-from agents.feature_replay import FeatureReplay
 from agents.linear_dqn import LinearDQN
+from replay.feature_replay import FeatureReplay
 
 
 def test_double_dqn_target_by_hand():

@@ -16,13 +16,13 @@ import numpy as np
 import pytest
 import torch
 
-from agents.feature_replay import FeatureBatch
 from auxiliary import build_tasks
 from pvn.config import load_config
 from pvn.evaluate import agent_for
 from pvn.networks.torsos import SamePool
 from pvn.pretrain import build
 from replay import TorchBatch
+from replay.feature_replay import FeatureBatch
 
 
 class NumpyAdam:
@@ -293,7 +293,7 @@ def test_aggregates_equal_rliables(which):
     replicates each (the two draw different indices)."""
     from rliable import library, metrics
 
-    from agents.scores import aggregate
+    from pvn.analysis.scores import aggregate
 
     scores = _score_matrices()[which]
     ours = aggregate(scores, reps=50_000, seed=0)
@@ -319,7 +319,7 @@ def test_aggregates_equal_rliables(which):
 def test_probability_of_improvement_equals_rliables():
     from rliable import metrics
 
-    from agents.scores import probability_of_improvement
+    from pvn.analysis.scores import probability_of_improvement
 
     a, _, c = _score_matrices()
     rng = np.random.default_rng(1)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from agents.probes import (
+from pvn.analysis.probes import (
     L2_GRID,
     choose_l2,
     episode_targets,

@@ -151,7 +151,7 @@ def test_replay_checkpoint_holds_only_the_filled_slots():
 
     import torch
 
-    from agents.feature_replay import FeatureReplay
+    from replay.feature_replay import FeatureReplay
 
     replay = FeatureReplay(100_000, 1, (84, 84), 1, 0.99, dtype=torch.uint8, stack_size=4)
     for _ in range(10):

@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 
-from agents.scores import (
+from pvn.analysis.scores import (
     human_normalized,
     iqm,
     mean_of_means,

@@ -8,8 +8,8 @@ import torch
 import torch.nn.functional as F
 
 from auxiliary import build_tasks
+from auxiliary.init import same_pad
 from auxiliary.random_nets import RandomConvNets
-from pvn.networks.init import same_pad
 
 
 @pytest.fixture(scope="module")

@@ -28,6 +28,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from auxiliary.init import init_module_
 from pvn.local.blocks import (
     QOutput,
     first_layer,
@@ -36,7 +37,6 @@ from pvn.local.blocks import (
     split_units,
     torso_units,
 )
-from pvn.networks.init import init_module_
 from pvn.networks.torsos import ResidualBlock
 
 

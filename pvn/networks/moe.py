@@ -42,8 +42,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from auxiliary.init import xavier_
 from pvn.errors import ConfigError
-from pvn.networks.init import xavier_
 
 TOKEN_MODES = ("per_sample", "per_pixel", "per_feature_map")
 MOE_TYPES = ("smoe", "momentum_smoe", "adam_smoe", "soft_moe")

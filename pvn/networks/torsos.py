@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from pvn.networks.init import init_module_, same_pad
+from auxiliary.init import init_module_, same_pad
 
 
 class Torso(nn.Module):

@@ -2,6 +2,12 @@
 
 Every random draw takes an explicit ``torch.Generator``: library code never touches the global
 RNG, so a run's parameters depend on its ``seed`` alone.
+
+It lives in ``auxiliary``, the lowest layer that needs it: the random task networks
+(:mod:`auxiliary.random_nets`) and pvn's torsos and heads (:mod:`pvn.networks`) follow the same
+Flax conventions (Xavier-uniform weights, zero biases, 'SAME' padding), and ``auxiliary`` may
+import only torch and numpy, so the helpers cannot stay in ``pvn.networks``. Everything above
+(``pvn``, ``agents``) imports them from here.
 """
 
 from __future__ import annotations

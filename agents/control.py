@@ -27,10 +27,10 @@ import torch
 from torch import nn
 
 from agents.dqn import DQN
-from agents.feature_replay import FeatureReplay
 from agents.policies import epsilon_greedy, linearly_decaying_epsilon
 from envs import FrameStack
 from replay.episode_log import EpisodeLog
+from replay.feature_replay import FeatureReplay
 
 
 @dataclass

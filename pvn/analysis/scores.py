@@ -26,7 +26,7 @@ import numpy as np
 @cache
 def reference_scores() -> dict[str, tuple[float, float]]:
     """``{game: (random, human)}`` for the 57 ALE games (see ``data/atari57_scores.csv``)."""
-    text = files("agents").joinpath("data/atari57_scores.csv").read_text()
+    text = files("pvn.analysis").joinpath("data/atari57_scores.csv").read_text()
     rows = csv.DictReader(line for line in text.splitlines() if not line.startswith("#"))
     return {r["game"]: (float(r["random"]), float(r["human"])) for r in rows}
 

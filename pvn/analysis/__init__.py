@@ -1,0 +1,9 @@
+"""Analysis of results and representations, used by ``pvn report`` and :mod:`pvn.plots`.
+
+* :mod:`pvn.analysis.scores`: human normalisation (``data/atari57_scores.csv``) and aggregate
+  metrics with stratified-bootstrap CIs;
+* :mod:`pvn.analysis.probes`: offline linear probes of a frozen representation on logged data.
+
+Neither acts in an environment, so they sit in the pvn core, below ``agents`` (see
+``docs/layout.md``, "Layers").
+"""
