@@ -62,6 +62,19 @@ def config_groups() -> set[str]:
     return {p.name for p in files("configs").iterdir() if p.is_dir() and p.name[0] != "_"}
 
 
+def option_defaults(group: str, option: str) -> dict:
+    """The values of one config group option (``configs/<group>/<option>.yaml``): the one place
+    its defaults live, for Python callers that build a part (e.g. an MoE block) directly."""
+    from importlib.resources import files
+
+    path = files("configs").joinpath(group, f"{option}.yaml")
+    if not path.is_file():
+        raise ConfigError(f"{group}={option!r}: no such option (configs/{group}/{option}.yaml)")
+    cfg = OmegaConf.create(path.read_text())
+    cfg.pop("defaults", None)
+    return OmegaConf.to_container(cfg, resolve=True)
+
+
 def load_config(name: str, overrides: list[str]) -> DictConfig:
     """Compose ``configs/<name>.yaml`` with ``overrides`` and validate keys and value types.
 

@@ -423,6 +423,7 @@ def test_block_replaces_a_torso_features_block():
         ({"name": "smoe", "capacity_factor": 0}, "capacity_factor"),
         ({"name": "momentum_smoe", "mu": 1.0}, "mu"),
         ({"name": "smoe", "experts_": 4}, "experts_"),
+        ({"name": "smoe", "mu": 0.5}, "mu"),  # momentum_smoe's key, not smoe's
         ({"name": "dense"}, "name"),
     ],
 )
@@ -430,6 +431,17 @@ def test_bad_config_values_are_refused(cfg, key):
     with pytest.raises(ValueError, match=f"moe.{key}") as err:
         moe_features_block(cfg, NATURE_OUT, 64, gen())
     assert isinstance(err.value, ConfigError)
+
+
+def test_missing_keys_take_the_options_yaml_defaults():
+    """A Python caller's partial config is completed from configs/moe/<name>.yaml, the one home
+    of the defaults (smoe.yaml: k 2, capacity factor 1.25, 4 experts, 2 layers)."""
+    want = load(SMOE)
+    block = moe_features_block({"name": "smoe"}, NATURE_OUT, 64, gen())
+    layers = [m for m in block.modules() if hasattr(m, "capacity_factor")]
+    assert len(layers) == want["layers"] == 2
+    for m in layers:
+        assert (m.k, m.capacity_factor, m.num_experts) == (want["k"], want["capacity_factor"], 4)
 
 
 def test_rng_state_round_trip():

@@ -485,24 +485,6 @@ class MoEFeatures(nn.Module):
 # Builder and collectors
 # --------------------------------------------------------------------------------------------
 
-DEFAULTS: dict[str, Any] = {
-    "layers": 2,
-    "experts": 4,
-    "k": 1,
-    "capacity_factor": 1.0,
-    "hidden": 128,
-    "token_mode": "per_pixel",
-    "noisy": True,
-    "load_balance_coef": 0.01,
-    "mu": 0.7,
-    "gamma": 1.0,
-    "gamma1": 1.0,
-    "beta1": 0.9,
-    "beta2": 0.999,
-    "slots_per_expert": None,
-    "normalize": False,
-}
-
 
 def _check(cond: bool, key: str, value: Any, why: str) -> None:
     if not cond:
@@ -517,16 +499,39 @@ def _is_num(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
+_RULES: dict[str, tuple[Any, str]] = {
+    "experts": (lambda v: _is_int(v) and v >= 1, "must be an integer >= 1"),
+    "k": (lambda v: _is_int(v) and v >= 1, "must be an integer >= 1"),
+    "hidden": (lambda v: _is_int(v) and v >= 1, "must be an integer >= 1"),
+    "capacity_factor": (lambda v: _is_num(v) and v > 0, "must be > 0"),
+    "token_mode": (lambda v: v in TOKEN_MODES, f"one of {TOKEN_MODES}"),
+    "mu": (lambda v: _is_num(v) and 0 <= v < 1, "must be in [0, 1)"),
+    "gamma": (lambda v: _is_num(v) and v > 0, "must be > 0"),
+    "gamma1": (lambda v: _is_num(v) and v > 0, "must be > 0"),
+    "beta1": (lambda v: _is_num(v) and 0 <= v < 1, "must be in [0, 1)"),
+    "beta2": (lambda v: _is_num(v) and 0 <= v < 1, "must be in [0, 1)"),
+    "load_balance_coef": (lambda v: _is_num(v) and v >= 0, "must be >= 0"),
+    "slots_per_expert": (lambda v: v is None or (_is_int(v) and v >= 1), "null or an integer >= 1"),
+    "noisy": (lambda v: isinstance(v, bool), "must be true or false"),
+    "normalize": (lambda v: isinstance(v, bool), "must be true or false"),
+}
+
+
 def _validated(cfg: Mapping[str, Any]) -> dict[str, Any]:
+    """``cfg`` over its option's defaults (``configs/moe/<name>.yaml``, their one home), checked
+    key by key."""
+    from pvn.config import option_defaults
+
     c = dict(cfg)
     name = c.pop("name", None)
     _check(name in MOE_TYPES, "name", name, f"choose one of {', '.join(MOE_TYPES)}")
-    unknown = sorted(set(c) - set(DEFAULTS))
+    defaults = option_defaults("moe", name)
+    unknown = sorted(set(c) - set(defaults))
     if unknown:
         raise MoEConfigError(
-            f"moe.{unknown[0]}: unknown key for moe={name}; known keys: {', '.join(DEFAULTS)}"
+            f"moe.{unknown[0]}: unknown key for moe={name}; known keys: {', '.join(defaults)}"
         )
-    c = {**DEFAULTS, **c, "name": name}
+    c = {**defaults, **c, "name": name}
     min_layers = 2 if name in _MOMENTUM_TYPES else 1
     _check(
         _is_int(c["layers"]) and c["layers"] >= min_layers,
@@ -535,31 +540,12 @@ def _validated(cfg: Mapping[str, Any]) -> dict[str, Any]:
         f"{name} needs >= {min_layers} layers"
         + (" (momentum is carried across layers)" if min_layers == 2 else ""),
     )
-    for key in ("experts", "k", "hidden"):
-        _check(_is_int(c[key]) and c[key] >= 1, key, c[key], "must be an integer >= 1")
-    _check(c["k"] <= c["experts"], "k", c["k"], f"must be <= moe.experts={c['experts']}")
-    _check(
-        _is_num(c["capacity_factor"]) and c["capacity_factor"] > 0,
-        "capacity_factor",
-        c["capacity_factor"],
-        "must be > 0",
-    )
-    _check(c["token_mode"] in TOKEN_MODES, "token_mode", c["token_mode"], f"one of {TOKEN_MODES}")
-    _check(_is_num(c["mu"]) and 0 <= c["mu"] < 1, "mu", c["mu"], "must be in [0, 1)")
-    for key in ("gamma", "gamma1"):
-        _check(_is_num(c[key]) and c[key] > 0, key, c[key], "must be > 0")
-    for key in ("beta1", "beta2"):
-        _check(_is_num(c[key]) and 0 <= c[key] < 1, key, c[key], "must be in [0, 1)")
-    _check(
-        _is_num(c["load_balance_coef"]) and c["load_balance_coef"] >= 0,
-        "load_balance_coef",
-        c["load_balance_coef"],
-        "must be >= 0",
-    )
-    s = c["slots_per_expert"]
-    _check(s is None or (_is_int(s) and s >= 1), "slots_per_expert", s, "null or an integer >= 1")
-    for key in ("noisy", "normalize"):
-        _check(isinstance(c[key], bool), key, c[key], "must be true or false")
+    for key, value in c.items():  # each key the option has, by the rule for its kind
+        if key in _RULES:
+            ok, why = _RULES[key]
+            _check(ok(value), key, value, why)
+    if "k" in c:
+        _check(c["k"] <= c["experts"], "k", c["k"], f"must be <= moe.experts={c['experts']}")
     return c
 
 
@@ -577,7 +563,8 @@ def moe_features_block(
     soft_moe), ``layers``, ``experts``, ``k``, ``capacity_factor``, ``hidden``, ``token_mode``,
     ``noisy``, ``load_balance_coef``, ``mu``, ``gamma``, ``gamma1``, ``beta1``, ``beta2``,
     ``slots_per_expert`` (null: ``ceil(capacity_factor * T / E)``, as dopamine), ``normalize``.
-    Missing keys take :data:`DEFAULTS`; bad values raise :class:`MoEConfigError`.
+    Missing keys take the option's defaults (``configs/moe/<name>.yaml``); unknown keys and bad
+    values raise :class:`MoEConfigError`.
     ``relu_first=True`` for the IMPALA torso, whose features block starts with a ReLU.
     """
     c = _validated(cfg)
