@@ -22,6 +22,21 @@ from replay import DQNReplayDataset
 from replay.summary import chronological
 
 
+def discounted_to_go(r: np.ndarray, terminal: np.ndarray, gamma: float):
+    """``G_t = r_t + gamma G_{t+1}`` within episodes, for rewards ``r`` (n,) or (n, K) in the
+    order logged; and whether each step lies in an episode that ends in the log (``complete``:
+    only those have their true return)."""
+    g = np.zeros(r.shape, np.float64)
+    complete = np.zeros(len(r), bool)
+    acc, inside = np.zeros(r.shape[1:]), False
+    for i in range(len(r) - 1, -1, -1):  # backwards
+        if terminal[i]:
+            acc, inside = np.zeros(r.shape[1:]), True
+        acc = r[i] + gamma * acc
+        g[i], complete[i] = acc, inside
+    return g, complete
+
+
 def episode_targets(ds: DQNReplayDataset, gamma: float) -> tuple[list, np.ndarray, np.ndarray]:
     """(checkpoint, slot) of every valid transition inside a complete episode, in the order
     logged, with its discounted return-to-go and its reward."""
@@ -30,15 +45,7 @@ def episode_targets(ds: DQNReplayDataset, gamma: float) -> tuple[list, np.ndarra
         ck = ds.checkpoint(c)
         order = chronological(ck)
         r = np.asarray(ck.reward, np.float64)[order]
-        term = np.asarray(ck.terminal, bool)[order]
-        g = np.zeros(len(order))
-        complete = np.zeros(len(order), bool)
-        acc, inside = 0.0, False
-        for i in range(len(order) - 1, -1, -1):  # backwards: G_t = r_t + gamma G_{t+1}
-            if term[i]:
-                acc, inside = 0.0, True
-            acc = r[i] + gamma * acc
-            g[i], complete[i] = acc, inside
+        g, complete = discounted_to_go(r, np.asarray(ck.terminal, bool)[order], gamma)
         valid = ds.valid_mask(c)[order] & complete
         keys += [(c, int(s)) for s in order[valid]]
         returns.append(g[valid])
