@@ -36,8 +36,9 @@ from pvn.threads import announce
 from replay import DQNReplayDataset, Prefetcher
 
 #: Keys that may change when a run is resumed (they do not change what is computed; the thread
-#: plan follows the machine a run resumes on).
+#: plan follows the machine a run resumes on; a run directory may be moved or copied).
 RESUMABLE_KEYS = {
+    "run_dir",
     "steps",
     "progress",
     "checkpoint_every",

@@ -253,6 +253,10 @@ def test_resuming_with_another_config_is_refused(log_dir, tmp_path, capsys):
     assert "different config (optimizer)" in capsys.readouterr().err
     assert main(_args(log_dir, run, "steps=20")) == 0  # more steps is a resume
     assert list_checkpoints(run)[-1].name == "ckpt_000000020.pt"
+    moved = tmp_path / "moved"  # a run directory moved elsewhere resumes there
+    run.rename(moved)
+    assert main(_args(log_dir, moved, "steps=30")) == 0
+    assert list_checkpoints(moved)[-1].name == "ckpt_000000030.pt"
 
 
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(log_dir, tmp_path, capsys):
