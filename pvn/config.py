@@ -10,8 +10,11 @@ int, ``null`` defaults accept anything, ``auto`` defaults also true/false).
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+from omegaconf.nodes import AnyNode, BooleanNode, FloatNode, IntegerNode, StringNode
 
 from pvn.errors import ConfigError
 from pvn.files import write_text_atomic
@@ -20,7 +23,6 @@ from pvn.files import write_text_atomic
 def _compose(name: str, overrides: list[str]) -> DictConfig:
     from hydra import compose, initialize_config_module
     from hydra.errors import HydraException
-    from omegaconf.errors import OmegaConfBaseException
 
     try:
         with initialize_config_module(config_module="configs", version_base=None):
@@ -79,8 +81,68 @@ def load_config(name: str, overrides: list[str]) -> DictConfig:
     """Compose ``configs/<name>.yaml`` with ``overrides`` and validate keys and value types.
 
     Group choices (``torso=impala``) are applied first, so the keys of the chosen options
-    (``torso.width``) are known when the other overrides are checked.
+    (``torso.width``) are known when the other overrides are checked. The result is typed
+    (:func:`_typed`): the CLI and Python callers (:func:`configure`) hold the same object.
     """
+    cfg = _load(name, overrides)
+    _require_complete(name, cfg)
+    return cfg
+
+
+def configure(command: str, **values: Any) -> DictConfig:
+    """The config of ``pvn <command>`` for Python callers, without override strings.
+
+    Keyword arguments named after a config group choose its option (``torso="impala"``,
+    ``optimizer="adan"``); the others set values, sections as nested dicts::
+
+        cfg = configure("pretrain", torso="impala", steps=2000, run_dir="runs/pvn",
+                        data={"path": "data/pong"}, td={"center": True})
+        pvn.pretrain.pretrain(cfg)
+
+    The defaults are the YAML files' (their one home, documented in the config reference);
+    unknown keys and values of the wrong type are one-line :class:`ConfigError` s, as on the
+    command line. The object stays typed: ``cfg.steps = "many"`` or ``cfg.stpes = 10`` raises.
+    """
+    groups = config_groups()
+    choices = [f"{k}={v}" for k, v in values.items() if k in groups and isinstance(v, str)]
+    cfg = _load(command, choices)
+    rest = {k: v for k, v in values.items() if f"{k}={v}" not in choices}
+    try:
+        pairs = _flatten(cfg, rest)
+    except ConfigError as e:
+        raise ConfigError(f"pvn {command}: {e}") from None
+    for path, value in pairs:
+        try:
+            OmegaConf.update(cfg, path, value, merge=False)
+        except OmegaConfBaseException as e:
+            why = str(e).splitlines()[0]
+            raise ConfigError(f"pvn {command}: {path}={value!r}: {why}") from None
+    _require_complete(command, cfg)
+    return cfg
+
+
+def _flatten(cfg: DictConfig, values: dict[str, Any]) -> list[tuple[str, Any]]:
+    """(dotted key, value) pairs of nested ``values``; a dict recurses where the config has a
+    section, and an unknown key is an error naming the valid ones."""
+    leaves = {p for p, _ in _leaves(cfg)}
+    sections = {p.rsplit(".", i)[0] for p in leaves for i in range(1, p.count(".") + 1)}
+    out = []
+
+    def walk(values: dict[str, Any], prefix: str) -> None:
+        for key, value in values.items():
+            path = f"{prefix}{key}"
+            if isinstance(value, dict) and path in sections:
+                walk(value, path + ".")
+            elif path in leaves:
+                out.append((path, value))
+            else:
+                raise ConfigError(f"unknown key '{path}'; valid keys: {sorted(leaves)}")
+
+    walk(values, "")
+    return out
+
+
+def _load(name: str, overrides: list[str]) -> DictConfig:
     groups = config_groups()
     for ov in overrides:
         if "=" not in ov:
@@ -98,11 +160,44 @@ def load_config(name: str, overrides: list[str]) -> DictConfig:
         if path in defaults and not _type_ok(defaults[path], value):
             want = type(defaults[path]).__name__
             raise ConfigError(f"pvn {name}: {path}={value!r} is not a valid {want}")
+    return _typed(cfg, defaults)
+
+
+def _typed(cfg: DictConfig, defaults: dict[str, Any]) -> DictConfig:
+    """``cfg`` with each value in a node of its *default's* type (int, float, bool, str; any
+    for null, ``auto``, ``???`` and lists), in struct mode: assigning a value of the wrong type,
+    or to a key that does not exist, raises -- the checks the CLI makes of overrides."""
+
+    def node(path: str, value: Any) -> Any:
+        if isinstance(value, (ListConfig, list)):
+            return OmegaConf.to_container(value) if isinstance(value, ListConfig) else value
+        d = defaults.get(path)
+        if isinstance(d, bool):
+            return BooleanNode(value)
+        if isinstance(d, int):
+            return IntegerNode(value)
+        if isinstance(d, float):
+            return FloatNode(value)
+        if isinstance(d, str) and d not in ("auto", "???"):
+            return StringNode(value)
+        return AnyNode(value)
+
+    def walk(section: DictConfig, prefix: str) -> dict[str, Any]:
+        return {
+            k: walk(v, f"{prefix}{k}.") if isinstance(v, DictConfig) else node(f"{prefix}{k}", v)
+            for k, v in section.items_ex(resolve=False)
+        }
+
+    typed = OmegaConf.create(walk(cfg, ""))
+    OmegaConf.set_struct(typed, True)
+    return typed
+
+
+def _require_complete(name: str, cfg: DictConfig) -> None:
     missing = sorted(OmegaConf.missing_keys(cfg))
     if missing:
         hint = " ".join(f"{k}=..." for k in missing)
         raise ConfigError(f"pvn {name}: required key(s) {missing} not set; add {hint}")
-    return cfg
 
 
 def save_config(cfg: DictConfig, run_dir: str | Path) -> Path:

@@ -12,7 +12,7 @@ import shutil
 from pathlib import Path
 
 from pvn.collect import collect
-from pvn.config import load_config, require, save_config
+from pvn.config import configure, require, save_config
 from pvn.data_info import format_summary
 from pvn.evaluate import evaluate
 from pvn.pretrain import pretrain
@@ -27,7 +27,7 @@ def quickstart(cfg) -> None:
     require(len(seeds) > 0, "eval_seeds", seeds, "name at least one seed")
     require(len(set(seeds)) == len(seeds), "eval_seeds", seeds, "seeds must differ")
     # the evaluation's preset is checked before anything is written
-    load_config("evaluate", [f"eval_preset={cfg.eval_preset}", "encoder=random", "run_dir=x"])
+    configure("evaluate", eval_preset=cfg.eval_preset, encoder="random", run_dir="x")
     encoders = {"pvn": run_dir, "random": "random"}
     evals = {(m, s): out / f"eval_{m}_s{s}" for s in seeds for m in encoders}
     for d in out.glob("eval_*"):
@@ -35,19 +35,16 @@ def quickstart(cfg) -> None:
     for d in (data_dir, run_dir, out / "report"):
         if d.exists():
             shutil.rmtree(d)
-    progress = f"progress={str(cfg.progress).lower()}"
     print(f"[1/4] collecting {cfg.steps} random-policy steps of {cfg.game} into {data_dir}")
     summary = collect(
-        load_config(
+        configure(
             "collect",
-            [
-                f"game={cfg.game}",
-                f"steps={cfg.steps}",
-                f"out={data_dir}",
-                f"num_envs={cfg.num_envs}",
-                f"seed={cfg.seed}",
-                progress,
-            ],
+            game=cfg.game,
+            steps=cfg.steps,
+            out=str(data_dir),
+            num_envs=cfg.num_envs,
+            seed=cfg.seed,
+            progress=cfg.progress,
         )
     )
     print(
@@ -56,17 +53,15 @@ def quickstart(cfg) -> None:
     )
     print(format_summary(summarize(data_dir)), "\n")
     print(f"[2/4] pretraining a PVN for {cfg.pretrain_steps} updates into {run_dir}")
-    pcfg = load_config(
+    pcfg = configure(
         "pretrain",
-        [
-            f"data.path={data_dir}",
-            f"run_dir={run_dir}",
-            f"steps={cfg.pretrain_steps}",
-            f"seed={cfg.seed}",
-            f"checkpoint_every={cfg.pretrain_steps}",
-            f"td.center={str(cfg.center).lower()}",
-            progress,
-        ],
+        data={"path": str(data_dir)},
+        run_dir=str(run_dir),
+        steps=cfg.pretrain_steps,
+        seed=cfg.seed,
+        checkpoint_every=cfg.pretrain_steps,
+        td={"center": cfg.center},
+        progress=cfg.progress,
     )
     m = pretrain(pcfg)
     p = pcfg.tasks.target_proportion
@@ -88,19 +83,17 @@ def quickstart(cfg) -> None:
     final: dict[tuple[str, int], float] = {}
     for (name, seed), run in evals.items():
         r = evaluate(
-            load_config(
+            configure(
                 "evaluate",
-                [
-                    f"encoder={encoders[name]}",
-                    f"game={cfg.game}",
-                    f"steps={cfg.eval_steps}",
-                    f"num_envs={cfg.num_envs}",
-                    f"run_dir={run}",
-                    f"seed={seed}",
-                    f"eval_preset={cfg.eval_preset}",
-                    "checkpoint_every=0",
-                    progress,
-                ],
+                encoder=str(encoders[name]),
+                game=cfg.game,
+                steps=cfg.eval_steps,
+                num_envs=cfg.num_envs,
+                run_dir=str(run),
+                seed=seed,
+                eval_preset=cfg.eval_preset,
+                checkpoint_every=0,
+                progress=cfg.progress,
             )
         )
         final[name, seed] = r["mean_return_last_10"]
