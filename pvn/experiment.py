@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import shlex
 import shutil
 import signal
@@ -38,6 +39,7 @@ from omegaconf import OmegaConf
 
 from pvn.checkpoint import list_checkpoints
 from pvn.errors import ConfigError
+from pvn.files import write_text_atomic
 
 ARM_ENCODERS = ("pvn", "random", "e2e")
 
@@ -178,16 +180,86 @@ def write_report(cfg: dict[str, Any], todo: list[Stage], config_path: Path) -> N
                     "training_episodes", "final_evaluation_returns"])  # fmt: skip
         w.writerows(rows)
     tmp.replace(results / "runs.csv")
-    (results / "stages.txt").write_text(status_table(todo) + "\n")
     if all(s.done for s in todo if s.kind != "report"):
         (results / "complete.json").write_text(json.dumps({"evaluations": len(evals)}) + "\n")
+    (results / "stages.txt").write_text(status_table(todo) + "\n")
 
 
-def status_table(todo: list[Stage]) -> str:
-    done = [s for s in todo if s.done]
-    lines = [f"{len(done)} of {len(todo)} stages done"]
+def _times_file(cfg: dict[str, Any]) -> Path:
+    return Path(cfg["out"]) / "stage_times.json"
+
+
+def _runner_file(cfg: dict[str, Any]) -> Path:
+    return Path(cfg["out"]) / "runner.json"
+
+
+def stage_times(cfg: dict[str, Any]) -> dict[str, float]:
+    """Wall seconds of every stage finished by a runner (kept across runners and sessions)."""
+    f = _times_file(cfg)
+    return json.loads(f.read_text()) if f.is_file() else {}
+
+
+def _file_time(stage: Stage) -> float | None:
+    """A finished stage's time from its files (its config.yaml is written when it starts, its
+    done file when it ends), for stages no runner timed (run from ``--print-commands``); an
+    underestimate when the stage was resumed (the config is written again)."""
+    start, end = stage.run_dir / "config.yaml", stage.run_dir / stage.done_file
+    if not (stage.done and start.is_file()):
+        return None
+    dt = end.stat().st_mtime - start.stat().st_mtime
+    return dt if dt > 0 else None
+
+
+def _running(cfg: dict[str, Any]) -> str | None:
+    """The stage a live runner is running now (None when no runner is alive)."""
+    f = _runner_file(cfg)
+    if not f.is_file():
+        return None
+    info = json.loads(f.read_text())
+    try:
+        os.kill(int(info["pid"]), 0)
+    except (OSError, ValueError):
+        return None  # that runner died (killed, or its session ended)
+    return info.get("stage")
+
+
+def eta_seconds(todo: list[Stage], times: dict[str, float]) -> tuple[float, list[str]]:
+    """Seconds left: each unfinished stage at the mean time of the finished stages of its kind
+    (eval stages by arm: an end-to-end arm costs ~10 linear ones); and the kinds with no
+    finished stage yet (not counted)."""
+
+    def kind(s: Stage) -> str:
+        return s.kind if s.kind != "eval" else f"eval/{s.name.split('/')[2]}"
+
+    by_kind: dict[str, list[float]] = {}
     for s in todo:
-        lines.append(f"  {'done' if s.done else 'left':5} {s.name}")
+        t = times.get(s.name) or _file_time(s)
+        if t is not None:
+            by_kind.setdefault(kind(s), []).append(t)
+    left, unknown = 0.0, []
+    for s in todo:
+        if s.done or s.kind == "report":
+            continue
+        if kind(s) in by_kind:
+            left += sum(by_kind[kind(s)]) / len(by_kind[kind(s)])
+        elif kind(s) not in unknown:
+            unknown.append(kind(s))
+    return left, unknown
+
+
+def status_table(todo: list[Stage], cfg: dict[str, Any] | None = None) -> str:
+    """Which stages are done, running (by a live runner) and left, with the ETA from the
+    finished stages' times."""
+    done = [s for s in todo if s.done]
+    running = _running(cfg) if cfg else None
+    lines = [f"{len(done)} of {len(todo)} stages done"]
+    if cfg is not None and len(done) < len(todo):
+        left, unknown = eta_seconds(todo, stage_times(cfg))
+        note = f" (not counting {', '.join(unknown)}: no finished stage to time)" if unknown else ""
+        lines[0] += f"; ETA {left / 3600:.1f} h{note}" if left else f"; ETA unknown{note}"
+    for s in todo:
+        state = "done" if s.done else "running" if s.name == running else "left"
+        lines.append(f"  {state:7} {s.name}")
     return "\n".join(lines)
 
 
@@ -201,7 +273,7 @@ def run(
     todo = stages(cfg)
     if report_now:
         write_report(cfg, todo, Path(config_path))
-        print(status_table(todo))
+        print(status_table(todo, cfg))
         return 0
     if print_commands:
         for s in todo:
@@ -211,33 +283,35 @@ def run(
                 print(s.command())
         return 0
     if status:
-        print(status_table(todo))
+        print(status_table(todo, cfg))
         return 0
-    spent: dict[str, list[float]] = {}
-    for i, s in enumerate(todo):
-        if s.done:
-            continue
-        missing = [a for a in s.after if not next(t for t in todo if t.name == a).done]
-        if missing:
-            raise ConfigError(f"stage {s.name}: needs {missing} first")
-        left = [t for t in todo[i:] if not t.done]
-        eta = sum(_mean(spent.get(t.kind)) or 0.0 for t in left)
-        known = all(t.kind in spent for t in left)
-        print(
-            f"pvn experiment: [{len(todo) - len(left) + 1}/{len(todo)}] {s.name} "
-            f"({len(left)} left{f', ETA {eta / 60:.0f} min' if known else ''})",
-            file=sys.stderr,
-            flush=True,
-        )
-        t0 = time.perf_counter()
-        if s.kind == "report":
-            write_report(cfg, todo, Path(config_path))
-        else:
-            _run_stage(s)
-        spent.setdefault(s.kind, []).append(time.perf_counter() - t0)
-    print(status_table(todo))
+    Path(cfg["out"]).mkdir(parents=True, exist_ok=True)
+    try:
+        for i, s in enumerate(todo):
+            if s.done:
+                continue
+            missing = [a for a in s.after if not next(t for t in todo if t.name == a).done]
+            if missing:
+                raise ConfigError(f"stage {s.name}: needs {missing} first")
+            times = stage_times(cfg)
+            left = [t for t in todo[i:] if not t.done]
+            eta, unknown = eta_seconds(todo, times)
+            print(
+                f"pvn experiment: [{len(todo) - len(left) + 1}/{len(todo)}] {s.name} "
+                f"({len(left)} left{'' if unknown else f', ETA {eta / 60:.0f} min'})",
+                file=sys.stderr,
+                flush=True,
+            )
+            info = {"pid": os.getpid(), "stage": s.name, "started": time.time()}
+            write_text_atomic(_runner_file(cfg), json.dumps(info))
+            t0 = time.perf_counter()
+            if s.kind == "report":
+                write_report(cfg, todo, Path(config_path))
+            else:
+                _run_stage(s)
+            times = {**stage_times(cfg), s.name: round(time.perf_counter() - t0, 1)}
+            write_text_atomic(_times_file(cfg), json.dumps(times, indent=1))
+    finally:
+        _runner_file(cfg).unlink(missing_ok=True)
+    print(status_table(todo, cfg))
     return 0
-
-
-def _mean(xs: list[float] | None) -> float | None:
-    return sum(xs) / len(xs) if xs else None

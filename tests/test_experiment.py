@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import signal
 import subprocess
 import sys
@@ -77,6 +78,13 @@ def test_killed_experiment_resumes_without_redoing_finished_stages(tmp_path, cap
         proc.wait()
     assert (runs / "pretrain" / "Breakout" / "done.json").is_file()
     assert not (tmp_path / "results" / "runs.csv").exists()
+    # the killed runner's stage is not "running" (its pid is dead); the finished stages' times
+    # are kept, and the kinds not yet timed are named
+    assert main(["experiment", config, "--status"]) == 0
+    status = capsys.readouterr().out
+    assert "  running " not in status and "(not counting eval/pvn, eval/random" in status
+    times = json.loads((runs / "stage_times.json").read_text())
+    assert set(times) == {"data/Breakout", "pretrain/Breakout"}
     data_mtime = (runs / "data" / "Breakout" / "collect.json").stat().st_mtime_ns
     pre_mtime = (runs / "pretrain" / "Breakout" / "done.json").stat().st_mtime_ns
     assert main(["experiment", config]) == 0
@@ -96,6 +104,8 @@ def test_killed_experiment_resumes_without_redoing_finished_stages(tmp_path, cap
     assert (tmp_path / "results" / "experiment.yaml").is_file()
     assert (tmp_path / "results" / "complete.json").is_file()
     assert "7 of 7 stages done" in (tmp_path / "results" / "stages.txt").read_text()
+    assert len(json.loads((runs / "stage_times.json").read_text())) == 7
+    assert not (runs / "runner.json").exists()
     # a second run finds everything done and does nothing
     assert main(["experiment", config]) == 0
 
