@@ -11,6 +11,8 @@ in-sample, so this asks whether the heads use the state at all, not whether they
   constant; about 1, they carry nothing the heads can use;
 * the features' effective rank (srank, Kumar et al. 2021) and dormant fraction on those states,
   for the PVN torso and for a random torso of the same architecture (the random-features arm);
+* the return probe (:func:`pvn.analysis.probes.linear_probes`): held-out R^2 of the logging
+  policy's discounted return-to-go, PVN vs random torso -- the same target for every run;
 * the successor-measure probe: for each of the PVN's tasks, the logging policy's discounted
   future occupancy of its indicator, ``G_k(t) = sum_j gamma^j r_k(s_{t+j})``, computed along the
   log's complete episodes; ridge regression from the features (PVN or random torso) fit on the
@@ -118,16 +120,30 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=2048, help="transitions per game (default 2048)")
     ap.add_argument("--probe-states", type=int, default=3000,
                     help="states of the successor-measure probe (default 3000)")  # fmt: skip
+    ap.add_argument(
+        "--games",
+        nargs="*",
+        help="only these games (default: every game whose "
+        "pretraining has finished); results of other games in diagnostics.json are kept",
+    )
+    ap.add_argument("--run", action="append", default=[], metavar="GAME=RUN_DIR",
+                    help="also diagnose another pretraining run on GAME's log (e.g. a knob "
+                         "variant), reported as 'GAME (RUN_DIR)'")  # fmt: skip
     args = ap.parse_args()
+    from pvn.analysis.probes import linear_probes
     from pvn.networks import build_torso
     from replay import DQNReplayDataset
 
     cfg = OmegaConf.load(args.config)
-    out, rows = Path(cfg.out), {}
-    for game in cfg.games:
-        run = out / "pretrain" / game
-        if not (run / "done.json").is_file():
-            continue
+    out, results = Path(cfg.out), Path(cfg.results)
+    saved = results / "diagnostics.json"
+    rows = json.loads(saved.read_text()) if saved.is_file() else {}
+    todo = [(g, out / "pretrain" / g, g) for g in (args.games or cfg.games)]
+    todo = [t for t in todo if (t[1] / "done.json").is_file()]
+    for spec in args.run:
+        game, run = spec.split("=", 1)
+        todo.append((game, Path(run), f"{game} ({run})"))
+    for game, run, label in todo:
         pre, learner, _ = load_learner(run)
         ds = DQNReplayDataset(out / "data" / game, cache_dir=pre.data.cache_dir, seed=0)
         batch = sample(ds, args.n)
@@ -142,21 +158,24 @@ def main() -> None:
         keys, g = task_returns(learner, ds, float(pre.data.gamma))
         probe = sm_probe({"pvn": learner.online.torso, "random": rand}, ds, keys, g,
                          args.probe_states)  # fmt: skip
-        rows[game] = {"transitions": len(batch.observation), **losses,
+        ret = {k: linear_probes(t, ds, gamma=float(pre.data.gamma))["return_r2"]
+               for k, t in (("pvn", learner.online.torso), ("random", rand))}  # fmt: skip
+        rows[label] = {"transitions": len(batch.observation), **losses,
                       "ratio": losses["td"] / losses["const"],
-                      "pvn": {**pvn_stats, "sm_r2": probe["pvn"]},
-                      "random": {**rand_stats, "sm_r2": probe["random"]}}  # fmt: skip
-    results = Path(cfg.results)
+                      "pvn": {**pvn_stats, "sm_r2": probe["pvn"], "return_r2": ret["pvn"]},
+                      "random": {**rand_stats, "sm_r2": probe["random"],
+                                 "return_r2": ret["random"]}}  # fmt: skip
     results.mkdir(parents=True, exist_ok=True)
-    (results / "diagnostics.json").write_text(json.dumps(rows, indent=1) + "\n")
-    print("| game | TD loss | best constant | TD / constant | SM probe R² PVN | SM probe R² "
-          "random | srank PVN | srank random | dormant PVN | dormant random |")  # fmt: skip
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    saved.write_text(json.dumps(rows, indent=1) + "\n")
+    print("| run | TD loss | best constant | SM probe R² PVN / random | return probe R² PVN / "
+          "random | srank PVN / random | dormant PVN / random |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|")
     for game, r in rows.items():
         p, q = r["pvn"], r["random"]
-        print(f"| {game} | {r['td']:.4f} | {r['const']:.4f} | {r['ratio']:.2f} | "
-              f"{p['sm_r2']:.3f} | {q['sm_r2']:.3f} | {p['srank']} | {q['srank']} | "
-              f"{p['dormant']:.2f} | {q['dormant']:.2f} |")  # fmt: skip
+        print(f"| {game} | {r['td']:.4f} | {r['const']:.4f} | {p['sm_r2']:.3f} / "
+              f"{q['sm_r2']:.3f} | {p.get('return_r2', float('nan')):.3f} / "
+              f"{q.get('return_r2', float('nan')):.3f} | {p['srank']} / {q['srank']} | "
+              f"{p['dormant']:.2f} / {q['dormant']:.2f} |")  # fmt: skip
 
 
 if __name__ == "__main__":
