@@ -4,8 +4,10 @@ The quickstart has 10 minutes of 2 CPU cores for the whole pipeline, about 1/100
 pretraining and 1/20 of its evaluation. This script runs the quickstart's pipeline with its
 defaults (Boxing, 30k logged random-play steps, 2,000 PVN updates, 45k agent steps of online
 linear DQN per encoder and seed) over the two choices that decide whether the comparison says
-anything at that scale, and writes ``docs/study_quickstart_<game>.md`` and
-``docs/study_quickstart_<game>_curves.png``:
+anything at that scale, and writes the numbers to ``docs/study_quickstart_<game>_results.json``
+(all of them) and ``docs/study_quickstart_<game>_tables.md`` (plain tables), and the figure
+``docs/study_quickstart_<game>_curves.png`` (``docs/study_quickstart_<game>.md`` is written by hand
+from them):
 
 * the pretraining rule: the paper's uncentred successor measures, or ``td.center=true`` (the
   SM of ``r - p``; see ``pvn/learner.py``);
@@ -17,7 +19,7 @@ anything at that scale, and writes ``docs/study_quickstart_<game>.md`` and
 Every (encoder, preset) runs the same seeds; a seed fixes the envs, the exploration and the
 head's init, so runs with the same seed differ only in the encoder (paired). The random encoder
 is the same torso at a random init (a different one per seed, as ``pvn evaluate encoder=random``
-draws it). Per encoder the doc also gives the offline probes (``pvn.analysis.probes``), the
+draws it). Per encoder the tables also give the offline probes (``pvn.analysis.probes``), the
 features' effective rank, dormant fraction and mean norm on logged states. Finished runs in
 ``--out`` are reused; about 55 minutes on 2 cores with the defaults.
 
@@ -39,7 +41,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _study import REPO, log, machine, rel
+from _study import REPO, fmt, log, pyplot, save_figure, table, write_results
 
 ENCODERS = {"random": "random features", "pvn": "PVN (paper rule)", "pvn_c": "PVN (td.center)"}
 COLORS = {"random": "tab:blue", "pvn": "tab:orange", "pvn_c": "tab:green"}
@@ -76,7 +78,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "others for random and pvn_c only)",
     )
     ap.add_argument("--out", type=Path, help="runs (default: runs/study_quickstart_<game>)")
-    ap.add_argument("--docs", type=Path, default=REPO / "docs")
+    ap.add_argument(
+        "--docs",
+        type=Path,
+        default=REPO / "docs",
+        help="where study_quickstart_<game>_tables.md, _results.json and _curves.png go",
+    )
     args = ap.parse_args(argv)
     args.out = args.out or REPO / "runs" / f"study_quickstart_{args.game.lower()}"
     return args
@@ -177,82 +184,42 @@ def final(curve: list[tuple[int, float]]) -> float:
     return final_and_best([r for _, r in curve], 10)[0]
 
 
-def write_doc(args: argparse.Namespace, res: dict[str, Any], feats: dict[str, Any]) -> str:
+def tables(args: argparse.Namespace, res: dict[str, Any], feats: dict[str, Any]) -> tuple:
+    """The returns table, the features table and the numbers behind them (``summary``: per
+    encoder/head, the final returns and the gaps to random features per seed)."""
     runs, seeds = res["runs"], args.seeds
-    lines = [
-        "# Study: a quickstart budget where PVN and random features separate",
-        "",
-        f"`scripts/study_quickstart.py` on {machine()}. {args.game}, "
-        f"{args.collect_steps:,} logged steps of uniform-random play (seed 0), "
-        f"{args.pretrain_steps:,} PVN updates (batch 32, nature torso, 20 RND indicator tasks at "
-        f"p = 0.05, seed 0), then {args.eval_steps:,} agent steps of online linear DQN (8 envs, "
-        f"`eval` protocol) per encoder, head preset and seed {seeds}. Final return = mean of the "
-        "last 10 training episodes (`pvn report`'s). Gap = paired difference to random "
-        "features at the same seed.",
-        "",
-        "| head | encoder | final return per seed | mean | gap to random per seed | "
-        "ahead of random |",
-        "|---|---|---|---|---|---|",
-    ]
-    summary = {}
+    rows, summary = [], {}
     for name, head in grid(args):
         base = [final(runs[f"random/{head}/{s}"]) for s in seeds]
-        label = ENCODERS[name]
         f = [final(runs[f"{name}/{head}/{s}"]) for s in seeds]
         gaps = [a - b for a, b in zip(f, base, strict=True)]
-        ahead = sum(g > 0 for g in gaps)
         summary[f"{name}/{head}"] = {"final": f, "gaps": gaps}
-        gap_txt = "—" if name == "random" else ", ".join(f"{g:+.1f}" for g in gaps)
-        ahead_txt = "—" if name == "random" else f"{ahead} of {len(seeds)}"
-        lines.append(
-            f"| {HEADS[head][0]} | {label} | {', '.join(f'{x:.1f}' for x in f)} | "
-            f"{np.mean(f):.1f} | {gap_txt} | {ahead_txt} |"
+        rand = name == "random"
+        rows.append(
+            [
+                HEADS[head][0],
+                ENCODERS[name],
+                ", ".join(f"{x:.1f}" for x in f),
+                fmt(float(np.mean(f)), 1),
+                "—" if rand else ", ".join(f"{g:+.1f}" for g in gaps),
+                "—" if rand else sum(g > 0 for g in gaps),
+            ]
         )
-    lines += ["", "Reading, from the numbers above:", ""]
-    for head in args.heads:
-        if f"pvn_c/{head}" in summary:
-            g = summary[f"pvn_c/{head}"]["gaps"]
-            lines.append(
-                f"- {HEADS[head][0]}: PVN (td.center) ahead of random features in "
-                f"{sum(x > 0 for x in g)} of {len(g)} seeds, mean gap {np.mean(g):+.1f}."
-            )
-    tuned = [h for h in args.heads if h != "paper"]
-    tuned = tuned if len(tuned) > 1 else []  # "at its best" needs a choice of heads
-    best = {}
-    for name in ("random", "pvn_c"):
-        means = {h: np.mean(summary[f"{name}/{h}"]["final"]) for h in tuned}
-        if means:
-            best[name] = max(means, key=means.get)
-            lines.append(
-                f"- {ENCODERS[name]} at its best head learning rate ({HEADS[best[name]][0]}): "
-                f"mean final return {means[best[name]]:.1f}."
-            )
-    lines += [
-        "",
-        "Features on logged states (probes: ridge R² on held-out later episodes, 4,000 states; "
-        "srank and dormant fraction as `pvn pretrain` logs them; norm: mean L2 norm of a "
-        "state's feature vector; random: the mean over the seeds' torsos):",
-        "",
-        "| encoder | R² return-to-go | R² next reward | srank | dormant | norm |",
-        "|---|---|---|---|---|---|",
-    ]
-    for name, label in ENCODERS.items():
-        p = feats[name]
-        lines.append(
-            f"| {label} | {p['return_r2']:.3f} | {p['reward_r2']:.3f} | {p['srank']:.0f} | "
-            f"{p['dormant']:.2f} | {p['norm']:.2f} |"
-        )
-    lines += [
-        "",
-        f"![curves]({doc_name(args, '_curves.png')})",
-        "",
-        f"Reproduce: `.venv/bin/python scripts/study_quickstart.py --game {args.game} --seeds "
-        f"{' '.join(map(str, seeds))}` (finished runs in `--out` are reused).",
-        "",
-    ]
-    (args.docs / doc_name(args, ".md")).write_text("\n".join(lines) + "\n")
-    (args.out / "summary.json").write_text(json.dumps({"summary": summary, "features": feats}))
-    return "\n".join(lines)
+    header = ["head", "encoder", "final return per seed", "mean", "gap to random per seed"]
+    returns = table(
+        f"{args.game}, seeds {seeds}: final return (mean of the last 10 episodes) per head preset "
+        "and encoder, and the paired gap to random features at the same seed.",
+        [*header, f"seeds ahead of random (of {len(seeds)})"],
+        rows,
+    )
+    keys = [("return_r2", 3), ("reward_r2", 3), ("srank", 0), ("dormant", 2), ("norm", 2)]
+    features = table(
+        "Features on logged states: probe R² (held-out later episodes), srank, dormant fraction, "
+        "mean L2 norm (random: mean over the seeds' torsos).",
+        ["encoder", "R² return-to-go", "R² next reward", "srank", "dormant", "norm"],
+        [[label, *(fmt(feats[n][k], d) for k, d in keys)] for n, label in ENCODERS.items()],
+    )
+    return [returns, features], summary
 
 
 def doc_name(args: argparse.Namespace, suffix: str) -> str:
@@ -261,11 +228,7 @@ def doc_name(args: argparse.Namespace, suffix: str) -> str:
 
 def plot(args: argparse.Namespace, runs: dict[str, Any]) -> None:
     """Mean return of the episodes ending in each bout (8 envs end theirs together) per arm."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     heads = [h for h in ("paper", "short_1e-3", "short") if h in args.heads]
     fig, axes = plt.subplots(
         1, len(heads), figsize=(5.5 * len(heads), 3.8), sharey=True, squeeze=False
@@ -286,19 +249,23 @@ def plot(args: argparse.Namespace, runs: dict[str, Any]) -> None:
         ax.axhline(0, color="grey", lw=0.5)
         ax.legend(fontsize=8)
     axes[0][0].set_ylabel("episode return (mean over seeds and envs)")
-    fig.tight_layout()
-    fig.savefig(args.docs / doc_name(args, "_curves.png"), dpi=110)
-    plt.close(fig)
+    save_figure(fig, args.docs / doc_name(args, "_curves.png"))
 
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
+    args.docs.mkdir(parents=True, exist_ok=True)
     res = run_pipeline(args)
     feats = features_table(args.out / "data", res["encoders"], args.seeds)
     plot(args, res["runs"])
-    print(write_doc(args, res, feats))
-    log(f"wrote {rel(args.docs / doc_name(args, '.md'))}")
+    tabs, summary = tables(args, res, feats)
+    data = {"args": vars(args), **res, "summary": summary, "features": feats}
+    title = f"Quickstart budget study, {args.game}"
+    path = write_results(
+        args.docs, doc_name(args, ""), "study_quickstart.py", title, tabs, data, args.out
+    )
+    print(path.read_text())
 
 
 if __name__ == "__main__":
