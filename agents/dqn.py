@@ -15,7 +15,7 @@ The rule (van Hasselt et al. 2016, double Q-learning with n-step returns)::
 
 (``double_q=False``: ``max_a' Q_target(s', a')``, the Nature DQN target that Dopamine's DQN,
 the agent of the DQN Replay Dataset, uses; ``optimizer=rmsprop_tf``: its optimizer,
-:class:`pvn.optim.rmsprop_tf.RMSPropTF`.)
+:class:`agents.rmsprop_tf.RMSPropTF`.)
 
 with Adam (paper: lr 6.25e-5, eps 1.5e-4) and a hard target copy every ``target_period``
 (2,000) updates. ``reward_clip`` says where rewards meet [-1, 1]: ``return`` clips the
@@ -36,8 +36,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from agents.rmsprop_tf import RMSPropTF
 from auxiliary.init import xavier_
-from pvn.optim.rmsprop_tf import RMSPropTF
 from replay.feature_replay import FeatureBatch
 
 REWARD_CLIPS = ("return", "step", "none")

@@ -10,8 +10,8 @@ import yaml
 
 from agents.dqn import DQN, DQNConfig
 from agents.policies import linearly_decaying_epsilon
+from agents.rmsprop_tf import RMSPropTF
 from pvn.cli import main
-from pvn.optim.rmsprop_tf import RMSPropTF
 from replay.feature_replay import FeatureBatch
 
 
