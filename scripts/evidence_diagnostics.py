@@ -123,8 +123,8 @@ def main() -> None:
     ap.add_argument(
         "--games",
         nargs="*",
-        help="only these games (default: every game whose "
-        "pretraining has finished); results of other games in diagnostics.json are kept",
+        help="only these games (default: every game whose pretraining has finished, or none "
+        "with --run); results of other games in diagnostics.json are kept",
     )
     ap.add_argument("--run", action="append", default=[], metavar="GAME=RUN_DIR",
                     help="also diagnose another pretraining run on GAME's log (e.g. a knob "
@@ -138,7 +138,8 @@ def main() -> None:
     out, results = Path(cfg.out), Path(cfg.results)
     saved = results / "diagnostics.json"
     rows = json.loads(saved.read_text()) if saved.is_file() else {}
-    todo = [(g, out / "pretrain" / g, g) for g in (args.games or cfg.games)]
+    games = args.games if args.games is not None else ([] if args.run else cfg.games)
+    todo = [(g, out / "pretrain" / g, g) for g in games]
     todo = [t for t in todo if (t[1] / "done.json").is_file()]
     for spec in args.run:
         game, run = spec.split("=", 1)
