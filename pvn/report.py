@@ -154,7 +154,9 @@ def markdown(rows: list[dict[str, Any]], aggs: dict[str, dict]) -> str:
 
 
 def probes(run_dirs: list[str], data: str | Path) -> dict[str, dict[str, Any]]:
-    """Offline linear probes of each method's encoder (its first run's) on the log ``data``."""
+    """Offline linear probes of each method's frozen encoder (its first run's) on the log
+    ``data``; end-to-end runs have no frozen encoder (their torso trains with the agent) and are
+    not probed."""
     import torch
     from omegaconf import OmegaConf
 
@@ -168,7 +170,9 @@ def probes(run_dirs: list[str], data: str | Path) -> dict[str, dict[str, Any]]:
         method = load_results(d)["method"]
         if method not in out:
             cfg = OmegaConf.load(Path(d) / "config.yaml")
-            out[method] = linear_probes(encoder_for(cfg, torch.device("cpu")), ds)
+            encoder = encoder_for(cfg, torch.device("cpu"))
+            if encoder is not None:
+                out[method] = linear_probes(encoder, ds)
     return out
 
 

@@ -17,6 +17,7 @@ from pvn.analysis.scores import (
     stratified_bootstrap_ci,
 )
 from pvn.cli import main
+from tests.test_pretrain import log_dir  # noqa: F401 (fixture)
 
 
 def test_reference_table_and_normalisation():
@@ -161,3 +162,19 @@ def test_report_draws_profiles_and_probability_of_improvement(tmp_path):
     assert "| P(pvn > random) | 1.00 [1.00, 1.00] |" in text  # pvn beats random in every pair
     for png in ("curves", "iqm_curve", "performance_profile", "probability_of_improvement"):
         assert (out / f"{png}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", png
+
+
+def test_probes_skip_end_to_end_runs(tmp_path, log_dir):  # noqa: F811
+    """An experiment's report probes each arm's frozen encoder; an end-to-end DQN run has none
+    (its torso trains with the agent) and is left out rather than crashing the report."""
+    from pvn.config import load_config, save_config
+    from pvn.report import probes
+
+    dirs = []
+    for enc in ("e2e", "random"):
+        run = tmp_path / enc
+        _write_run(run, "Breakout", "dqn" if enc == "e2e" else "random", 0, [1, 2])
+        save_config(load_config("evaluate", [f"encoder={enc}", f"run_dir={run}"]), run)
+        dirs.append(str(run))
+    table = probes(dirs, log_dir)
+    assert list(table) == ["random"] and table["random"]["states"] > 0
