@@ -21,6 +21,7 @@ momentum and control variates). A worker that dies makes the others' collectives
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -64,24 +65,33 @@ class Team:
         """The first update at which any worker's loss was non-finite (-1: none); a collective,
         so that every rank stops at the same update."""
         if self.comm is not None:
-            n, sent = len(self.workers), self.comm.bytes_sent
-            per_worker = self.comm.all_gather([per_worker[j : j + 1] for j in range(n)])
-            self.comm.bytes_sent = sent  # the rule's traffic only
+            with self._uncounted():
+                n = len(self.workers)
+                per_worker = self.comm.all_gather([per_worker[j : j + 1] for j in range(n)])
         bad = per_worker[per_worker >= 0]
         return int(bad.min()) if bad.numel() else -1
 
     def params_finite(self) -> bool:
         """Whether every worker's network parameters are finite (a collective)."""
-        ok = [
-            all(bool(torch.isfinite(p).all()) for p in w.learner.online.parameters())
+        ok = [  # one host sync per worker
+            bool(torch.stack([p.isfinite().all() for p in w.learner.online.parameters()]).all())
             for w in self.workers
         ]
         if self.comm is None:
             return all(ok)
-        flags, sent = [torch.tensor([0.0 if o else 1.0]) for o in ok], self.comm.bytes_sent
-        total = float(self.comm.all_reduce_sum(flags))
-        self.comm.bytes_sent = sent  # the rule's traffic only
+        with self._uncounted():
+            total = float(self.comm.all_reduce_sum([torch.tensor([float(not o)]) for o in ok]))
         return total == 0.0
+
+    @contextmanager
+    def _uncounted(self):
+        """Collectives of the loop's own (guards, logging), left out of ``bytes_sent``, which
+        counts the rule's traffic only."""
+        sent = self.comm.bytes_sent
+        try:
+            yield
+        finally:
+            self.comm.bytes_sent = sent
 
     def state(self, feeds: list) -> dict[str, Any] | None:
         """The checkpoint's training state (rank 0; None elsewhere). A plain run keeps its one
@@ -122,8 +132,9 @@ class Team:
         for j, out in enumerate(outs):  # one per local worker ({} when it sat the round out)
             if "td_loss" in out:
                 td[j] = float(out["td_loss"])
-        all_td = comm.all_gather([td[j : j + 1] for j in range(len(self.workers))]).view(-1)
-        vecs = comm.all_gather([w.vector() for w in self.workers])
+        with self._uncounted():
+            all_td = comm.all_gather([td[j : j + 1] for j in range(len(self.workers))]).view(-1)
+            vecs = comm.all_gather([w.vector() for w in self.workers])
         byzantine = getattr(self.rule, "byzantine", [])
         honest = [i for i in range(comm.world) if i not in byzantine]
         center = vecs[honest].mean(0)
@@ -132,7 +143,6 @@ class Team:
         for i in range(comm.world):
             values[f"workers/td_loss_{i}"] = float(all_td[i])
             values[f"workers/dist_to_honest_mean_{i}"] = float((vecs[i] - center).norm())
-        comm.bytes_sent = sent
         values["comm_bytes_per_worker"] = float(sent)
         values.update(getattr(self.rule, "last", {}))
         return {k: v for k, v in values.items() if v == v}  # drop NaN (non-participants)
