@@ -69,6 +69,21 @@ class TDConfig:
     bf16: bool = False
     center: bool = False  # subtract each indicator task's base rate p from its reward
 
+    def __post_init__(self) -> None:
+        """Refuse settings the update rule has no meaning for, naming the ``td.`` key."""
+        if self.aggregate not in ("mean", "max"):
+            raise ValueError(f"td.aggregate={self.aggregate!r}: choose mean or max")
+        if self.loss not in ("l2", "huber"):
+            raise ValueError(f"td.loss={self.loss!r}: choose l2 or huber")
+        if self.warmup_mode not in ("skip", "zero_td"):
+            raise ValueError(f"td.warmup_mode={self.warmup_mode!r}: choose skip or zero_td")
+        if (self.target_tau is None) == (self.target_period is None):
+            raise ValueError("td.target_tau: set exactly one of td.target_tau and td.target_period")
+        if self.target_tau is not None and not 0 < self.target_tau <= 1:
+            raise ValueError(f"td.target_tau={self.target_tau}: must be in (0, 1]")
+        if self.target_period is not None and self.target_period < 1:
+            raise ValueError(f"td.target_period={self.target_period}: must be >= 1")
+
 
 def td_target(
     rewards: torch.Tensor,
@@ -95,14 +110,6 @@ class PVNLearner:
         cfg: TDConfig,
         calibration_decay: float | None = None,
     ) -> None:
-        if cfg.aggregate not in ("mean", "max"):
-            raise ValueError(f"td.aggregate={cfg.aggregate!r}: choose mean or max")
-        if cfg.loss not in ("l2", "huber"):
-            raise ValueError(f"td.loss={cfg.loss!r}: choose l2 or huber")
-        if cfg.warmup_mode not in ("skip", "zero_td"):
-            raise ValueError(f"td.warmup_mode={cfg.warmup_mode!r}: choose skip or zero_td")
-        if (cfg.target_tau is None) == (cfg.target_period is None):
-            raise ValueError("set exactly one of td.target_tau and td.target_period")
         if cfg.center and tasks.base_rate is None:
             raise ValueError(
                 "td.center=true: the task family has no known base rate (indicator tasks only)"

@@ -71,16 +71,20 @@ def _validate(cfg: DictConfig) -> None:
         cfg.data.task_cache,
         "choose auto, true or false",
     )
-    require(cfg.td.aggregate in ("mean", "max"), "td.aggregate", cfg.td.aggregate, "mean or max")
-    require(cfg.td.loss in ("l2", "huber"), "td.loss", cfg.td.loss, "choose l2 or huber")
-    require(
-        (cfg.td.target_tau is None) != (cfg.td.target_period is None),
-        "td.target_tau",
-        cfg.td.target_tau,
-        "set exactly one of td.target_tau and td.target_period",
-    )
-    if cfg.td.target_tau is not None:
-        require(0 < cfg.td.target_tau <= 1, "td.target_tau", cfg.td.target_tau, "in (0, 1]")
+    _td_config(cfg)
+
+
+def _td_config(cfg: DictConfig) -> TDConfig:
+    """The learner's TD settings; its own checks (``TDConfig``) become one-line config errors."""
+    try:
+        return TDConfig(
+            gamma=cfg.data.gamma,
+            n_step=cfg.data.n_step,
+            bf16=cfg.bf16,
+            **OmegaConf.to_container(cfg.td, resolve=True),
+        )
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
 
 
 def _check_resumable(run_dir: Path, cfg: DictConfig) -> None:
@@ -148,13 +152,7 @@ def build(cfg: DictConfig, num_actions: int, task_seed: int | None = None) -> PV
     if task_params:  # the paper: the main optimizer's settings; laptop default: plain SGD
         calib_cfg = optim_cfg if task_optim is None else {"name": task_optim, "lr": task_lr}
         task_opt = build_optimizer(calib_cfg, task_params, lr=task_lr)
-    td = TDConfig(
-        gamma=cfg.data.gamma,
-        n_step=cfg.data.n_step,
-        bf16=cfg.bf16,
-        **OmegaConf.to_container(cfg.td, resolve=True),
-    )
-    args = (network, tasks, optimizer, task_opt, td)
+    args = (network, tasks, optimizer, task_opt, _td_config(cfg))
     try:
         if local is None:
             learner = PVNLearner(*args, calibration_decay=task_decay)

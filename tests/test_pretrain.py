@@ -234,6 +234,8 @@ def test_every_torso_tasks_optimizer_combination_trains(log_dir, tmp_path, torso
         (["steps=0"], "steps=0"),
         (["batch_size=two"], "batch_size='two' is not a valid int"),
         (["td.target_period=100"], "exactly one of td.target_tau and td.target_period"),
+        (["td.target_tau=1.5"], "td.target_tau=1.5: must be in (0, 1]"),
+        (["td.warmup_mode=later"], "td.warmup_mode='later': choose skip or zero_td"),
         (["tasks=random_cumulants", "td.center=true"], "td.center=true: the task family has no"),
         (["device=cuda"] if not torch.cuda.is_available() else ["device=tpu"], "device="),
         (["data.checkpoints=[7]"], "checkpoint(s) [7] not found"),
