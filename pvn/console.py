@@ -7,6 +7,7 @@ from ``threads.wait_policy=`` on the command line if given, before anything impo
 
 from __future__ import annotations
 
+import os
 import sys
 
 from pvn.threads import set_wait_policy
@@ -22,4 +23,10 @@ def entry() -> None:
     set_wait_policy(wait_policy_from(sys.argv[1:]))
     from pvn.cli import main
 
-    sys.exit(main())
+    try:
+        code = main()
+        sys.stdout.flush()
+    except BrokenPipeError:  # the reader went away (`pvn ... | head`): not an error of pvn's
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no flush error at exit
+        code = 0
+    sys.exit(code)

@@ -4,12 +4,21 @@ An experiment is a list of stages, each one ``pvn`` command with its own run dir
 
 1. ``data/<game>``: the log to pretrain on -- a learning agent's training run logged with
    ``replay_log=`` (``data.kind: agent``; e.g. ``eval_preset=dopamine_dqn``) or ``pvn collect``
-   (``data.kind: collect``);
-2. ``pretrain/<game>``: a PVN pretrained on that log;
+   (``data.kind: collect``); with ``data.kind: dataset`` the logs already exist, one DQN Replay
+   directory per game under ``data.path`` (the official dataset, another experiment's logs),
+   and there is no data stage;
+2. ``pretrain/<game>``: a PVN pretrained on that log; an arm with its own ``pretrain:``
+   overrides (a knob: more tasks, another firing rate, longer) gets its own,
+   ``pretrain/<game>-<arm>``, the experiment's overrides followed by the arm's;
 3. ``eval/<game>/<arm>/seed<k>``: each arm (``encoder: pvn`` -- the game's pretrained PVN --,
    ``random`` or ``e2e``, with its own overrides) at each seed;
-4. ``report``: ``pvn report`` over every evaluation (and offline probes per game), the per-run
-   CSV and the config, under ``results``.
+4. ``report``: ``pvn report`` over every evaluation, each run labelled by its arm (and offline
+   probes per game), the per-run CSV and the config, under ``results``.
+
+Two experiments may share ``out`` (a knob study reusing another experiment's logs, PVN and
+baseline runs): a stage is the same run wherever its command is the same, each runner keeps its
+own ``runner_<name>.json``, and a stage that another runner is running is refused (a lock per
+stage), never run twice at once.
 
 A stage whose output is complete is skipped; one that was killed is re-run with the same command,
 and every ``pvn`` command resumes from its own checkpoints, so the experiment continues across
@@ -23,6 +32,7 @@ marking the report stage done.
 from __future__ import annotations
 
 import csv
+import fcntl
 import json
 import os
 import shlex
@@ -31,6 +41,8 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,6 +54,7 @@ from pvn.errors import ConfigError
 from pvn.files import write_text_atomic
 
 ARM_ENCODERS = ("pvn", "random", "e2e")
+DATA_KINDS = ("agent", "collect", "dataset")
 
 
 @dataclass
@@ -70,14 +83,34 @@ def load(path: str | Path) -> dict[str, Any]:
     for key in ("name", "out", "results", "games", "seeds", "data", "pretrain", "arms"):
         if key not in cfg:
             raise ConfigError(f"{p}: missing key '{key}'")
-    if cfg["data"].get("kind") not in ("agent", "collect"):
-        raise ConfigError(f"{p}: data.kind={cfg['data'].get('kind')!r}: choose agent or collect")
+    kind = cfg["data"].get("kind")
+    if kind not in DATA_KINDS:
+        raise ConfigError(f"{p}: data.kind={kind!r}: choose one of {DATA_KINDS}")
+    if kind == "dataset" and not cfg["data"].get("path"):
+        raise ConfigError(f"{p}: data.kind=dataset needs data.path (a directory of <game>/ logs)")
     for arm, spec in cfg["arms"].items():
         if spec.get("encoder") not in ARM_ENCODERS:
             raise ConfigError(
                 f"{p}: arms.{arm}.encoder={spec.get('encoder')!r}: choose one of {ARM_ENCODERS}"
             )
+        if "pretrain" in spec and spec["encoder"] != "pvn":
+            raise ConfigError(f"{p}: arms.{arm}.pretrain: only an arm with encoder: pvn pretrains")
     return cfg
+
+
+def data_dir(cfg: dict[str, Any], game: str) -> Path:
+    """The game's log: made by the data stage, or given (``data.kind: dataset``)."""
+    if cfg["data"]["kind"] == "dataset":
+        return Path(cfg["data"]["path"]) / game
+    return Path(cfg["out"]) / "data" / game
+
+
+def _pretrain_stage(
+    out: Path, name: str, data: Path, seed: int, overrides: list[str], after: list[str]
+) -> Stage:
+    run = out / "pretrain" / name
+    argv = ["pretrain", f"data.path={data}", f"run_dir={run}", f"seed={seed}", "progress=false"]
+    return Stage(f"pretrain/{name}", [*argv, *overrides], run, "pretrain", "done.json", after)
 
 
 def stages(cfg: dict[str, Any]) -> list[Stage]:
@@ -93,27 +126,33 @@ def stages(cfg: dict[str, Any]) -> list[Stage]:
     e2e: list[Stage] = []
     evals: list[str] = []
     for game in cfg["games"]:
-        data = out / "data" / game
+        data = data_dir(cfg, game)
         if cfg["data"]["kind"] == "agent":
             run = data / "agent"
             argv = ["evaluate", f"game={game}", f"run_dir={run}", f"replay_log={data}"]
             argv += [f"seed={seed0}", "progress=false", *cfg["data"].get("overrides", [])]
             todo.append(Stage(f"data/{game}", argv, run, "data", "results.json"))
-        else:
+        elif cfg["data"]["kind"] == "collect":
             argv = ["collect", f"game={game}", f"out={data}", f"seed={seed0}", "progress=false"]
             argv += cfg["data"].get("overrides", [])
             todo.append(Stage(f"data/{game}", argv, data, "data", "collect.json"))
-        pre = out / "pretrain" / game
-        argv = ["pretrain", f"data.path={data}", f"run_dir={pre}", f"seed={seed0}"]
-        argv += ["progress=false", *cfg["pretrain"].get("overrides", [])]
-        todo.append(Stage(f"pretrain/{game}", argv, pre, "pretrain", "done.json", [f"data/{game}"]))
+        needs_data = [f"data/{game}"] if cfg["data"]["kind"] != "dataset" else []
+        base = cfg["pretrain"].get("overrides", [])
+        game_pvn = _pretrain_stage(out, game, data, seed0, base, needs_data)
+        todo.append(game_pvn)
         for arm, spec in cfg["arms"].items():
-            encoder = str(pre) if spec["encoder"] == "pvn" else spec["encoder"]
+            encoder, after = spec["encoder"], []
+            if encoder == "pvn":
+                pre = game_pvn
+                if spec.get("pretrain"):  # a knob: the arm's own pretraining
+                    knob = [*base, *spec["pretrain"]]
+                    pre = _pretrain_stage(out, f"{game}-{arm}", data, seed0, knob, needs_data)
+                    todo.append(pre)
+                encoder, after = str(pre.run_dir), [pre.name]
             for seed in cfg["seeds"]:
                 run = out / "eval" / game / arm / f"seed{seed}"
                 argv = ["evaluate", f"encoder={encoder}", f"game={game}", f"run_dir={run}"]
                 argv += [f"seed={seed}", "progress=false", *spec.get("overrides", [])]
-                after = [f"pretrain/{game}"] if spec["encoder"] == "pvn" else []
                 name = f"eval/{game}/{arm}/seed{seed}"
                 stage = Stage(name, argv, run, "eval", "results.json", after)
                 (e2e if spec["encoder"] == "e2e" else todo).append(stage)
@@ -160,11 +199,13 @@ def write_report(cfg: dict[str, Any], todo: list[Stage], config_path: Path) -> N
     results.mkdir(parents=True, exist_ok=True)
     (results / "complete.json").unlink(missing_ok=True)
     shutil.copyfile(config_path, results / "experiment.yaml")
-    report([str(s.run_dir) for s in evals], results)
+    arms = [s.name.split("/")[2] for s in evals]  # each run is labelled by its arm
+    report([str(s.run_dir) for s in evals], results, methods=arms)
     for game in cfg["games"]:
-        dirs = [str(s.run_dir) for s in evals if s.name.startswith(f"eval/{game}/")]
-        if cfg.get("probes", True) and dirs:
-            report(dirs, results / f"probes_{game}", data=Path(cfg["out"]) / "data" / game)
+        mine = [i for i, s in enumerate(evals) if s.name.startswith(f"eval/{game}/")]
+        if cfg.get("probes", True) and mine:
+            dirs, labels = [str(evals[i].run_dir) for i in mine], [arms[i] for i in mine]
+            report(dirs, results / f"probes_{game}", data=data_dir(cfg, game), methods=labels)
     rows = []
     for s in evals:
         res = load_results(s.run_dir)
@@ -190,7 +231,24 @@ def _times_file(cfg: dict[str, Any]) -> Path:
 
 
 def _runner_file(cfg: dict[str, Any]) -> Path:
-    return Path(cfg["out"]) / "runner.json"
+    return Path(cfg["out"]) / f"runner_{cfg['name']}.json"
+
+
+@contextmanager
+def _stage_lock(cfg: dict[str, Any], stage: Stage) -> Iterator[None]:
+    """Hold the stage's lock while it runs: a second runner on the same ``out`` (another
+    experiment sharing its stages) is refused that stage instead of running it alongside. The
+    kernel drops the lock when the holder dies, so a killed runner leaves no stale lock."""
+    path = Path(cfg["out"]) / ".locks" / (stage.name.replace("/", "__") + ".lock")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise ConfigError(
+                f"stage {stage.name}: another runner is running it; wait for it"
+            ) from None
+        yield
 
 
 def stage_times(cfg: dict[str, Any]) -> dict[str, float]:
@@ -225,11 +283,13 @@ def _running(cfg: dict[str, Any]) -> str | None:
 
 def eta_seconds(todo: list[Stage], times: dict[str, float]) -> tuple[float, list[str]]:
     """Seconds left: each unfinished stage at the mean time of the finished stages of its kind
-    (eval stages by arm: an end-to-end arm costs ~10 linear ones); and the kinds with no
+    (eval stages: linear or end-to-end, which costs ~10 linear ones); and the kinds with no
     finished stage yet (not counted)."""
 
     def kind(s: Stage) -> str:
-        return s.kind if s.kind != "eval" else f"eval/{s.name.split('/')[2]}"
+        if s.kind != "eval":
+            return s.kind
+        return "eval/e2e" if "encoder=e2e" in s.argv else "eval/linear"
 
     by_kind: dict[str, list[float]] = {}
     for s in todo:
@@ -305,10 +365,13 @@ def run(
             info = {"pid": os.getpid(), "stage": s.name, "started": time.time()}
             write_text_atomic(_runner_file(cfg), json.dumps(info))
             t0 = time.perf_counter()
-            if s.kind == "report":
-                write_report(cfg, todo, Path(config_path))
-            else:
-                _run_stage(s)
+            with _stage_lock(cfg, s):
+                if s.done:  # another runner finished it while this one waited its turn
+                    continue
+                if s.kind == "report":
+                    write_report(cfg, todo, Path(config_path))
+                else:
+                    _run_stage(s)
             times = {**stage_times(cfg), s.name: round(time.perf_counter() - t0, 1)}
             write_text_atomic(_times_file(cfg), json.dumps(times, indent=1))
     finally:

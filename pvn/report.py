@@ -153,10 +153,12 @@ def markdown(rows: list[dict[str, Any]], aggs: dict[str, dict]) -> str:
     return "\n".join(lines)
 
 
-def probes(run_dirs: list[str], data: str | Path) -> dict[str, dict[str, Any]]:
+def probes(
+    run_dirs: list[str], data: str | Path, methods: list[str] | None = None
+) -> dict[str, dict[str, Any]]:
     """Offline linear probes of each method's frozen encoder (its first run's) on the log
     ``data``; end-to-end runs have no frozen encoder (their torso trains with the agent) and are
-    not probed."""
+    not probed. ``methods``: each run's label (default: its results' method)."""
     import torch
     from omegaconf import OmegaConf
 
@@ -166,8 +168,8 @@ def probes(run_dirs: list[str], data: str | Path) -> dict[str, dict[str, Any]]:
 
     ds = DQNReplayDataset(data)
     out: dict[str, dict[str, Any]] = {}
-    for d in run_dirs:
-        method = load_results(d)["method"]
+    methods = methods or [load_results(d)["method"] for d in run_dirs]
+    for d, method in zip(run_dirs, methods, strict=True):
         if method not in out:
             cfg = OmegaConf.load(Path(d) / "config.yaml")
             encoder = encoder_for(cfg, torch.device("cpu"))
@@ -194,12 +196,18 @@ def report(
     out_dir: str | Path = "report",
     window: int = 10,
     data: str | Path | None = None,
+    methods: list[str] | None = None,
 ) -> str:
     """Write ``report.md``, ``report.csv`` and ``curves.png`` under ``out_dir`` (and, with a
-    dataset, the offline probes); return the Markdown."""
+    dataset, the offline probes); return the Markdown. ``methods``: a label per run, the group
+    it is reported in (an experiment's arm: two PVN arms pretrained differently stay apart);
+    by default each run's method (pvn, random, dqn)."""
     if not run_dirs:
         raise ConfigError("pvn report: give one or more `pvn evaluate` run dirs")
     runs = [load_results(d) for d in run_dirs]
+    if methods is not None:
+        for r, m in zip(runs, methods, strict=True):
+            r["method"] = m
     rows = summarize(runs, window)
     aggs = aggregates(rows)
     out = Path(out_dir)
@@ -215,7 +223,7 @@ def report(
         plots.plot_profiles(matrices, out / "performance_profile.png")
         plots.plot_iqm_curve(runs, out / "iqm_curve.png")
     if data is not None:
-        table = probes(run_dirs, data)
+        table = probes(run_dirs, data, [r["method"] for r in runs])
         text += "\n\nOffline linear probes on held-out logged episodes:\n\n" + probes_markdown(
             table
         )

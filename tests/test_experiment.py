@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import yaml
@@ -82,7 +83,7 @@ def test_killed_experiment_resumes_without_redoing_finished_stages(tmp_path, cap
     # are kept, and the kinds not yet timed are named
     assert main(["experiment", config, "--status"]) == 0
     status = capsys.readouterr().out
-    assert "  running " not in status and "(not counting eval/pvn, eval/random" in status
+    assert "  running " not in status and "(not counting eval/linear: no finished" in status
     times = json.loads((runs / "stage_times.json").read_text())
     assert set(times) == {"data/Breakout", "pretrain/Breakout"}
     data_mtime = (runs / "data" / "Breakout" / "collect.json").stat().st_mtime_ns
@@ -105,7 +106,7 @@ def test_killed_experiment_resumes_without_redoing_finished_stages(tmp_path, cap
     assert (tmp_path / "results" / "complete.json").is_file()
     assert "7 of 7 stages done" in (tmp_path / "results" / "stages.txt").read_text()
     assert len(json.loads((runs / "stage_times.json").read_text())) == 7
-    assert not (runs / "runner.json").exists()
+    assert not (runs / "runner_tiny.json").exists()
     # a second run finds everything done and does nothing
     assert main(["experiment", config]) == 0
 
@@ -126,3 +127,66 @@ def test_bad_experiment_configs_are_refused(tmp_path, capsys):
                                    "arms": {"a": {"encoder": "nope"}}}))  # fmt: skip
     assert main(["experiment", str(bad)]) == 2
     assert "arms.a.encoder='nope'" in capsys.readouterr().err
+
+
+def _knob_config(tmp_path, logs) -> str:
+    """A knob study over logs that already exist (``data.kind: dataset``)."""
+    cfg = yaml.safe_load(Path(_config(tmp_path)).read_text())
+    cfg["data"] = {"kind": "dataset", "path": str(logs)}
+    cfg["arms"]["pvn_tasks5"] = {**cfg["arms"]["pvn"], "pretrain": ["tasks.num_tasks=5"]}
+    path = tmp_path / "knobs.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return str(path)
+
+
+def test_a_knob_arm_pretrains_its_own_pvn_on_given_logs(tmp_path):
+    from pvn.experiment import load, stages
+
+    todo = {s.name: s for s in stages(load(_knob_config(tmp_path, tmp_path / "logs")))}
+    assert not any(n.startswith("data/") for n in todo)  # the logs exist: no data stage
+    base, knob = todo["pretrain/Breakout"], todo["pretrain/Breakout-pvn_tasks5"]
+    assert base.after == [] and f"data.path={tmp_path / 'logs' / 'Breakout'}" in base.argv
+    # the experiment's pretraining overrides, then the arm's (the later one wins in Hydra)
+    assert knob.argv[: len(base.argv)] == [
+        a.replace("Breakout", "Breakout-pvn_tasks5") if a.startswith("run_dir=") else a
+        for a in base.argv
+    ]
+    assert knob.argv[len(base.argv) :] == ["tasks.num_tasks=5"]
+    ev = todo["eval/Breakout/pvn_tasks5/seed1"]
+    assert ev.after == [knob.name] and f"encoder={knob.run_dir}" in ev.argv
+    assert todo["eval/Breakout/pvn/seed1"].after == [base.name]
+    assert todo["eval/Breakout/random/seed1"].after == []
+    names = list(todo)
+    assert names.index(knob.name) < names.index(ev.name) and names[-1] == "report"
+
+
+def test_a_stage_another_runner_holds_is_refused(tmp_path, capsys):
+    """Two experiments may share ``out``; a stage one runner is running is refused to the other
+    (one line, exit 2), not run twice at once, and nothing of it is written."""
+    import fcntl
+
+    config = _knob_config(tmp_path, tmp_path / "logs")
+    locks = tmp_path / "runs" / ".locks"
+    locks.mkdir(parents=True)
+    with open(locks / "pretrain__Breakout.lock", "w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        assert main(["experiment", config]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].endswith("stage pretrain/Breakout: another runner is running it; wait for it")
+    assert not (tmp_path / "runs" / "pretrain").exists()
+    assert not (tmp_path / "runs" / "runner_tiny.json").exists()
+
+
+def test_bad_knob_and_dataset_configs_are_refused(tmp_path, capsys):
+    cfg = yaml.safe_load(Path(_config(tmp_path)).read_text())
+    cfg["data"] = {"kind": "dataset"}
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump(cfg))
+    assert main(["experiment", str(bad)]) == 2
+    assert "data.kind=dataset needs data.path" in capsys.readouterr().err
+    cfg = yaml.safe_load(Path(_config(tmp_path)).read_text())
+    cfg["arms"]["random"]["pretrain"] = ["tasks.num_tasks=5"]
+    bad.write_text(yaml.safe_dump(cfg))
+    assert main(["experiment", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert "arms.random.pretrain: only an arm with encoder: pvn pretrains" in err

@@ -178,3 +178,24 @@ def test_probes_skip_end_to_end_runs(tmp_path, log_dir):  # noqa: F811
         dirs.append(str(run))
     table = probes(dirs, log_dir)
     assert list(table) == ["random"] and table["random"]["states"] > 0
+
+
+def test_runs_are_reported_under_the_labels_given(tmp_path):
+    """An experiment labels each run by its arm: two PVN arms pretrained differently (a knob)
+    are two rows and two methods in the aggregate, not one pooled 'pvn'."""
+    from pvn.report import report
+
+    runs, labels = [], []
+    for seed in range(2):
+        for arm, last in (("pvn", 5), ("pvn_tasks100", 9), ("random", 1)):
+            method = "random" if arm == "random" else "pvn"
+            runs.append(_write_run(tmp_path / f"{arm}{seed}", "Breakout", method, seed, [1, last]))
+            labels.append(arm)
+    text = report(runs, tmp_path / "rep", methods=labels)
+    rows = [line for line in text.splitlines() if line.startswith("| Breakout |")]
+    assert [r.split("|")[2].strip() for r in rows] == ["pvn", "pvn_tasks100", "random"]
+    # means of the last 10 (here both) training episodes: (1 + 5) / 2, (1 + 9) / 2, 1
+    assert [float(r.split("|")[4]) for r in rows] == [3.0, 5.0, 1.0]
+    assert "| P(pvn > pvn_tasks100) | 0.00 [0.00, 0.00] |" in text
+    with pytest.raises(ValueError):
+        report(runs, tmp_path / "rep2", methods=labels[:-1])
