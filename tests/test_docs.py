@@ -1,5 +1,6 @@
 """The documentation cannot drift from the code: the configuration reference is regenerated
-from ``configs/`` and must equal the committed page; README links point at files that exist."""
+from ``configs/`` and must equal the committed page; README links point at files that exist,
+in the repository and on the site (whose home page is the README)."""
 
 from __future__ import annotations
 
@@ -28,3 +29,16 @@ def test_readme_links_resolve():
         if "://" not in link:
             assert (ROOT / link).exists(), link
     assert len(text.splitlines()) <= 250
+
+
+def test_site_home_is_the_readme_with_links_into_docs():
+    """The site's home page is the README (one text); its links resolve from inside ``docs/``."""
+    sys.path.insert(0, str(ROOT / "scripts"))
+    from docs_home import home_markdown
+
+    home = home_markdown((ROOT / "README.md").read_text())
+    links = [x for x in re.findall(r"\]\(([^)#]+)\)", home) if "://" not in x]
+    assert links and not any(x.startswith("docs/") for x in links)
+    for link in links:
+        assert (ROOT / "docs" / link).exists(), link
+    assert home_markdown("[a](docs/) [b](docs/x.md#y)") == "[a](index.md) [b](x.md#y)"
