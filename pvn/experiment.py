@@ -15,10 +15,11 @@ An experiment is a list of stages, each one ``pvn`` command with its own run dir
 4. ``report``: ``pvn report`` over every evaluation, each run labelled by its arm (and offline
    probes per game), the per-run CSV and the config, under ``results``.
 
-Two experiments may share ``out`` (a knob study reusing another experiment's logs, PVN and
-baseline runs): a stage is the same run wherever its command is the same, each runner keeps its
-own ``runner_<name>.json``, and a stage that another runner is running is refused (a lock per
-stage), never run twice at once.
+Several runners may share ``out``: runners of one experiment (one per core or machine), or of
+experiments that share stages (a knob study reusing another experiment's logs, PVN and baseline
+runs: a stage is the same run wherever its command is the same). Each stage is locked while it
+runs (:func:`claim`), so the runners split the stages between them and never run one twice at
+once; a runner with nothing left to start waits for the others' stages it still needs.
 
 A stage whose output is complete is skipped; one that was killed is re-run with the same command,
 and every ``pvn`` command resumes from its own checkpoints, so the experiment continues across
@@ -41,11 +42,9 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from omegaconf import OmegaConf
 
@@ -55,6 +54,7 @@ from pvn.files import write_text_atomic
 
 ARM_ENCODERS = ("pvn", "random", "e2e")
 DATA_KINDS = ("agent", "collect", "dataset")
+POLL_SECONDS = 5  # how often a runner waiting for other runners' stages looks again
 
 
 @dataclass
@@ -230,25 +230,49 @@ def _times_file(cfg: dict[str, Any]) -> Path:
     return Path(cfg["out"]) / "stage_times.json"
 
 
+def _runners(cfg: dict[str, Any]) -> Path:
+    return Path(cfg["out"]) / "runners"
+
+
 def _runner_file(cfg: dict[str, Any]) -> Path:
-    return Path(cfg["out"]) / f"runner_{cfg['name']}.json"
+    """This runner's note of the stage it is running (one file per runner process)."""
+    return _runners(cfg) / f"{cfg['name']}.{os.getpid()}.json"
 
 
-@contextmanager
-def _stage_lock(cfg: dict[str, Any], stage: Stage) -> Iterator[None]:
-    """Hold the stage's lock while it runs: a second runner on the same ``out`` (another
-    experiment sharing its stages) is refused that stage instead of running it alongside. The
-    kernel drops the lock when the holder dies, so a killed runner leaves no stale lock."""
+def _try_lock(cfg: dict[str, Any], stage: Stage) -> IO[str] | None:
+    """The stage's lock, held until the returned file is closed; None when another runner holds
+    it. The kernel drops a lock when its holder dies, so a killed runner leaves none behind."""
     path = Path(cfg["out"]) / ".locks" / (stage.name.replace("/", "__") + ".lock")
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w") as f:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise ConfigError(
-                f"stage {stage.name}: another runner is running it; wait for it"
-            ) from None
-        yield
+    f = open(path, "w")  # noqa: SIM115 (held across the stage's run)
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        f.close()
+        return None
+    return f
+
+
+def claim(cfg: dict[str, Any], todo: list[Stage]) -> tuple[Stage | None, IO[str] | None, bool]:
+    """The first stage, in order, that is not done, whose prerequisites are done and that no
+    other runner holds: ``(stage, its held lock, _)``. Without one, ``(None, None, wait)``:
+    ``wait`` when another runner holds a stage this one could still need, rather than nothing
+    being left. Runners sharing ``out`` (several of one experiment, or experiments sharing
+    stages) so split the stages between them and never run one twice at once."""
+    done = {s.name for s in todo if s.done}
+    held = False
+    for s in todo:
+        if s.name in done or not set(s.after) <= done:
+            continue
+        lock = _try_lock(cfg, s)
+        if lock is None:
+            held = True
+        elif s.done:  # another runner finished it just now
+            lock.close()
+            done.add(s.name)
+        else:
+            return s, lock, held
+    return None, None, held
 
 
 def stage_times(cfg: dict[str, Any]) -> dict[str, float]:
@@ -268,17 +292,21 @@ def _file_time(stage: Stage) -> float | None:
     return dt if dt > 0 else None
 
 
-def _running(cfg: dict[str, Any]) -> str | None:
-    """The stage a live runner is running now (None when no runner is alive)."""
-    f = _runner_file(cfg)
-    if not f.is_file():
-        return None
-    info = json.loads(f.read_text())
-    try:
-        os.kill(int(info["pid"]), 0)
-    except (OSError, ValueError):
-        return None  # that runner died (killed, or its session ended)
-    return info.get("stage")
+def _running(cfg: dict[str, Any]) -> set[str]:
+    """The stages that live runners on ``out`` (of any experiment sharing it) are running."""
+    running = set()
+    for f in sorted(_runners(cfg).glob("*.json")) if _runners(cfg).is_dir() else []:
+        try:
+            info = json.loads(f.read_text())
+        except (OSError, ValueError):
+            continue  # gone since the glob
+        try:
+            os.kill(int(info["pid"]), 0)
+        except (OSError, ValueError, KeyError):  # that runner died (killed, session ended)
+            f.unlink(missing_ok=True)
+            continue
+        running.add(info.get("stage"))
+    return running
 
 
 def eta_seconds(todo: list[Stage], times: dict[str, float]) -> tuple[float, list[str]]:
@@ -311,14 +339,14 @@ def status_table(todo: list[Stage], cfg: dict[str, Any] | None = None) -> str:
     """Which stages are done, running (by a live runner) and left, with the ETA from the
     finished stages' times."""
     done = [s for s in todo if s.done]
-    running = _running(cfg) if cfg else None
+    running = _running(cfg) if cfg else set()
     lines = [f"{len(done)} of {len(todo)} stages done"]
     if cfg is not None and len(done) < len(todo):
         left, unknown = eta_seconds(todo, stage_times(cfg))
         note = f" (not counting {', '.join(unknown)}: no finished stage to time)" if unknown else ""
         lines[0] += f"; ETA {left / 3600:.1f} h{note}" if left else f"; ETA unknown{note}"
     for s in todo:
-        state = "done" if s.done else "running" if s.name == running else "left"
+        state = "done" if s.done else "running" if s.name in running else "left"
         lines.append(f"  {state:7} {s.name}")
     return "\n".join(lines)
 
@@ -345,35 +373,43 @@ def run(
     if status:
         print(status_table(todo, cfg))
         return 0
-    Path(cfg["out"]).mkdir(parents=True, exist_ok=True)
+    _runners(cfg).mkdir(parents=True, exist_ok=True)
+    waiting = False
     try:
-        for i, s in enumerate(todo):
-            if s.done:
+        while True:
+            s, lock, wait = claim(cfg, todo)
+            if s is None and wait:  # another runner holds what is left (or what it needs)
+                if not waiting:
+                    print("pvn experiment: waiting for the other runners' stages", file=sys.stderr)
+                waiting = True
+                time.sleep(POLL_SECONDS)
                 continue
-            missing = [a for a in s.after if not next(t for t in todo if t.name == a).done]
-            if missing:
-                raise ConfigError(f"stage {s.name}: needs {missing} first")
-            times = stage_times(cfg)
-            left = [t for t in todo[i:] if not t.done]
-            eta, unknown = eta_seconds(todo, times)
-            print(
-                f"pvn experiment: [{len(todo) - len(left) + 1}/{len(todo)}] {s.name} "
-                f"({len(left)} left{'' if unknown else f', ETA {eta / 60:.0f} min'})",
-                file=sys.stderr,
-                flush=True,
-            )
-            info = {"pid": os.getpid(), "stage": s.name, "started": time.time()}
-            write_text_atomic(_runner_file(cfg), json.dumps(info))
-            t0 = time.perf_counter()
-            with _stage_lock(cfg, s):
-                if s.done:  # another runner finished it while this one waited its turn
-                    continue
+            if s is None:
+                left = [t for t in todo if not t.done]
+                if left:  # only when a prerequisite's run dir was removed under a runner
+                    done = {t.name for t in todo if t.done}
+                    missing = [a for a in left[0].after if a not in done]
+                    raise ConfigError(f"stage {left[0].name}: needs {missing} first")
+                break
+            waiting = False
+            with lock:
+                left = [t for t in todo if not t.done]
+                eta, unknown = eta_seconds(todo, stage_times(cfg))
+                print(
+                    f"pvn experiment: [{len(todo) - len(left) + 1}/{len(todo)}] {s.name} "
+                    f"({len(left)} left{'' if unknown else f', ETA {eta / 60:.0f} min'})",
+                    file=sys.stderr,
+                    flush=True,
+                )
+                info = {"pid": os.getpid(), "stage": s.name, "started": time.time()}
+                write_text_atomic(_runner_file(cfg), json.dumps(info))
+                t0 = time.perf_counter()
                 if s.kind == "report":
                     write_report(cfg, todo, Path(config_path))
                 else:
                     _run_stage(s)
-            times = {**stage_times(cfg), s.name: round(time.perf_counter() - t0, 1)}
-            write_text_atomic(_times_file(cfg), json.dumps(times, indent=1))
+                times = {**stage_times(cfg), s.name: round(time.perf_counter() - t0, 1)}
+                write_text_atomic(_times_file(cfg), json.dumps(times, indent=1))
     finally:
         _runner_file(cfg).unlink(missing_ok=True)
     print(status_table(todo, cfg))

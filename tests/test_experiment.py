@@ -88,9 +88,29 @@ def test_killed_experiment_resumes_without_redoing_finished_stages(tmp_path, cap
     assert set(times) == {"data/Breakout", "pretrain/Breakout"}
     data_mtime = (runs / "data" / "Breakout" / "collect.json").stat().st_mtime_ns
     pre_mtime = (runs / "pretrain" / "Breakout" / "done.json").stat().st_mtime_ns
-    assert main(["experiment", config]) == 0
-    out = capsys.readouterr().out
-    assert "7 of 7 stages done" in out
+    # two runners finish it together: each stage is started by exactly one of them
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "pvn", "experiment", config],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(2)
+    ]
+    outs = [p.communicate(timeout=600) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs
+    started = [
+        line.split("] ")[1].split(" (")[0]
+        for _, err in outs
+        for line in err.splitlines()
+        if line.startswith("pvn experiment: [")
+    ]
+    assert sorted(started) == sorted(
+        ["eval/Breakout/pvn/seed0", "eval/Breakout/pvn/seed1", "eval/Breakout/random/seed0",
+         "eval/Breakout/random/seed1", "report"]
+    ), outs  # fmt: skip
+    assert all("7 of 7 stages done" in out for out, _ in outs)
     # the finished stages were not run again
     assert (runs / "data" / "Breakout" / "collect.json").stat().st_mtime_ns == data_mtime
     assert (runs / "pretrain" / "Breakout" / "done.json").stat().st_mtime_ns == pre_mtime
@@ -106,7 +126,7 @@ def test_killed_experiment_resumes_without_redoing_finished_stages(tmp_path, cap
     assert (tmp_path / "results" / "complete.json").is_file()
     assert "7 of 7 stages done" in (tmp_path / "results" / "stages.txt").read_text()
     assert len(json.loads((runs / "stage_times.json").read_text())) == 7
-    assert not (runs / "runner_tiny.json").exists()
+    assert not list((runs / "runners").iterdir())
     # a second run finds everything done and does nothing
     assert main(["experiment", config]) == 0
 
@@ -160,21 +180,34 @@ def test_a_knob_arm_pretrains_its_own_pvn_on_given_logs(tmp_path):
     assert names.index(knob.name) < names.index(ev.name) and names[-1] == "report"
 
 
-def test_a_stage_another_runner_holds_is_refused(tmp_path, capsys):
-    """Two experiments may share ``out``; a stage one runner is running is refused to the other
-    (one line, exit 2), not run twice at once, and nothing of it is written."""
-    import fcntl
+def test_runners_sharing_out_split_the_stages(tmp_path):
+    """Each runner claims the first stage that is not done, whose prerequisites are done and
+    that no other runner holds (its lock); with nothing to start while another runner holds a
+    stage, it waits rather than finishing or running that stage too."""
+    from pvn.experiment import claim, load, stages
 
-    config = _knob_config(tmp_path, tmp_path / "logs")
-    locks = tmp_path / "runs" / ".locks"
-    locks.mkdir(parents=True)
-    with open(locks / "pretrain__Breakout.lock", "w") as held:
-        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        assert main(["experiment", config]) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert err[-1].endswith("stage pretrain/Breakout: another runner is running it; wait for it")
-    assert not (tmp_path / "runs" / "pretrain").exists()
-    assert not (tmp_path / "runs" / "runner_tiny.json").exists()
+    cfg = load(_knob_config(tmp_path, tmp_path / "logs"))
+    todo = stages(cfg)
+    first, lock1, wait = claim(cfg, todo)  # runner 1
+    assert first.name == "pretrain/Breakout" and not wait
+    # runner 2: runner 1 holds pretrain/Breakout, so the pvn arm's evaluations must wait
+    second, lock2, wait = claim(cfg, todo)
+    assert wait and second.name == "pretrain/Breakout-pvn_tasks5"  # the knob's own pretraining
+    third, lock3, _ = claim(cfg, todo)
+    assert third.name == "eval/Breakout/random/seed0"  # needs no pretraining
+    fourth, lock4, _ = claim(cfg, todo)
+    assert fourth.name == "eval/Breakout/random/seed1"
+    assert claim(cfg, todo) == (None, None, True)  # all else needs a held stage: wait
+    lock1.close()  # runner 1 died: its stage is free again, not done
+    again, lock5, _ = claim(cfg, todo)
+    assert again.name == "pretrain/Breakout"
+    for lock in (lock2, lock3, lock4, lock5):
+        lock.close()
+    (tmp_path / "runs" / "pretrain" / "Breakout").mkdir(parents=True)
+    (tmp_path / "runs" / "pretrain" / "Breakout" / "done.json").write_text("{}")
+    nxt, lock, _ = claim(cfg, todo)  # done stages are skipped; the pvn arm is free to start
+    assert nxt.name == "eval/Breakout/pvn/seed0"
+    lock.close()
 
 
 def test_bad_knob_and_dataset_configs_are_refused(tmp_path, capsys):
