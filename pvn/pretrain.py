@@ -8,9 +8,11 @@ the device and are read back only every ``log_every`` updates.
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 import time
+from collections import deque
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +47,7 @@ RESUMABLE_KEYS = {
     "keep_checkpoints",
     "log_every",
     "threads",
+    "diagnostics",
 }
 
 
@@ -289,6 +292,8 @@ def _train(cfg: DictConfig, team: Team, run_dir: Path, resume: Path | None) -> d
     first_bad = torch.full((len(team.workers),), -1, dtype=torch.long, device=cfg.device)
     acc, last = _Accumulator(), {}
     t_log, n_log = time.perf_counter(), 0
+    # srank and dormancy over the features of the last batches: one batch of 32 caps srank at 32
+    recent: deque[torch.Tensor] = deque(maxlen=math.ceil(cfg.diagnostics.states / cfg.batch_size))
 
     def check_finite(step: int, params: bool = False) -> None:
         where = f"stopped at update {step}; last good checkpoint kept in {run_dir / 'checkpoints'}"
@@ -309,13 +314,15 @@ def _train(cfg: DictConfig, team: Team, run_dir: Path, resume: Path | None) -> d
                         first_bad[j] = torch.where(bad, step, first_bad[j])
                 if outs[0]:
                     acc.add(outs[0], first.tasks.indicator)
+                    if "features" in outs[0]:
+                        recent.append(outs[0]["features"])
                 n_log += 1
                 done = step + 1
                 if done % cfg.log_every == 0 or done == cfg.steps:
                     check_finite(done)
                     last = acc.read()
-                    if "features" in outs[0]:
-                        features = outs[0]["features"]
+                    if recent:
+                        features = torch.cat(list(recent))
                         last["srank"] = int(srank(features))
                         tau = cfg.diagnostics.dormant_tau
                         last["dormant_fraction"] = float(dormant_fraction(features, tau))
