@@ -281,6 +281,17 @@ def stage_times(cfg: dict[str, Any]) -> dict[str, float]:
     return json.loads(f.read_text()) if f.is_file() else {}
 
 
+def _record_time(cfg: dict[str, Any], name: str, seconds: float) -> None:
+    """Add a finished stage's time to ``stage_times.json``; runners sharing ``out`` take turns
+    (a blocking lock), so none overwrites another's entry."""
+    lock = Path(cfg["out"]) / ".locks" / "stage_times.lock"
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock, "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        times = {**stage_times(cfg), name: round(seconds, 1)}
+        write_text_atomic(_times_file(cfg), json.dumps(times, indent=1))
+
+
 def _file_time(stage: Stage) -> float | None:
     """A finished stage's time from its files (its config.yaml is written when it starts, its
     done file when it ends), for stages no runner timed (run from ``--print-commands``); an
@@ -381,6 +392,7 @@ def run(
             if s is None and wait:  # another runner holds what is left (or what it needs)
                 if not waiting:
                     print("pvn experiment: waiting for the other runners' stages", file=sys.stderr)
+                    write_text_atomic(_runner_file(cfg), json.dumps({"pid": os.getpid()}))
                 waiting = True
                 time.sleep(POLL_SECONDS)
                 continue
@@ -408,8 +420,7 @@ def run(
                     write_report(cfg, todo, Path(config_path))
                 else:
                     _run_stage(s)
-                times = {**stage_times(cfg), s.name: round(time.perf_counter() - t0, 1)}
-                write_text_atomic(_times_file(cfg), json.dumps(times, indent=1))
+                _record_time(cfg, s.name, time.perf_counter() - t0)
     finally:
         _runner_file(cfg).unlink(missing_ok=True)
     print(status_table(todo, cfg))
