@@ -116,15 +116,17 @@ def _pretrain_stage(
 def stages(cfg: dict[str, Any]) -> list[Stage]:
     """Every stage of the experiment, in an order that respects their dependencies.
 
-    End-to-end arms run last: each costs about ten linear arms, and the question the experiment
-    asks (PVN features against random ones) is answered by the data, pretraining and linear
-    stages of every game, so an interrupted experiment has that answer first.
+    The data and pretraining of every game come first, then the evaluations seed by seed (seed
+    0 of every game and arm, then seed 1, ...), so an interrupted experiment has whole paired
+    seeds of every game to compare; end-to-end arms run last: each costs about ten linear arms,
+    and the question the experiment asks (PVN features against random ones) is answered by the
+    linear stages.
     """
     out, results = Path(cfg["out"]), Path(cfg["results"])
     seed0 = int(cfg.get("seed", 0))
     todo: list[Stage] = []
-    e2e: list[Stage] = []
-    evals: list[str] = []
+    linear: list[tuple[int, Stage]] = []  # (seed's position, stage)
+    e2e: list[tuple[int, Stage]] = []
     for game in cfg["games"]:
         data = data_dir(cfg, game)
         if cfg["data"]["kind"] == "agent":
@@ -149,17 +151,17 @@ def stages(cfg: dict[str, Any]) -> list[Stage]:
                     pre = _pretrain_stage(out, f"{game}-{arm}", data, seed0, knob, needs_data)
                     todo.append(pre)
                 encoder, after = str(pre.run_dir), [pre.name]
-            for seed in cfg["seeds"]:
+            for k, seed in enumerate(cfg["seeds"]):
                 run = out / "eval" / game / arm / f"seed{seed}"
                 argv = ["evaluate", f"encoder={encoder}", f"game={game}", f"run_dir={run}"]
                 argv += [f"seed={seed}", "progress=false", *spec.get("overrides", [])]
-                name = f"eval/{game}/{arm}/seed{seed}"
-                stage = Stage(name, argv, run, "eval", "results.json", after)
-                (e2e if spec["encoder"] == "e2e" else todo).append(stage)
-                evals.append(name)
-    todo += e2e
-    todo.append(Stage("report", [], results, "report", "complete.json", evals))
-    return todo
+                stage = Stage(f"eval/{game}/{arm}/seed{seed}", argv, run, "eval", "results.json",
+                              after)  # fmt: skip
+                (e2e if spec["encoder"] == "e2e" else linear).append((k, stage))
+    evals = [st for _, st in sorted(linear, key=lambda x: x[0])]  # stable: game, arm order
+    evals += [st for _, st in sorted(e2e, key=lambda x: x[0])]
+    report = Stage("report", [], results, "report", "complete.json", [e.name for e in evals])
+    return [*todo, *evals, report]
 
 
 def _die_with_parent() -> None:
