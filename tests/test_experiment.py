@@ -205,9 +205,14 @@ def test_runners_sharing_out_split_the_stages(tmp_path):
         lock.close()
     (tmp_path / "runs" / "pretrain" / "Breakout").mkdir(parents=True)
     (tmp_path / "runs" / "pretrain" / "Breakout" / "done.json").write_text("{}")
-    nxt, lock, _ = claim(cfg, todo)  # done stages are skipped; the pvn arm is free to start
+    knob, lock6, _ = claim(cfg, todo)  # every pretraining comes before the evaluations
+    assert knob.name == "pretrain/Breakout-pvn_tasks5"
+    nxt, lock7, _ = claim(cfg, todo)  # done stages are skipped; the pvn arm is free to start
     assert nxt.name == "eval/Breakout/pvn/seed0"
-    lock.close()
+    after, lock8, _ = claim(cfg, todo)  # seed by seed: seed 0 of every arm before seed 1
+    assert after.name == "eval/Breakout/random/seed0"
+    for lock in (lock6, lock7, lock8):
+        lock.close()
 
 
 def test_bad_knob_and_dataset_configs_are_refused(tmp_path, capsys):
