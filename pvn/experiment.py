@@ -422,7 +422,8 @@ def run(
                     write_report(cfg, todo, Path(config_path))
                 else:
                     _run_stage(s)
-                _record_time(cfg, s.name, time.perf_counter() - t0)
+                if s.kind != "report":  # shared by experiments on one out; not in the ETA
+                    _record_time(cfg, s.name, time.perf_counter() - t0)
     finally:
         _runner_file(cfg).unlink(missing_ok=True)
     print(status_table(todo, cfg))
