@@ -68,7 +68,13 @@ class Stage:
 
     @property
     def done(self) -> bool:
-        return (self.run_dir / self.done_file).is_file()
+        path = self.run_dir / self.done_file
+        if self.kind != "report" or not path.is_file():
+            return path.is_file()
+        try:  # a report is done when it covers every evaluation the config now has
+            return json.loads(path.read_text()).get("evaluations") == self.after
+        except (OSError, ValueError, AttributeError):
+            return False
 
     def command(self) -> str:
         return shlex.join(["pvn", *self.argv])
@@ -224,7 +230,8 @@ def write_report(cfg: dict[str, Any], todo: list[Stage], config_path: Path) -> N
         w.writerows(rows)
     tmp.replace(results / "runs.csv")
     if all(s.done for s in todo if s.kind != "report"):
-        (results / "complete.json").write_text(json.dumps({"evaluations": len(evals)}) + "\n")
+        covered = {"evaluations": [s.name for s in evals]}  # what Stage.done compares
+        (results / "complete.json").write_text(json.dumps(covered, indent=1) + "\n")
     (results / "stages.txt").write_text(status_table(todo) + "\n")
 
 

@@ -228,3 +228,21 @@ def test_bad_knob_and_dataset_configs_are_refused(tmp_path, capsys):
     assert main(["experiment", str(bad)]) == 2
     err = capsys.readouterr().err
     assert "arms.random.pretrain: only an arm with encoder: pvn pretrains" in err
+
+
+def test_a_report_is_redone_when_the_config_gains_evaluations(tmp_path):
+    """``complete.json`` names the evaluations the report covers: a finished experiment that
+    gains a seed or an arm has its report stage to run again once those are done."""
+    from pvn.experiment import load, stages
+
+    path = Path(_config(tmp_path))
+    report = stages(load(path))[-1]
+    report.run_dir.mkdir(parents=True)
+    (report.run_dir / "complete.json").write_text(json.dumps({"evaluations": report.after}))
+    assert stages(load(path))[-1].done
+    cfg = yaml.safe_load(path.read_text())
+    cfg["seeds"] = [0, 1, 2]
+    path.write_text(yaml.safe_dump(cfg))
+    assert not stages(load(path))[-1].done
+    (report.run_dir / "complete.json").write_text(json.dumps({"evaluations": 4}))  # older file
+    assert not stages(load(path))[-1].done
