@@ -405,12 +405,7 @@ def run(
                 waiting = True
                 time.sleep(POLL_SECONDS)
                 continue
-            if s is None:
-                left = [t for t in todo if not t.done]
-                if left:  # only when a prerequisite's run dir was removed under a runner
-                    done = {t.name for t in todo if t.done}
-                    missing = [a for a in left[0].after if a not in done]
-                    raise ConfigError(f"stage {left[0].name}: needs {missing} first")
+            if s is None:  # every stage is done (the stage order puts prerequisites first)
                 break
             waiting = False
             with lock:
@@ -425,11 +420,10 @@ def run(
                 info = {"pid": os.getpid(), "stage": s.name, "started": time.time()}
                 write_text_atomic(_runner_file(cfg), json.dumps(info))
                 t0 = time.perf_counter()
-                if s.kind == "report":
+                if s.kind == "report":  # not timed: its name is shared by experiments on out
                     write_report(cfg, todo, Path(config_path))
                 else:
                     _run_stage(s)
-                if s.kind != "report":  # shared by experiments on one out; not in the ETA
                     _record_time(cfg, s.name, time.perf_counter() - t0)
     finally:
         _runner_file(cfg).unlink(missing_ok=True)

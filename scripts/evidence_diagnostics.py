@@ -131,6 +131,7 @@ def main() -> None:
                          "variant), reported as 'GAME (RUN_DIR)'")  # fmt: skip
     args = ap.parse_args()
     from pvn.analysis.probes import linear_probes
+    from pvn.experiment import data_dir
     from pvn.networks import build_torso
     from replay import DQNReplayDataset
 
@@ -146,7 +147,7 @@ def main() -> None:
         todo.append((game, Path(run), f"{game} ({run})"))
     for game, run, label in todo:
         pre, learner, _ = load_learner(run)
-        ds = DQNReplayDataset(out / "data" / game, cache_dir=pre.data.cache_dir, seed=0)
+        ds = DQNReplayDataset(data_dir(cfg, game), cache_dir=pre.data.cache_dir, seed=0)
         batch = sample(ds, args.n)
         losses = heldout_losses(learner, batch)
         tau = float(pre.diagnostics.dormant_tau)
