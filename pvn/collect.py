@@ -26,7 +26,7 @@ from pvn.checkpoint import (
     resumed_env_seed,
     save_checkpoint,
 )
-from pvn.config import require, save_config
+from pvn.config import check_resumable, require, save_config
 from pvn.files import write_text_atomic
 from pvn.progress import bar
 from pvn.threads import announce, plan_for
@@ -174,6 +174,8 @@ def collect(cfg) -> dict[str, Any]:
     resume = load_checkpoint(found[-1]).get("collect") if found else None
     if resume is None and log_dir.is_dir() and any(log_dir.glob("add_count_ckpt.*.gz")):
         raise ReplayError(f"{log_dir}: already holds checkpoints; choose a new out=DIR")
+    if found:
+        check_resumable(out, cfg)
     env_seed = resumed_env_seed(cfg.seed, int(resume["logged_steps"]) if resume else 0)
     # make_atari validates game, protocol, backend, num_envs and batch_size itself
     env = make_atari(

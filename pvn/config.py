@@ -200,6 +200,44 @@ def _require_complete(name: str, cfg: DictConfig) -> None:
         raise ConfigError(f"pvn {name}: required key(s) {missing} not set; add {hint}")
 
 
+#: Keys a resumed run may change: they do not change what is computed. ``steps`` extends a run;
+#: the thread plan follows the machine a run resumes on; a run directory may be moved or copied
+#: (``run_dir``, ``collect``'s ``out``).
+RESUMABLE_KEYS = frozenset(
+    {
+        "run_dir",
+        "out",
+        "steps",
+        "progress",
+        "checkpoint_every",
+        "keep_checkpoints",
+        "log_every",
+        "threads",
+        "diagnostics",
+    }
+)
+
+
+def check_resumable(run_dir: str | Path, cfg: DictConfig) -> None:
+    """Refuse to resume the run in ``run_dir`` under a config that computes something else: a
+    resumed run continues from its checkpoint, so any other change (a learning rate, a game, an
+    epsilon schedule) would silently splice two experiments into one run. Every key outside
+    :data:`RESUMABLE_KEYS` must equal the saved ``config.yaml``'s."""
+    path = Path(run_dir) / "config.yaml"
+    if not path.is_file():  # killed before its config was saved: nothing to compare
+        return
+    old = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
+    new = OmegaConf.to_container(cfg, resolve=True)
+    diff = sorted(
+        k for k in set(old) | set(new) if k not in RESUMABLE_KEYS and old.get(k) != new.get(k)
+    )
+    if diff:
+        raise ConfigError(
+            f"{run_dir}: holds a run with a different config ({', '.join(diff)}); "
+            "resume with the same settings or choose a new run_dir"
+        )
+
+
 def save_config(cfg: DictConfig, run_dir: str | Path) -> Path:
     """Write the resolved config to ``run_dir/config.yaml`` atomically."""
     return write_text_atomic(Path(run_dir) / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))

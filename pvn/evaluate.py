@@ -27,7 +27,7 @@ from pvn.checkpoint import (
     resumed_env_seed,
     save_checkpoint,
 )
-from pvn.config import require, require_device, save_config
+from pvn.config import check_resumable, require, require_device, save_config
 from pvn.encoder import load_encoder
 from pvn.errors import ConfigError
 from pvn.files import write_text_atomic
@@ -155,6 +155,8 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     resume = load_checkpoint(found[-1]).get("loop") if found else None
     if found and resume is None:
         raise ConfigError(f"{found[-1]}: not a checkpoint of a running evaluation")
+    if found:
+        check_resumable(run_dir, cfg)
     device = torch.device(cfg.device)
     encoder = encoder_for(cfg, device)
     env_seed = resumed_env_seed(cfg.seed, int(resume["step"]) if resume else 0)

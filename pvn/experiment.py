@@ -19,7 +19,9 @@ Several runners may share ``out``: runners of one experiment (one per core or ma
 experiments that share stages (a knob study reusing another experiment's logs, PVN and baseline
 runs: a stage is the same run wherever its command is the same). Each stage is locked while it
 runs (:func:`claim`), so the runners split the stages between them and never run one twice at
-once; a runner with nothing left to start waits for the others' stages it still needs.
+once; a runner with nothing left to start waits for the others' stages it still needs. A runner
+notes each stage's command in its run dir (``stage.json``) and refuses an ``out`` whose stage
+was made by another command (:func:`check_commands`): same name, other settings.
 
 A stage whose output is complete is skipped; one that was killed is re-run with the same command,
 and every ``pvn`` command resumes from its own checkpoints, so the experiment continues across
@@ -168,6 +170,39 @@ def stages(cfg: dict[str, Any]) -> list[Stage]:
     evals += [st for _, st in sorted(e2e, key=lambda x: x[0])]
     report = Stage("report", [], results, "report", "complete.json", [e.name for e in evals])
     return [*todo, *evals, report]
+
+
+STAGE_FILE = "stage.json"  # in a stage's run dir: the command a runner ran there
+
+
+def _record_command(stage: Stage) -> None:
+    """Note in the stage's run dir the command that makes it, before running it."""
+    stage.run_dir.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(stage.run_dir / STAGE_FILE, json.dumps({"argv": stage.argv}))
+
+
+def check_commands(todo: list[Stage]) -> None:
+    """Refuse an ``out`` whose stages were made by other commands than this experiment's.
+
+    A stage is known by its run dir, and a finished one is skipped: an experiment that shares
+    ``out`` with another one but changes a stage's settings (more data steps, another task
+    count under the same arm name) would otherwise take the other experiment's run for its own.
+    Stages no runner recorded (run from ``--print-commands``, or by hand) are trusted.
+    """
+    for s in todo:
+        path = s.run_dir / STAGE_FILE
+        if s.kind == "report" or not path.is_file():
+            continue
+        try:
+            made = json.loads(path.read_text())["argv"]
+        except (OSError, ValueError, KeyError, TypeError):
+            raise ConfigError(f"{path}: unreadable stage record; remove it") from None
+        if made != s.argv:
+            raise ConfigError(
+                f"{s.run_dir}: stage {s.name} was made by `{shlex.join(['pvn', *made])}`, not "
+                f"this experiment's `{s.command()}`; give the experiment its own out, or remove "
+                "that directory"
+            )
 
 
 def _die_with_parent() -> None:
@@ -379,6 +414,8 @@ def run(
 ) -> int:
     cfg = load(config_path)
     todo = stages(cfg)
+    if not print_commands:  # the commands are printed as they are, to run anywhere
+        check_commands(todo)
     if report_now:
         write_report(cfg, todo, Path(config_path))
         print(status_table(todo, cfg))
@@ -423,6 +460,7 @@ def run(
                 if s.kind == "report":  # not timed: its name is shared by experiments on out
                     write_report(cfg, todo, Path(config_path))
                 else:
+                    _record_command(s)
                     _run_stage(s)
                     _record_time(cfg, s.name, time.perf_counter() - t0)
     finally:

@@ -22,7 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from auxiliary import build_tasks
 from pvn.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
-from pvn.config import require, require_device, save_config
+from pvn.config import check_resumable, require, require_device, save_config
 from pvn.diagnostics import dormant_fraction, srank
 from pvn.distributed.team import Team, distributed_team, single_team
 from pvn.errors import ConfigError, PVNError
@@ -36,19 +36,6 @@ from pvn.progress import bar, byte_bars
 from pvn.task_cache import attach_task_cache
 from pvn.threads import announce
 from replay import DQNReplayDataset, Prefetcher
-
-#: Keys that may change when a run is resumed (they do not change what is computed; the thread
-#: plan follows the machine a run resumes on; a run directory may be moved or copied).
-RESUMABLE_KEYS = {
-    "run_dir",
-    "steps",
-    "progress",
-    "checkpoint_every",
-    "keep_checkpoints",
-    "log_every",
-    "threads",
-    "diagnostics",
-}
 
 
 class NonFiniteLoss(PVNError):
@@ -88,20 +75,6 @@ def _td_config(cfg: DictConfig) -> TDConfig:
         )
     except ValueError as e:
         raise ConfigError(str(e)) from None
-
-
-def _check_resumable(run_dir: Path, cfg: DictConfig) -> None:
-    saved = OmegaConf.load(run_dir / "config.yaml")
-    old = OmegaConf.to_container(saved, resolve=True)
-    new = OmegaConf.to_container(cfg, resolve=True)
-    diff = sorted(
-        k for k in set(old) | set(new) if k not in RESUMABLE_KEYS and old.get(k) != new.get(k)
-    )
-    if diff:
-        raise ConfigError(
-            f"{run_dir}: holds a run with a different config ({', '.join(diff)}); "
-            "resume with the same settings or choose a new run_dir"
-        )
 
 
 def build(cfg: DictConfig, num_actions: int, task_seed: int | None = None) -> PVNLearner:
@@ -259,7 +232,7 @@ def pretrain(cfg: DictConfig) -> dict[str, Any]:
     run_dir = Path(cfg.run_dir)
     resume = list_checkpoints(run_dir)
     if resume:
-        _check_resumable(run_dir, cfg)
+        check_resumable(run_dir, cfg)
     team = open_team(cfg)
     try:
         return _train(cfg, team, run_dir, resume[-1] if resume else None)

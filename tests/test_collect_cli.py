@@ -150,7 +150,7 @@ def test_existing_log_is_refused(collected, capsys):
 
 
 @pytest.mark.slow
-def test_killed_collection_continues_from_its_last_checkpoint(tmp_path):
+def test_killed_collection_continues_from_its_last_checkpoint(tmp_path, capsys):
     """SIGKILL after a log checkpoint, then the same command: the collection completes; the
     checkpoints written before the kill are kept byte for byte, nothing is logged twice (every
     logged step once, plus 3 padding slots per episode), the log verifies, and two re-runs from
@@ -174,6 +174,8 @@ def test_killed_collection_continues_from_its_last_checkpoint(tmp_path):
     assert not (out / "collect.json").exists(), "finished before it could be killed"
     kept = {p.name: p.read_bytes() for p in (out / "replay_logs").glob("*ckpt.0.gz")}
     assert kept, "no complete checkpoint before the kill"
+    assert main([*args, "seed=2"]) == 2  # another seed is another collection, not a resume
+    assert f"{out}: holds a run with a different config (seed)" in capsys.readouterr().err
     copy = tmp_path / "copy"
     shutil.copytree(out, copy)
     for o in (out, copy):

@@ -274,7 +274,7 @@ def test_short_evaluation_preset_changes_only_the_head_speed():
 
 
 @pytest.mark.slow
-def test_killed_evaluation_resumes_deterministically(tmp_path):
+def test_killed_evaluation_resumes_deterministically(tmp_path, capsys):
     """SIGKILL after a checkpoint; two resumptions from the same checkpoint finish with identical
     agents and results; the episodes recorded before the checkpoint are kept."""
     import shutil
@@ -297,6 +297,12 @@ def test_killed_evaluation_resumes_deterministically(tmp_path):
     assert not (run / "results.json").exists(), "finished before it could be killed"
     ckpt = load_checkpoint(list_checkpoints(run)[-1])["loop"]
     at = ckpt["step"]
+    # resuming under settings that compute something else would splice two runs into one
+    assert main(["evaluate", *args, "agent.lr=0.5"]) == 2
+    assert "different config (agent)" in capsys.readouterr().err
+    assert main(["evaluate", *args, "game=Boxing", "steps=4800"]) == 2  # more steps alone: fine
+    assert "different config (game)" in capsys.readouterr().err
+    assert not (run / "results.json").exists()
     copies = [tmp_path / "a", tmp_path / "b"]
     for c in copies:
         shutil.copytree(run, c)

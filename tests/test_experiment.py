@@ -127,6 +127,12 @@ def test_killed_experiment_resumes_without_redoing_finished_stages(tmp_path, cap
     assert "7 of 7 stages done" in (tmp_path / "results" / "stages.txt").read_text()
     assert len(json.loads((runs / "stage_times.json").read_text())) == 6  # all but the report
     assert not list((runs / "runners").iterdir())
+    assert (
+        json.loads((runs / "eval" / "Breakout" / "pvn" / "seed1" / "stage.json").read_text())[
+            "argv"
+        ]
+        == commands[4].split()[1:]
+    )  # each stage notes the command that made it
     # a second run finds everything done and does nothing
     assert main(["experiment", config]) == 0
 
@@ -246,3 +252,28 @@ def test_a_report_is_redone_when_the_config_gains_evaluations(tmp_path):
     assert not stages(load(path))[-1].done
     (report.run_dir / "complete.json").write_text(json.dumps({"evaluations": 4}))  # older file
     assert not stages(load(path))[-1].done
+
+
+def test_an_out_made_by_other_commands_is_refused(tmp_path, capsys):
+    """A finished stage is skipped by its run dir; an experiment sharing ``out`` whose stage of
+    the same name has other settings must not take that run for its own."""
+    from pvn.experiment import _record_command, load, stages
+
+    config = _config(tmp_path)
+    data = stages(load(config))[0]
+    _record_command(data)  # what a runner notes before running the stage
+    assert main(["experiment", config, "--status"]) == 0  # the same commands: fine
+    capsys.readouterr()
+    cfg = yaml.safe_load(Path(config).read_text())
+    cfg["data"]["overrides"] = ["steps=3000", "num_envs=4", "capacity=1000"]
+    other = tmp_path / "other.yaml"
+    other.write_text(yaml.safe_dump(cfg))
+    for mode in ([], ["--status"], ["--report"]):
+        assert main(["experiment", str(other), *mode]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and f"{data.run_dir}: stage data/Breakout was made by" in err[0]
+        assert "steps=1500" in err[0] and "steps=3000" in err[0]
+    assert main(["experiment", str(other), "--print-commands"]) == 0  # printing runs nothing
+    (data.run_dir / "stage.json").write_text("{")
+    assert main(["experiment", config, "--status"]) == 2
+    assert "stage.json: unreadable stage record" in capsys.readouterr().err
