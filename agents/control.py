@@ -4,12 +4,13 @@ end to end.
 Reads top to bottom like a CleanRL script: every step, one batched forward pass of the frozen
 encoder over all envs' zero-padded stacks gives ``phi(s_t)``; the linear head acts
 epsilon-greedily on it; the features, actions and rewards (clipped here with
-``reward_clip=step``) go to the feature replay; every
-``update_every`` agent steps the head takes a double-DQN n-step update, computed while the
-emulators step (``send``, update, ``recv``). Frames are never stored and the torso never runs in
-an update. With ``encoder=None`` (end-to-end DQN) the agent's own network reads the stacks and
-the replay keeps each state's newest frame instead. Each finished episode's (unclipped) return is
-recorded with the agent step at which it ended.
+``reward_clip=step``) go to the feature replay; every ``update_every`` agent steps the head
+takes a double-DQN n-step update, computed while the emulators step (``send``, update,
+``recv``); before the first, the agent sees the replay's states once
+(:meth:`agents.dqn.DQN.calibrate`: a linear head's ``feature_norm``). Frames are never stored
+and the torso never runs in an update. With ``encoder=None`` (end-to-end DQN) the agent's own
+network reads the stacks and the replay keeps each state's newest frame instead. Each finished
+episode's (unclipped) return is recorded with the agent step at which it ended.
 
 Runs resume from a checkpoint of :func:`run_control`'s state (agent, replay, generators,
 episodes, counters). Emulator state cannot be saved through envpool, so, as in Dopamine's runner,
@@ -187,6 +188,7 @@ def run_control(
     next_ckpt = None
     if checkpoint is not None and cfg.checkpoint_every > 0:
         next_ckpt = (step // cfg.checkpoint_every + 1) * cfg.checkpoint_every
+    calibrated = step >= cfg.min_replay  # learning started before the checkpoint
     stack = FrameStack(n)
     all_envs = np.arange(n)
     obs = stack.push(env.reset()[:, -1], np.ones(n, bool))
@@ -204,6 +206,9 @@ def run_control(
         # The head learns from the replay while the emulators step (the updates owed so far).
         owed = since_update // cfg.update_every
         if step >= cfg.min_replay:
+            if not calibrated:  # once, before the first update (a resumed agent has its scale)
+                agent.calibrate(replay.stored())
+                calibrated = True
             if owed:  # one sample for all the updates owed (the replay does not change between)
                 for batch in replay.sample(cfg.batch_size * owed).split(owed):
                     metrics = agent.update(batch)

@@ -81,9 +81,11 @@ def double_dqn_target(
     return ret + discount * q_next_target.gather(1, best).squeeze(1)
 
 
-def linear_head(feature_dim: int, num_actions: int, gen: torch.Generator) -> nn.Linear:
-    """``Dense(num_actions)``: Xavier-uniform weight from ``gen``, zero bias."""
-    head = nn.Linear(feature_dim, num_actions)
+def linear_head(
+    feature_dim: int, num_actions: int, gen: torch.Generator, cls: type[nn.Linear] = nn.Linear
+) -> nn.Linear:
+    """``Dense(num_actions)`` (a ``cls``): Xavier-uniform weight from ``gen``, zero bias."""
+    head = cls(feature_dim, num_actions)
     xavier_(head.weight, feature_dim, num_actions, gen)
     nn.init.zeros_(head.bias)
     return head
@@ -116,6 +118,10 @@ class DQN:
     @torch.no_grad()
     def q_values(self, states: torch.Tensor) -> torch.Tensor:
         return self.network(states)
+
+    def calibrate(self, states: torch.Tensor) -> None:
+        """Called once, when learning starts, with the states the replay holds; DQN itself has
+        nothing to fit to them (:class:`agents.linear_dqn.LinearDQN` scales its features)."""
 
     def update(self, batch: FeatureBatch) -> dict[str, torch.Tensor]:
         """One gradient step; returns device tensors (no host sync)."""

@@ -6,23 +6,79 @@ Farebrother et al. 2023, Sec. 5): double Q-learning with n-step returns, Huber(1
 (lr 6.25e-5, eps 1.5e-4), gradient-norm clip 10, a hard target copy every 2,000 updates, rewards
 clipped to [-1, 1] before they are stored. The replay holds features, so updates never run the
 torso.
+
+``feature_norm=True`` reads ``phi(s) / c`` instead, ``c`` the mean L2 norm of the features in
+the replay when learning starts (:meth:`LinearDQN.calibrate`), fixed from then on. The function
+class is the same (any ``W`` on ``phi / c`` is ``W / c`` on ``phi``), but the optimizer's step is
+not: Adam moves each weight by about ``lr`` per update whatever the gradient's scale, so the
+Q-values move by about ``lr * ||phi||_1`` per update. A pretrained torso's features can be
+tens of times larger than a random torso's (pvn's PVNs: L1 norm 180-620 against 4-11), so one
+``lr`` is a different effective step for each representation compared; dividing by ``c`` makes
+``lr`` mean the same thing for all of them (docs/results/evidence_cpu_400k/).
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
+from torch import nn
 
 from agents.dqn import DQN, DQNConfig, linear_head
 
 
+class ScaledLinear(nn.Linear):
+    """``Linear(x * scale)``; ``scale`` (1 until calibrated) is not part of the layer's
+    state dict, so heads saved before it existed load unchanged; :class:`LinearDQN` saves it."""
+
+    def __init__(self, in_features: int, out_features: int) -> None:
+        super().__init__(in_features, out_features)
+        self.register_buffer("scale", torch.ones(()), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x * self.scale.to(x.dtype))
+
+
 class LinearDQN(DQN):
-    """:class:`agents.dqn.DQN` whose network is one Xavier-initialised linear layer."""
+    """:class:`agents.dqn.DQN` whose network is one Xavier-initialised linear layer, reading
+    the features divided by a fixed scale with ``feature_norm`` (module docstring)."""
 
     def __init__(
-        self, feature_dim: int, num_actions: int, cfg: DQNConfig, gen: torch.Generator
+        self,
+        feature_dim: int,
+        num_actions: int,
+        cfg: DQNConfig,
+        gen: torch.Generator,
+        feature_norm: bool = False,
     ) -> None:
-        super().__init__(linear_head(feature_dim, num_actions, gen), cfg)
+        super().__init__(linear_head(feature_dim, num_actions, gen, ScaledLinear), cfg)
+        self.feature_norm = feature_norm
 
     @property
-    def head(self) -> torch.nn.Linear:
+    def head(self) -> ScaledLinear:
         return self.network
+
+    @property
+    def feature_scale(self) -> float:
+        """What the features are multiplied by before the layer (1 without ``feature_norm``)."""
+        return float(self.network.scale)
+
+    @torch.no_grad()
+    def calibrate(self, features: torch.Tensor) -> None:
+        """Fix the scale to ``1 / mean ||phi||_2`` over ``features`` (the replay's states when
+        learning starts); a no-op without ``feature_norm``."""
+        if not self.feature_norm or len(features) == 0:
+            return
+        norm = features.float().norm(dim=1).mean()
+        scale = 1.0 / norm.clamp_min(1e-8)
+        self.network.scale.fill_(scale)
+        self.target.scale.fill_(scale)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {**super().state_dict(), "feature_scale": self.feature_scale}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
+        scale = float(state.get("feature_scale", 1.0))  # heads saved before it: unscaled
+        self.network.scale.fill_(scale)
+        self.target.scale.fill_(scale)

@@ -82,8 +82,15 @@ def agent_for(
         raise ConfigError(str(e)) from None
     gen = torch.Generator().manual_seed(int(cfg.seed))
     if encoder is None:
+        if a.feature_norm:
+            raise ConfigError(
+                "agent.feature_norm=true scales a linear head's frozen features; encoder=e2e "
+                "learns its torso (drop agent.feature_norm)"
+            )
         return end_to_end_dqn(_config_torso(cfg), num_actions, dqn_cfg, gen).to(device)
-    return LinearDQN(encoder.feature_dim, num_actions, dqn_cfg, gen).to(device)
+    return LinearDQN(
+        encoder.feature_dim, num_actions, dqn_cfg, gen, feature_norm=bool(a.feature_norm)
+    ).to(device)
 
 
 def _replay_log(cfg: DictConfig, env, resume: dict[str, Any] | None) -> EpisodeLog | None:

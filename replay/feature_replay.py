@@ -125,6 +125,11 @@ class FeatureReplay:
         self.ended[e, k] = np.asarray(terminated) | np.asarray(truncated)
         self.count[e] += 1
 
+    def stored(self) -> torch.Tensor:
+        """Every item the replay holds (each env's written slots, env by env)."""
+        return torch.cat([self.features[e, : min(int(c), self.slots)] for e, c in
+                          enumerate(self.count)])  # fmt: skip
+
     def start_new_episodes(self) -> None:
         """Cut every env's stream after its newest slot, as a time limit would (a resumed run
         starts fresh episodes): no window or stack crosses the cut."""

@@ -9,8 +9,11 @@ in-sample, so this asks whether the heads use the state at all, not whether they
   variance, averaged over tasks): a head that ignores the state reaches it;
 * ``td / const``: below 1, the features predict the tasks' successor measures better than a
   constant; about 1, they carry nothing the heads can use;
-* the features' effective rank (srank, Kumar et al. 2021) and dormant fraction on those states,
-  for the PVN torso and for a random torso of the same architecture (the random-features arm);
+* the features' effective rank (srank, Kumar et al. 2021), dormant fraction and mean L1 norm on
+  those states, for the PVN torso and for a random torso of the same architecture (the
+  random-features arm). The norm matters to the linear arms: an Adam step moves each head
+  weight by about lr, so a head's Q-values move by about lr times the features' L1 norm per
+  update -- larger features are a larger effective step at the same config;
 * the return probe (:func:`pvn.analysis.probes.linear_probes`): held-out R^2 of the logging
   policy's discounted return-to-go, PVN vs random torso -- the same target for every run;
 * the successor-measure probe: for each of the PVN's tasks, the logging policy's discounted
@@ -64,7 +67,11 @@ def feature_stats(torso, obs: torch.Tensor, tau: float) -> dict[str, float]:
     from pvn.diagnostics import dormant_fraction, srank
 
     feats = torch.cat([torso(obs[s : s + 256]) for s in range(0, len(obs), 256)])
-    return {"srank": int(srank(feats)), "dormant": float(dormant_fraction(feats, tau))}
+    return {
+        "srank": int(srank(feats)),
+        "dormant": float(dormant_fraction(feats, tau)),
+        "l1": float(feats.abs().sum(dim=1).mean()),
+    }
 
 
 def task_returns(learner, ds, gamma: float):
@@ -170,14 +177,16 @@ def main() -> None:
     results.mkdir(parents=True, exist_ok=True)
     saved.write_text(json.dumps(rows, indent=1) + "\n")
     print("| run | TD loss | best constant | SM probe R² PVN / random | return probe R² PVN / "
-          "random | srank PVN / random | dormant PVN / random |")  # fmt: skip
-    print("|---|---|---|---|---|---|---|")
+          "random | srank PVN / random | dormant PVN / random "
+          "| L1 norm PVN / random |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|---|")
     for game, r in rows.items():
         p, q = r["pvn"], r["random"]
         print(f"| {game} | {r['td']:.4f} | {r['const']:.4f} | {p['sm_r2']:.3f} / "
               f"{q['sm_r2']:.3f} | {p.get('return_r2', float('nan')):.3f} / "
               f"{q.get('return_r2', float('nan')):.3f} | {p['srank']} / {q['srank']} | "
-              f"{p['dormant']:.2f} / {q['dormant']:.2f} |")  # fmt: skip
+              f"{p['dormant']:.2f} / {q['dormant']:.2f} | "
+              f"{p.get('l1', float('nan')):.0f} / {q.get('l1', float('nan')):.0f} |")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -125,6 +125,13 @@ def test_eval_every_needs_episodes(tmp_path, capsys):
     assert not (tmp_path / "r").exists()
 
 
+def test_feature_norm_needs_a_frozen_encoder(tmp_path, capsys):
+    args = ["evaluate", "encoder=e2e", f"run_dir={tmp_path / 'r'}", "agent.feature_norm=true"]
+    assert main(args) == 2
+    assert "agent.feature_norm" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()
+
+
 def test_frozen_encoder_never_changes():
     torso = build_torso("nature", torch.Generator().manual_seed(0), feature_dim=16)
     torso.requires_grad_(False)
@@ -140,6 +147,39 @@ def test_frozen_encoder_never_changes():
     for k, v in torso.state_dict().items():
         assert torch.equal(v, before[k]), k
     assert not torch.equal(head_before, agent.head.weight)  # the head did learn
+
+
+def test_feature_norm_calibrates_once_when_learning_starts_and_resumes_with_its_scale():
+    """``agent.feature_norm``: the loop shows the head the replay's states once, at the step
+    learning starts (min_replay items, up to one step of envs more); the scale is 1 / their mean
+    L2 norm; a run resumed after that point keeps the saved scale and never recalibrates."""
+
+    seen: list[torch.Tensor] = []
+
+    class Recording(LinearDQN):
+        def calibrate(self, features):
+            seen.append(features.clone())
+            super().calibrate(features)
+
+    torso = build_torso("nature", torch.Generator().manual_seed(0), feature_dim=16)
+    torso.requires_grad_(False)
+    cfg = EvalConfig(steps=300, n_step=3, batch_size=8, min_replay=50, capacity=2000,
+                     checkpoint_every=150, feature_dtype=torch.float32)  # fmt: skip
+    saved = []
+    agent = Recording(16, 4, DQNConfig(lr=1e-3), torch.Generator().manual_seed(0), True)
+    with make_atari("Breakout", 2, "eval") as env:
+        run_control(env, torso, agent, cfg, torch.device("cpu"), seed=0,
+                    checkpoint=lambda step, state: saved.append(state))  # fmt: skip
+        assert len(seen) == 1 and 50 <= len(seen[0]) < 52
+        want = 1.0 / seen[0].norm(dim=1).mean().item()
+        assert agent.feature_scale == pytest.approx(want, rel=1e-6)
+        assert 0.1 < want < 100  # a random torso's features: not the unit default
+        assert saved and saved[0]["step"] >= 150
+        assert saved[0]["agent"]["feature_scale"] == agent.feature_scale
+        seen.clear()
+        resumed = Recording(16, 4, DQNConfig(lr=1e-3), torch.Generator().manual_seed(1), True)
+        run_control(env, torso, resumed, cfg, torch.device("cpu"), seed=0, resume=saved[0])
+    assert seen == [] and resumed.feature_scale == agent.feature_scale
 
 
 def test_end_to_end_dqn_trains_its_torso_from_frames():

@@ -157,3 +157,64 @@ def test_frame_replay_restacks_what_the_agent_saw(ale_episodes):
                 np.testing.assert_array_equal(b.next_features[j].numpy(), nxt)
             checked += 1
     assert checked == 640 and b.features.dtype == torch.uint8
+
+
+def _chain_replay(scale: float, seed: int = 0) -> FeatureReplay:
+    """A replay of random non-negative features (times ``scale``) with rewards and ends."""
+    rng = np.random.default_rng(seed)
+    replay = FeatureReplay(600, 2, 8, n_step=3, gamma=0.9, dtype=torch.float32, seed=seed)
+    for _ in range(300):
+        f = torch.from_numpy(rng.random((2, 8)).astype(np.float32)) * scale
+        term = rng.random(2) < 0.05
+        replay.add(np.arange(2), f, rng.integers(0, 3, 2), rng.random(2).astype(np.float32),
+                   term, np.zeros(2, bool))  # fmt: skip
+    return replay
+
+
+def test_feature_norm_scale_is_the_inverse_mean_norm_and_survives_a_checkpoint():
+    feats = torch.tensor([[3.0, 4.0, 0.0], [0.0, 0.0, 1.0]])  # norms 5 and 1: mean 3
+    agent = LinearDQN(3, 2, DQNConfig(), torch.Generator().manual_seed(0), feature_norm=True)
+    assert agent.feature_scale == 1.0  # until learning starts
+    agent.calibrate(feats)
+    assert agent.feature_scale == pytest.approx(1 / 3)
+    x = torch.tensor([[6.0, 0.0, 3.0]])
+    w, b = agent.head.weight, agent.head.bias
+    torch.testing.assert_close(agent.q_values(x), (x / 3) @ w.T + b)  # Q = W (phi / c) + b
+    torch.testing.assert_close(agent.target(x), agent.q_values(x))  # the target reads the same
+    fresh = LinearDQN(3, 2, DQNConfig(), torch.Generator().manual_seed(1), feature_norm=True)
+    fresh.load_state_dict(agent.state_dict())
+    torch.testing.assert_close(fresh.q_values(x), agent.q_values(x))
+    old = {k: v for k, v in agent.state_dict().items() if k != "feature_scale"}
+    fresh.load_state_dict(old)  # a head saved before feature_norm existed: unscaled
+    assert fresh.feature_scale == 1.0
+    plain = LinearDQN(3, 2, DQNConfig(), torch.Generator().manual_seed(0))
+    plain.calibrate(feats)  # without feature_norm: nothing changes
+    assert plain.feature_scale == 1.0
+
+
+@pytest.mark.parametrize("norm", [True, False])
+def test_feature_norm_makes_the_head_blind_to_the_features_scale(norm):
+    """Adam's step is about lr per weight whatever the gradient's size, so a head on 50x larger
+    features moves its Q-values 50x as fast; with feature_norm the two heads learn the same
+    Q-function (the same trajectory, up to rounding), without it they do not."""
+    qs = []
+    for scale in (1.0, 50.0):
+        replay = _chain_replay(scale)
+        agent = LinearDQN(8, 3, DQNConfig(lr=1e-2, target_period=20),
+                          torch.Generator().manual_seed(0), feature_norm=norm)  # fmt: skip
+        agent.calibrate(replay.stored())
+        for _ in range(100):
+            agent.update(replay.sample(32))
+        qs.append(agent.q_values(replay.stored()[:50]))
+    close = torch.allclose(qs[0], qs[1], rtol=1e-3, atol=1e-4)
+    assert close == norm, (qs[0][:2], qs[1][:2])
+
+
+def test_replay_stored_holds_every_written_item_once():
+    replay = FeatureReplay(10, 2, 1, n_step=1, gamma=0.9, dtype=torch.float32, seed=0)
+    for t in range(7):  # env 0 wraps (capacity 5 slots per env); env 1 writes 3
+        replay.add(np.array([0]), torch.tensor([[float(t)]]), [0], [0.0], [False], [False])
+        if t < 3:
+            replay.add(np.array([1]), torch.tensor([[100.0 + t]]), [0], [0.0], [False], [False])
+    got = sorted(replay.stored().view(-1).tolist())
+    assert got == [2.0, 3.0, 4.0, 5.0, 6.0, 100.0, 101.0, 102.0]
