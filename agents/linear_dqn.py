@@ -51,17 +51,19 @@ class LinearDQN(DQN):
         gen: torch.Generator,
         feature_norm: bool = False,
     ) -> None:
-        super().__init__(linear_head(feature_dim, num_actions, gen, ScaledLinear), cfg)
+        # without feature_norm a plain layer: no multiply on the acting and update paths
+        layer = ScaledLinear if feature_norm else nn.Linear
+        super().__init__(linear_head(feature_dim, num_actions, gen, layer), cfg)
         self.feature_norm = feature_norm
 
     @property
-    def head(self) -> ScaledLinear:
+    def head(self) -> nn.Linear:
         return self.network
 
     @property
     def feature_scale(self) -> float:
         """What the features are multiplied by before the layer (1 without ``feature_norm``)."""
-        return float(self.network.scale)
+        return float(self.network.scale) if self.feature_norm else 1.0
 
     @torch.no_grad()
     def calibrate(self, features: torch.Tensor) -> None:
@@ -79,6 +81,8 @@ class LinearDQN(DQN):
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         super().load_state_dict(state)
+        if not self.feature_norm:
+            return
         scale = float(state.get("feature_scale", 1.0))  # heads saved before it: unscaled
         self.network.scale.fill_(scale)
         self.target.scale.fill_(scale)
