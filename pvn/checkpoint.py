@@ -69,7 +69,9 @@ def save_checkpoint(run_dir: str | Path, step: int, state: dict[str, Any], keep:
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        # mmap: a run's replay (GBs) is read from the page cache as it is copied into place,
+        # not first into a second copy in memory
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except FileNotFoundError:
         raise CheckpointError(f"{path}: no such checkpoint") from None
     except Exception as e:  # truncated, not a torch file, or holds non-tensor objects

@@ -11,7 +11,8 @@ An experiment is a list of stages, each one ``pvn`` command with its own run dir
    overrides (a knob: more tasks, another firing rate, longer) gets its own,
    ``pretrain/<game>-<arm>``, the experiment's overrides followed by the arm's;
 3. ``eval/<game>/<arm>/seed<k>``: each arm (``encoder: pvn`` -- the game's pretrained PVN --,
-   ``random`` or ``e2e``, with its own overrides) at each seed;
+   ``random`` or ``e2e``, with its own overrides) at each seed (the experiment's ``seeds``, or
+   the arm's own ``seeds:``, e.g. one seed of a costly end-to-end arm);
 4. ``report``: ``pvn report`` over every evaluation, each run labelled by its arm (and offline
    probes per game), the per-run CSV and the config, under ``results``.
 
@@ -101,6 +102,9 @@ def load(path: str | Path) -> dict[str, Any]:
             raise ConfigError(
                 f"{p}: arms.{arm}.encoder={spec.get('encoder')!r}: choose one of {ARM_ENCODERS}"
             )
+        seeds = spec.get("seeds", cfg["seeds"])
+        if not isinstance(seeds, list) or not all(isinstance(x, int) for x in seeds):
+            raise ConfigError(f"{p}: arms.{arm}.seeds={seeds!r}: give a list of integers")
         if "pretrain" in spec and spec["encoder"] != "pvn":
             raise ConfigError(f"{p}: arms.{arm}.pretrain: only an arm with encoder: pvn pretrains")
     return cfg
@@ -159,7 +163,9 @@ def stages(cfg: dict[str, Any]) -> list[Stage]:
                     pre = _pretrain_stage(out, f"{game}-{arm}", data, seed0, knob, needs_data)
                     todo.append(pre)
                 encoder, after = str(pre.run_dir), [pre.name]
-            for k, seed in enumerate(cfg["seeds"]):
+            for seed in spec.get("seeds", cfg["seeds"]):  # the arm's own seeds, or all
+                # ordered by the seed's place in the experiment's seeds (paired seeds together)
+                k = cfg["seeds"].index(seed) if seed in cfg["seeds"] else len(cfg["seeds"]) + seed
                 run = out / "eval" / game / arm / f"seed{seed}"
                 argv = ["evaluate", f"encoder={encoder}", f"game={game}", f"run_dir={run}"]
                 argv += [f"seed={seed}", "progress=false", *spec.get("overrides", [])]

@@ -54,6 +54,22 @@ class FeatureBatch:
         return [FeatureBatch(*row) for row in zip(*cols, strict=True)]
 
 
+def exact_view(t: torch.Tensor) -> torch.Tensor:
+    """``t`` (contiguous) on a storage of exactly its own bytes, sharing its memory.
+
+    ``torch.save`` writes a tensor's whole storage, so a slice of a large buffer would be saved
+    as the whole buffer; a copy of the slice avoids that at the price of its size in memory.
+    This view costs neither.
+    """
+    if not t.is_contiguous():
+        raise ValueError("exact_view needs a contiguous tensor")
+    size = t.element_size()
+    storage = t.untyped_storage()[
+        t.storage_offset() * size : (t.storage_offset() + t.numel()) * size
+    ]
+    return torch.empty(0, dtype=t.dtype, device=t.device).set_(storage, 0, t.shape)
+
+
 class FeatureReplay:
     """Per-env circular buffers of features with n-step sampling.
 
@@ -209,10 +225,14 @@ class FeatureReplay:
         return frames * keep.view(*keep.shape, *(1,) * (frames.dim() - 2)).to(frames.dtype)
 
     def state_dict(self) -> dict[str, Any]:
-        filled = int(min(self.count.max(), self.slots))  # slots beyond were never written
+        """The replay's state; ``features`` is one tensor per env over its written slots that
+        shares the buffer's memory (no copy: a 1M-frame buffer is 7 GB, and a copy at each
+        checkpoint doubled a long run's peak memory)."""
         return {
-            # a copy: torch.save writes a view's whole storage (7 GB for an empty 1M-frame buffer)
-            "features": self.features[:, :filled].clone(),
+            "features": [
+                exact_view(self.features[e, : min(int(c), self.slots)])
+                for e, c in enumerate(self.count)
+            ],
             "action": torch.from_numpy(self.action),
             "reward": torch.from_numpy(self.reward),
             "terminated": torch.from_numpy(self.terminated),
@@ -222,7 +242,9 @@ class FeatureReplay:
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.features[:, : state["features"].shape[1]] = state["features"]
+        # one tensor per env (or, from older checkpoints, one (num_envs, filled, ...) tensor)
+        for e, written in enumerate(state["features"]):
+            self.features[e, : len(written)] = written
         for k in ("action", "reward", "terminated", "ended", "count"):
             getattr(self, k)[...] = state[k].numpy()
         self.rng.bit_generator.state = state["rng"]

@@ -186,6 +186,22 @@ def test_a_knob_arm_pretrains_its_own_pvn_on_given_logs(tmp_path):
     assert names.index(knob.name) < names.index(ev.name) and names[-1] == "report"
 
 
+def test_an_arm_may_run_its_own_seeds(tmp_path, capsys):
+    from pvn.experiment import load, stages
+
+    cfg = yaml.safe_load(Path(_config(tmp_path)).read_text())
+    cfg["arms"]["random"]["seeds"] = [1]
+    path = tmp_path / "seeds.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    evals = [s.name for s in stages(load(path)) if s.kind == "eval"]
+    assert evals == ["eval/Breakout/pvn/seed0", "eval/Breakout/pvn/seed1",
+                     "eval/Breakout/random/seed1"]  # fmt: skip
+    cfg["arms"]["random"]["seeds"] = 1
+    path.write_text(yaml.safe_dump(cfg))
+    assert main(["experiment", str(path), "--status"]) == 2
+    assert "arms.random.seeds=1: give a list of integers" in capsys.readouterr().err
+
+
 def test_runners_sharing_out_split_the_stages(tmp_path):
     """Each runner claims the first stage that is not done, whose prerequisites are done and
     that no other runner holds (its lock); with nothing to start while another runner holds a

@@ -153,10 +153,23 @@ def test_replay_checkpoint_holds_only_the_filled_slots():
 
     from replay.feature_replay import FeatureReplay
 
-    replay = FeatureReplay(100_000, 1, (84, 84), 1, 0.99, dtype=torch.uint8, stack_size=4)
-    for _ in range(10):
-        frame = torch.full((1, 84, 84), 7, dtype=torch.uint8)
-        replay.add([0], frame, [1], [0.0], [False], [False])
+    replay = FeatureReplay(100_000, 2, (84, 84), 1, 0.99, dtype=torch.uint8, stack_size=4)
+    for t in range(10):
+        frames = torch.stack([torch.full((84, 84), t, dtype=torch.uint8)] * 2)
+        frames[1] += 100
+        n = 2 if t < 6 else 1  # env 1 stops after 6 steps
+        replay.add([0, 1][:n], frames[:n], [1] * n, [0.0] * n, [False] * n, [False] * n)
+    state = replay.state_dict()
+    # the saved features are the buffer's own memory, not a copy (a copy doubled a 1M-step
+    # run's peak memory at every checkpoint)
+    assert state["features"][1].data_ptr() == replay.features[1].data_ptr()
     buf = io.BytesIO()
-    torch.save(replay.state_dict(), buf)
-    assert len(buf.getvalue()) < 10 * 84 * 84 + 2_000_000  # not 100,000 frames (706 MB)
+    torch.save(state, buf)
+    assert len(buf.getvalue()) < 16 * 84 * 84 + 2_000_000  # not 100,000 frames (706 MB)
+    buf.seek(0)
+    back = FeatureReplay(100_000, 2, (84, 84), 1, 0.99, dtype=torch.uint8, stack_size=4)
+    back.load_state_dict(torch.load(buf, weights_only=True))
+    assert [len(f) for f in back.state_dict()["features"]] == [10, 6]
+    assert back.features[0, :10, 0, 0].tolist() == list(range(10))
+    assert back.features[1, :6, 0, 0].tolist() == list(range(100, 106))
+    assert torch.equal(back.sample(8).features, replay.sample(8).features)
