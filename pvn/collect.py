@@ -129,27 +129,10 @@ def trained_policy(run_dir: str, num_actions: int, epsilon: float, seed: int) ->
     """Epsilon-greedy on the Q network of a ``pvn evaluate`` run (a linear head on its frozen
     encoder, or an end-to-end DQN)."""
     import torch
-    from omegaconf import OmegaConf
 
-    from pvn.checkpoint import load_checkpoint, resolve_checkpoint
-    from pvn.errors import CheckpointError
-    from pvn.evaluate import agent_for, encoder_for
+    from pvn.builders import trained_agent
 
-    config = Path(run_dir) / "config.yaml"
-    if not config.is_file():
-        raise CheckpointError(f"{config}: missing; checkpoint= must be a `pvn evaluate` run dir")
-    cfg = OmegaConf.load(config)
-    cpu = torch.device("cpu")
-    encoder = encoder_for(cfg, cpu)
-    state = load_checkpoint(resolve_checkpoint(run_dir)).get("agent")
-    if state is None:
-        raise CheckpointError(f"{run_dir}: holds no finished agent (is the evaluation complete?)")
-    actions = state["network"]["head.bias" if encoder is None else "bias"].shape[0]
-    if actions != num_actions:
-        raise CheckpointError(f"{run_dir}: agent has {actions} actions, this game {num_actions}")
-    agent = agent_for(cfg, encoder, num_actions, cpu)
-    agent.network.load_state_dict(state["network"])
-    agent.network.eval()
+    agent, encoder = trained_agent(run_dir, num_actions, torch.device("cpu"))
 
     def q(obs: torch.Tensor) -> torch.Tensor:
         return agent.q_values(obs if encoder is None else encoder(obs))

@@ -9,7 +9,7 @@ from torch import nn
 
 from pvn.checkpoint import load_checkpoint, resolve_checkpoint
 from pvn.errors import CheckpointError
-from pvn.networks import build_torso
+from pvn.networks import torso_from_spec
 
 
 def load_encoder(path: str | Path, device: str | torch.device = "cpu") -> nn.Module:
@@ -26,8 +26,8 @@ def load_encoder(path: str | Path, device: str | torch.device = "cpu") -> nn.Mod
         online = state["learner"]["online"]
     except (KeyError, TypeError):
         raise CheckpointError(f"{ckpt}: not a pvn pretraining checkpoint") from None
-    gen = torch.Generator().manual_seed(0)
-    torso = build_torso(torso_cfg.pop("name"), gen, moe=moe_cfg, **torso_cfg)
+    # the generator's draws are overwritten by the checkpoint's weights
+    torso = torso_from_spec(torso_cfg, torch.Generator().manual_seed(0), moe_cfg)
     prefix = "torso."
     torso.load_state_dict({k[len(prefix) :]: v for k, v in online.items() if k.startswith(prefix)})
     return torso.to(device).eval().requires_grad_(False)

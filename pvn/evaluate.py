@@ -18,9 +18,8 @@ import torch
 from omegaconf import DictConfig
 
 from agents.control import EvalConfig, run_control
-from agents.dqn import DQN, DQNConfig, end_to_end_dqn
-from agents.linear_dqn import LinearDQN
 from envs import make_atari
+from pvn.builders import agent_for, encoder_for, method_of
 from pvn.checkpoint import (
     list_checkpoints,
     load_checkpoint,
@@ -28,69 +27,13 @@ from pvn.checkpoint import (
     save_checkpoint,
 )
 from pvn.config import check_resumable, require, require_device, save_config
-from pvn.encoder import load_encoder
 from pvn.errors import ConfigError
 from pvn.files import write_text_atomic
 from pvn.metrics import MetricsLogger
-from pvn.networks import build_torso
 from pvn.progress import bar
 from pvn.threads import announce, plan_for
 from replay import DQNReplayWriter
 from replay.episode_log import EpisodeLog
-
-METHODS = {"random": "random", "e2e": "dqn"}  # encoder= value -> report label; else "pvn"
-
-
-def method_of(encoder: str) -> str:
-    """The report's method label for an ``encoder=`` value."""
-    return METHODS.get(encoder, "pvn")
-
-
-def _config_torso(cfg: DictConfig) -> torch.nn.Module:
-    torso_cfg = dict(cfg.torso)
-    gen = torch.Generator().manual_seed(int(cfg.seed) + 1)  # not the head's stream
-    return build_torso(torso_cfg.pop("name"), gen, **torso_cfg)
-
-
-def encoder_for(cfg: DictConfig, device: torch.device) -> torch.nn.Module | None:
-    """The frozen encoder an evaluate config names: a pretrained one, a random torso, or
-    ``None`` for end-to-end DQN (its torso is part of the agent)."""
-    if cfg.encoder == "e2e":
-        return None
-    if cfg.encoder == "random":
-        return _config_torso(cfg).to(device).eval().requires_grad_(False)
-    return load_encoder(cfg.encoder, device)
-
-
-def agent_for(
-    cfg: DictConfig, encoder: torch.nn.Module | None, num_actions: int, device: torch.device
-) -> DQN:
-    """The learner of an evaluate config: a linear head on ``encoder``, or end-to-end DQN."""
-    a = cfg.agent
-    try:
-        dqn_cfg = DQNConfig(
-            a.lr,
-            a.adam_eps,
-            a.max_grad_norm,
-            a.target_period,
-            reward_clip=a.reward_clip,
-            double_q=a.double_q,
-            optimizer=a.optimizer,
-            **{f"rms_{k}": v for k, v in a.rmsprop.items()},
-        )
-    except ValueError as e:
-        raise ConfigError(str(e)) from None
-    gen = torch.Generator().manual_seed(int(cfg.seed))
-    if encoder is None:
-        if a.feature_norm:
-            raise ConfigError(
-                "agent.feature_norm=true scales a linear head's frozen features; encoder=e2e "
-                "learns its torso (drop agent.feature_norm)"
-            )
-        return end_to_end_dqn(_config_torso(cfg), num_actions, dqn_cfg, gen).to(device)
-    return LinearDQN(
-        encoder.feature_dim, num_actions, dqn_cfg, gen, feature_norm=bool(a.feature_norm)
-    ).to(device)
 
 
 def _replay_log(cfg: DictConfig, env, resume: dict[str, Any] | None) -> EpisodeLog | None:

@@ -29,7 +29,7 @@ from pvn.errors import ConfigError, PVNError
 from pvn.learner import PVNLearner, TDConfig
 from pvn.local import LocalPVNLearner, build_local
 from pvn.metrics import MetricsLogger
-from pvn.networks import MultiTaskHead, PVNNetwork, build_torso
+from pvn.networks import MultiTaskHead, PVNNetwork, torso_from_spec
 from pvn.networks.moe import MOE_KEYS
 from pvn.optim import build_optimizer
 from pvn.progress import bar, byte_bars
@@ -82,12 +82,11 @@ def build(cfg: DictConfig, num_actions: int, task_seed: int | None = None) -> PV
     the tasks, head (and local auxiliary nets) from that seed instead, torso still from
     ``cfg.seed`` (workers on different games share a torso, not tasks)."""
     gen = torch.Generator().manual_seed(int(cfg.seed))
-    torso_cfg = dict(cfg.torso)
-    moe_cfg = OmegaConf.to_container(cfg.moe, resolve=True)
-    try:
-        torso = build_torso(torso_cfg.pop("name"), gen, moe=moe_cfg, **torso_cfg)
-    except ValueError as e:
-        raise ConfigError(str(e)) from None
+    torso = torso_from_spec(
+        OmegaConf.to_container(cfg.torso, resolve=True),
+        gen,
+        OmegaConf.to_container(cfg.moe, resolve=True),
+    )
     if task_seed is not None:
         gen = torch.Generator().manual_seed(int(task_seed))
     task_cfg = dict(cfg.tasks)

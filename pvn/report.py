@@ -35,7 +35,7 @@ def load_results(run_dir: str | Path) -> dict[str, Any]:
     for key in ("game", "seed", "episodes"):
         if key not in res:
             raise ConfigError(f"{path}: no '{key}' entry")
-    from pvn.evaluate import method_of
+    from pvn.builders import method_of
 
     res.setdefault("method", method_of(str(res.get("encoder"))))
     return res
@@ -163,7 +163,7 @@ def probes(
     from omegaconf import OmegaConf
 
     from pvn.analysis.probes import linear_probes
-    from pvn.evaluate import encoder_for
+    from pvn.builders import encoder_for
     from replay import DQNReplayDataset
 
     ds = DQNReplayDataset(data)

@@ -9,12 +9,24 @@ in interleaved rounds (prints JSON):
     with no replay, sampling, logging or bookkeeping.
 Goal: pvn / limit >= 0.8 on CPU. Both learn from step ``--min-replay`` on.
 
+``--long`` asks instead whether a long run keeps its speed (goal: long / short >= 0.9). It times
+``run_control`` side by side in interleaved rounds from two states: ``short``, a fresh run (an
+empty replay, learning from ``--min-replay``), and ``long``, a run resumed where a 1M-step run
+is late (a replay holding ``--fill`` transitions of real frames, Dopamine's 1M by default, and
+the step counter past it); both log every transition (100k-slot log checkpoints) and log
+metrics. A long run also writes a run checkpoint (the whole replay) and a log checkpoint every
+100k agent steps: each is timed once at the full replay and its cost spread over those steps::
+
+    long rate = 1 / (1 / stepping rate at --fill + (run checkpoint + log checkpoint) / 100k)
+
     python scripts/bench_dqn.py [--steps 3000] [--num-envs 8] [--device cpu] [--log]
+    python scripts/bench_dqn.py --long [--fill 1000000] [--steps 3000]
 """
 
 from __future__ import annotations
 
 import argparse
+import shutil
 import sys
 import tempfile
 import time
@@ -30,10 +42,11 @@ from agents.control import EvalConfig, run_control
 from agents.dqn import DQNConfig, end_to_end_dqn
 from agents.policies import epsilon_greedy
 from envs import FrameStack, make_atari
+from pvn.checkpoint import save_checkpoint
 from pvn.networks import build_torso
 from replay import DQNReplayWriter
 from replay.episode_log import EpisodeLog
-from replay.feature_replay import FeatureBatch
+from replay.feature_replay import FeatureBatch, FeatureReplay
 
 DOPAMINE = DQNConfig(
     lr=2.5e-4, max_grad_norm=None, target_period=2000, double_q=False, optimizer="rmsprop_tf"
@@ -89,6 +102,89 @@ def limit(game: str, n: int, steps: int, min_replay: int, device, log: bool) -> 
         return steps / (time.perf_counter() - t)
 
 
+CHECKPOINT_EVERY = 100_000  # agent steps between a long run's checkpoints (evidence_1m's)
+
+
+def _filled_state(env, agent, cfg: EvalConfig, fill: int, seed: int) -> dict:
+    """A :func:`run_control` checkpoint state late in a long run: the replay holds ``fill``
+    transitions, real frames of random play tiled over the slots, with an episode end every
+    ~1,000 steps per env; the step counter is past them."""
+    n = env.num_envs
+    rng = np.random.default_rng(seed)
+    frames = []
+    obs = env.reset()
+    for _ in range(256):
+        frames.append(obs[:, -1].copy())
+        obs = env.step(rng.integers(env.num_actions, size=n)).obs
+    tiles = torch.from_numpy(np.concatenate(frames))  # (256 n, 84, 84)
+    replay = FeatureReplay(cfg.capacity, n, (84, 84), cfg.n_step, cfg.gamma, "cpu",
+                           torch.uint8, seed, cfg.stack_size)  # fmt: skip
+    envs = np.arange(n)
+    for t in range(fill // n):
+        ends = np.full(n, t % 1000 == 999)
+        rows = (np.arange(n) + t * n) % len(tiles)
+        replay.add(envs, tiles[rows], rng.integers(env.num_actions, size=n), np.zeros(n), ends,
+                   np.zeros(n, bool))  # fmt: skip
+    step = fill // n * n
+    return {"agent": agent.state_dict(), "replay": replay.state_dict(),
+            "rng": np.random.default_rng(1).bit_generator.state,
+            "eval_rng": np.random.default_rng(2).bit_generator.state, "episodes": [],
+            "evaluations": [], "step": step, "since_update": 0, "next_eval": 0,
+            "resumed_at": []}  # fmt: skip
+
+
+def _stepping_rate(env, agent, cfg: EvalConfig, device, log_dir: Path, resume) -> float:
+    """Agent steps per second of ``run_control`` between its first and last metric log (the
+    replay's allocation and a resume's copy are not timed), logging every transition."""
+    stamps: list[tuple[int, float]] = []
+    episode_log = EpisodeLog(DQNReplayWriter(log_dir, 100_000), env.num_envs)
+    run_control(env, None, agent, cfg, device, 0, lambda step, _: stamps.append(
+        (step, time.perf_counter())), resume=resume, replay_log=episode_log)  # fmt: skip
+    episode_log.close(write_in_flight=False)
+    (s0, t0), (s1, t1) = stamps[0], stamps[-1]
+    return (s1 - s0) / (t1 - t0)
+
+
+def long_run(args, device) -> dict:
+    """Stepping rates of a fresh and a late run side by side, and a late run's checkpoints."""
+    n, tmp = args.num_envs, Path(tempfile.mkdtemp())
+    with make_atari(args.game, n, "dopamine") as env:
+        base = EvalConfig(n_step=1, min_replay=args.min_replay, capacity=1_000_000,
+                          log_every=500)  # fmt: skip
+        late = _filled_state(env, _agent(env.num_actions, device), base, args.fill, 0)
+        rates: dict[str, list[float]] = {"short": [], "long": []}
+        for r in range(args.rounds):
+            for mode in rates:
+                resume = late if mode == "long" else None
+                start = late["step"] if resume else 0
+                cfg = EvalConfig(**{**vars(base), "steps": start + args.steps})
+                rates[mode].append(_stepping_rate(env, _agent(env.num_actions, device), cfg,
+                                                  device, tmp / f"{mode}{r}", resume))  # fmt: skip
+        t = time.perf_counter()
+        save_checkpoint(tmp / "run", late["step"], {"loop": late}, keep=1)
+        run_ckpt = time.perf_counter() - t
+        frames = late["replay"]["features"][0][:CHECKPOINT_EVERY].numpy()
+        writer = DQNReplayWriter(tmp / "log", CHECKPOINT_EVERY)
+        t = time.perf_counter()
+        writer.add_episode(
+            frames, np.zeros(len(frames), np.int32), np.zeros(len(frames), np.float32), False
+        )
+        writer.close()
+        log_ckpt = time.perf_counter() - t
+    shutil.rmtree(tmp)
+    short, stepping = (float(np.median(rates[k])) for k in ("short", "long"))
+    long = 1 / (1 / stepping + (run_ckpt + log_ckpt) / CHECKPOINT_EVERY)
+    return {
+        "game": args.game, "num_envs": n, "device": args.device, "fill": args.fill,
+        "threads": torch.get_num_threads(),
+        "agent_steps_per_s": {"short": significant(short), "long_stepping": significant(stepping),
+                              "long_with_checkpoints": significant(long)},
+        "seconds_per_100k_steps": {"run_checkpoint": significant(run_ckpt),
+                                   "log_checkpoint": significant(log_ckpt)},
+        "long_vs_short": significant(long / short),
+    }  # fmt: skip
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--game", default="Breakout")
@@ -98,8 +194,13 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--log", action="store_true", help="pvn also logs a DQN Replay dataset")
+    ap.add_argument("--long", action="store_true", help="a late 1M-step run against a fresh one")
+    ap.add_argument("--fill", type=int, default=1_000_000, help="--long: transitions replayed")
     args = ap.parse_args()
     device = torch.device(args.device)
+    if args.long:
+        emit(long_run(args, device))
+        return
     fns = {"pvn": pvn, "limit": limit}
     rates: dict[str, list[float]] = {k: [] for k in fns}
     for _ in range(args.rounds):

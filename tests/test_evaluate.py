@@ -240,7 +240,7 @@ def test_report_with_offline_probes(pretrained, tmp_path, capsys):
 
 def test_collect_with_a_trained_agent(tmp_path):
     """policy=epsilon_greedy with epsilon 0 logs exactly the agent's greedy actions."""
-    from pvn.evaluate import encoder_for
+    from pvn.builders import encoder_for
     from replay import DQNReplayDataset
 
     run = tmp_path / "eval"
@@ -276,6 +276,36 @@ def test_collect_with_a_trained_agent(tmp_path):
     with torch.no_grad():
         greedy = head(encoder(torch.from_numpy(b.observation))).argmax(1).numpy()
     np.testing.assert_array_equal(b.action, greedy)
+
+
+def test_a_trained_policy_acts_on_the_features_its_head_learned_on(tmp_path):
+    """A head trained with agent.feature_norm reads phi * c; the collection policy made from its
+    run must too (it once loaded only the layer's weights and acted on phi with c = 1)."""
+    from envs import FrameStack, make_atari
+    from pvn.builders import encoder_for
+    from pvn.checkpoint import list_checkpoints, load_checkpoint
+    from pvn.collect import trained_policy
+
+    run = tmp_path / "eval"
+    assert main(["evaluate", "encoder=random", f"run_dir={run}", "agent.feature_norm=true",
+                 *SMALL]) == 0  # fmt: skip
+    saved = load_checkpoint(list_checkpoints(run)[-1])["agent"]
+    scale = saved["feature_scale"]
+    assert abs(scale - 1.0) > 0.05  # the test can tell a scaled head from an unscaled one
+    policy = trained_policy(str(run), 4, 0.0, 0)
+    with make_atari("Breakout", 4, "eval", seed=3) as env:  # stacks of real play
+        stack = FrameStack(4)
+        stack.push(env.reset()[:, -1], np.ones(4, bool))
+        for a in range(20):
+            frames = stack.push(env.step(np.full(4, a % 4)).obs[:, -1])
+    obs = torch.from_numpy(frames)
+    from omegaconf import OmegaConf
+
+    encoder = encoder_for(OmegaConf.load(run / "config.yaml"), torch.device("cpu"))
+    w, b = saved["network"]["weight"], saved["network"]["bias"]
+    with torch.no_grad():
+        by_hand = (encoder(obs) * scale) @ w.T + b
+        torch.testing.assert_close(policy.q_fn(obs), by_hand)
 
 
 def test_collect_epsilon_greedy_needs_an_agent(tmp_path, capsys):

@@ -138,3 +138,20 @@ def build_torso(
             moe, tuple(x.shape[1:]), torso.feature_dim, gen, relu_first=name == "impala"
         )
     return torso
+
+
+def torso_from_spec(
+    spec: Mapping[str, Any], gen: torch.Generator, moe: Mapping[str, Any] | None = None
+) -> Torso:
+    """The torso a ``torso:`` config block describes (``name`` plus :func:`build_torso`'s
+    keyword arguments), drawn from ``gen``: the one way every command and the encoder loader
+    build a torso from a config. A bad name or value raises :class:`pvn.errors.ConfigError`."""
+    from pvn.errors import ConfigError
+
+    kwargs = dict(spec)
+    try:
+        return build_torso(kwargs.pop("name"), gen, moe=moe, **kwargs)
+    except ValueError as e:  # names the key itself (torso=..., width=...)
+        raise ConfigError(str(e)) from None
+    except (KeyError, TypeError) as e:  # no name, or a keyword the torso does not take
+        raise ConfigError(f"torso: {e}") from None
