@@ -83,19 +83,19 @@ def _run_configured(name: str, args: list[str], fn: Callable) -> int:
 
 
 def _collect(cfg):
-    from pvn.collect import collect
+    from pvn.commands.collect import collect
 
     return collect(cfg)
 
 
 def _pretrain(cfg):
-    from pvn.pretrain import pretrain
+    from pvn.commands.pretrain import pretrain
 
     return pretrain(cfg)
 
 
 def _evaluate(cfg):
-    from pvn.evaluate import evaluate
+    from pvn.commands.evaluate import evaluate
 
     return evaluate(cfg)
 
@@ -120,7 +120,7 @@ def _report(args: list[str]) -> int:
             data = next(it, None)
         else:
             dirs.append(a)
-    from pvn.report import report
+    from pvn.commands.report import report
 
     print(report(dirs, out, window, data))
     return 0
@@ -147,7 +147,7 @@ def _data(args: list[str]) -> int:
     if cmd == "info":
         if len(paths) != 1 or set(flags) - {"--skip-incomplete"}:
             raise ConfigError("pvn data info: expected PATH [--skip-incomplete]")
-        from pvn.data_info import format_summary
+        from pvn.commands.data import format_summary
         from replay.summary import summarize
 
         print(format_summary(summarize(paths[0], skip_incomplete=bool(flags))))
@@ -162,14 +162,14 @@ def _data(args: list[str]) -> int:
             raise ConfigError(f"pvn data verify: --checkpoints takes ids; got {tail}") from None
     if len(paths) != 1 or not (ckpts is None or ckpts) or set(flags) - {"--checkpoints"}:
         raise ConfigError("pvn data verify: expected PATH [--checkpoints N [N ...]]")
-    from pvn.data_info import run_verify
+    from pvn.commands.data import run_verify
 
     return run_verify(paths[0], ckpts)
 
 
 def _experiment(args: list[str]) -> int:
     if not args or args[0] in ("-h", "--help"):
-        from pvn import experiment
+        from pvn.commands import experiment
 
         print("usage: pvn experiment CONFIG.yaml [--status] [--print-commands] [--report]\n")
         print(experiment.__doc__)
@@ -179,13 +179,13 @@ def _experiment(args: list[str]) -> int:
     unknown = flags - {"--status", "--print-commands", "--report"}
     if unknown or len(paths) != 1:
         raise ConfigError(f"pvn experiment: expected CONFIG.yaml and flags; got {args}")
-    from pvn.experiment import run
+    from pvn.commands.experiment import run
 
     return run(paths[0], "--print-commands" in flags, "--status" in flags, "--report" in flags)
 
 
 def _quickstart(args: list[str]) -> int:
-    from pvn.quickstart import quickstart
+    from pvn.commands.quickstart import quickstart
 
     return _run_configured("quickstart", args, quickstart)
 
@@ -218,11 +218,3 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("pvn: interrupted", file=sys.stderr)
         return 130
-
-
-def entry() -> None:
-    """Kept for installs made before ``pvn.console:entry``; the wait policy is set too late
-    here (this module has already imported torch), so prefer ``pvn.console.entry``."""
-    from pvn.console import entry as console_entry
-
-    console_entry()

@@ -97,7 +97,7 @@ def configure(command: str, **values: Any) -> DictConfig:
 
         cfg = configure("pretrain", torso="impala", steps=2000, run_dir="runs/pvn",
                         data={"path": "data/pong"}, td={"center": True})
-        pvn.pretrain.pretrain(cfg)
+        pvn.commands.pretrain.pretrain(cfg)
 
     The defaults are the YAML files' (their one home, documented in the config reference);
     unknown keys and values of the wrong type are one-line :class:`ConfigError` s, as on the

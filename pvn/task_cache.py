@@ -27,7 +27,7 @@ import torch
 
 from auxiliary import TaskFamily
 from pvn.progress import bar
-from replay import DQNReplayDataset
+from replay import LoggedData
 
 CHUNK = 256
 
@@ -57,7 +57,7 @@ def cache_wanted(
 
 
 def build_task_cache(
-    ds: DQNReplayDataset,
+    ds: LoggedData,
     tasks: TaskFamily,
     directory: str | Path,
     device: str | torch.device,
@@ -68,8 +68,8 @@ def build_task_cache(
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     device = torch.device(device)
-    ids = ds.checkpoints
-    caps = [ds.checkpoint(c).capacity for c in ids]
+    ids = ds.shards
+    caps = [ds.slots(c) for c in ids]
     arrays = []
     with bar(sum(caps), "task outputs", "states", progress) as pbar:
         for ckpt, cap in zip(ids, caps, strict=True):
@@ -86,7 +86,7 @@ def build_task_cache(
     return TaskOutputCache(values, offsets.to(device))
 
 
-def _key(ds: DQNReplayDataset, tasks: TaskFamily) -> str:
+def _key(ds: LoggedData, tasks: TaskFamily) -> str:
     """A short hash of the data path and the task family's frozen (not learned) tensors."""
     h = hashlib.sha1(str(ds.path.resolve()).encode())
     for name, t in sorted(tasks.state_dict(keep_vars=True).items()):
@@ -124,7 +124,7 @@ def _compute(ds, ckpt, cap, tasks, path, device, autocast, pbar) -> np.ndarray:
     return np.load(path, mmap_mode="r", allow_pickle=False)
 
 
-def attach_task_cache(learner, ds: DQNReplayDataset, cfg, progress: bool = False) -> None:
+def attach_task_cache(learner, ds: LoggedData, cfg, progress: bool = False) -> None:
     """Give ``learner`` (a :class:`pvn.learner.PVNLearner`) the stored task outputs of ``ds`` when
     the pretrain config ``cfg`` asks for them (``data.task_cache``) and the task family has a
     frozen part. A run that stored them keeps using them, so a resumed run whose ``steps`` grew
@@ -133,7 +133,7 @@ def attach_task_cache(learner, ds: DQNReplayDataset, cfg, progress: bool = False
     if mode is False or not learner.tasks.cacheable:
         return
     directory = Path(cfg.run_dir) / "task_outputs" / _key(ds, learner.tasks)
-    slots = sum(ds.checkpoint(c).capacity for c in ds.checkpoints)
+    slots = sum(ds.slots(c) for c in ds.shards)
     stored = any(directory.glob("ckpt.*.npy"))
     if stored or cache_wanted(mode, cfg.steps, cfg.batch_size, slots, learner.tasks.num_tasks):
         device = torch.device(cfg.device)

@@ -223,3 +223,10 @@ def read_checkpoint_meta(log_dir: Path, ckpt: int) -> Checkpoint:
 def _raw_bytes(files: dict[str, Path]) -> int:
     """Decompressed size of the store arrays, from their .npy headers (cheap to read)."""
     return sum(array_nbytes(files[kind], kind) for kind in STORE)
+
+
+def chronological(ck: Checkpoint) -> np.ndarray:
+    """Written slots of ``ck`` in the order they were written (oldest first)."""
+    if ck.is_full:
+        return np.r_[ck.cursor : ck.capacity, 0 : ck.cursor]
+    return np.arange(ck.cursor)

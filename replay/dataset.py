@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from replay.cache import Checkpoint, open_checkpoint
+from replay.cache import Checkpoint, chronological, open_checkpoint
 from replay.dopamine_format import (
     file_name,
     find_checkpoints,
@@ -16,6 +16,7 @@ from replay.dopamine_format import (
     read_small,
 )
 from replay.errors import ReplayError
+from replay.protocol import ShardLog
 from replay.transitions import TransitionBatch, discount_vector, gather_into, valid_mask
 
 
@@ -148,6 +149,27 @@ class DQNReplayDataset:
     # -- sizes and masks ---------------------------------------------------------------------
     def __len__(self) -> int:
         return int(self._counts.sum())
+
+    @property
+    def shards(self) -> list[int]:
+        """The chosen checkpoints: a Dopamine log's shards (:class:`replay.LoggedData`)."""
+        return list(self.checkpoints)
+
+    def slots(self, shard: int) -> int:
+        """The capacity of checkpoint ``shard``."""
+        return self.checkpoint(shard).capacity
+
+    def num_actions(self) -> int:
+        """The largest logged action + 1 over the chosen checkpoints."""
+        return max(int(np.max(self.checkpoint(c).action)) for c in self.checkpoints) + 1
+
+    def logged(self, shard: int) -> ShardLog:
+        """Checkpoint ``shard``'s written slots in the order they were written (from the cursor
+        round the circular buffer when it is full), with their rewards and terminals."""
+        ck = self.checkpoint(shard)
+        order = chronological(ck)
+        reward = np.asarray(ck.reward, np.float32)[order]
+        return ShardLog(order, reward, np.asarray(ck.terminal, bool)[order])
 
     def _pos(self, ckpt: int) -> int:
         try:

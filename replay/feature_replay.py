@@ -32,6 +32,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from replay.transitions import discount_vector, discounted_sum, window_length
+
 
 @dataclass
 class FeatureBatch:
@@ -113,7 +115,7 @@ class FeatureReplay:
         self.terminated = np.zeros(shape, bool)
         self.ended = np.zeros(shape, bool)
         self.count = np.zeros(num_envs, np.int64)  # slots ever written per env
-        self.discounts = np.array([gamma**i for i in range(n_step)], np.float32)
+        self.discounts = discount_vector(gamma, n_step)
         self.rng = np.random.Generator(np.random.PCG64(seed))
 
     def __len__(self) -> int:
@@ -157,11 +159,8 @@ class FeatureReplay:
         n, C = self.n_step, self.slots
         idx = k[:, None] + np.arange(n)
         written = idx < self.count[e][:, None]
-        ends = self.ended[e[:, None], idx % C] & written
-        has_end = ends.any(axis=1)
-        j = np.where(has_end, ends.argmax(axis=1), n - 1)
-        terminal = has_end & self.terminated[e, (k + j) % C]
-        length = np.where(has_end, j + 1, n)
+        length, has_end = window_length(self.ended[e[:, None], idx % C] & written)
+        terminal = has_end & self.terminated[e, (k + length - 1) % C]
         valid = np.where(has_end, terminal, k + n < self.count[e])
         valid &= k >= self.count[e] - C  # not overwritten
         return valid, length, terminal
@@ -194,8 +193,7 @@ class FeatureReplay:
         e, k, length, terminal = (np.concatenate(col) for col in zip(*parts, strict=True))
         C = self.slots
         idx = (k[:, None] + np.arange(self.n_step)) % C
-        mask = np.arange(self.n_step) < length[:, None]
-        ret = (self.reward[e[:, None], idx] * self.discounts * mask).sum(axis=1, dtype=np.float32)
+        ret = discounted_sum(self.reward[e[:, None], idx], length, self.discounts)
         discount = np.where(terminal, 0.0, self.gamma**self.n_step).astype(np.float32)
         dev = self.device
         return FeatureBatch(

@@ -7,17 +7,10 @@ from typing import Any
 
 import numpy as np
 
-from replay.cache import Checkpoint, read_checkpoint_meta
+from replay.cache import Checkpoint, chronological, read_checkpoint_meta
 from replay.dataset import new_slot_count, new_slot_mask, resolve_log_dir
 from replay.dopamine_format import find_checkpoints, incomplete_checkpoints
 from replay.transitions import valid_mask
-
-
-def chronological(ck: Checkpoint) -> np.ndarray:
-    """Written slots of ``ck`` in the order they were written (oldest first)."""
-    if ck.is_full:
-        return np.r_[ck.cursor : ck.capacity, 0 : ck.cursor]
-    return np.arange(ck.cursor)
 
 
 def episode_returns(ck: Checkpoint, new_slots: int) -> np.ndarray:

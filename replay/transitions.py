@@ -60,6 +60,23 @@ def discount_vector(gamma: float, n_step: int) -> np.ndarray:
     return np.array([gamma**k for k in range(n_step)], dtype=np.float32)
 
 
+def window_length(ends: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The n-step windows' lengths: ``ends`` (B, n) marks the slots of each window at which an
+    episode ends; a window stops after its first end. Returns ``(length, has_end)``:
+    ``L = 1 + `` the first end's offset, or ``n``; and whether the window holds an end."""
+    has_end = ends.any(axis=1)
+    return np.where(has_end, ends.argmax(axis=1) + 1, ends.shape[1]), has_end
+
+
+def discounted_sum(rewards: np.ndarray, length: np.ndarray, discount: np.ndarray) -> np.ndarray:
+    """``sum_{k<L} gamma^k r_k`` of each window of ``rewards`` (B, n), float32, summed in
+    order as Dopamine's ``np.sum`` over its window (so the bits are Dopamine's)."""
+    total = np.zeros(len(rewards), dtype=np.float32)
+    for k in range(rewards.shape[1]):
+        total += np.where(k < length, discount[k] * rewards[:, k], np.float32(0))
+    return total
+
+
 @dataclass
 class TransitionBatch:
     """A batch of transitions (numpy); frames channels-first, oldest frame first."""
@@ -104,13 +121,8 @@ def gather_into(
         total = ck.reward[idx]
     else:
         window = (idx[:, None] + np.arange(n_step)) % cap
-        terms = ck.terminal[window].astype(bool)
-        rewards = ck.reward[window]
-        is_terminal = terms.any(axis=1)
-        length = np.where(is_terminal, terms.argmax(axis=1) + 1, n_step)
-        total = np.zeros(len(idx), dtype=np.float32)
-        for k in range(n_step):  # in order, in float32: bit-identical to Dopamine's np.sum
-            total += np.where(k < length, discount[k] * rewards[:, k], np.float32(0))
+        length, is_terminal = window_length(ck.terminal[window].astype(bool))
+        total = discounted_sum(ck.reward[window], length, discount)
     back = np.arange(-stack_size + 1, 1)
     # mode='wrap' wraps around the circular buffer and lets np.take write into `out` unbuffered.
     np.take(ck.observation, idx[:, None] + back, axis=0, out=out.observation[rows], mode="wrap")

@@ -86,7 +86,7 @@ def load_learner(run_dir: Path):
     from omegaconf import OmegaConf
 
     from pvn.checkpoint import load_checkpoint, resolve_checkpoint
-    from pvn.pretrain import build
+    from pvn.pretraining import build
 
     cfg = OmegaConf.load(run_dir / "config.yaml")
     state = load_checkpoint(resolve_checkpoint(run_dir))
@@ -265,8 +265,8 @@ def pretrain_run(args: argparse.Namespace, label: str, ov: list[str], run_dir: P
     """Pretrain one run with overrides ``ov``, or reuse it when it finished with the same
     overrides; returns its wall time (``study_timing.json``)."""
     from pvn.checkpoint import list_checkpoints
+    from pvn.commands.pretrain import pretrain
     from pvn.config import load_config
-    from pvn.pretrain import pretrain
 
     timing = run_dir / "study_timing.json"
     finished = (

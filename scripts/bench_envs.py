@@ -28,7 +28,7 @@ from _bench import emit
 
 from agents.policies import RandomPolicy
 from envs import make_atari
-from pvn.collect import run_collection
+from pvn.commands.collect import run_collection
 from replay import DQNReplayWriter
 
 

@@ -30,7 +30,7 @@ from _bench import compare, emit, real_frames
 
 from pvn.config import load_config
 from pvn.memory import SavedTensorMeter, state_bytes
-from pvn.pretrain import build
+from pvn.pretraining import build
 
 METHODS = ["none", "dgl", "man", "man_pp", "auglocal"]
 MiB = 2**20

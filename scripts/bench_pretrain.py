@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _bench import compare, emit, real_frames, write_log
 
 from pvn.config import load_config
-from pvn.pretrain import build
+from pvn.pretraining import build
 from pvn.task_cache import build_task_cache
 from replay import DQNReplayDataset, Prefetcher
 

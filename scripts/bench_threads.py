@@ -48,7 +48,7 @@ def _worker(workload: str, mode: str, seconds: float) -> None:
     env_threads = plan.envpool if plan is not None else 0
     if workload == "pretrain":
         from pvn.config import load_config
-        from pvn.pretrain import build
+        from pvn.pretraining import build
         from replay import TorchBatch
 
         cfg = load_config("pretrain", ["data.path=x", "run_dir=y", "td.warmup_steps=0"])

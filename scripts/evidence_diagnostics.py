@@ -138,7 +138,7 @@ def main() -> None:
                          "variant), reported as 'GAME (RUN_DIR)'")  # fmt: skip
     args = ap.parse_args()
     from pvn.analysis.probes import linear_probes
-    from pvn.experiment import data_dir
+    from pvn.experiments.plan import data_dir
     from pvn.networks import build_torso
     from replay import DQNReplayDataset
 

@@ -129,7 +129,7 @@ def worker_learner(run_dir: Path, wid: int, games: int):
     from omegaconf import OmegaConf
 
     from pvn.checkpoint import load_checkpoint, resolve_checkpoint
-    from pvn.pretrain import build
+    from pvn.pretraining import build
 
     cfg = OmegaConf.load(run_dir / "config.yaml")
     state = load_checkpoint(resolve_checkpoint(run_dir))
@@ -249,7 +249,7 @@ def honest_mean(run_dir: Path, initial: bool = False, honest=(0, 1, 2, 3)) -> to
     from omegaconf import OmegaConf
 
     from pvn.checkpoint import load_checkpoint, resolve_checkpoint
-    from pvn.pretrain import build
+    from pvn.pretraining import build
 
     state = load_checkpoint(resolve_checkpoint(run_dir))
     if initial:

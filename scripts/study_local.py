@@ -6,10 +6,11 @@ What it does, top to bottom:
   1. collects one log of uniform-random play (``pvn collect``) with a checkpoint capacity of 45%
      of the steps, so two full, disjoint replay checkpoints are written (plus a small partial
      third one, unused): checkpoint 0 trains every arm, checkpoint 1 is held out;
-  2. pretrains each arm on checkpoint 0 through ``pvn.pretrain.pretrain`` (the function behind
-     ``pvn pretrain``), ``local=none|dgl|man|man_pp|auglocal``, everything else equal: data,
-     seed(s), updates, batch, torso, tasks, optimizer. With the same seed every arm starts from
-     the *same* torso and head weights (the torso is drawn first from the seed's generator);
+  2. pretrains each arm on checkpoint 0 through ``pvn.commands.pretrain.pretrain`` (the
+     function behind ``pvn pretrain``), ``local=none|dgl|man|man_pp|auglocal``, everything else
+     equal: data, seed(s), updates, batch, torso, tasks, optimizer. With the same seed every arm
+     starts from the *same* torso and head weights (the torso is drawn first from the seed's
+     generator);
   3. per run: the training TD-loss curve of the final head and the ``local_loss/<block>`` curves
      of the auxiliary heads (``metrics.jsonl``); the final values (mean of the last
      ``--final-logs`` logs); the held-out TD loss of the final head and of every block's
@@ -224,7 +225,7 @@ def evaluate_run(
 def init_probe(args: argparse.Namespace, run_dir: Path, ds_eval, batch) -> dict[str, Any]:
     """The probe floor: the arms' common torso at initialisation, rebuilt from the seed."""
     from pvn.analysis.probes import linear_probes
-    from pvn.pretrain import build
+    from pvn.pretraining import build
 
     cfg, _, num_actions = load_learner(run_dir)
 
@@ -263,7 +264,7 @@ def control_run(
     args: argparse.Namespace, encoder: str, seed: int, run_dir: Path
 ) -> dict[str, Any] | None:
     """Online linear control on a frozen torso (``pvn evaluate``); final/best return."""
-    from pvn.report import final_and_best
+    from pvn.commands.report import final_and_best
 
     res_file = run_dir / "results.json"
     wall_file = run_dir / "study_wall.json"

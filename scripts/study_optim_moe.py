@@ -6,7 +6,8 @@ What it does, top to bottom:
      steps, so it writes two full, disjoint replay checkpoints (plus a small partial third one,
      unused): checkpoint 0 trains every arm, checkpoint 1 is held out for evaluation and probes;
   2. pretrains each arm on checkpoint 0 (same data, seed(s), updates and batch; nature torso,
-     the default tasks: 20 random-network indicators at p = 0.05), through ``pvn.pretrain``;
+     the default tasks: 20 random-network indicators at p = 0.05), through
+     ``pvn.commands.pretrain``;
      the reference arm (adam+dense) also runs ``--yardstick-seeds`` extra seeds, whose spread is
      the yardstick for "within noise";
   3. per run: the TD-loss curve (``metrics.jsonl``) and the final training TD loss (mean of the
@@ -285,7 +286,7 @@ def evaluate_run(
 def init_scale(cfg, learner, batch, n: int = 256) -> dict[str, float]:
     """Feature norm and |Q| of the run's network at initialisation (rebuilt from the seed) on
     the first ``n`` held-out states: how differently scaled the arms start."""
-    from pvn.pretrain import build
+    from pvn.pretraining import build
 
     fresh = build(cfg, learner.online.head.num_actions).online.eval()
     q, f = fresh(batch.observation[:n])

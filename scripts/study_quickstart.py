@@ -156,8 +156,8 @@ def features_table(data: Path, encoders: dict[str, str], seeds: list[int]) -> di
     """Probes, srank, dormant fraction and mean feature norm per encoder (random: per seed's
     torso, averaged)."""
     from pvn.analysis.probes import linear_probes
+    from pvn.commands.evaluate import encoder_for
     from pvn.config import load_config
-    from pvn.evaluate import encoder_for
     from replay import DQNReplayDataset
 
     ds = DQNReplayDataset(data)
@@ -179,7 +179,7 @@ def features_table(data: Path, encoders: dict[str, str], seeds: list[int]) -> di
 
 def final(curve: list[tuple[int, float]]) -> float:
     """``pvn report``'s final return: the mean of the last 10 episodes."""
-    from pvn.report import final_and_best
+    from pvn.commands.report import final_and_best
 
     return final_and_best([r for _, r in curve], 10)[0]
 

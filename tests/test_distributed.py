@@ -24,7 +24,7 @@ from pvn.distributed.aggregators import (
     nearest_neighbour_average,
     trimmed_mean,
 )
-from pvn.pretrain import build
+from pvn.pretraining import build
 from replay import DQNReplayDataset, Prefetcher, TorchBatch
 from tests.test_pretrain import _args, _assert_same, log_dir  # noqa: F401 (fixture)
 

@@ -284,7 +284,7 @@ def test_a_trained_policy_acts_on_the_features_its_head_learned_on(tmp_path):
     from envs import FrameStack, make_atari
     from pvn.builders import encoder_for
     from pvn.checkpoint import list_checkpoints, load_checkpoint
-    from pvn.collect import trained_policy
+    from pvn.commands.collect import trained_policy
 
     run = tmp_path / "eval"
     assert main(["evaluate", "encoder=random", f"run_dir={run}", "agent.feature_norm=true",

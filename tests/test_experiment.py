@@ -66,7 +66,8 @@ def _config(tmp_path) -> str:
 def test_killed_experiment_resumes_without_redoing_finished_stages(tmp_path, capsys):
     config = _config(tmp_path)
     assert main(["experiment", config, "--print-commands"]) == 0
-    commands = capsys.readouterr().out.splitlines()
+    # each command, then a shell comment naming its stage and what it needs
+    commands = [line.split("  # ")[0] for line in capsys.readouterr().out.splitlines()]
     assert len(commands) == 1 + 1 + 2 * 2 + 1  # data, pretrain, 2 arms x 2 seeds, report
     assert commands[0].startswith("pvn collect game=Breakout")
     runs = tmp_path / "runs"
@@ -166,7 +167,7 @@ def _knob_config(tmp_path, logs) -> str:
 
 
 def test_a_knob_arm_pretrains_its_own_pvn_on_given_logs(tmp_path):
-    from pvn.experiment import load, stages
+    from pvn.experiments.plan import load, stages
 
     todo = {s.name: s for s in stages(load(_knob_config(tmp_path, tmp_path / "logs")))}
     assert not any(n.startswith("data/") for n in todo)  # the logs exist: no data stage
@@ -187,7 +188,7 @@ def test_a_knob_arm_pretrains_its_own_pvn_on_given_logs(tmp_path):
 
 
 def test_an_arm_may_run_its_own_seeds(tmp_path, capsys):
-    from pvn.experiment import load, stages
+    from pvn.experiments.plan import load, stages
 
     cfg = yaml.safe_load(Path(_config(tmp_path)).read_text())
     cfg["arms"]["random"]["seeds"] = [1]
@@ -206,32 +207,34 @@ def test_runners_sharing_out_split_the_stages(tmp_path):
     """Each runner claims the first stage that is not done, whose prerequisites are done and
     that no other runner holds (its lock); with nothing to start while another runner holds a
     stage, it waits rather than finishing or running that stage too."""
-    from pvn.experiment import claim, load, stages
+    from pvn.experiments.launchers import claim
+    from pvn.experiments.plan import load, stages
+    from pvn.experiments.store import Store
 
     cfg = load(_knob_config(tmp_path, tmp_path / "logs"))
-    todo = stages(cfg)
-    first, lock1, wait = claim(cfg, todo)  # runner 1
+    todo, store = stages(cfg), Store(cfg["out"], cfg["name"])
+    first, lock1, wait = claim(store, todo)  # runner 1
     assert first.name == "pretrain/Breakout" and not wait
     # runner 2: runner 1 holds pretrain/Breakout, so the pvn arm's evaluations must wait
-    second, lock2, wait = claim(cfg, todo)
+    second, lock2, wait = claim(store, todo)
     assert wait and second.name == "pretrain/Breakout-pvn_tasks5"  # the knob's own pretraining
-    third, lock3, _ = claim(cfg, todo)
+    third, lock3, _ = claim(store, todo)
     assert third.name == "eval/Breakout/random/seed0"  # needs no pretraining
-    fourth, lock4, _ = claim(cfg, todo)
+    fourth, lock4, _ = claim(store, todo)
     assert fourth.name == "eval/Breakout/random/seed1"
-    assert claim(cfg, todo) == (None, None, True)  # all else needs a held stage: wait
+    assert claim(store, todo) == (None, None, True)  # all else needs a held stage: wait
     lock1.close()  # runner 1 died: its stage is free again, not done
-    again, lock5, _ = claim(cfg, todo)
+    again, lock5, _ = claim(store, todo)
     assert again.name == "pretrain/Breakout"
     for lock in (lock2, lock3, lock4, lock5):
         lock.close()
     (tmp_path / "runs" / "pretrain" / "Breakout").mkdir(parents=True)
     (tmp_path / "runs" / "pretrain" / "Breakout" / "done.json").write_text("{}")
-    knob, lock6, _ = claim(cfg, todo)  # every pretraining comes before the evaluations
+    knob, lock6, _ = claim(store, todo)  # every pretraining comes before the evaluations
     assert knob.name == "pretrain/Breakout-pvn_tasks5"
-    nxt, lock7, _ = claim(cfg, todo)  # done stages are skipped; the pvn arm is free to start
+    nxt, lock7, _ = claim(store, todo)  # done stages are skipped; the pvn arm is free to start
     assert nxt.name == "eval/Breakout/pvn/seed0"
-    after, lock8, _ = claim(cfg, todo)  # seed by seed: seed 0 of every arm before seed 1
+    after, lock8, _ = claim(store, todo)  # seed by seed: seed 0 of every arm before seed 1
     assert after.name == "eval/Breakout/random/seed0"
     for lock in (lock6, lock7, lock8):
         lock.close()
@@ -255,7 +258,7 @@ def test_bad_knob_and_dataset_configs_are_refused(tmp_path, capsys):
 def test_a_report_is_redone_when_the_config_gains_evaluations(tmp_path):
     """``complete.json`` names the evaluations the report covers: a finished experiment that
     gains a seed or an arm has its report stage to run again once those are done."""
-    from pvn.experiment import load, stages
+    from pvn.experiments.plan import load, stages
 
     path = Path(_config(tmp_path))
     report = stages(load(path))[-1]
@@ -273,11 +276,12 @@ def test_a_report_is_redone_when_the_config_gains_evaluations(tmp_path):
 def test_an_out_made_by_other_commands_is_refused(tmp_path, capsys):
     """A finished stage is skipped by its run dir; an experiment sharing ``out`` whose stage of
     the same name has other settings must not take that run for its own."""
-    from pvn.experiment import _record_command, load, stages
+    from pvn.experiments.plan import load, stages
+    from pvn.experiments.store import Store
 
     config = _config(tmp_path)
     data = stages(load(config))[0]
-    _record_command(data)  # what a runner notes before running the stage
+    Store.record_command(data)  # what a runner notes before running the stage
     assert main(["experiment", config, "--status"]) == 0  # the same commands: fine
     capsys.readouterr()
     cfg = yaml.safe_load(Path(config).read_text())

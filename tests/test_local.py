@@ -14,7 +14,7 @@ from pvn.cli import main
 from pvn.config import load_config
 from pvn.local import auglocal_depths, auglocal_indices, torso_units
 from pvn.memory import SavedTensorMeter
-from pvn.pretrain import build
+from pvn.pretraining import build
 from replay import DQNReplayDataset, Prefetcher, TorchBatch
 from tests.test_pretrain import _args, _assert_same, log_dir  # noqa: F401 (fixture)
 

@@ -17,10 +17,10 @@ import pytest
 import torch
 
 from auxiliary import build_tasks
+from pvn.commands.evaluate import agent_for
 from pvn.config import load_config
-from pvn.evaluate import agent_for
 from pvn.networks.torsos import SamePool
-from pvn.pretrain import build
+from pvn.pretraining import build
 from replay import TorchBatch
 from replay.feature_replay import FeatureBatch
 

@@ -19,7 +19,7 @@ import pvn
 from pvn.checkpoint import list_checkpoints, load_checkpoint
 from pvn.cli import main
 from pvn.config import load_config
-from pvn.pretrain import build
+from pvn.pretraining import build
 from pvn.task_cache import attach_task_cache, cache_wanted
 from replay import DQNReplayDataset, DQNReplayWriter, Prefetcher
 

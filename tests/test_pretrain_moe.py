@@ -14,7 +14,7 @@ from pvn.checkpoint import list_checkpoints, load_checkpoint
 from pvn.cli import main
 from pvn.config import load_config
 from pvn.networks.moe import MoEFeatures, moe_layers
-from pvn.pretrain import build
+from pvn.pretraining import build
 from replay import DQNReplayDataset, Prefetcher
 from tests.test_pretrain import _args, _assert_same, log_dir  # noqa: F401 (fixture)
 

@@ -6,7 +6,7 @@ import pytest
 
 from pvn.checkpoint import list_checkpoints
 from pvn.cli import main
-from pvn.quickstart import verdict
+from pvn.commands.quickstart import verdict
 
 
 @pytest.mark.slow

@@ -167,8 +167,8 @@ def test_report_draws_profiles_and_probability_of_improvement(tmp_path):
 def test_probes_skip_end_to_end_runs(tmp_path, log_dir):  # noqa: F811
     """An experiment's report probes each arm's frozen encoder; an end-to-end DQN run has none
     (its torso trains with the agent) and is left out rather than crashing the report."""
+    from pvn.commands.report import probes
     from pvn.config import load_config, save_config
-    from pvn.report import probes
 
     dirs = []
     for enc in ("e2e", "random"):
@@ -183,7 +183,7 @@ def test_probes_skip_end_to_end_runs(tmp_path, log_dir):  # noqa: F811
 def test_runs_are_reported_under_the_labels_given(tmp_path):
     """An experiment labels each run by its arm: two PVN arms pretrained differently (a knob)
     are two rows and two methods in the aggregate, not one pooled 'pvn'."""
-    from pvn.report import report
+    from pvn.commands.report import report
 
     runs, labels = [], []
     for seed in range(2):

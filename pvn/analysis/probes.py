@@ -18,8 +18,7 @@ import torch
 from torch import nn
 
 from pvn.diagnostics import dormant_fraction, srank
-from replay import DQNReplayDataset
-from replay.summary import chronological
+from replay import LoggedData
 
 
 def discounted_to_go(r: np.ndarray, terminal: np.ndarray, gamma: float):
@@ -37,17 +36,16 @@ def discounted_to_go(r: np.ndarray, terminal: np.ndarray, gamma: float):
     return g, complete
 
 
-def episode_targets(ds: DQNReplayDataset, gamma: float) -> tuple[list, np.ndarray, np.ndarray]:
+def episode_targets(ds: LoggedData, gamma: float) -> tuple[list, np.ndarray, np.ndarray]:
     """(checkpoint, slot) of every valid transition inside a complete episode, in the order
     logged, with its discounted return-to-go and its reward."""
     keys, returns, rewards = [], [], []
-    for c in ds.checkpoints:
-        ck = ds.checkpoint(c)
-        order = chronological(ck)
-        r = np.asarray(ck.reward, np.float64)[order]
-        g, complete = discounted_to_go(r, np.asarray(ck.terminal, bool)[order], gamma)
-        valid = ds.valid_mask(c)[order] & complete
-        keys += [(c, int(s)) for s in order[valid]]
+    for c in ds.shards:
+        log = ds.logged(c)
+        r = log.reward.astype(np.float64)
+        g, complete = discounted_to_go(r, log.terminal, gamma)
+        valid = ds.valid_mask(c)[log.order] & complete
+        keys += [(c, int(s)) for s in log.order[valid]]
         returns.append(g[valid])
         rewards.append(r[valid])
     return keys, np.concatenate(returns), np.concatenate(rewards)
@@ -100,7 +98,7 @@ def ridge_r2(x_train, y_train, x_test, y_test, l2: float | None = None) -> tuple
 @torch.no_grad()
 def linear_probes(
     encoder: nn.Module,
-    ds: DQNReplayDataset,
+    ds: LoggedData,
     gamma: float = 0.99,
     max_states: int = 4000,
     test_fraction: float = 0.2,

@@ -1,6 +1,6 @@
 """The workers one ``pvn pretrain`` process trains, and the rule that couples them.
 
-:func:`pvn.pretrain.pretrain` is the one pretraining loop; it sees a :class:`Team`. A plain run
+:func:`pvn.pretraining.train` is the one pretraining loop; it sees a :class:`Team`. A plain run
 is a team of one worker under :class:`~pvn.distributed.algorithms.Single`. With
 ``distributed=<rule>`` it is this process's workers (all N simulated in one process with
 ``distributed.backend=simulate``, or its own rank under ``torchrun --nproc_per_node=N -m pvn
@@ -33,15 +33,15 @@ from pvn.distributed.aggregators import AGGREGATORS, ATTACKS
 from pvn.distributed.algorithms import DDP, Algorithm, FedAvgM, Gossip, Single, Worker
 from pvn.distributed.comm import Comm, SimulatedComm, TorchComm, in_torchrun
 from pvn.learner import PVNLearner
-from replay import DQNReplayDataset
+from replay import LoggedData
 
 FEDAVG = ("fedavg_m", "scaffold_m", "fedavg_m_vr", "scaffold_m_vr")
 RULES = ("ddp", *FEDAVG, *AGGREGATORS)
 PARTITIONS = ("iid", "checkpoints", "games")
 
 #: ``open_data(path, checkpoints, seed) -> dataset`` and ``build(num_actions, task_seed)``
-OpenData = Callable[[str, "list[int] | None", int], DQNReplayDataset]
-Build = Callable[[DQNReplayDataset, "int | None"], PVNLearner]
+OpenData = Callable[[str, "list[int] | None", int], LoggedData]
+Build = Callable[[LoggedData, "int | None"], PVNLearner]
 
 
 @dataclass
@@ -49,7 +49,7 @@ class Team:
     """This process's workers, their data and the rule; ``comm`` is None for a plain run."""
 
     workers: list[Worker]
-    datasets: list[DQNReplayDataset]
+    datasets: list[LoggedData]
     rule: Algorithm
     comm: Comm | None = None
 
@@ -175,9 +175,9 @@ def distributed_team(cfg: DictConfig, open_data: OpenData, build: Build) -> Team
             path = paths[wid % len(paths)]
             ds = open_data(path, _chosen(cfg), seed + 1000 * (wid + 1))
             if d.partition == "checkpoints":
-                mine = ds.checkpoints[wid :: comm.world]
+                mine = ds.shards[wid :: comm.world]
                 require(bool(mine), "distributed.partition", "checkpoints",
-                        f"{len(ds.checkpoints)} checkpoints for {comm.world} workers")  # fmt: skip
+                        f"{len(ds.shards)} checkpoints for {comm.world} workers")  # fmt: skip
                 ds = open_data(path, mine, seed + 1000 * (wid + 1))
             datasets.append(ds)
         games = d.partition == "games"

@@ -1,9 +1,7 @@
-"""``pvn pretrain``: the PVN pretraining loop, from a resolved config to a run directory.
-
-Reads top to bottom: validate the config; open the data; build torso, heads and tasks from the
-seed; resume from the run directory's latest checkpoint if there is one; then update, log and
-checkpoint. Batches are sampled on a background thread (``replay.Prefetcher``); metrics stay on
-the device and are read back only every ``log_every`` updates.
+"""The PVN pretraining loop (``pvn pretrain``'s core): open the data, build torso, heads and
+tasks from the seed, then update, log and checkpoint. Batches are sampled on a background
+thread (``replay.Prefetcher``); metrics stay on the device and are read back only every
+``log_every`` updates.
 """
 
 from __future__ import annotations
@@ -16,13 +14,12 @@ from collections import deque
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
 from auxiliary import build_tasks
-from pvn.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
-from pvn.config import check_resumable, require, require_device, save_config
+from pvn.checkpoint import load_checkpoint, save_checkpoint
+from pvn.config import save_config
 from pvn.diagnostics import dormant_fraction, srank
 from pvn.distributed.team import Team, distributed_team, single_team
 from pvn.errors import ConfigError, PVNError
@@ -35,36 +32,14 @@ from pvn.optim import build_optimizer
 from pvn.progress import bar, byte_bars
 from pvn.task_cache import attach_task_cache
 from pvn.threads import announce
-from replay import DQNReplayDataset, Prefetcher
+from replay import DQNReplayDataset, LoggedData, Prefetcher
 
 
 class NonFiniteLoss(PVNError):
     """The loss became NaN or infinite; the last good checkpoint is kept."""
 
 
-def _validate(cfg: DictConfig) -> None:
-    require(cfg.steps > 0, "steps", cfg.steps, "must be > 0")
-    require(cfg.batch_size > 0, "batch_size", cfg.batch_size, "must be > 0")
-    require(cfg.checkpoint_every > 0, "checkpoint_every", cfg.checkpoint_every, "must be > 0")
-    require(cfg.log_every > 0, "log_every", cfg.log_every, "must be > 0")
-    require(cfg.keep_checkpoints > 0, "keep_checkpoints", cfg.keep_checkpoints, "must be > 0")
-    require_device(cfg.device)
-    require(
-        isinstance(cfg.data.path, str) or cfg.distributed.name != "none",
-        "data.path",
-        cfg.data.path,
-        "one replay directory (a list of games needs distributed.partition=games)",
-    )
-    require(
-        cfg.data.task_cache in ("auto", True, False),
-        "data.task_cache",
-        cfg.data.task_cache,
-        "choose auto, true or false",
-    )
-    _td_config(cfg)
-
-
-def _td_config(cfg: DictConfig) -> TDConfig:
+def td_config(cfg: DictConfig) -> TDConfig:
     """The learner's TD settings; its own checks (``TDConfig``) become one-line config errors."""
     try:
         return TDConfig(
@@ -127,7 +102,7 @@ def build(cfg: DictConfig, num_actions: int, task_seed: int | None = None) -> PV
     if task_params:  # the paper: the main optimizer's settings; laptop default: plain SGD
         calib_cfg = optim_cfg if task_optim is None else {"name": task_optim, "lr": task_lr}
         task_opt = build_optimizer(calib_cfg, task_params, lr=task_lr)
-    args = (network, tasks, optimizer, task_opt, _td_config(cfg))
+    args = (network, tasks, optimizer, task_opt, td_config(cfg))
     try:
         if local is None:
             learner = PVNLearner(*args, calibration_decay=task_decay)
@@ -140,8 +115,8 @@ def build(cfg: DictConfig, num_actions: int, task_seed: int | None = None) -> PV
     return learner
 
 
-def infer_num_actions(ds: DQNReplayDataset) -> int:
-    return int(max(int(np.max(ds.checkpoint(c).action)) for c in ds.checkpoints)) + 1
+def infer_num_actions(ds: LoggedData) -> int:
+    return ds.num_actions()
 
 
 LOGGED = {"td_loss", "calibration_loss", "q_mean", "grad_norm", *MOE_KEYS}
@@ -220,26 +195,11 @@ def open_team(cfg: DictConfig) -> Team:
     return distributed_team(cfg, data, learner)
 
 
-def pretrain(cfg: DictConfig) -> dict[str, Any]:
-    """Run (or resume) ``pvn pretrain``, one worker or many; returns the last logged metrics.
-
-    The one pretraining loop: every worker's update goes through the team's rule
-    (:mod:`pvn.distributed.team`); the non-finite guard, diagnostics, metrics and checkpoints
-    are the same for a plain run and a distributed one.
-    """
-    _validate(cfg)
-    run_dir = Path(cfg.run_dir)
-    resume = list_checkpoints(run_dir)
-    if resume:
-        check_resumable(run_dir, cfg)
-    team = open_team(cfg)
-    try:
-        return _train(cfg, team, run_dir, resume[-1] if resume else None)
-    finally:
-        team.close()
-
-
-def _train(cfg: DictConfig, team: Team, run_dir: Path, resume: Path | None) -> dict[str, Any]:
+def train(cfg: DictConfig, team: Team, run_dir: Path, resume: Path | None) -> dict[str, Any]:
+    """The one pretraining loop, for one worker or many: every worker's update goes through
+    the team's rule (:mod:`pvn.distributed.team`); the non-finite guard, diagnostics, metrics
+    and checkpoints are the same for a plain run and a distributed one. Resumes from
+    ``resume`` (a checkpoint) when given; returns the last logged metrics."""
     start = 0
     if resume is not None:
         state = load_checkpoint(resume)

@@ -11,12 +11,12 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from pvn.collect import collect
+from pvn.commands.collect import collect
+from pvn.commands.data import format_summary
+from pvn.commands.evaluate import evaluate
+from pvn.commands.pretrain import pretrain
+from pvn.commands.report import report
 from pvn.config import configure, require, save_config
-from pvn.data_info import format_summary
-from pvn.evaluate import evaluate
-from pvn.pretrain import pretrain
-from pvn.report import report
 from replay.summary import summarize
 
 

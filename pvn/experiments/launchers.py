@@ -1,0 +1,122 @@
+"""How an experiment's stages get run: the :class:`Launcher` seam and the local launcher.
+
+A launcher is handed the stage graph (:func:`pvn.experiments.plan.stages`: each stage a ``pvn``
+command, its run dir and the stages it needs first) and the store of ``out``, and runs every
+stage that is not done, each after the stages it needs. The local launcher runs them as
+subprocesses on this machine; several local launchers (one per core, or per machine sharing a
+file system) may share ``out``, splitting the stages through the store's per-stage locks
+(:func:`claim`). A cluster launcher submits the same commands as jobs with the same
+dependencies.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from typing import IO, Protocol
+
+from pvn.checkpoint import list_checkpoints
+from pvn.errors import ConfigError
+from pvn.experiments.plan import Stage
+from pvn.experiments.store import Store
+from pvn.experiments.summary import eta_seconds
+
+POLL_SECONDS = 5  # how often a runner waiting for other runners' stages looks again
+
+
+class Launcher(Protocol):
+    """Runs every stage of ``todo`` that is not done, each after the stages it needs."""
+
+    def launch(self, todo: list[Stage], store: Store) -> None: ...
+
+
+def claim(store: Store, todo: list[Stage]) -> tuple[Stage | None, IO[str] | None, bool]:
+    """The first stage, in order, that is not done, whose prerequisites are done and that no
+    other runner holds: ``(stage, its held lock, _)``. Without one, ``(None, None, wait)``:
+    ``wait`` when another runner holds a stage this one could still need, rather than nothing
+    being left. Runners sharing ``out`` (several of one experiment, or experiments sharing
+    stages) so split the stages between them and never run one twice at once."""
+    done = {s.name for s in todo if s.done}
+    held = False
+    for s in todo:
+        if s.name in done or not set(s.after) <= done:
+            continue
+        lock = store.try_lock(s)
+        if lock is None:
+            held = True
+        elif s.done:  # another runner finished it just now
+            lock.close()
+            done.add(s.name)
+        else:
+            return s, lock, held
+    return None, None, held
+
+
+def _die_with_parent() -> None:
+    """In the stage's process: receive SIGKILL when the runner dies (Linux), so a killed runner
+    leaves no stage running on to finish behind the next runner's back."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+def run_stage(stage: Stage) -> None:
+    """Run one stage as a ``pvn`` subprocess (its own thread plan; a crash stays its own)."""
+    rc = subprocess.call([sys.executable, "-m", "pvn", *stage.argv], preexec_fn=_die_with_parent)
+    if rc != 0:
+        raise ConfigError(f"stage {stage.name} failed (exit {rc}): {stage.command()}")
+    if stage.kind == "pretrain":  # pretrain resumes into the same dir; mark it complete
+        ckpts = list_checkpoints(stage.run_dir)
+        done = {"checkpoint": ckpts[-1].name if ckpts else None}
+        (stage.run_dir / "done.json").write_text(json.dumps(done))
+
+
+class LocalLauncher:
+    """Runs the stages here, one at a time, as subprocesses; waits for stages that other local
+    launchers sharing ``out`` hold. A failed stage stops it with one line naming the stage and
+    its command."""
+
+    def launch(self, todo: list[Stage], store: Store) -> None:
+        waiting = False
+        try:
+            while True:
+                s, lock, wait = claim(store, todo)
+                if s is None and wait:  # another runner holds what is left (or what it needs)
+                    if not waiting:
+                        print("pvn experiment: waiting for the other runners' stages",
+                              file=sys.stderr)  # fmt: skip
+                        store.note_runner({})
+                    waiting = True
+                    time.sleep(POLL_SECONDS)
+                    continue
+                if s is None:  # every stage is done (prerequisites come first in the order)
+                    return
+                waiting = False
+                with lock:
+                    self._run(s, todo, store)
+        finally:
+            store.forget_runner()
+
+    @staticmethod
+    def _run(s: Stage, todo: list[Stage], store: Store) -> None:
+        left = [t for t in todo if not t.done]
+        eta, unknown = eta_seconds(todo, store.times())
+        print(
+            f"pvn experiment: [{len(todo) - len(left) + 1}/{len(todo)}] {s.name} "
+            f"({len(left)} left{'' if unknown else f', ETA {eta / 60:.0f} min'})",
+            file=sys.stderr,
+            flush=True,
+        )
+        store.note_runner({"stage": s.name, "started": time.time()})
+        t0 = time.perf_counter()
+        if s.kind != "report":
+            store.record_command(s)
+        run_stage(s)
+        if s.kind != "report":  # not timed: its name is shared by experiments on out
+            store.record_time(s.name, time.perf_counter() - t0)

@@ -1,0 +1,141 @@
+"""The experiment's plan: its config, checked, and the stage graph it makes.
+
+An experiment is a list of stages, each one ``pvn`` command with its own run directory and the
+stages it needs first (:func:`stages`); which are done is the store's business
+(:mod:`pvn.experiments.store`), running them the launcher's (:mod:`pvn.experiments.launchers`).
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from omegaconf import OmegaConf
+
+from pvn.errors import ConfigError
+
+ARM_ENCODERS = ("pvn", "random", "e2e")
+DATA_KINDS = ("agent", "collect", "dataset")
+
+
+@dataclass
+class Stage:
+    name: str
+    argv: list[str]  # arguments of the `pvn` command
+    run_dir: Path
+    kind: str  # data | pretrain | eval | report
+    done_file: str  # the file whose presence marks the stage complete
+    after: list[str] = field(default_factory=list)  # stages that must be complete first
+
+    @property
+    def done(self) -> bool:
+        path = self.run_dir / self.done_file
+        if self.kind != "report" or not path.is_file():
+            return path.is_file()
+        try:  # a report is done when it covers every evaluation the config now has
+            return json.loads(path.read_text()).get("evaluations") == self.after
+        except (OSError, ValueError, AttributeError):
+            return False
+
+    def command(self) -> str:
+        return shlex.join(["pvn", *self.argv])
+
+
+def load(path: str | Path) -> dict[str, Any]:
+    """The experiment config, checked: one line naming the key when something is wrong."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"{p}: no such experiment config")
+    cfg = OmegaConf.to_container(OmegaConf.load(p), resolve=True)
+    for key in ("name", "out", "results", "games", "seeds", "data", "pretrain", "arms"):
+        if key not in cfg:
+            raise ConfigError(f"{p}: missing key '{key}'")
+    kind = cfg["data"].get("kind")
+    if kind not in DATA_KINDS:
+        raise ConfigError(f"{p}: data.kind={kind!r}: choose one of {DATA_KINDS}")
+    if kind == "dataset" and not cfg["data"].get("path"):
+        raise ConfigError(f"{p}: data.kind=dataset needs data.path (a directory of <game>/ logs)")
+    for arm, spec in cfg["arms"].items():
+        if spec.get("encoder") not in ARM_ENCODERS:
+            raise ConfigError(
+                f"{p}: arms.{arm}.encoder={spec.get('encoder')!r}: choose one of {ARM_ENCODERS}"
+            )
+        seeds = spec.get("seeds", cfg["seeds"])
+        if not isinstance(seeds, list) or not all(isinstance(x, int) for x in seeds):
+            raise ConfigError(f"{p}: arms.{arm}.seeds={seeds!r}: give a list of integers")
+        if "pretrain" in spec and spec["encoder"] != "pvn":
+            raise ConfigError(f"{p}: arms.{arm}.pretrain: only an arm with encoder: pvn pretrains")
+    return cfg
+
+
+def data_dir(cfg: dict[str, Any], game: str) -> Path:
+    """The game's log: made by the data stage, or given (``data.kind: dataset``)."""
+    if cfg["data"]["kind"] == "dataset":
+        return Path(cfg["data"]["path"]) / game
+    return Path(cfg["out"]) / "data" / game
+
+
+def _pretrain_stage(
+    out: Path, name: str, data: Path, seed: int, overrides: list[str], after: list[str]
+) -> Stage:
+    run = out / "pretrain" / name
+    argv = ["pretrain", f"data.path={data}", f"run_dir={run}", f"seed={seed}", "progress=false"]
+    return Stage(f"pretrain/{name}", [*argv, *overrides], run, "pretrain", "done.json", after)
+
+
+def stages(cfg: dict[str, Any], config_path: str | Path | None = None) -> list[Stage]:
+    """Every stage of the experiment, in an order that respects their dependencies.
+
+    The data and pretraining of every game come first, then the evaluations seed by seed (seed
+    0 of every game and arm, then seed 1, ...), so an interrupted experiment has whole paired
+    seeds of every game to compare; end-to-end arms run last: each costs about ten linear arms,
+    and the question the experiment asks (PVN features against random ones) is answered by the
+    linear stages.
+    """
+    out, results = Path(cfg["out"]), Path(cfg["results"])
+    seed0 = int(cfg.get("seed", 0))
+    todo: list[Stage] = []
+    linear: list[tuple[int, Stage]] = []  # (seed's position, stage)
+    e2e: list[tuple[int, Stage]] = []
+    for game in cfg["games"]:
+        data = data_dir(cfg, game)
+        if cfg["data"]["kind"] == "agent":
+            run = data / "agent"
+            argv = ["evaluate", f"game={game}", f"run_dir={run}", f"replay_log={data}"]
+            argv += [f"seed={seed0}", "progress=false", *cfg["data"].get("overrides", [])]
+            todo.append(Stage(f"data/{game}", argv, run, "data", "results.json"))
+        elif cfg["data"]["kind"] == "collect":
+            argv = ["collect", f"game={game}", f"out={data}", f"seed={seed0}", "progress=false"]
+            argv += cfg["data"].get("overrides", [])
+            todo.append(Stage(f"data/{game}", argv, data, "data", "collect.json"))
+        needs_data = [f"data/{game}"] if cfg["data"]["kind"] != "dataset" else []
+        base = cfg["pretrain"].get("overrides", [])
+        game_pvn = _pretrain_stage(out, game, data, seed0, base, needs_data)
+        todo.append(game_pvn)
+        for arm, spec in cfg["arms"].items():
+            encoder, after = spec["encoder"], []
+            if encoder == "pvn":
+                pre = game_pvn
+                if spec.get("pretrain"):  # a knob: the arm's own pretraining
+                    knob = [*base, *spec["pretrain"]]
+                    pre = _pretrain_stage(out, f"{game}-{arm}", data, seed0, knob, needs_data)
+                    todo.append(pre)
+                encoder, after = str(pre.run_dir), [pre.name]
+            for seed in spec.get("seeds", cfg["seeds"]):  # the arm's own seeds, or all
+                # ordered by the seed's place in the experiment's seeds (paired seeds together)
+                k = cfg["seeds"].index(seed) if seed in cfg["seeds"] else len(cfg["seeds"]) + seed
+                run = out / "eval" / game / arm / f"seed{seed}"
+                argv = ["evaluate", f"encoder={encoder}", f"game={game}", f"run_dir={run}"]
+                argv += [f"seed={seed}", "progress=false", *spec.get("overrides", [])]
+                stage = Stage(f"eval/{game}/{arm}/seed{seed}", argv, run, "eval", "results.json",
+                              after)  # fmt: skip
+                (e2e if spec["encoder"] == "e2e" else linear).append((k, stage))
+    evals = [st for _, st in sorted(linear, key=lambda x: x[0])]  # stable: game, arm order
+    evals += [st for _, st in sorted(e2e, key=lambda x: x[0])]
+    # the report is `pvn experiment CONFIG --report` once every evaluation is done
+    argv = [] if config_path is None else ["experiment", str(config_path), "--report"]
+    report = Stage("report", argv, results, "report", "complete.json", [e.name for e in evals])
+    return [*todo, *evals, report]

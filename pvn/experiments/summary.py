@@ -1,0 +1,97 @@
+"""An experiment's readings: the ETA, the status table and the report over its evaluations."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+from pvn.errors import ConfigError
+from pvn.experiments.plan import Stage, data_dir
+from pvn.experiments.store import Store
+
+
+def eta_seconds(todo: list[Stage], times: dict[str, float]) -> tuple[float, list[str]]:
+    """Seconds left: each unfinished stage at the mean time of the finished stages of its kind
+    (eval stages: linear or end-to-end, which costs ~10 linear ones); and the kinds with no
+    finished stage yet (not counted)."""
+
+    def kind(s: Stage) -> str:
+        if s.kind != "eval":
+            return s.kind
+        return "eval/e2e" if "encoder=e2e" in s.argv else "eval/linear"
+
+    by_kind: dict[str, list[float]] = {}
+    for s in todo:
+        t = times.get(s.name) or Store.file_time(s)
+        if t is not None:
+            by_kind.setdefault(kind(s), []).append(t)
+    left, unknown = 0.0, []
+    for s in todo:
+        if s.done or s.kind == "report":
+            continue
+        if kind(s) in by_kind:
+            left += sum(by_kind[kind(s)]) / len(by_kind[kind(s)])
+        elif kind(s) not in unknown:
+            unknown.append(kind(s))
+    return left, unknown
+
+
+def status_table(todo: list[Stage], store: Store | None = None) -> str:
+    """Which stages are done, running (by a live runner) and left, with the ETA from the
+    finished stages' times."""
+    done = [s for s in todo if s.done]
+    running = store.running() if store else set()
+    lines = [f"{len(done)} of {len(todo)} stages done"]
+    if store is not None and len(done) < len(todo):
+        left, unknown = eta_seconds(todo, store.times())
+        note = f" (not counting {', '.join(unknown)}: no finished stage to time)" if unknown else ""
+        lines[0] += f"; ETA {left / 3600:.1f} h{note}" if left else f"; ETA unknown{note}"
+    for s in todo:
+        state = "done" if s.done else "running" if s.name in running else "left"
+        lines.append(f"  {state:7} {s.name}")
+    return "\n".join(lines)
+
+
+def write_report(cfg: dict[str, Any], todo: list[Stage], config_path: Path) -> None:
+    """The report stage: ``pvn report`` over every finished evaluation, per-game probes on the
+    logs, the raw per-run CSV, the experiment config and ``stages.txt`` (which stages the report
+    covers), under ``results``. ``complete.json`` marks a report over every stage; ``pvn
+    experiment CONFIG --report`` writes one over the stages finished so far without it."""
+    from pvn.commands.report import final_score, load_results, report
+
+    results = Path(cfg["results"])
+    evals = [s for s in todo if s.kind == "eval" and s.done]
+    if not evals:
+        raise ConfigError(f"{config_path}: no evaluation stage has finished yet; nothing to report")
+    results.mkdir(parents=True, exist_ok=True)
+    (results / "complete.json").unlink(missing_ok=True)
+    shutil.copyfile(config_path, results / "experiment.yaml")
+    arms = [s.name.split("/")[2] for s in evals]  # each run is labelled by its arm
+    report([str(s.run_dir) for s in evals], results, methods=arms)
+    for game in cfg["games"]:
+        mine = [i for i, s in enumerate(evals) if s.name.startswith(f"eval/{game}/")]
+        if cfg.get("probes", True) and mine:
+            dirs, labels = [str(evals[i].run_dir) for i in mine], [arms[i] for i in mine]
+            report(dirs, results / f"probes_{game}", data=data_dir(cfg, game), methods=labels)
+    rows = []
+    for s in evals:
+        res = load_results(s.run_dir)
+        score, scored_by = final_score(res)
+        _, game, arm, seed = s.name.split("/")
+        final_eval = res["evaluations"][-1]["returns"] if res.get("evaluations") else []
+        rows.append([game, int(seed[4:]), arm, res["method"], score, scored_by,
+                     len(res["episodes"]), json.dumps(final_eval)])  # fmt: skip
+    tmp = results / ".runs.csv.tmp"
+    with open(tmp, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["game", "seed", "arm", "method", "final_score", "scored_by",
+                    "training_episodes", "final_evaluation_returns"])  # fmt: skip
+        w.writerows(rows)
+    tmp.replace(results / "runs.csv")
+    if all(s.done for s in todo if s.kind != "report"):
+        covered = {"evaluations": [s.name for s in evals]}  # what Stage.done compares
+        (results / "complete.json").write_text(json.dumps(covered, indent=1) + "\n")
+    (results / "stages.txt").write_text(status_table(todo) + "\n")
