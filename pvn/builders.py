@@ -13,8 +13,8 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from agents.dqn import DQN, DQNConfig, end_to_end_dqn
-from agents.linear_dqn import LinearDQN
+from pvn.agents.dqn import DQN, DQNConfig, end_to_end_dqn
+from pvn.agents.linear_dqn import LinearDQN
 from pvn.checkpoint import load_checkpoint, resolve_checkpoint
 from pvn.encoder import load_encoder
 from pvn.errors import CheckpointError, ConfigError

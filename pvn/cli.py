@@ -45,7 +45,7 @@ keys with their defaults and meaning; `--cfg job` prints the resolved config and
 def _config_help(name: str) -> str:
     from importlib.resources import files
 
-    return files("configs").joinpath(f"{name}.yaml").read_text()
+    return files("pvn.configs").joinpath(f"{name}.yaml").read_text()
 
 
 def _run_configured(name: str, args: list[str], fn: Callable) -> int:
@@ -148,7 +148,7 @@ def _data(args: list[str]) -> int:
         if len(paths) != 1 or set(flags) - {"--skip-incomplete"}:
             raise ConfigError("pvn data info: expected PATH [--skip-incomplete]")
         from pvn.commands.data import format_summary
-        from replay.summary import summarize
+        from pvn.replay.summary import summarize
 
         print(format_summary(summarize(paths[0], skip_incomplete=bool(flags))))
         return 0

@@ -25,7 +25,7 @@ def _compose(name: str, overrides: list[str]) -> DictConfig:
     from hydra.errors import HydraException
 
     try:
-        with initialize_config_module(config_module="configs", version_base=None):
+        with initialize_config_module(config_module="pvn.configs", version_base=None):
             return compose(config_name=name, overrides=overrides)
     except (HydraException, OmegaConfBaseException) as e:
         msg = " ".join(str(e).split())
@@ -61,7 +61,7 @@ def config_groups() -> set[str]:
     """Names of the config groups (sub-directories of the ``configs`` package)."""
     from importlib.resources import files
 
-    return {p.name for p in files("configs").iterdir() if p.is_dir() and p.name[0] != "_"}
+    return {p.name for p in files("pvn.configs").iterdir() if p.is_dir() and p.name[0] != "_"}
 
 
 def option_defaults(group: str, option: str) -> dict:
@@ -69,7 +69,7 @@ def option_defaults(group: str, option: str) -> dict:
     its defaults live, for Python callers that build a part (e.g. an MoE block) directly."""
     from importlib.resources import files
 
-    path = files("configs").joinpath(group, f"{option}.yaml")
+    path = files("pvn.configs").joinpath(group, f"{option}.yaml")
     if not path.is_file():
         raise ConfigError(f"{group}={option!r}: no such option (configs/{group}/{option}.yaml)")
     cfg = OmegaConf.create(path.read_text())

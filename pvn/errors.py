@@ -1,8 +1,8 @@
 """User-facing errors: every mistake a user can make raises one of these, and the CLI prints one
 line naming the file or key and exits with status 2."""
 
-from envs.errors import EnvError
-from replay.errors import ReplayError
+from pvn.envs.errors import EnvError
+from pvn.replay.errors import ReplayError
 
 
 class PVNError(Exception):

@@ -43,7 +43,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from auxiliary import TaskFamily, TaskOutput
+from pvn.auxiliary import TaskFamily, TaskOutput
 from pvn.networks import PVNNetwork
 from pvn.networks.moe import (
     moe_aux_loss,
@@ -52,7 +52,7 @@ from pvn.networks.moe import (
     moe_rng_state,
     moe_stats,
 )
-from replay import TorchBatch
+from pvn.replay import TorchBatch
 
 
 @dataclass

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from auxiliary import build_tasks
+from pvn.auxiliary import build_tasks
 from pvn.checkpoint import load_checkpoint, save_checkpoint
 from pvn.config import save_config
 from pvn.diagnostics import dormant_fraction, srank
@@ -30,9 +30,9 @@ from pvn.networks import MultiTaskHead, PVNNetwork, torso_from_spec
 from pvn.networks.moe import MOE_KEYS
 from pvn.optim import build_optimizer
 from pvn.progress import bar, byte_bars
+from pvn.replay import DQNReplayDataset, LoggedData, Prefetcher
 from pvn.task_cache import attach_task_cache
 from pvn.threads import announce
-from replay import DQNReplayDataset, LoggedData, Prefetcher
 
 
 class NonFiniteLoss(PVNError):

@@ -25,9 +25,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from auxiliary import TaskFamily
+from pvn.auxiliary import TaskFamily
 from pvn.progress import bar
-from replay import LoggedData
+from pvn.replay import LoggedData
 
 CHUNK = 256
 

@@ -54,7 +54,7 @@ def proc_status(key: str) -> int:
 
 def real_frames(game: str = "Pong", steps: int = 4000, seed: int = 0) -> np.ndarray:
     """Single 84x84 frames from real random play (envpool)."""
-    from envs import make_atari
+    from pvn.envs import make_atari
 
     with make_atari(game, 8, "dopamine", seed=seed) as env:
         rng = np.random.default_rng(seed)
@@ -67,7 +67,7 @@ def real_frames(game: str = "Pong", steps: int = 4000, seed: int = 0) -> np.ndar
 def write_log(path: Path, frames: np.ndarray, capacity: int, slots: int, seed: int = 0) -> None:
     """A DQN Replay log of ``slots`` slots cut into episodes of 100-1000 steps, recycling
     ``frames`` (the sampler's speed depends on layout, not on what the pixels show)."""
-    from replay import DQNReplayWriter
+    from pvn.replay import DQNReplayWriter
 
     rng = np.random.default_rng(seed)
     with DQNReplayWriter(path, capacity=capacity, compresslevel=1) as w:

@@ -99,7 +99,7 @@ def load_learner(run_dir: Path):
 
 def heldout_transitions(ds, n: int, seed: int = 2024):
     """``n`` valid transitions of the held-out checkpoint, drawn once (sorted slots)."""
-    from replay import TorchBatch
+    from pvn.replay import TorchBatch
 
     valid = np.flatnonzero(ds.valid_mask(HELDOUT_CKPT))
     rng = np.random.default_rng(seed)
@@ -300,7 +300,7 @@ def run_arms(
     batch, wall)``. Finished runs and evaluations are reused. Returns ``out``, ``data_dir``,
     ``summary`` (the log), ``plan`` ((arm, seed) pairs), ``ref_seeds``, ``ds_eval``, ``batch``
     (the held-out transitions), ``results`` (arm -> seed -> evaluation) and ``t_start``."""
-    from replay import DQNReplayDataset
+    from pvn.replay import DQNReplayDataset
 
     torch.set_num_threads(args.threads)
     t_start = time.perf_counter()

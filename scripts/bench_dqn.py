@@ -37,16 +37,16 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _bench import emit, significant
+from pvn.agents.control import EvalConfig, run_control
+from pvn.agents.dqn import DQNConfig, end_to_end_dqn
+from pvn.agents.policies import epsilon_greedy
+from pvn.envs import FrameStack, make_atari
+from pvn.replay import DQNReplayWriter
+from pvn.replay.episode_log import EpisodeLog
+from pvn.replay.feature_replay import FeatureBatch, FeatureReplay
 
-from agents.control import EvalConfig, run_control
-from agents.dqn import DQNConfig, end_to_end_dqn
-from agents.policies import epsilon_greedy
-from envs import FrameStack, make_atari
 from pvn.checkpoint import save_checkpoint
 from pvn.networks import build_torso
-from replay import DQNReplayWriter
-from replay.episode_log import EpisodeLog
-from replay.feature_replay import FeatureBatch, FeatureReplay
 
 DOPAMINE = DQNConfig(
     lr=2.5e-4, max_grad_norm=None, target_period=2000, double_q=False, optimizer="rmsprop_tf"

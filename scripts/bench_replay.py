@@ -28,8 +28,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _bench import compare, emit, proc_status, real_frames, write_log
-
-from replay import DQNReplayDataset, Prefetcher, TransitionBatch
+from pvn.replay import DQNReplayDataset, Prefetcher, TransitionBatch
 
 
 def dopamine_loop_sampler(ds: DQNReplayDataset, rng: np.random.Generator):
@@ -150,7 +149,7 @@ _MEM_CHILD = """
 import sys, numpy as np
 sys.path.insert(0, {scripts!r})
 from _bench import proc_status
-from replay import DQNReplayDataset, TransitionBatch
+from pvn.replay import DQNReplayDataset, TransitionBatch
 ds = DQNReplayDataset({path!r}, checkpoints=list(range({k})), cache_dir={cache!r}, seed=0)
 out = TransitionBatch.empty(256, 4)
 base = proc_status("RssAnon")
@@ -183,7 +182,7 @@ def verify_speed(log_dir: Path, rounds: int = 3) -> dict:
     import shutil
     import time
 
-    from replay.verify import verify
+    from pvn.replay.verify import verify
 
     files = sorted(p for p in log_dir.glob("*_ckpt.*.gz"))
     mb = sum(p.stat().st_size for p in files) / 1e6

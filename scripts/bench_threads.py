@@ -47,9 +47,10 @@ def _worker(workload: str, mode: str, seconds: float) -> None:
         apply(plan)
     env_threads = plan.envpool if plan is not None else 0
     if workload == "pretrain":
+        from pvn.replay import TorchBatch
+
         from pvn.config import load_config
         from pvn.pretraining import build
-        from replay import TorchBatch
 
         cfg = load_config("pretrain", ["data.path=x", "run_dir=y", "td.warmup_steps=0"])
         learner = build(cfg, num_actions=6)
@@ -64,10 +65,11 @@ def _worker(workload: str, mode: str, seconds: float) -> None:
             learner.update(batch, 1)
             return 1
     elif workload == "evaluate":
-        from agents.control import EvalConfig, run_control
-        from agents.dqn import DQNConfig
-        from agents.linear_dqn import LinearDQN
-        from envs import make_atari
+        from pvn.agents.control import EvalConfig, run_control
+        from pvn.agents.dqn import DQNConfig
+        from pvn.agents.linear_dqn import LinearDQN
+        from pvn.envs import make_atari
+
         from pvn.networks import build_torso
 
         torso = build_torso("nature", torch.Generator().manual_seed(0)).requires_grad_(False)
@@ -79,7 +81,7 @@ def _worker(workload: str, mode: str, seconds: float) -> None:
             run_control(env, torso, agent, cfg, torch.device("cpu"), 0)
             return 800
     else:  # collect
-        from envs import make_atari
+        from pvn.envs import make_atari
 
         env = make_atari("Pong", 8, "dopamine", 0, num_threads=env_threads)
         rng = np.random.default_rng(0)

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
-from envs import EnvError, FrameStack, Protocol, make_atari
+from pvn.envs import EnvError, FrameStack, Protocol, make_atari
 
 
 def _play(env, actions):

@@ -7,15 +7,15 @@ import json
 import numpy as np
 import pytest
 import torch
+from pvn.agents.control import EvalConfig, run_control
+from pvn.agents.dqn import DQNConfig
+from pvn.agents.linear_dqn import LinearDQN
+from pvn.envs import make_atari
+from pvn.replay import DQNReplayWriter
 
-from agents.control import EvalConfig, run_control
-from agents.dqn import DQNConfig
-from agents.linear_dqn import LinearDQN
-from envs import make_atari
 from pvn.cli import main
 from pvn.config import load_config
 from pvn.networks import build_torso
-from replay import DQNReplayWriter
 
 # epsilon 1: Breakout needs FIRE to launch the ball, which an untrained greedy head may never
 # press; random play ends episodes in ~200 steps
@@ -183,7 +183,7 @@ def test_feature_norm_calibrates_once_when_learning_starts_and_resumes_with_its_
 
 
 def test_end_to_end_dqn_trains_its_torso_from_frames():
-    from agents.dqn import end_to_end_dqn
+    from pvn.agents.dqn import end_to_end_dqn
 
     torso = build_torso("nature", torch.Generator().manual_seed(0), feature_dim=16)
     before = {k: v.clone() for k, v in torso.state_dict().items()}
@@ -200,7 +200,7 @@ def test_end_to_end_dqn_trains_its_torso_from_frames():
 
 def test_epsilon_greedy_statistics():
     """Non-greedy actions appear at rate epsilon * (A - 1) / A, uniformly over the others."""
-    from agents.policies import epsilon_greedy
+    from pvn.agents.policies import epsilon_greedy
 
     q = torch.tensor([[0.0, 5.0, 1.0, 2.0]]).repeat(20_000, 1)  # greedy action: 1
     rng = np.random.default_rng(0)
@@ -240,8 +240,9 @@ def test_report_with_offline_probes(pretrained, tmp_path, capsys):
 
 def test_collect_with_a_trained_agent(tmp_path):
     """policy=epsilon_greedy with epsilon 0 logs exactly the agent's greedy actions."""
+    from pvn.replay import DQNReplayDataset
+
     from pvn.builders import encoder_for
-    from replay import DQNReplayDataset
 
     run = tmp_path / "eval"
     assert main(["evaluate", "encoder=random", f"run_dir={run}", *SMALL]) == 0
@@ -281,7 +282,8 @@ def test_collect_with_a_trained_agent(tmp_path):
 def test_a_trained_policy_acts_on_the_features_its_head_learned_on(tmp_path):
     """A head trained with agent.feature_norm reads phi * c; the collection policy made from its
     run must too (it once loaded only the layer's weights and acted on phi with c = 1)."""
-    from envs import FrameStack, make_atari
+    from pvn.envs import FrameStack, make_atari
+
     from pvn.builders import encoder_for
     from pvn.checkpoint import list_checkpoints, load_checkpoint
     from pvn.commands.collect import trained_policy

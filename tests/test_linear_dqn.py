@@ -6,10 +6,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-
-from agents.dqn import DQNConfig, double_dqn_target
-from agents.linear_dqn import LinearDQN
-from replay.feature_replay import FeatureReplay
+from pvn.agents.dqn import DQNConfig, double_dqn_target
+from pvn.agents.linear_dqn import LinearDQN
+from pvn.replay.feature_replay import FeatureReplay
 
 
 def test_double_dqn_target_by_hand():
@@ -129,7 +128,7 @@ def test_frame_replay_restacks_what_the_agent_saw(ale_episodes):
     """End-to-end DQN's replay keeps single frames; each sampled stack (and next stack) equals the
     stack :class:`envs.FrameStack` built while acting, on real Breakout frames, across episode
     boundaries (zero padding) and after the circular buffer wrapped (overwritten slots)."""
-    from envs import FrameStack
+    from pvn.envs import FrameStack
 
     frames = np.concatenate([ep[0] for ep in ale_episodes])
     ends = np.concatenate([np.arange(len(ep[0])) == len(ep[0]) - 1 for ep in ale_episodes])

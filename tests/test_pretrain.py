@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from pvn.replay import DQNReplayDataset, DQNReplayWriter, Prefetcher
 
 import pvn
 from pvn.checkpoint import list_checkpoints, load_checkpoint
@@ -21,7 +22,6 @@ from pvn.cli import main
 from pvn.config import load_config
 from pvn.pretraining import build
 from pvn.task_cache import attach_task_cache, cache_wanted
-from replay import DQNReplayDataset, DQNReplayWriter, Prefetcher
 
 
 @pytest.fixture(scope="module")

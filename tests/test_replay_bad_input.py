@@ -6,9 +6,9 @@ import gzip
 
 import numpy as np
 import pytest
+from pvn.replay import DQNReplayDataset, ReplayError
 
 from pvn.cli import main
-from replay import DQNReplayDataset, ReplayError
 
 
 def _rewrite(path, array, raw_bytes: bytes | None = None):
@@ -108,7 +108,7 @@ def test_pickled_object_array_is_refused(dopamine_copy, tmp_path):
 
 
 def test_no_valid_transition(tmp_path):
-    from replay import DQNReplayWriter
+    from pvn.replay import DQNReplayWriter
 
     path = tmp_path / "replay_logs"
     with DQNReplayWriter(path, capacity=100) as w:  # one 1-step episode: its slot is cursor - 1

@@ -10,9 +10,8 @@ import sys
 import textwrap
 
 import numpy as np
-
-from replay import DQNReplayDataset
-from replay import cache as cache_mod
+from pvn.replay import DQNReplayDataset
+from pvn.replay import cache as cache_mod
 
 
 def _file_backed(a: np.ndarray) -> bool:
@@ -55,7 +54,7 @@ def test_conversion_killed_midway_is_redone(dopamine_copy, tmp_path):
     script = textwrap.dedent(
         f"""
         import os, signal
-        from replay import DQNReplayDataset
+        from pvn.replay import DQNReplayDataset
         def progress(desc, total):
             def cb(n):
                 os.kill(os.getpid(), signal.SIGKILL)

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
-from replay import DQNReplayDataset
-from replay.transitions import cursor_range
+from pvn.replay import DQNReplayDataset
+from pvn.replay.transitions import cursor_range
 
 
 @pytest.fixture(scope="module")

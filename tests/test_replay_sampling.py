@@ -6,8 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-
-from replay import DQNReplayDataset, DQNReplayWriter, Prefetcher
+from pvn.replay import DQNReplayDataset, DQNReplayWriter, Prefetcher
 
 
 @pytest.fixture

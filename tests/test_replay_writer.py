@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from pvn.replay import DQNReplayDataset, DQNReplayWriter
 
-from replay import DQNReplayDataset, DQNReplayWriter
 from tests.reference import is_valid, load_raw, transition
 
 
@@ -184,7 +184,7 @@ def test_terminal_on_last_slot(tmp_path):
 
 
 def test_writer_refuses_existing_log(tmp_path):
-    from replay import ReplayError
+    from pvn.replay import ReplayError
 
     ep = (_synthetic_frames(6, 1), np.zeros(6), np.zeros(6, np.float32), True)
     path = tmp_path / "replay_logs"
@@ -194,7 +194,7 @@ def test_writer_refuses_existing_log(tmp_path):
 
 
 def test_writer_rejects_bad_episode(tmp_path):
-    from replay import ReplayError
+    from pvn.replay import ReplayError
 
     w = DQNReplayWriter(tmp_path / "replay_logs", capacity=10)
     with pytest.raises(ReplayError, match="uint8"):

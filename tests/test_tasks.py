@@ -6,10 +6,9 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-
-from auxiliary import build_tasks
-from auxiliary.init import same_pad
-from auxiliary.random_nets import RandomConvNets
+from pvn.auxiliary import build_tasks
+from pvn.auxiliary.init import same_pad
+from pvn.auxiliary.random_nets import RandomConvNets
 
 
 @pytest.fixture(scope="module")

@@ -10,10 +10,10 @@ import textwrap
 
 import numpy as np
 import pytest
+from pvn.replay import DQNReplayDataset
+from pvn.replay import cache as cache_mod
 
 from pvn.checkpoint import list_checkpoints
-from replay import DQNReplayDataset
-from replay import cache as cache_mod
 
 # In the child: writes past the limit fail with EFBIG instead of killing it (SIGXFSZ ignored).
 _LIMITED = textwrap.dedent(
@@ -98,7 +98,7 @@ def test_two_readers_convert_a_checkpoint_once(dopamine_copy, tmp_path):
         f"""
         import os, sys, zlib
         from pathlib import Path
-        from replay import DQNReplayDataset
+        from pvn.replay import DQNReplayDataset
         def progress(desc, total):
             Path({str(marks)!r}, desc.replace(" ", "_") + f".{{os.getpid()}}").touch()
             return None

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from pvn.diagnostics import dormant_fraction, srank
-from replay import LoggedData
+from pvn.replay import LoggedData
 
 
 def discounted_to_go(r: np.ndarray, terminal: np.ndarray, gamma: float):

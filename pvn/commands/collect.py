@@ -18,8 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from agents.policies import POLICIES, EpsilonGreedyPolicy, Policy, RandomPolicy
-from envs import FrameStack, make_atari
+from pvn.agents.policies import POLICIES, EpsilonGreedyPolicy, Policy, RandomPolicy
 from pvn.checkpoint import (
     list_checkpoints,
     load_checkpoint,
@@ -27,12 +26,13 @@ from pvn.checkpoint import (
     save_checkpoint,
 )
 from pvn.config import check_resumable, require, save_config
+from pvn.envs import FrameStack, make_atari
 from pvn.files import write_text_atomic
 from pvn.progress import bar
+from pvn.replay import DQNReplayWriter, ReplayError
+from pvn.replay.dopamine_format import FRAME_SHAPE
+from pvn.replay.episode_log import EpisodeLog
 from pvn.threads import announce, plan_for
-from replay import DQNReplayWriter, ReplayError
-from replay.dopamine_format import FRAME_SHAPE
-from replay.episode_log import EpisodeLog
 
 
 def run_collection(

@@ -41,8 +41,8 @@ def run_verify(path: str, checkpoints: list[int] | None) -> int:
     import time
 
     from pvn.progress import bar
-    from replay.dataset import resolve_log_dir
-    from replay.verify import verify
+    from pvn.replay.dataset import resolve_log_dir
+    from pvn.replay.verify import verify
 
     log_dir = resolve_log_dir(path)
     data_files = [f for f in log_dir.glob("*_ckpt.*.gz") if not f.name.startswith("episode_end")]

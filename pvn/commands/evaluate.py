@@ -17,8 +17,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig
 
-from agents.control import EvalConfig, run_control
-from envs import make_atari
+from pvn.agents.control import EvalConfig, run_control
 from pvn.builders import agent_for, encoder_for, method_of
 from pvn.checkpoint import (
     list_checkpoints,
@@ -27,13 +26,14 @@ from pvn.checkpoint import (
     save_checkpoint,
 )
 from pvn.config import check_resumable, require, require_device, save_config
+from pvn.envs import make_atari
 from pvn.errors import ConfigError
 from pvn.files import write_text_atomic
 from pvn.metrics import MetricsLogger
 from pvn.progress import bar
+from pvn.replay import DQNReplayWriter
+from pvn.replay.episode_log import EpisodeLog
 from pvn.threads import announce, plan_for
-from replay import DQNReplayWriter
-from replay.episode_log import EpisodeLog
 
 
 def _replay_log(cfg: DictConfig, env, resume: dict[str, Any] | None) -> EpisodeLog | None:

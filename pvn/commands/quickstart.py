@@ -17,7 +17,7 @@ from pvn.commands.evaluate import evaluate
 from pvn.commands.pretrain import pretrain
 from pvn.commands.report import report
 from pvn.config import configure, require, save_config
-from replay.summary import summarize
+from pvn.replay.summary import summarize
 
 
 def quickstart(cfg) -> None:

@@ -164,7 +164,7 @@ def probes(
 
     from pvn.analysis.probes import linear_probes
     from pvn.builders import encoder_for
-    from replay import DQNReplayDataset
+    from pvn.replay import DQNReplayDataset
 
     ds = DQNReplayDataset(data)
     out: dict[str, dict[str, Any]] = {}

@@ -33,7 +33,7 @@ from pvn.distributed.aggregators import AGGREGATORS, ATTACKS
 from pvn.distributed.algorithms import DDP, Algorithm, FedAvgM, Gossip, Single, Worker
 from pvn.distributed.comm import Comm, SimulatedComm, TorchComm, in_torchrun
 from pvn.learner import PVNLearner
-from replay import LoggedData
+from pvn.replay import LoggedData
 
 FEDAVG = ("fedavg_m", "scaffold_m", "fedavg_m_vr", "scaffold_m_vr")
 RULES = ("ddp", *FEDAVG, *AGGREGATORS)

@@ -21,7 +21,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from auxiliary.init import init_module_
+from pvn.auxiliary.init import init_module_
 
 #: Default cuts per torso: K = 4 blocks. For impala the first stack is split at its residual
 #: blocks because its 84x84 and 42x42 maps hold most of the activations.

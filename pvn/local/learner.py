@@ -17,7 +17,7 @@ import torch
 
 from pvn.learner import PVNLearner
 from pvn.local.methods import LocalAux
-from replay import TorchBatch
+from pvn.replay import TorchBatch
 
 
 class LocalPVNLearner(PVNLearner):

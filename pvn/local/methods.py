@@ -28,7 +28,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from auxiliary.init import init_module_
+from pvn.auxiliary.init import init_module_
 from pvn.local.blocks import (
     QOutput,
     first_layer,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from auxiliary.init import xavier_
+from pvn.auxiliary.init import xavier_
 
 
 class MultiTaskHead(nn.Module):

@@ -42,7 +42,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from auxiliary.init import xavier_
+from pvn.auxiliary.init import xavier_
 from pvn.errors import ConfigError
 
 TOKEN_MODES = ("per_sample", "per_pixel", "per_feature_map")

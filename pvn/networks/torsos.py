@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from auxiliary.init import init_module_, same_pad
+from pvn.auxiliary.init import init_module_, same_pad
 
 
 class Torso(nn.Module):

@@ -27,14 +27,14 @@ from pathlib import Path
 
 import numpy as np
 
-from replay.dopamine_format import (
+from pvn.replay.dopamine_format import (
     STORE,
     array_nbytes,
     checkpoint_files,
     read_small,
     stream_to_npy,
 )
-from replay.errors import ReplayError
+from pvn.replay.errors import ReplayError
 
 _META_VERSION = 2  # 2: meta records the cache files' sizes
 

@@ -24,8 +24,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from auxiliary.base import TaskFamily, TaskOutput
-from auxiliary.random_nets import RandomConvNets
+from pvn.auxiliary.base import TaskFamily, TaskOutput
+from pvn.auxiliary.random_nets import RandomConvNets
 
 
 class IndicatorRND(TaskFamily):

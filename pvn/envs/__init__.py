@@ -1,9 +1,9 @@
 """ALE through envpool (batched, threaded) with an ale-py fallback, under protocol presets."""
 
-from envs.atari import BACKENDS, AtariVecEnv, StepResult, check_game, make_atari
-from envs.errors import EnvError
-from envs.protocols import PROTOCOLS, Protocol, get_protocol
-from envs.stacking import FrameStack
+from pvn.envs.atari import BACKENDS, AtariVecEnv, StepResult, check_game, make_atari
+from pvn.envs.errors import EnvError
+from pvn.envs.protocols import PROTOCOLS, Protocol, get_protocol
+from pvn.envs.stacking import FrameStack
 
 __all__ = [
     "BACKENDS",

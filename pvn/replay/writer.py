@@ -36,15 +36,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from replay.dopamine_format import (
+from pvn.replay.dopamine_format import (
     FRAME_SHAPE,
     file_name,
     find_checkpoints,
     read_frames_into,
     write_npy_gz,
 )
-from replay.errors import ReplayError
-from replay.transitions import cursor_range
+from pvn.replay.errors import ReplayError
+from pvn.replay.transitions import cursor_range
 
 _SCRATCH = ".pvn-writer-frames"
 

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from replay.cache import Checkpoint
+from pvn.replay.cache import Checkpoint
 
 
 def cursor_range(cursor: int, capacity: int, stack_size: int, n_step: int) -> np.ndarray:

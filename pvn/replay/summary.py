@@ -7,10 +7,10 @@ from typing import Any
 
 import numpy as np
 
-from replay.cache import Checkpoint, chronological, read_checkpoint_meta
-from replay.dataset import new_slot_count, new_slot_mask, resolve_log_dir
-from replay.dopamine_format import find_checkpoints, incomplete_checkpoints
-from replay.transitions import valid_mask
+from pvn.replay.cache import Checkpoint, chronological, read_checkpoint_meta
+from pvn.replay.dataset import new_slot_count, new_slot_mask, resolve_log_dir
+from pvn.replay.dopamine_format import find_checkpoints, incomplete_checkpoints
+from pvn.replay.transitions import valid_mask
 
 
 def episode_returns(ck: Checkpoint, new_slots: int) -> np.ndarray:

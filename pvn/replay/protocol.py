@@ -23,7 +23,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from replay.transitions import TransitionBatch
+from pvn.replay.transitions import TransitionBatch
 
 
 @dataclass(frozen=True)

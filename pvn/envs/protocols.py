@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-from envs.errors import EnvError
+from pvn.envs.errors import EnvError
 
 
 @dataclass(frozen=True)

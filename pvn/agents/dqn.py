@@ -36,9 +36,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from agents.rmsprop_tf import RMSPropTF
-from auxiliary.init import xavier_
-from replay.feature_replay import FeatureBatch
+from pvn.agents.rmsprop_tf import RMSPropTF
+from pvn.auxiliary.init import xavier_
+from pvn.replay.feature_replay import FeatureBatch
 
 REWARD_CLIPS = ("return", "step", "none")
 

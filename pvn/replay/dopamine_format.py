@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from replay.errors import ReplayError
+from pvn.replay.errors import ReplayError
 
 STORE = ("observation", "action", "reward", "terminal")
 DTYPES = {

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import torch
 
-from auxiliary.base import TaskFamily, TaskOutput
-from auxiliary.indicator_hash import IndicatorHash
-from auxiliary.indicator_rnd import IndicatorRND
-from auxiliary.random_cumulants import RandomCumulants
-from auxiliary.reward import LoggedReward
+from pvn.auxiliary.base import TaskFamily, TaskOutput
+from pvn.auxiliary.indicator_hash import IndicatorHash
+from pvn.auxiliary.indicator_rnd import IndicatorRND
+from pvn.auxiliary.random_cumulants import RandomCumulants
+from pvn.auxiliary.reward import LoggedReward
 
 FAMILIES: dict[str, type[TaskFamily]] = {
     "indicator_rnd": IndicatorRND,

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from auxiliary.init import init_module_, same_pad, xavier_
+from pvn.auxiliary.init import init_module_, same_pad, xavier_
 
 
 class RandomConvNets(nn.Module):

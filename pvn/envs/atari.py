@@ -20,8 +20,8 @@ from functools import cache
 
 import numpy as np
 
-from envs.errors import EnvError
-from envs.protocols import Protocol, get_protocol
+from pvn.envs.errors import EnvError
+from pvn.envs.protocols import Protocol, get_protocol
 
 BACKENDS = ("envpool", "ale_py")
 

@@ -27,11 +27,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from agents.dqn import DQN
-from agents.policies import epsilon_greedy, linearly_decaying_epsilon
-from envs import FrameStack
-from replay.episode_log import EpisodeLog
-from replay.feature_replay import FeatureReplay
+from pvn.agents.dqn import DQN
+from pvn.agents.policies import epsilon_greedy, linearly_decaying_epsilon
+from pvn.envs import FrameStack
+from pvn.replay.episode_log import EpisodeLog
+from pvn.replay.feature_replay import FeatureReplay
 
 
 @dataclass

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import torch
 
-from auxiliary.base import TaskFamily, TaskOutput
+from pvn.auxiliary.base import TaskFamily, TaskOutput
 
 MERSENNE_EXPONENT = 13
 VARIANTS = ("official", "exact")

@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from agents.dqn import DQN, DQNConfig, linear_head
+from pvn.agents.dqn import DQN, DQNConfig, linear_head
 
 
 class ScaledLinear(nn.Linear):

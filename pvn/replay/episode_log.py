@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from replay.writer import DQNReplayWriter
+from pvn.replay.writer import DQNReplayWriter
 
 
 class EpisodeLog:

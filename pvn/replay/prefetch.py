@@ -22,8 +22,8 @@ from typing import Any, NamedTuple
 
 import torch
 
-from replay.dataset import DQNReplayDataset
-from replay.transitions import TransitionBatch
+from pvn.replay.dataset import DQNReplayDataset
+from pvn.replay.transitions import TransitionBatch
 
 
 class TorchBatch(NamedTuple):

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import torch
 
-from auxiliary.base import TaskFamily, TaskOutput
-from auxiliary.random_nets import RandomConvNets
+from pvn.auxiliary.base import TaskFamily, TaskOutput
+from pvn.auxiliary.random_nets import RandomConvNets
 
 
 class RandomCumulants(TaskFamily):

@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from replay.dopamine_format import (
+from pvn.replay.dopamine_format import (
     DTYPES,
     FRAME_SHAPE,
     _open_checked,
@@ -31,8 +31,8 @@ from replay.dopamine_format import (
     chunks,
     incomplete_checkpoints,
 )
-from replay.errors import ReplayError
-from replay.transitions import cursor_range
+from pvn.replay.errors import ReplayError
+from pvn.replay.transitions import cursor_range
 
 
 def _read_all(path: Path, kind: str, keep: bool, on_chunk=None, progress=None, cap=None):

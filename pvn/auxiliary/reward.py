@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from auxiliary.base import TaskFamily, TaskOutput
+from pvn.auxiliary.base import TaskFamily, TaskOutput
 
 
 class LoggedReward(TaskFamily):

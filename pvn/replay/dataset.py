@@ -8,16 +8,16 @@ from typing import Any
 
 import numpy as np
 
-from replay.cache import Checkpoint, chronological, open_checkpoint
-from replay.dopamine_format import (
+from pvn.replay.cache import Checkpoint, chronological, open_checkpoint
+from pvn.replay.dopamine_format import (
     file_name,
     find_checkpoints,
     incomplete_checkpoints,
     read_small,
 )
-from replay.errors import ReplayError
-from replay.protocol import ShardLog
-from replay.transitions import TransitionBatch, discount_vector, gather_into, valid_mask
+from pvn.replay.errors import ReplayError
+from pvn.replay.protocol import ShardLog
+from pvn.replay.transitions import TransitionBatch, discount_vector, gather_into, valid_mask
 
 
 def resolve_log_dir(path: str | Path) -> Path:

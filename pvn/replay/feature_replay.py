@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from replay.transitions import discount_vector, discounted_sum, window_length
+from pvn.replay.transitions import discount_vector, discounted_sum, window_length
 
 
 @dataclass
