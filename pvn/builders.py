@@ -8,11 +8,13 @@ network's state dict does not hold, e.g. a linear head's feature scale).
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from pvn.agents.control import EvalConfig
 from pvn.agents.dqn import DQN, DQNConfig, end_to_end_dqn
 from pvn.agents.linear_dqn import LinearDQN
 from pvn.checkpoint import load_checkpoint, resolve_checkpoint
@@ -95,6 +97,27 @@ def agent_for(
     return LinearDQN(
         encoder.feature_dim, num_actions, dqn_cfg, gen, feature_norm=bool(a.feature_norm)
     ).to(device)
+
+
+def control_config(cfg: DictConfig) -> EvalConfig:
+    """The control loop's settings from an evaluate config, field by field by name: a field of
+    :class:`agents.control.EvalConfig` is read from ``agent.<name>`` if the agent block has it,
+    else from the top level; fields the config does not set keep the class's value.
+
+    Args:
+        cfg: a ``pvn evaluate`` config.
+
+    Returns:
+        The :class:`agents.control.EvalConfig` the loop runs with.
+    """
+    values = {}
+    for f in dataclasses.fields(EvalConfig):
+        if f.name in cfg.agent:
+            values[f.name] = cfg.agent[f.name]
+        elif f.name in cfg:
+            values[f.name] = cfg[f.name]
+    values["feature_dtype"] = getattr(torch, cfg.agent.feature_dtype)
+    return EvalConfig(**values)
 
 
 def trained_agent(

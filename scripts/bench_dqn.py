@@ -37,16 +37,16 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _bench import emit, significant
-from pvn.agents.control import EvalConfig, run_control
+
+from pvn.agents.control import EvalConfig, Logs, ReplayLog, run_control
 from pvn.agents.dqn import DQNConfig, end_to_end_dqn
 from pvn.agents.policies import epsilon_greedy
+from pvn.checkpoint import save_checkpoint
 from pvn.envs import FrameStack, make_atari
+from pvn.networks import build_torso
 from pvn.replay import DQNReplayWriter
 from pvn.replay.episode_log import EpisodeLog
 from pvn.replay.feature_replay import FeatureBatch, FeatureReplay
-
-from pvn.checkpoint import save_checkpoint
-from pvn.networks import build_torso
 
 DOPAMINE = DQNConfig(
     lr=2.5e-4, max_grad_norm=None, target_period=2000, double_q=False, optimizer="rmsprop_tf"
@@ -64,7 +64,7 @@ def pvn(game: str, n: int, steps: int, min_replay: int, device, log: bool) -> fl
         cfg = EvalConfig(steps=steps, n_step=1, min_replay=min_replay, capacity=100_000)
         episode_log = EpisodeLog(DQNReplayWriter(Path(tmp), 50_000), n) if log else None
         t = time.perf_counter()
-        run_control(env, None, agent, cfg, device, 0, replay_log=episode_log)
+        run_control(env, None, agent, cfg, device, 0, [ReplayLog(episode_log)] if log else [])
         rate = steps / (time.perf_counter() - t)
         if episode_log is not None:
             episode_log.close()
@@ -138,8 +138,8 @@ def _stepping_rate(env, agent, cfg: EvalConfig, device, log_dir: Path, resume) -
     replay's allocation and a resume's copy are not timed), logging every transition."""
     stamps: list[tuple[int, float]] = []
     episode_log = EpisodeLog(DQNReplayWriter(log_dir, 100_000), env.num_envs)
-    run_control(env, None, agent, cfg, device, 0, lambda step, _: stamps.append(
-        (step, time.perf_counter())), resume=resume, replay_log=episode_log)  # fmt: skip
+    stamp = Logs(lambda step, _: stamps.append((step, time.perf_counter())), cfg.log_every)
+    run_control(env, None, agent, cfg, device, 0, [stamp, ReplayLog(episode_log)], resume)
     episode_log.close(write_in_flight=False)
     (s0, t0), (s1, t1) = stamps[0], stamps[-1]
     return (s1 - s0) / (t1 - t0)

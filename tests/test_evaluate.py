@@ -7,15 +7,15 @@ import json
 import numpy as np
 import pytest
 import torch
-from pvn.agents.control import EvalConfig, run_control
+
+from pvn.agents.control import Checkpoints, EvalConfig, run_control
 from pvn.agents.dqn import DQNConfig
 from pvn.agents.linear_dqn import LinearDQN
-from pvn.envs import make_atari
-from pvn.replay import DQNReplayWriter
-
 from pvn.cli import main
 from pvn.config import load_config
+from pvn.envs import make_atari
 from pvn.networks import build_torso
+from pvn.replay import DQNReplayWriter
 
 # epsilon 1: Breakout needs FIRE to launch the ball, which an untrained greedy head may never
 # press; random play ends episodes in ~200 steps
@@ -168,8 +168,8 @@ def test_feature_norm_calibrates_once_when_learning_starts_and_resumes_with_its_
     saved = []
     agent = Recording(16, 4, DQNConfig(lr=1e-3), torch.Generator().manual_seed(0), True)
     with make_atari("Breakout", 2, "eval") as env:
-        run_control(env, torso, agent, cfg, torch.device("cpu"), seed=0,
-                    checkpoint=lambda step, state: saved.append(state))  # fmt: skip
+        ckpts = Checkpoints(lambda step, state: saved.append(state), cfg.checkpoint_every, [])
+        run_control(env, torso, agent, cfg, torch.device("cpu"), seed=0, callbacks=[ckpts])
         assert len(seen) == 1 and 50 <= len(seen[0]) < 52
         want = 1.0 / seen[0].norm(dim=1).mean().item()
         assert agent.feature_scale == pytest.approx(want, rel=1e-6)
@@ -240,9 +240,8 @@ def test_report_with_offline_probes(pretrained, tmp_path, capsys):
 
 def test_collect_with_a_trained_agent(tmp_path):
     """policy=epsilon_greedy with epsilon 0 logs exactly the agent's greedy actions."""
-    from pvn.replay import DQNReplayDataset
-
     from pvn.builders import encoder_for
+    from pvn.replay import DQNReplayDataset
 
     run = tmp_path / "eval"
     assert main(["evaluate", "encoder=random", f"run_dir={run}", *SMALL]) == 0
@@ -282,11 +281,10 @@ def test_collect_with_a_trained_agent(tmp_path):
 def test_a_trained_policy_acts_on_the_features_its_head_learned_on(tmp_path):
     """A head trained with agent.feature_norm reads phi * c; the collection policy made from its
     run must too (it once loaded only the layer's weights and acted on phi with c = 1)."""
-    from pvn.envs import FrameStack, make_atari
-
     from pvn.builders import encoder_for
     from pvn.checkpoint import list_checkpoints, load_checkpoint
     from pvn.commands.collect import trained_policy
+    from pvn.envs import FrameStack, make_atari
 
     run = tmp_path / "eval"
     assert main(["evaluate", "encoder=random", f"run_dir={run}", "agent.feature_norm=true",

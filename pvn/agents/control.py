@@ -1,9 +1,9 @@
 """The online control loop: act with a frozen encoder and learn a linear Q head, or learn
 end to end.
 
-Reads top to bottom like a CleanRL script: every step, one batched forward pass of the frozen
-encoder over all envs' zero-padded stacks gives ``phi(s_t)``; the linear head acts
-epsilon-greedily on it; the features, actions and rewards (clipped here with
+:func:`run_control` reads top to bottom like a CleanRL script: every step, one batched forward
+pass of the frozen encoder over all envs' zero-padded stacks gives ``phi(s_t)``; the linear head
+acts epsilon-greedily on it; the features, actions and rewards (clipped here with
 ``reward_clip=step``) go to the feature replay; every ``update_every`` agent steps the head
 takes a double-DQN n-step update, computed while the emulators step (``send``, update,
 ``recv``); before the first, the agent sees the replay's states once
@@ -11,6 +11,11 @@ takes a double-DQN n-step update, computed while the emulators step (``send``, u
 and the torso never runs in an update. With ``encoder=None`` (end-to-end DQN) the agent's own
 network reads the stacks and the replay keeps each state's newest frame instead. Each finished
 episode's (unclipped) return is recorded with the agent step at which it ended.
+
+Everything around the algorithm plugs in as a :class:`Callback` (Stable-Baselines3's
+``BaseCallback``): greedy evaluations (:class:`Evaluations`), metric logs (:class:`Logs`), the
+progress bar (:class:`Progress`), the DQN Replay log of every transition (:class:`ReplayLog`) and
+checkpoints (:class:`Checkpoints`), called in that order after each batched step.
 
 Runs resume from a checkpoint of :func:`run_control`'s state (agent, replay, generators,
 episodes, counters). Emulator state cannot be saved through envpool, so, as in Dopamine's runner,
@@ -20,7 +25,8 @@ a resumed run starts fresh episodes: the episodes in flight at the checkpoint ar
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -102,6 +108,201 @@ def greedy_episodes(
     return returns
 
 
+@dataclass
+class Step:
+    """One batched env step, as the callbacks see it: the envs that acted (``live``; an env
+    whose previous episode just ended only resets), the newest frame of the state each acted
+    in, the actions, the raw rewards and how each step ended."""
+
+    live: np.ndarray
+    frames: np.ndarray
+    actions: np.ndarray
+    rewards: np.ndarray
+    terminated: np.ndarray
+    truncated: np.ndarray
+
+
+@dataclass
+class Loop:
+    """The loop's state: what :func:`run_control` returns and a checkpoint holds."""
+
+    agent: DQN
+    replay: FeatureReplay
+    rng: np.random.Generator
+    eval_rng: np.random.Generator
+    steps: int  # the run's length in agent steps (over all envs)
+    step: int = 0
+    since_update: int = 0
+    epsilon: float = 1.0
+    episodes: list[dict[str, float]] = field(default_factory=list)
+    evaluations: list[dict[str, Any]] = field(default_factory=list)
+    resumed_at: list[int] = field(default_factory=list)
+    metrics: dict[str, torch.Tensor] = field(default_factory=dict)  # the last update's
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "agent": self.agent.state_dict(),
+            "replay": self.replay.state_dict(),
+            "rng": self.rng.bit_generator.state,
+            "eval_rng": self.eval_rng.bit_generator.state,
+            "episodes": self.episodes,
+            "evaluations": self.evaluations,
+            "step": self.step,
+            "since_update": self.since_update,
+            "resumed_at": self.resumed_at,
+        }
+
+    def summary(self) -> dict[str, Any]:
+        """What a finished run reports: its episodes (each return with the agent step it
+        ended at), evaluations, steps, replay size and where it was resumed."""
+        return {"episodes": self.episodes, "evaluations": self.evaluations, "steps": self.step,
+                "replay_size": len(self.replay), "resumed_at": self.resumed_at}  # fmt: skip
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.agent.load_state_dict(state["agent"])
+        self.replay.load_state_dict(state["replay"])
+        self.rng.bit_generator.state = state["rng"]
+        self.eval_rng.bit_generator.state = state["eval_rng"]
+        self.episodes, self.evaluations = state["episodes"], state["evaluations"]
+        self.resumed_at = [*state["resumed_at"], int(state["step"])]
+        self.step, self.since_update = int(state["step"]), int(state["since_update"])
+        self.replay.start_new_episodes()
+
+
+class Callback:
+    """A hook into :func:`run_control`: told when the run starts (fresh or resumed), after each
+    batched step, and at the end. A callback with state of its own saves it in the loop's
+    checkpoints (:meth:`state_dict`, under its :attr:`key`)."""
+
+    key: str | None = None  # its entry in a checkpoint state (None: nothing to save)
+
+    def on_start(self, loop: Loop, resume: dict[str, Any] | None) -> None:
+        """Called once, before the first step (``resume``: the state the run resumes from)."""
+
+    def on_step(self, loop: Loop, step: Step) -> None:
+        """Called after each batched env step (``loop.step`` already counts it)."""
+
+    def state_dict(self) -> Any:
+        return None
+
+
+class Evaluations(Callback):
+    """The paper's scoring: ``episodes`` greedy episodes (``epsilon``; paper: 100 at 0.001)
+    in ``env`` at step 0, every ``every`` agent steps if set, and after the last step. They draw
+    from the loop's own evaluation generator, so they never change the training run."""
+
+    key = "next_eval"
+
+    def __init__(self, env, encoder, device, cfg: EvalConfig, log=None) -> None:
+        self.env, self.encoder, self.device, self.cfg, self.log = env, encoder, device, cfg, log
+        self.next_eval: int | None = cfg.eval_every if cfg.eval_every > 0 else None
+
+    def _evaluate(self, loop: Loop) -> None:
+        cfg = self.cfg
+        returns = greedy_episodes(self.env, self.encoder, loop.agent, cfg.eval_episodes,
+                                  cfg.epsilon_eval, cfg.eval_max_steps, self.device,
+                                  loop.eval_rng)  # fmt: skip
+        loop.evaluations.append({"step": loop.step, "returns": returns})
+        if self.log is not None:
+            self.log(loop.step, {"eval_return": float(np.mean(returns))})
+
+    def on_start(self, loop: Loop, resume: dict[str, Any] | None) -> None:
+        if resume is not None and self.next_eval is not None:
+            self.next_eval = int(resume["next_eval"])
+        if loop.step == 0:
+            self._evaluate(loop)
+
+    def on_step(self, loop: Loop, step: Step) -> None:
+        due = self.next_eval is not None and loop.step >= self.next_eval
+        if loop.step >= loop.steps or due:
+            self._evaluate(loop)
+            if self.next_eval is not None:
+                self.next_eval = loop.step + self.cfg.eval_every
+
+    def state_dict(self) -> int:
+        return self.next_eval or 0
+
+
+class Logs(Callback):
+    """Every ``every`` agent steps (and at the end): agent steps per second, epsilon, the last
+    update's metrics and the mean return of the last 10 episodes, to ``log(step, values)``."""
+
+    def __init__(self, log: Callable[[int, dict[str, float]], None], every: int) -> None:
+        self.log, self.every = log, every
+
+    def on_start(self, loop: Loop, resume: dict[str, Any] | None) -> None:
+        self.since, self.t0 = 0, time.perf_counter()
+
+    def on_step(self, loop: Loop, step: Step) -> None:
+        self.since += len(step.live)
+        if self.since < self.every and loop.step < loop.steps:
+            return
+        values = {"steps_per_s": self.since / (time.perf_counter() - self.t0),
+                  "epsilon": loop.epsilon}  # fmt: skip
+        values.update({k: float(v) for k, v in loop.metrics.items()})
+        recent = [e["return"] for e in loop.episodes[-10:]]
+        if recent:
+            values["episodic_return"] = float(np.mean(recent))
+        self.log(loop.step, values)
+        self.since, self.t0 = 0, time.perf_counter()
+
+
+class Progress(Callback):
+    """Advances a progress bar (``update(n)``) by the agent steps taken."""
+
+    def __init__(self, pbar) -> None:
+        self.pbar = pbar
+
+    def on_start(self, loop: Loop, resume: dict[str, Any] | None) -> None:
+        if loop.step:
+            self.pbar.update(loop.step)
+
+    def on_step(self, loop: Loop, step: Step) -> None:
+        self.pbar.update(len(step.live))
+
+
+class ReplayLog(Callback):
+    """Logs every transition as a DQN Replay dataset (each env's episodes whole); the writer's
+    state goes into the checkpoints, and the episodes in flight at a checkpoint are dropped from
+    the log on resume, as from the agent's replay. The caller closes the log."""
+
+    key = "replay_log"
+
+    def __init__(self, log: EpisodeLog) -> None:
+        self.log = log
+
+    def on_step(self, loop: Loop, step: Step) -> None:
+        s = step
+        self.log.add(s.live, s.frames, s.actions, s.rewards, s.terminated, s.truncated)
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.log.writer.state_dict()
+
+
+class Checkpoints(Callback):
+    """Every ``every`` agent steps (not after the last), ``save(step, state)`` receives the
+    loop's state with every callback's own; passing such a state as ``resume`` to
+    :func:`run_control` continues the run from it."""
+
+    def __init__(self, save: Callable[[int, dict[str, Any]], None], every: int,
+                 callbacks: list[Callback]) -> None:  # fmt: skip
+        self.save, self.every, self.callbacks = save, every, callbacks
+
+    def on_start(self, loop: Loop, resume: dict[str, Any] | None) -> None:
+        self.next = (loop.step // self.every + 1) * self.every
+
+    def on_step(self, loop: Loop, step: Step) -> None:
+        if loop.step >= self.next and loop.step < loop.steps:
+            state = loop.state_dict()
+            for c in self.callbacks:
+                if c.key is not None:
+                    state[c.key] = c.state_dict()
+            state.setdefault("next_eval", 0)
+            state.setdefault("replay_log", None)
+            self.save(loop.step, state)
+            self.next = (loop.step // self.every + 1) * self.every
+
+
 def run_control(
     env,
     encoder: nn.Module | None,
@@ -109,34 +310,28 @@ def run_control(
     cfg: EvalConfig,
     device: torch.device,
     seed: int,
-    log=None,
-    pbar=None,
-    eval_env=None,
+    callbacks: list[Callback] = (),
     resume: dict[str, Any] | None = None,
-    checkpoint=None,
-    replay_log: EpisodeLog | None = None,
 ) -> dict[str, Any]:
     """Run online DQN for ``cfg.steps`` agent steps (counted over all envs).
 
-    ``encoder`` is the frozen torso whose features a linear ``agent`` learns on, or ``None`` for
-    end-to-end DQN (the replay then holds frames). With ``eval_env`` and ``cfg.eval_episodes``,
-    the agent is scored as the paper scores it: ``eval_episodes`` episodes at ``epsilon_eval``
-    (paper: 100 at 0.001) in ``eval_env`` at step 0 and after the last step, and every
-    ``eval_every`` agent steps if set; evaluations draw from their own generator, so they never
-    change the training run. Every ``cfg.checkpoint_every`` agent steps
-    ``checkpoint(step, state)`` receives the loop's state; passing such a state as ``resume``
-    continues the run from it.
+    Args:
+        env: the batched training envs (:func:`envs.make_atari`).
+        encoder: the frozen torso whose features a linear ``agent`` learns on, or ``None`` for
+            end-to-end DQN (the replay then holds frames).
+        agent: the learner (:class:`agents.dqn.DQN`).
+        cfg: the loop's settings.
+        device: where features, the replay and the agent live.
+        seed: seeds exploration and replay sampling (evaluations draw from ``[seed, 1]``).
+        callbacks: what runs around the algorithm, in order after each step (module docstring).
+        resume: a checkpoint state (:class:`Checkpoints`) to continue from.
 
-    ``replay_log`` logs every transition the envs produce as a DQN Replay dataset (each env's
-    episodes whole; its writer's state goes into the checkpoints, and the episodes in flight at
-    a checkpoint are dropped from the log on resume, as from the agent's replay). The caller
-    closes it.
+    Returns:
+        :meth:`Loop.summary`: episodes (each return with the agent step it ended at),
+        evaluations, steps, replay size and where the run was resumed.
     """
     n = env.num_envs
-    rng = np.random.default_rng(seed)
-    eval_rng = np.random.default_rng([seed, 1])
     frames = encoder is None
-    clip_steps = agent.cfg.reward_clip == "step"
     replay = FeatureReplay(
         cfg.capacity,
         n,
@@ -148,135 +343,55 @@ def run_control(
         seed,
         cfg.stack_size if frames else 1,
     )
-    episodes: list[dict[str, float]] = []
-    evaluations: list[dict[str, Any]] = []
-    evaluating = eval_env is not None and cfg.eval_episodes > 0
-    next_eval = cfg.eval_every if evaluating and cfg.eval_every > 0 else None
-    step, since_update = 0, 0
-    resumed_at: list[int] = []
+    loop = Loop(agent, replay, np.random.default_rng(seed), np.random.default_rng([seed, 1]),
+                cfg.steps)  # fmt: skip
     if resume is not None:
-        agent.load_state_dict(resume["agent"])
-        replay.load_state_dict(resume["replay"])
-        rng.bit_generator.state = resume["rng"]
-        eval_rng.bit_generator.state = resume["eval_rng"]
-        episodes, evaluations = resume["episodes"], resume["evaluations"]
-        resumed_at = [*resume["resumed_at"], int(resume["step"])]
-        step, since_update = int(resume["step"]), int(resume["since_update"])
-        if next_eval is not None:
-            next_eval = int(resume["next_eval"])
-        replay.start_new_episodes()
-        if pbar is not None:
-            pbar.update(step)
-
-    def evaluate() -> None:
-        returns = greedy_episodes(
-            eval_env,
-            encoder,
-            agent,
-            cfg.eval_episodes,
-            cfg.epsilon_eval,
-            cfg.eval_max_steps,
-            device,
-            eval_rng,
-        )
-        evaluations.append({"step": step, "returns": returns})
-        if log is not None:
-            log(step, {"eval_return": float(np.mean(returns))})
-
-    if evaluating and step == 0:
-        evaluate()
-    next_ckpt = None
-    if checkpoint is not None and cfg.checkpoint_every > 0:
-        next_ckpt = (step // cfg.checkpoint_every + 1) * cfg.checkpoint_every
-    calibrated = step >= cfg.min_replay  # learning started before the checkpoint
-    stack = FrameStack(n)
-    all_envs = np.arange(n)
+        loop.load_state_dict(resume)
+    for c in callbacks:
+        c.on_start(loop, resume)
+    calibrated = loop.step >= cfg.min_replay  # learning started before the checkpoint
+    clip_steps = agent.cfg.reward_clip == "step"
+    stack, all_envs = FrameStack(n), np.arange(n)
     obs = stack.push(env.reset()[:, -1], np.ones(n, bool))
     resetting = np.zeros(n, bool)  # these envs' next step only resets them (envpool)
     score = np.zeros(n)
-    since_log, t0 = 0, time.perf_counter()
-    metrics: dict[str, torch.Tensor] = {}
-    while step < cfg.steps:
+    while loop.step < cfg.steps:
         states = _states(encoder, obs, device)
-        eps = linearly_decaying_epsilon(
-            step, cfg.epsilon_train, cfg.epsilon_decay_steps, cfg.min_replay, cfg.epsilon_start
-        )
-        actions = epsilon_greedy(agent.q_values(states), eps, rng)
+        loop.epsilon = linearly_decaying_epsilon(loop.step, cfg.epsilon_train,
+                                                 cfg.epsilon_decay_steps, cfg.min_replay,
+                                                 cfg.epsilon_start)  # fmt: skip
+        actions = epsilon_greedy(agent.q_values(states), loop.epsilon, loop.rng)
         env.send(actions, all_envs)
         # The head learns from the replay while the emulators step (the updates owed so far).
-        owed = since_update // cfg.update_every
-        if step >= cfg.min_replay:
+        owed = loop.since_update // cfg.update_every
+        if loop.step >= cfg.min_replay:
             if not calibrated:  # once, before the first update (a resumed agent has its scale)
                 agent.calibrate(replay.stored())
                 calibrated = True
             if owed:  # one sample for all the updates owed (the replay does not change between)
                 for batch in replay.sample(cfg.batch_size * owed).split(owed):
-                    metrics = agent.update(batch)
-                since_update -= owed * cfg.update_every
+                    loop.metrics = agent.update(batch)
+                loop.since_update -= owed * cfg.update_every
         else:
-            since_update = 0
+            loop.since_update = 0
         res = env.recv()
         order = np.argsort(res.env_id)  # results in env order
         reward, term, trunc = res.reward[order], res.terminated[order], res.truncated[order]
         live = np.flatnonzero(~resetting)
         rows = torch.as_tensor(live, device=device)
-        replay.add(
-            live,
-            states[rows, -1] if frames else states[rows],
-            actions[live],
-            np.clip(reward[live], -1.0, 1.0) if clip_steps else reward[live],
-            term[live],
-            trunc[live],
-        )
-        if replay_log is not None:
-            replay_log.add(
-                live, obs[live, -1], actions[live], reward[live], term[live], trunc[live]
-            )
+        replay.add(live, states[rows, -1] if frames else states[rows], actions[live],
+                   np.clip(reward[live], -1.0, 1.0) if clip_steps else reward[live],
+                   term[live], trunc[live])  # fmt: skip
         score[live] += reward[live]
         ended = ~resetting & (term | trunc)
         for i in np.flatnonzero(ended):
-            episodes.append({"return": float(score[i]), "step": step + len(live)})
+            loop.episodes.append({"return": float(score[i]), "step": loop.step + len(live)})
             score[i] = 0.0
+        step = Step(live, obs[live, -1], actions[live], reward[live], term[live], trunc[live])
         obs = stack.push(res.obs[order, -1], resetting)  # rows that just reset restart from zeros
         resetting = ended
-        step += len(live)
-        since_update += len(live)
-        since_log += len(live)
-        if pbar is not None:
-            pbar.update(len(live))
-        if evaluating and (step >= cfg.steps or (next_eval is not None and step >= next_eval)):
-            evaluate()
-            if next_eval is not None:
-                next_eval = step + cfg.eval_every
-        if log is not None and (since_log >= cfg.log_every or step >= cfg.steps):
-            dt = time.perf_counter() - t0
-            values = {"steps_per_s": since_log / dt, "epsilon": eps}
-            values.update({k: float(v) for k, v in metrics.items()})
-            recent = [e["return"] for e in episodes[-10:]]
-            if recent:
-                values["episodic_return"] = float(np.mean(recent))
-            log(step, values)
-            since_log, t0 = 0, time.perf_counter()
-        if next_ckpt is not None and step >= next_ckpt and step < cfg.steps:
-            state = {
-                "agent": agent.state_dict(),
-                "replay": replay.state_dict(),
-                "rng": rng.bit_generator.state,
-                "eval_rng": eval_rng.bit_generator.state,
-                "episodes": episodes,
-                "evaluations": evaluations,
-                "step": step,
-                "since_update": since_update,
-                "next_eval": next_eval or 0,
-                "resumed_at": resumed_at,
-                "replay_log": None if replay_log is None else replay_log.writer.state_dict(),
-            }
-            checkpoint(step, state)
-            next_ckpt = (step // cfg.checkpoint_every + 1) * cfg.checkpoint_every
-    return {
-        "episodes": episodes,
-        "evaluations": evaluations,
-        "steps": step,
-        "replay_size": len(replay),
-        "resumed_at": resumed_at,
-    }
+        loop.step += len(live)
+        loop.since_update += len(live)
+        for c in callbacks:
+            c.on_step(loop, step)
+    return loop.summary()

@@ -17,8 +17,16 @@ import numpy as np
 import torch
 from omegaconf import DictConfig
 
-from pvn.agents.control import EvalConfig, run_control
-from pvn.builders import agent_for, encoder_for, method_of
+from pvn.agents.control import (
+    Callback,
+    Checkpoints,
+    Evaluations,
+    Logs,
+    Progress,
+    ReplayLog,
+    run_control,
+)
+from pvn.builders import agent_for, control_config, encoder_for, method_of
 from pvn.checkpoint import (
     list_checkpoints,
     load_checkpoint,
@@ -123,25 +131,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         replay_log = _replay_log(cfg, env, resume)
         save_config(cfg, run_dir)
         announce(cfg)
-        ecfg = EvalConfig(
-            steps=cfg.steps,
-            n_step=a.n_step,
-            gamma=a.gamma,
-            batch_size=a.batch_size,
-            update_every=a.update_every,
-            min_replay=a.min_replay,
-            capacity=a.capacity,
-            epsilon_train=a.epsilon_train,
-            epsilon_start=a.epsilon_start,
-            epsilon_decay_steps=a.epsilon_decay_steps,
-            feature_dtype=getattr(torch, a.feature_dtype),
-            log_every=cfg.log_every,
-            eval_episodes=cfg.eval_episodes,
-            eval_every=cfg.eval_every,
-            epsilon_eval=a.epsilon_eval,
-            eval_max_steps=cfg.eval_max_steps,
-            checkpoint_every=cfg.checkpoint_every,
-        )
+        ecfg = control_config(cfg)
 
         def checkpoint(at: int, state: dict[str, Any]) -> None:
             save_checkpoint(run_dir, at, {"loop": state}, keep=cfg.keep_checkpoints)
@@ -149,20 +139,16 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         logger = MetricsLogger(run_dir)
         try:
             with bar(cfg.steps, f"evaluate {cfg.game}", "step", cfg.progress) as pbar:
-                out = run_control(
-                    env,
-                    encoder,
-                    agent,
-                    ecfg,
-                    device,
-                    int(cfg.seed),
-                    logger.log,
-                    pbar,
-                    eval_env,
-                    resume,
-                    checkpoint,
-                    replay_log,
-                )
+                callbacks: list[Callback] = []
+                if eval_env is not None:
+                    callbacks.append(Evaluations(eval_env, encoder, device, ecfg, logger.log))
+                callbacks += [Logs(logger.log, ecfg.log_every), Progress(pbar)]
+                if replay_log is not None:
+                    callbacks.append(ReplayLog(replay_log))
+                if ecfg.checkpoint_every > 0:
+                    callbacks.append(Checkpoints(checkpoint, ecfg.checkpoint_every, callbacks))
+                out = run_control(env, encoder, agent, ecfg, device, int(cfg.seed), callbacks,
+                                  resume)  # fmt: skip
             if replay_log is not None:
                 out["replay_log"] = _close_log(replay_log, cfg, out, env.num_actions)
         finally:
