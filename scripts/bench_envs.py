@@ -25,11 +25,11 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _bench import emit
+
 from pvn.agents.policies import RandomPolicy
+from pvn.commands.collect import run_collection
 from pvn.envs import make_atari
 from pvn.replay import DQNReplayWriter
-
-from pvn.commands.collect import run_collection
 
 
 def envpool_alone(game: str, num_envs: int, steps: int, batch: int) -> float:

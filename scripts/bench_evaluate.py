@@ -30,11 +30,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _bench import emit, significant
+
 from pvn.agents.control import EvalConfig, run_control
 from pvn.agents.dqn import DQNConfig
 from pvn.agents.linear_dqn import LinearDQN
 from pvn.envs import FrameStack, make_atari
-
 from pvn.networks import build_torso
 from pvn.threads import apply, plan_threads
 

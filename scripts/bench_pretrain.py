@@ -30,10 +30,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _bench import compare, emit, real_frames, write_log
-from pvn.replay import DQNReplayDataset, Prefetcher
 
 from pvn.config import load_config
 from pvn.pretraining import build
+from pvn.replay import DQNReplayDataset, Prefetcher
 from pvn.task_cache import build_task_cache
 
 

@@ -28,6 +28,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _bench import compare, emit, proc_status, real_frames, write_log
+
 from pvn.replay import DQNReplayDataset, Prefetcher, TransitionBatch
 
 

@@ -47,10 +47,9 @@ def _worker(workload: str, mode: str, seconds: float) -> None:
         apply(plan)
     env_threads = plan.envpool if plan is not None else 0
     if workload == "pretrain":
-        from pvn.replay import TorchBatch
-
         from pvn.config import load_config
         from pvn.pretraining import build
+        from pvn.replay import TorchBatch
 
         cfg = load_config("pretrain", ["data.path=x", "run_dir=y", "td.warmup_steps=0"])
         learner = build(cfg, num_actions=6)
@@ -69,7 +68,6 @@ def _worker(workload: str, mode: str, seconds: float) -> None:
         from pvn.agents.dqn import DQNConfig
         from pvn.agents.linear_dqn import LinearDQN
         from pvn.envs import make_atari
-
         from pvn.networks import build_torso
 
         torso = build_torso("nature", torch.Generator().manual_seed(0)).requires_grad_(False)

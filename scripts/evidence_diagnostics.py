@@ -77,9 +77,8 @@ def feature_stats(torso, obs: torch.Tensor, tau: float) -> dict[str, float]:
 def task_returns(learner, ds, gamma: float):
     """(keys, G) of every valid state inside a complete episode: ``G`` (n, tasks) the
     discounted future task rewards along the log (invalid slots inside an episode count 0)."""
-    from pvn.replay.summary import chronological
-
     from pvn.analysis.probes import discounted_to_go
+    from pvn.replay.summary import chronological
 
     keys, gs = [], []
     for c in ds.checkpoints:
@@ -138,11 +137,10 @@ def main() -> None:
                     help="also diagnose another pretraining run on GAME's log (e.g. a knob "
                          "variant), reported as 'GAME (RUN_DIR)'")  # fmt: skip
     args = ap.parse_args()
-    from pvn.replay import DQNReplayDataset
-
     from pvn.analysis.probes import linear_probes
     from pvn.experiments.plan import data_dir
     from pvn.networks import build_torso
+    from pvn.replay import DQNReplayDataset
 
     cfg = OmegaConf.load(args.config)
     out, results = Path(cfg.out), Path(cfg.results)

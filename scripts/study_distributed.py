@@ -163,10 +163,9 @@ def run_all(args, root: Path, arms: dict) -> dict:
 
 
 def study_noniid(args, logs: dict[str, Path]) -> dict:
-    from pvn.replay import DQNReplayDataset
-
     from pvn import load_encoder
     from pvn.analysis.probes import linear_probes
+    from pvn.replay import DQNReplayDataset
 
     base = [
         f"data.path=[{','.join(str(logs[g]) for g in GAMES)}]",

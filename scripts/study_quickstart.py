@@ -155,11 +155,10 @@ def grid(args: argparse.Namespace) -> list[tuple[str, str]]:
 def features_table(data: Path, encoders: dict[str, str], seeds: list[int]) -> dict[str, Any]:
     """Probes, srank, dormant fraction and mean feature norm per encoder (random: per seed's
     torso, averaged)."""
-    from pvn.replay import DQNReplayDataset
-
     from pvn.analysis.probes import linear_probes
     from pvn.commands.evaluate import encoder_for
     from pvn.config import load_config
+    from pvn.replay import DQNReplayDataset
 
     ds = DQNReplayDataset(data)
     ck = ds.checkpoints[0]

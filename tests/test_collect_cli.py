@@ -9,11 +9,11 @@ import sys
 import numpy as np
 import pytest
 import yaml
+
+from pvn.cli import main
 from pvn.envs import make_atari
 from pvn.replay import DQNReplayDataset
 from pvn.replay.summary import summarize
-
-from pvn.cli import main
 from tests.reference import load_raw
 
 

@@ -7,10 +7,10 @@ import gzip
 
 import numpy as np
 import pytest
-from pvn.replay import DQNReplayDataset, DQNReplayWriter, ReplayError
-from pvn.replay.dopamine_format import read_small
 
 from pvn.cli import main
+from pvn.replay import DQNReplayDataset, DQNReplayWriter, ReplayError
+from pvn.replay.dopamine_format import read_small
 
 
 def _open(path, tmp_path, **kw):

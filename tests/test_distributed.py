@@ -11,7 +11,6 @@ import sys
 import pytest
 import torch
 from omegaconf import OmegaConf
-from pvn.replay import DQNReplayDataset, Prefetcher, TorchBatch
 
 from pvn.checkpoint import list_checkpoints, load_checkpoint
 from pvn.cli import main
@@ -26,6 +25,7 @@ from pvn.distributed.aggregators import (
     trimmed_mean,
 )
 from pvn.pretraining import build
+from pvn.replay import DQNReplayDataset, Prefetcher, TorchBatch
 from tests.test_pretrain import _args, _assert_same, log_dir  # noqa: F401 (fixture)
 
 RULES = [

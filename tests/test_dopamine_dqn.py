@@ -7,12 +7,12 @@ import numpy as np
 import pytest
 import torch
 import yaml
+
 from pvn.agents.dqn import DQN, DQNConfig
 from pvn.agents.policies import linearly_decaying_epsilon
 from pvn.agents.rmsprop_tf import RMSPropTF
-from pvn.replay.feature_replay import FeatureBatch
-
 from pvn.cli import main
+from pvn.replay.feature_replay import FeatureBatch
 
 
 @pytest.mark.parametrize("centered,momentum", [(True, 0.0), (False, 0.0), (True, 0.9)])

@@ -5,12 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from pvn.auxiliary import build_tasks
-from pvn.replay import TorchBatch
 
+from pvn.auxiliary import build_tasks
 from pvn.learner import PVNLearner, TDConfig, td_target
 from pvn.networks import MultiTaskHead, PVNNetwork, build_torso
 from pvn.optim import build_optimizer
+from pvn.replay import TorchBatch
 
 
 def test_td_target_by_hand():

@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+
 from pvn.agents.dqn import DQNConfig, double_dqn_target
 from pvn.agents.linear_dqn import LinearDQN
 from pvn.replay.feature_replay import FeatureReplay

@@ -8,7 +8,6 @@ import json
 
 import pytest
 import torch
-from pvn.replay import DQNReplayDataset, Prefetcher, TorchBatch
 
 from pvn.checkpoint import list_checkpoints, load_checkpoint
 from pvn.cli import main
@@ -16,6 +15,7 @@ from pvn.config import load_config
 from pvn.local import auglocal_depths, auglocal_indices, torso_units
 from pvn.memory import SavedTensorMeter
 from pvn.pretraining import build
+from pvn.replay import DQNReplayDataset, Prefetcher, TorchBatch
 from tests.test_pretrain import _args, _assert_same, log_dir  # noqa: F401 (fixture)
 
 LOCALS = ["dgl", "man", "man_pp", "auglocal"]

@@ -15,14 +15,14 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
-from pvn.auxiliary import build_tasks
-from pvn.replay import TorchBatch
-from pvn.replay.feature_replay import FeatureBatch
 
+from pvn.auxiliary import build_tasks
 from pvn.commands.evaluate import agent_for
 from pvn.config import load_config
 from pvn.networks.torsos import SamePool
 from pvn.pretraining import build
+from pvn.replay import TorchBatch
+from pvn.replay.feature_replay import FeatureBatch
 
 
 class NumpyAdam:

@@ -14,13 +14,13 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from pvn.replay import DQNReplayDataset, DQNReplayWriter, Prefetcher
 
 import pvn
 from pvn.checkpoint import list_checkpoints, load_checkpoint
 from pvn.cli import main
 from pvn.config import load_config
 from pvn.pretraining import build
+from pvn.replay import DQNReplayDataset, DQNReplayWriter, Prefetcher
 from pvn.task_cache import attach_task_cache, cache_wanted
 
 

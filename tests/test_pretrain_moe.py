@@ -8,7 +8,6 @@ import json
 
 import pytest
 import torch
-from pvn.replay import DQNReplayDataset, Prefetcher
 
 import pvn
 from pvn.checkpoint import list_checkpoints, load_checkpoint
@@ -16,6 +15,7 @@ from pvn.cli import main
 from pvn.config import load_config
 from pvn.networks.moe import MoEFeatures, moe_layers
 from pvn.pretraining import build
+from pvn.replay import DQNReplayDataset, Prefetcher
 from tests.test_pretrain import _args, _assert_same, log_dir  # noqa: F401 (fixture)
 
 MOES = ["smoe", "momentum_smoe", "adam_smoe", "soft_moe"]

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from pvn.replay import DQNReplayDataset, DQNReplayWriter
 
 from pvn.analysis.probes import (
     L2_GRID,
@@ -15,6 +14,7 @@ from pvn.analysis.probes import (
     ridge_weights,
 )
 from pvn.networks import build_torso
+from pvn.replay import DQNReplayDataset, DQNReplayWriter
 
 
 def test_return_to_go_by_hand(tmp_path, ale_episodes):

@@ -6,9 +6,9 @@ import gzip
 
 import numpy as np
 import pytest
-from pvn.replay import DQNReplayDataset, ReplayError
 
 from pvn.cli import main
+from pvn.replay import DQNReplayDataset, ReplayError
 
 
 def _rewrite(path, array, raw_bytes: bytes | None = None):

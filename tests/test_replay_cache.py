@@ -10,6 +10,7 @@ import sys
 import textwrap
 
 import numpy as np
+
 from pvn.replay import DQNReplayDataset
 from pvn.replay import cache as cache_mod
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
 from pvn.replay import DQNReplayDataset
 from pvn.replay.transitions import cursor_range
 

@@ -11,14 +11,14 @@ import time
 
 import numpy as np
 import pytest
+
+from pvn.checkpoint import list_checkpoints
+from pvn.cli import main
 from pvn.replay import DQNReplayDataset, ReplayError
 from pvn.replay.cache import read_checkpoint_meta
 from pvn.replay.dataset import resolve_log_dir
 from pvn.replay.dopamine_format import find_checkpoints
 from pvn.replay.summary import chronological, summarize
-
-from pvn.checkpoint import list_checkpoints
-from pvn.cli import main
 
 
 def _complete_episode_returns(log) -> list[float]:
@@ -150,6 +150,7 @@ def test_replay_checkpoint_holds_only_the_filled_slots():
     import io
 
     import torch
+
     from pvn.replay.feature_replay import FeatureReplay
 
     replay = FeatureReplay(100_000, 2, (84, 84), 1, 0.99, dtype=torch.uint8, stack_size=4)

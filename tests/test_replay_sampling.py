@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+
 from pvn.replay import DQNReplayDataset, DQNReplayWriter, Prefetcher
 
 

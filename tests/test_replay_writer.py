@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from pvn.replay import DQNReplayDataset, DQNReplayWriter
 
+from pvn.replay import DQNReplayDataset, DQNReplayWriter
 from tests.reference import is_valid, load_raw, transition
 
 

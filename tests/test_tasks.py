@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+
 from pvn.auxiliary import build_tasks
 from pvn.auxiliary.init import same_pad
 from pvn.auxiliary.random_nets import RandomConvNets

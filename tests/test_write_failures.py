@@ -10,10 +10,10 @@ import textwrap
 
 import numpy as np
 import pytest
-from pvn.replay import DQNReplayDataset
-from pvn.replay import cache as cache_mod
 
 from pvn.checkpoint import list_checkpoints
+from pvn.replay import DQNReplayDataset
+from pvn.replay import cache as cache_mod
 
 # In the child: writes past the limit fail with EFBIG instead of killing it (SIGXFSZ ignored).
 _LIMITED = textwrap.dedent(
