@@ -83,6 +83,14 @@ def load_config(name: str, overrides: list[str]) -> DictConfig:
     Group choices (``torso=impala``) are applied first, so the keys of the chosen options
     (``torso.width``) are known when the other overrides are checked. The result is typed
     (:func:`_typed`): the CLI and Python callers (:func:`configure`) hold the same object.
+
+    Args:
+        name: the command (``collect``, ``pretrain``, ``evaluate``, ``quickstart``).
+        overrides: Hydra override strings (``key=value``, ``group=option``).
+
+    Returns:
+        The resolved, checked config; a bad key or value raises a one-line
+        :class:`pvn.errors.ConfigError` naming it.
     """
     cfg = _load(name, overrides)
     _require_complete(name, cfg)
@@ -102,6 +110,13 @@ def configure(command: str, **values: Any) -> DictConfig:
     The defaults are the YAML files' (their one home, documented in the config reference);
     unknown keys and values of the wrong type are one-line :class:`ConfigError` s, as on the
     command line. The object stays typed: ``cfg.steps = "many"`` or ``cfg.stpes = 10`` raises.
+
+    Args:
+        command: the command whose config this is (``pretrain``, ``evaluate``, ...).
+        **values: group choices and values, sections as nested dicts.
+
+    Returns:
+        The command's config, as the CLI would resolve it.
     """
     groups = config_groups()
     choices = [f"{k}={v}" for k, v in values.items() if k in groups and isinstance(v, str)]

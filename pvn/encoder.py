@@ -17,6 +17,14 @@ def load_encoder(path: str | Path, device: str | torch.device = "cpu") -> nn.Mod
 
     uint8 ``(B, 4, 84, 84)`` in, ``(B, D)`` features out; ``.feature_dim`` gives D. Parameters
     have ``requires_grad=False`` and the module is in eval mode.
+
+    Args:
+        path: a ``pvn pretrain`` run directory (its latest checkpoint) or a checkpoint file.
+        device: where the encoder runs.
+
+    Returns:
+        The frozen torso. A random torso is not a checkpoint: build one with
+        :func:`pvn.networks.build_torso` (what ``pvn evaluate encoder=random`` does).
     """
     ckpt = resolve_checkpoint(path)
     state = load_checkpoint(ckpt)

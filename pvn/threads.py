@@ -1,11 +1,10 @@
 """One thread plan per process, so pvn stays fast on a busy machine.
 
-PyTorch's defaults take every core the machine has and let OpenMP workers spin while they wait
-for each other. When another process holds one of those cores, every parallel region waits for
-the descheduled worker: a Nature forward pass at batch 32 went from 8 ms to 138 ms with one
-competing process on a 2-core machine. pvn therefore decides, once, from the cores this process
-may use (CPU affinity, then the cgroup CPU quota) and, under torchrun, the number of workers on
-this host:
+PyTorch's defaults take every core the machine has and let OpenMP workers spin while they wait for each other. When another
+process holds one of those cores, every parallel region waits for the descheduled worker
+(measured in docs/threads.md). pvn therefore decides, once, from the cores this process may use
+(CPU affinity, then the cgroup CPU quota) and, under torchrun, the number of workers on this
+host:
 
 * ``intra_op``: PyTorch's intra-op threads, the process's share of the cores;
 * ``inter_op``: PyTorch's inter-op threads (1: pvn runs no parallel graphs);
@@ -84,7 +83,17 @@ def plan_threads(
 ) -> ThreadPlan:
     """The plan for ``command`` on ``cores`` (default: :func:`available_cores`) shared by
     ``local_world_size`` processes (default: torchrun's ``LOCAL_WORLD_SIZE``, else 1).
-    ``overrides`` (``threads.*``; ``None`` values mean "decide") win over every choice."""
+    ``overrides`` (``threads.*``; ``None`` values mean "decide") win over every choice.
+
+    Args:
+        command: the ``pvn`` command the plan is for (``pretrain``, ``evaluate``, ``collect``).
+        cores: cores this process may use; ``None``: :func:`available_cores`.
+        local_world_size: processes sharing them; ``None``: torchrun's, else 1.
+        overrides: ``threads.*`` values that win over every choice.
+
+    Returns:
+        The :class:`ThreadPlan`; a bad override raises ``ValueError`` naming the key.
+    """
     cores = available_cores() if cores is None else cores
     if local_world_size is None:
         local_world_size = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
@@ -126,7 +135,11 @@ def set_wait_policy(policy: str = "PASSIVE") -> None:
 
 def apply(plan: ThreadPlan) -> None:
     """Apply the PyTorch part of ``plan`` to this process (once, before any parallel work:
-    PyTorch refuses to change its inter-op pool after it has started)."""
+    PyTorch refuses to change its inter-op pool after it has started).
+
+    Args:
+        plan: the plan from :func:`plan_threads`.
+    """
     import torch
 
     torch.set_num_threads(int(plan.intra_op))

@@ -1,20 +1,19 @@
 """Linear DQN on frozen features: the PVN paper's evaluation of a representation.
 
 A single linear layer ``Q(s, .) = W phi(s) + b`` on the frozen encoder's features, trained with
-the shared DQN rule of :mod:`agents.dqn` as in the PVN code's online evaluation (Acme DQN;
-Farebrother et al. 2023, Sec. 5): double Q-learning with n-step returns, Huber(1), Adam
-(lr 6.25e-5, eps 1.5e-4), gradient-norm clip 10, a hard target copy every 2,000 updates, rewards
-clipped to [-1, 1] before they are stored. The replay holds features, so updates never run the
-torso.
+the shared DQN rule of :mod:`pvn.agents.dqn` as in the PVN code's online evaluation (Acme DQN;
+Farebrother et al. 2023, Sec. 5): double Q-learning with n-step returns and Huber(1); where
+rewards are clipped and whether gradients are is that module's ``reward_clip`` and
+``max_grad_norm``. The replay holds features, so updates never run the torso.
 
 ``feature_norm=True`` reads ``phi(s) / c`` instead, ``c`` the mean L2 norm of the features in
 the replay when learning starts (:meth:`LinearDQN.calibrate`), fixed from then on. The function
 class is the same (any ``W`` on ``phi / c`` is ``W / c`` on ``phi``), but the optimizer's step is
 not: Adam moves each weight by about ``lr`` per update whatever the gradient's scale, so the
 Q-values move by about ``lr * ||phi||_1`` per update. A pretrained torso's features can be
-tens of times larger than a random torso's (pvn's PVNs: L1 norm 180-620 against 4-11), so one
-``lr`` is a different effective step for each representation compared; dividing by ``c`` makes
-``lr`` mean the same thing for all of them (docs/results/evidence_cpu_400k/).
+tens of times larger than a random torso's, so one ``lr`` is a different effective step for each
+representation compared; dividing by ``c`` makes ``lr`` mean the same thing for all of them (the
+measured norms: docs/results/evidence_cpu/results.md, "Feature scale").
 """
 
 from __future__ import annotations

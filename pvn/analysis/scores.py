@@ -32,7 +32,15 @@ def reference_scores() -> dict[str, tuple[float, float]]:
 
 
 def human_normalized(game: str, score: float) -> float:
-    """``(score - random) / (human - random)``; NaN for a game outside the table."""
+    """The human-normalised score ``(score - random) / (human - random)``.
+
+    Args:
+        game: CamelCase ALE game (the Atari-57 table of random and human scores).
+        score: a raw game score.
+
+    Returns:
+        The normalised score; NaN for a game outside the table.
+    """
     ref = reference_scores().get(game)
     if ref is None:
         return float("nan")
@@ -64,8 +72,15 @@ def _scalar(x: np.ndarray) -> np.ndarray | float:
 
 def probability_of_improvement(x: np.ndarray, y: np.ndarray) -> float:
     """P(X > Y): per game, the probability that a run of X beats a run of Y (ties count half,
-    the Mann-Whitney U statistic over ``n_x n_y``), averaged over games. ``x`` is ``(runs_x,
-    games)``, ``y`` is ``(runs_y, games)``."""
+    the Mann-Whitney U statistic over ``n_x n_y``), averaged over games (Agarwal et al. 2021).
+
+    Args:
+        x: scores of method X, ``(runs_x, games)``.
+        y: scores of method Y, ``(runs_y, games)``.
+
+    Returns:
+        The probability of improvement of X over Y, in [0, 1].
+    """
     x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
     diff = x[:, None, :] - y[None, :, :]  # (runs_x, runs_y, games)
     per_game = ((diff > 0) + 0.5 * (diff == 0)).mean(axis=(0, 1))
@@ -104,7 +119,17 @@ def stratified_bootstrap_ci(
 
 
 def aggregate(scores: np.ndarray, reps: int = 50_000, seed: int = 0) -> dict[str, dict[str, float]]:
-    """IQM, median and mean of a ``(runs, games)`` matrix, each with its 95% CI."""
+    """IQM, median and mean of a ``(runs, games)`` matrix, each with its 95% CI (stratified
+    bootstrap over runs within games, as rliable computes them; Agarwal et al. 2021).
+
+    Args:
+        scores: normalised scores, ``(runs, games)``.
+        reps: bootstrap resamples.
+        seed: the bootstrap's seed.
+
+    Returns:
+        ``{"iqm" | "median" | "mean": {"value", "ci_low", "ci_high"}}``.
+    """
     out = {}
     for name, fn in AGGREGATES.items():
         lo, hi = stratified_bootstrap_ci(scores, fn, reps, seed=seed)

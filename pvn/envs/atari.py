@@ -209,6 +209,11 @@ def make_atari(
         stack: frames per observation: 1 for single frames, 4 for the usual stacks.
         batch_size: envpool async mode when smaller than ``num_envs``.
         num_threads: worker threads (0: the backend's default).
+
+    Returns:
+        The batched env: ``reset()`` and ``step(actions)`` (or ``send``/``recv``) give uint8
+        ``(num_envs, stack, 84, 84)`` observations with rewards, terminations, truncations
+        and env ids; ``num_actions`` is the game's minimal action set; a context manager.
     """
     if backend not in BACKENDS:
         raise EnvError(f"backend={backend!r}: unknown; choose one of {list(BACKENDS)}")

@@ -121,6 +121,15 @@ def build_torso(
     ``moe`` (a ``configs/moe/*.yaml`` mapping; ``name: none`` or ``None`` for none) replaces the
     ``features`` block by a mixture-of-experts block over tokens of the conv output
     (:func:`pvn.networks.moe.moe_features_block`; Obando-Ceron et al. 2024).
+
+    Args:
+        name: ``nature`` (Mnih et al. 2015), ``impala`` or ``impala_x8`` (Espeholt et al. 2018).
+        gen: the generator every weight is drawn from.
+        moe: a mixture-of-experts config, or ``None``.
+        **kwargs: the torso's own settings (``width``, ``feature_dim``, ``in_channels``).
+
+    Returns:
+        The torso: uint8 ``(B, 4, 84, 84)`` in, ``(B, feature_dim)`` features out.
     """
     if name not in TORSOS:
         raise ValueError(f"torso={name!r}: unknown; choose one of {sorted(TORSOS)}")

@@ -15,7 +15,12 @@ from pvn.replay.writer import DQNReplayWriter
 
 
 class EpisodeLog:
-    """Per-env buffers of (frame, action, reward) for the episodes in progress."""
+    """Per-env buffers of (frame, action, reward) for the episodes in progress.
+
+    Args:
+        writer: the DQN Replay writer the finished episodes go to.
+        num_envs: the batched envs whose steps arrive.
+    """
 
     def __init__(self, writer: DQNReplayWriter, num_envs: int) -> None:
         self.writer = writer
