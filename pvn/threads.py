@@ -1,7 +1,7 @@
 """One thread plan per process, so pvn stays fast on a busy machine.
 
-PyTorch's defaults take every core the machine has and let OpenMP workers spin while they wait for each other. When another
-process holds one of those cores, every parallel region waits for the descheduled worker
+PyTorch's defaults take every core the machine has and let OpenMP workers spin while they wait
+for each other. When another process holds one of those cores, every parallel region waits for the descheduled worker
 (measured in docs/threads.md). pvn therefore decides, once, from the cores this process may use
 (CPU affinity, then the cgroup CPU quota) and, under torchrun, the number of workers on this
 host:
