@@ -1,10 +1,10 @@
 """One thread plan per process, so pvn stays fast on a busy machine.
 
 PyTorch's defaults take every core the machine has and let OpenMP workers spin while they wait
-for each other. When another process holds one of those cores, every parallel region waits for the descheduled worker
-(measured in docs/threads.md). pvn therefore decides, once, from the cores this process may use
-(CPU affinity, then the cgroup CPU quota) and, under torchrun, the number of workers on this
-host:
+for each other. When another process holds one of those cores, every parallel region waits for
+the descheduled worker (measured in docs/threads.md). pvn therefore decides, once, from the
+cores this process may use (CPU affinity, then the cgroup CPU quota) and, under torchrun, the
+number of workers on this host:
 
 * ``intra_op``: PyTorch's intra-op threads, the process's share of the cores;
 * ``inter_op``: PyTorch's inter-op threads (1: pvn runs no parallel graphs);
