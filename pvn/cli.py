@@ -15,7 +15,7 @@ from omegaconf import OmegaConf
 
 from pvn.errors import USER_ERRORS, ConfigError
 
-USAGE = """usage: pvn COMMAND [key=value ...] [--cfg job] [--help]
+USAGE = """usage: pvn COMMAND [key=value ...] [--cfg job] [--help]   |   pvn --version
 
 Proto-value networks: learn RL representations from logged Atari data.
 
@@ -192,6 +192,11 @@ def _quickstart(args: list[str]) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
+    if args[:1] in (["--version"], ["-V"]):
+        from pvn import __version__
+
+        print(f"pvn {__version__}")
+        return 0
     if not args or args[0] in ("-h", "--help", "help"):
         print(USAGE)
         return 0 if args else 2

@@ -203,3 +203,10 @@ def test_cfg_job_and_help(tmp_path, capsys):
     assert "agent steps to log" in capsys.readouterr().out
     proc = subprocess.run([sys.executable, "-m", "pvn", "--help"], capture_output=True, text=True)
     assert proc.returncode == 0 and "collect" in proc.stdout
+
+
+def test_version(capsys):
+    from pvn import __version__
+
+    assert main(["--version"]) == 0
+    assert capsys.readouterr().out.strip() == f"pvn {__version__}"
