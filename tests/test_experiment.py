@@ -122,6 +122,12 @@ def test_killed_experiment_resumes_without_redoing_finished_stages(tmp_path, cap
     ]  # fmt: skip
     pvn_rows = [r for r in rows if r["arm"] == "pvn"]
     assert all(r["scored_by"] == "final evaluation (2 episodes)" for r in pvn_rows)
+    for r in pvn_rows:  # the spread of the final evaluation's returns, recomputed by hand
+        returns = json.loads(r["final_evaluation_returns"])
+        mean = sum(returns) / len(returns)
+        std = (sum((x - mean) ** 2 for x in returns) / len(returns)) ** 0.5
+        assert float(r["final_evaluation_std"]) == pytest.approx(std)
+        assert int(r["final_evaluation_distinct"]) == len(set(returns))
     assert (tmp_path / "results" / "report.md").is_file()
     assert (tmp_path / "results" / "experiment.yaml").is_file()
     assert (tmp_path / "results" / "complete.json").is_file()

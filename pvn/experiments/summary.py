@@ -8,6 +8,8 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from pvn.errors import ConfigError
 from pvn.experiments.plan import Stage, data_dir
 from pvn.experiments.store import Store
@@ -82,13 +84,16 @@ def write_report(cfg: dict[str, Any], todo: list[Stage], config_path: Path) -> N
         score, scored_by = final_score(res)
         _, game, arm, seed = s.name.split("/")
         final_eval = res["evaluations"][-1]["returns"] if res.get("evaluations") else []
+        spread = [float(np.std(final_eval)), len(set(final_eval))] if final_eval else ["", 0]
         rows.append([game, int(seed[4:]), arm, res["method"], score, scored_by,
-                     len(res["episodes"]), json.dumps(final_eval)])  # fmt: skip
+                     len(res["episodes"]), json.dumps(final_eval), *spread])  # fmt: skip
     tmp = results / ".runs.csv.tmp"
     with open(tmp, "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["game", "seed", "arm", "method", "final_score", "scored_by",
-                    "training_episodes", "final_evaluation_returns"])  # fmt: skip
+                    "training_episodes", "final_evaluation_returns",
+                    # is the score one episode replayed (no sticky actions) or a sample?
+                    "final_evaluation_std", "final_evaluation_distinct"])  # fmt: skip
         w.writerows(rows)
     tmp.replace(results / "runs.csv")
     if all(s.done for s in todo if s.kind != "report"):
