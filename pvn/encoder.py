@@ -26,6 +26,11 @@ def load_encoder(path: str | Path, device: str | torch.device = "cpu") -> nn.Mod
         The frozen torso. A random torso is not a checkpoint: build one with
         :func:`pvn.networks.build_torso` (what ``pvn evaluate encoder=random`` does).
     """
+    if str(path) in ("random", "e2e"):
+        raise CheckpointError(
+            f"load_encoder({str(path)!r}): takes a pretraining run dir or checkpoint; for a random "
+            "torso use pvn.networks.build_torso('nature', torch.Generator().manual_seed(seed))"
+        )
     ckpt = resolve_checkpoint(path)
     state = load_checkpoint(ckpt)
     try:

@@ -333,3 +333,10 @@ def test_paper_preset(capsys):
         True,
     )
     assert cfg["td"]["max_grad_norm"] is None and cfg["td"]["loss"] == "l2"
+
+
+def test_load_encoder_of_random_says_how_to_build_one():
+    from pvn.errors import CheckpointError
+
+    with pytest.raises(CheckpointError, match=r"for a random torso use pvn.networks.build_torso"):
+        pvn.load_encoder("random")
