@@ -8,7 +8,6 @@ spent are appended as truncated (no terminal flag).
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import time
@@ -20,18 +19,16 @@ import numpy as np
 
 from pvn.agents.policies import POLICIES, EpsilonGreedyPolicy, Policy, RandomPolicy
 from pvn.checkpoint import (
-    list_checkpoints,
-    load_checkpoint,
     resumed_env_seed,
     save_checkpoint,
 )
-from pvn.config import check_resumable, require, save_config
+from pvn.config import require
 from pvn.envs import FrameStack, make_atari
-from pvn.files import write_text_atomic
 from pvn.progress import bar
 from pvn.replay import DQNReplayWriter, ReplayError
 from pvn.replay.dopamine_format import FRAME_SHAPE
 from pvn.replay.episode_log import EpisodeLog
+from pvn.run_dir import RunDir
 from pvn.threads import announce, plan_for
 
 
@@ -151,14 +148,11 @@ def collect(cfg) -> dict[str, Any]:
     require(0 <= cfg.epsilon <= 1, "epsilon", cfg.epsilon, "must be in [0, 1]")
     out = Path(cfg.out)
     log_dir = out / "replay_logs"
-    if (out / "collect.json").exists():
-        raise ReplayError(f"{out}: holds a finished collection (collect.json); choose a new out")
-    found = list_checkpoints(out)
-    resume = load_checkpoint(found[-1]).get("collect") if found else None
+    run = RunDir(out, "collection", "collect.json", ReplayError)
+    run.refuse_finished()
+    resume = run.resume(cfg, "collect")
     if resume is None and log_dir.is_dir() and any(log_dir.glob("add_count_ckpt.*.gz")):
         raise ReplayError(f"{log_dir}: already holds checkpoints; choose a new out=DIR")
-    if found:
-        check_resumable(out, cfg)
     env_seed = resumed_env_seed(cfg.seed, int(resume["logged_steps"]) if resume else 0)
     # make_atari validates game, protocol, backend, num_envs and batch_size itself
     env = make_atari(
@@ -182,7 +176,7 @@ def collect(cfg) -> dict[str, Any]:
         writer = DQNReplayWriter(
             log_dir, capacity, compresslevel=cfg.compresslevel, resume=writer_state
         )
-        save_config(cfg, out)
+        run.save_config(cfg)
         announce(cfg)
 
         def checkpoint(logged: int, state: dict[str, Any]) -> None:
@@ -197,5 +191,5 @@ def collect(cfg) -> dict[str, Any]:
     shutil.rmtree(out / "checkpoints", ignore_errors=True)  # finished: nothing to resume
     summary = {"game": cfg.game, "out": str(log_dir), **summary}
     summary["files"] = sorted(os.listdir(log_dir))
-    write_text_atomic(out / "collect.json", json.dumps(summary, indent=2))
+    run.finish(summary, indent=2)
     return summary

@@ -28,12 +28,10 @@ from pvn.agents.control import (
 )
 from pvn.builders import agent_for, control_config, encoder_for, method_of
 from pvn.checkpoint import (
-    list_checkpoints,
-    load_checkpoint,
     resumed_env_seed,
     save_checkpoint,
 )
-from pvn.config import check_resumable, require, require_device, save_config
+from pvn.config import require, require_device
 from pvn.envs import make_atari
 from pvn.errors import ConfigError
 from pvn.files import write_text_atomic
@@ -41,6 +39,7 @@ from pvn.metrics import MetricsLogger
 from pvn.progress import bar
 from pvn.replay import DQNReplayWriter
 from pvn.replay.episode_log import EpisodeLog
+from pvn.run_dir import RunDir
 from pvn.threads import announce, plan_for
 
 
@@ -106,15 +105,10 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     )
     require(cfg.eval_num_envs > 0, "eval_num_envs", cfg.eval_num_envs, "must be > 0")
     require(a.epsilon_decay_steps >= 0, "agent.epsilon_decay_steps", a.epsilon_decay_steps, ">= 0")
-    run_dir = Path(cfg.run_dir)
-    if (run_dir / "results.json").exists():
-        raise ConfigError(f"{run_dir}: already holds results.json; choose a new run_dir")
-    found = list_checkpoints(run_dir)
-    resume = load_checkpoint(found[-1]).get("loop") if found else None
-    if found and resume is None:
-        raise ConfigError(f"{found[-1]}: not a checkpoint of a running evaluation")
-    if found:
-        check_resumable(run_dir, cfg)
+    run = RunDir(Path(cfg.run_dir), "evaluation", "results.json")
+    run_dir = run.path
+    run.refuse_finished()
+    resume = run.resume(cfg, "loop")
     device = torch.device(cfg.device)
     encoder = encoder_for(cfg, device)
     env_seed = resumed_env_seed(cfg.seed, int(resume["step"]) if resume else 0)
@@ -129,7 +123,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     try:
         agent = agent_for(cfg, encoder, env.num_actions, device)
         replay_log = _replay_log(cfg, env, resume)
-        save_config(cfg, run_dir)
+        run.save_config(cfg)
         announce(cfg)
         ecfg = control_config(cfg)
 
@@ -171,7 +165,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     }
     if "replay_log" in out:
         results["replay_log"] = out["replay_log"]
-    write_text_atomic(run_dir / "results.json", json.dumps(results, indent=1))
+    run.finish(results)
     rets = [e["return"] for e in out["episodes"]]
     return {
         "run_dir": str(run_dir),

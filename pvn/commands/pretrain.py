@@ -12,9 +12,9 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from pvn.checkpoint import list_checkpoints
-from pvn.config import check_resumable, require, require_device
+from pvn.config import require, require_device
 from pvn.pretraining import open_team, td_config, train
+from pvn.run_dir import RunDir
 
 
 def _validate(cfg: DictConfig) -> None:
@@ -42,12 +42,10 @@ def _validate(cfg: DictConfig) -> None:
 def pretrain(cfg: DictConfig) -> dict[str, Any]:
     """Run (or resume) ``pvn pretrain``, one worker or many; returns the last logged metrics."""
     _validate(cfg)
-    run_dir = Path(cfg.run_dir)
-    resume = list_checkpoints(run_dir)
-    if resume:
-        check_resumable(run_dir, cfg)
+    run = RunDir(Path(cfg.run_dir), "pretraining")
+    latest = run.latest(cfg)
     team = open_team(cfg)
     try:
-        return train(cfg, team, run_dir, resume[-1] if resume else None)
+        return train(cfg, team, run.path, latest)
     finally:
         team.close()
