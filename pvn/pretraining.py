@@ -30,7 +30,7 @@ from pvn.networks import MultiTaskHead, PVNNetwork, torso_from_spec
 from pvn.networks.moe import MOE_KEYS
 from pvn.optim import build_optimizer
 from pvn.progress import bar, byte_bars
-from pvn.replay import DQNReplayDataset, LoggedData, Prefetcher
+from pvn.replay import DQNReplayDataset, Prefetcher
 from pvn.task_cache import attach_task_cache
 from pvn.threads import announce
 
@@ -115,10 +115,6 @@ def build(cfg: DictConfig, num_actions: int, task_seed: int | None = None) -> PV
     return learner
 
 
-def infer_num_actions(ds: LoggedData) -> int:
-    return ds.num_actions()
-
-
 LOGGED = {"td_loss", "calibration_loss", "q_mean", "grad_norm", *MOE_KEYS}
 
 
@@ -188,7 +184,7 @@ def open_team(cfg: DictConfig) -> Team:
         return open_data(cfg, path, checkpoints, seed, lead)
 
     def learner(ds, task_seed):
-        return build(cfg, cfg.data.num_actions or infer_num_actions(ds), task_seed=task_seed)
+        return build(cfg, cfg.data.num_actions or ds.num_actions(), task_seed=task_seed)
 
     if cfg.distributed.name == "none":
         return single_team(cfg, data, learner)

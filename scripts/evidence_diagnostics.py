@@ -78,12 +78,11 @@ def task_returns(learner, ds, gamma: float):
     """(keys, G) of every valid state inside a complete episode: ``G`` (n, tasks) the
     discounted future task rewards along the log (invalid slots inside an episode count 0)."""
     from pvn.analysis.probes import discounted_to_go
-    from pvn.replay.summary import chronological
 
     keys, gs = [], []
-    for c in ds.checkpoints:
-        ck = ds.checkpoint(c)
-        order = chronological(ck)
+    for c in ds.shards:
+        log = ds.logged(c)
+        order = log.order
         valid = ds.valid_mask(c)[order]
         r = np.zeros((len(order), learner.tasks.num_tasks))
         pos = np.flatnonzero(valid)
@@ -91,7 +90,7 @@ def task_returns(learner, ds, gamma: float):
             b = ds.gather(c, order[pos[s : s + 1024]])
             out = learner.tasks(torch.from_numpy(b.observation), torch.from_numpy(b.reward))
             r[pos[s : s + 1024]] = out.rewards.float().numpy()
-        g, complete = discounted_to_go(r, np.asarray(ck.terminal, bool)[order], gamma)
+        g, complete = discounted_to_go(r, log.terminal, gamma)
         keep = valid & complete
         keys += [(c, int(i)) for i in order[keep]]
         gs.append(g[keep])

@@ -297,8 +297,6 @@ class Checkpoints(Callback):
             for c in self.callbacks:
                 if c.key is not None:
                     state[c.key] = c.state_dict()
-            state.setdefault("next_eval", 0)
-            state.setdefault("replay_log", None)
             self.save(loop.step, state)
             self.next = (loop.step // self.every + 1) * self.every
 
