@@ -21,6 +21,7 @@ from pvn.checkpoint import load_checkpoint, resolve_checkpoint
 from pvn.encoder import load_encoder
 from pvn.errors import CheckpointError, ConfigError
 from pvn.networks import torso_from_spec
+from pvn.settings import section
 
 #: ``encoder=`` values that name no pretrained run, and their report labels (else "pvn")
 METHODS = {"random": "random", "e2e": "dqn"}
@@ -72,20 +73,7 @@ def agent_for(
         A :class:`agents.linear_dqn.LinearDQN` on ``encoder``'s features, or an end-to-end
         :class:`agents.dqn.DQN` whose torso learns from frames.
     """
-    a = cfg.agent
-    try:
-        dqn_cfg = DQNConfig(
-            a.lr,
-            a.adam_eps,
-            a.max_grad_norm,
-            a.target_period,
-            reward_clip=a.reward_clip,
-            double_q=a.double_q,
-            optimizer=a.optimizer,
-            **{f"rms_{k}": v for k, v in a.rmsprop.items()},
-        )
-    except ValueError as e:
-        raise ConfigError(str(e)) from None
+    a = section(DQNConfig, cfg.agent)
     gen = torch.Generator().manual_seed(int(cfg.seed))
     if encoder is None:
         if a.feature_norm:
@@ -93,16 +81,13 @@ def agent_for(
                 "agent.feature_norm=true scales a linear head's frozen features; encoder=e2e "
                 "learns its torso (drop agent.feature_norm)"
             )
-        return end_to_end_dqn(_evaluate_torso(cfg), num_actions, dqn_cfg, gen).to(device)
-    return LinearDQN(
-        encoder.feature_dim, num_actions, dqn_cfg, gen, feature_norm=bool(a.feature_norm)
-    ).to(device)
+        return end_to_end_dqn(_evaluate_torso(cfg), num_actions, a, gen).to(device)
+    return LinearDQN(encoder.feature_dim, num_actions, a, gen).to(device)
 
 
 def control_config(cfg: DictConfig) -> EvalConfig:
-    """The control loop's settings from an evaluate config, field by field by name: a field of
-    :class:`agents.control.EvalConfig` is read from ``agent.<name>`` if the agent block has it,
-    else from the top level; fields the config does not set keep the class's value.
+    """The control loop's schedule from an evaluate config (its top-level keys, the fields of
+    :class:`agents.control.EvalConfig`).
 
     Args:
         cfg: a ``pvn evaluate`` config.
@@ -110,14 +95,8 @@ def control_config(cfg: DictConfig) -> EvalConfig:
     Returns:
         The :class:`agents.control.EvalConfig` the loop runs with.
     """
-    values = {}
-    for f in dataclasses.fields(EvalConfig):
-        if f.name in cfg.agent:
-            values[f.name] = cfg.agent[f.name]
-        elif f.name in cfg:
-            values[f.name] = cfg[f.name]
-    values["feature_dtype"] = getattr(torch, cfg.agent.feature_dtype)
-    return EvalConfig(**values)
+    names = [f.name for f in dataclasses.fields(EvalConfig)]
+    return section(EvalConfig, {k: cfg[k] for k in names})
 
 
 def trained_agent(

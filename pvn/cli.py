@@ -43,9 +43,14 @@ keys with their defaults and meaning; `--cfg job` prints the resolved config and
 
 
 def _config_help(name: str) -> str:
+    """The command's group choices (its YAML file) and every key with its default and meaning
+    (its schema, :func:`pvn.schema.describe`)."""
     from importlib.resources import files
 
-    return files("pvn.configs").joinpath(f"{name}.yaml").read_text()
+    from pvn.schema import describe
+
+    choices = files("pvn.configs").joinpath(f"{name}.yaml").read_text()
+    return f"{describe(name)}\n\n# group options and presets (configs/{name}.yaml):\n{choices}"
 
 
 def _run_configured(name: str, args: list[str], fn: Callable) -> int:
@@ -68,7 +73,7 @@ def _run_configured(name: str, args: list[str], fn: Callable) -> int:
 
         from pvn import threads
 
-        plan = threads.plan_for(cfg, name)
+        plan = threads.plan_for(cfg.threads, name)
         with open_dict(cfg):
             cfg.threads = plan.as_dict()
         if not show:  # announced by the command once its config is checked (threads.announce)

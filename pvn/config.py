@@ -1,15 +1,16 @@
-"""Hydra-style configs for every command: compose, type-check, reject unknown keys, save.
+"""Hydra configs for every command: compose, type-check, validate, reject unknown keys, save.
 
-Configs live in the ``configs`` package (Hydra's config tree) and are composed with Hydra's
-compose API, so overrides use Hydra's grammar (``key=value``, ``group=option``, lists as
-``[0,1]``). On top of Hydra, overrides of keys that are not in the command's config are rejected
-with the valid keys listed, and each value must have the type of its default (an int stays an
-int, ``null`` defaults accept anything, ``auto`` defaults also true/false).
+A command's schema (:mod:`pvn.schema`: typed dataclasses, each default once) comes first in its
+``configs/<command>.yaml``; the YAML files choose group options and presets. Configs are composed
+with Hydra's compose API, so overrides use Hydra's grammar (``key=value``, ``group=option``,
+lists as ``[0,1]``). On top of Hydra, overrides of keys that are not in the command's config are
+rejected with the valid keys listed, each value must have the type of its default (an int stays
+an int, ``auto`` defaults also take true/false), and the schema's own checks run once, when the
+config is made: every error is one line naming the key.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
@@ -17,13 +18,15 @@ from omegaconf.errors import OmegaConfBaseException
 from omegaconf.nodes import AnyNode, BooleanNode, FloatNode, IntegerNode, StringNode
 
 from pvn.errors import ConfigError
-from pvn.files import write_text_atomic
+from pvn.schema import SCHEMAS, register
+from pvn.settings import config_groups
 
 
 def _compose(name: str, overrides: list[str]) -> DictConfig:
     from hydra import compose, initialize_config_module
     from hydra.errors import HydraException
 
+    register()
     try:
         with initialize_config_module(config_module="pvn.configs", version_base=None):
             return compose(config_name=name, overrides=overrides)
@@ -53,28 +56,8 @@ def _type_ok(default, value) -> bool:
     if isinstance(default, str):  # an ``auto`` default also takes true/false
         return isinstance(value, str) or (default == "auto" and isinstance(value, bool))
     if isinstance(default, ListConfig):
-        return isinstance(value, ListConfig)
+        return isinstance(value, (ListConfig, list))
     return True
-
-
-def config_groups() -> set[str]:
-    """Names of the config groups (sub-directories of the ``configs`` package)."""
-    from importlib.resources import files
-
-    return {p.name for p in files("pvn.configs").iterdir() if p.is_dir() and p.name[0] != "_"}
-
-
-def option_defaults(group: str, option: str) -> dict:
-    """The values of one config group option (``configs/<group>/<option>.yaml``): the one place
-    its defaults live, for Python callers that build a part (e.g. an MoE block) directly."""
-    from importlib.resources import files
-
-    path = files("pvn.configs").joinpath(group, f"{option}.yaml")
-    if not path.is_file():
-        raise ConfigError(f"{group}={option!r}: no such option (configs/{group}/{option}.yaml)")
-    cfg = OmegaConf.create(path.read_text())
-    cfg.pop("defaults", None)
-    return OmegaConf.to_container(cfg, resolve=True)
 
 
 def load_config(name: str, overrides: list[str]) -> DictConfig:
@@ -94,6 +77,7 @@ def load_config(name: str, overrides: list[str]) -> DictConfig:
     """
     cfg = _load(name, overrides)
     _require_complete(name, cfg)
+    validate(name, cfg)
     return cfg
 
 
@@ -107,7 +91,8 @@ def configure(command: str, **values: Any) -> DictConfig:
                         data={"path": "data/pong"}, td={"center": True})
         pvn.commands.pretrain.pretrain(cfg)
 
-    The defaults are the YAML files' (their one home, documented in the config reference);
+    The defaults are the schema's (:mod:`pvn.schema`, their one home, documented in the config
+    reference);
     unknown keys and values of the wrong type are one-line :class:`ConfigError` s, as on the
     command line. The object stays typed: ``cfg.steps = "many"`` or ``cfg.stpes = 10`` raises.
 
@@ -133,6 +118,7 @@ def configure(command: str, **values: Any) -> DictConfig:
             why = str(e).splitlines()[0]
             raise ConfigError(f"pvn {command}: {path}={value!r}: {why}") from None
     _require_complete(command, cfg)
+    validate(command, cfg)
     return cfg
 
 
@@ -165,17 +151,37 @@ def _load(name: str, overrides: list[str]) -> DictConfig:
     choices = [ov for ov in overrides if ov.split("=", 1)[0].lstrip("+~") in groups]
     base = _compose(name, choices)
     keys = {path for path, _ in _leaves(base)}
-    for ov in overrides:
-        key = ov.split("=", 1)[0].lstrip("+~")
+    defaults = dict(_leaves(base))
+    for key, value in _parsed(name, overrides):
         if key not in keys and key not in groups and key not in base:
             raise ConfigError(f"pvn {name}: unknown key '{key}'; valid keys: {sorted(keys)}")
-    cfg = _compose(name, overrides)
-    defaults = dict(_leaves(base))
-    for path, value in _leaves(cfg):
-        if path in defaults and not _type_ok(defaults[path], value):
-            want = type(defaults[path]).__name__
-            raise ConfigError(f"pvn {name}: {path}={value!r} is not a valid {want}")
-    return _typed(cfg, defaults)
+        if key in defaults and not _type_ok(defaults[key], value):
+            want = type(defaults[key]).__name__
+            raise ConfigError(f"pvn {name}: {key}={value!r} is not a valid {want}")
+    return _typed(_compose(name, overrides), defaults)
+
+
+def _parsed(name: str, overrides: list[str]) -> list[tuple[str, Any]]:
+    """(key, value) of each override, parsed by Hydra's grammar (``null``, ``[0,1]``, ...)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    try:
+        parsed = OverridesParser.create().parse_overrides(overrides)
+    except HydraException as e:
+        raise ConfigError(f"pvn {name}: {' '.join(str(e).split())}") from None
+    return [(o.key_or_group.lstrip("+~"), o.value()) for o in parsed]
+
+
+def validate(name: str, cfg: DictConfig) -> None:
+    """Run the checks of ``name``'s schema (:mod:`pvn.schema`, each section's
+    ``__post_init__``) on a complete config; a bad value is a one-line :class:`ConfigError`."""
+    try:
+        OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(SCHEMAS[name]), cfg))
+    except ValueError as e:
+        raise ConfigError(f"pvn {name}: {e}") from None
+    except OmegaConfBaseException as e:
+        raise ConfigError(f"pvn {name}: {' '.join(str(e).split())}") from None
 
 
 def _typed(cfg: DictConfig, defaults: dict[str, Any]) -> DictConfig:
@@ -213,61 +219,3 @@ def _require_complete(name: str, cfg: DictConfig) -> None:
     if missing:
         hint = " ".join(f"{k}=..." for k in missing)
         raise ConfigError(f"pvn {name}: required key(s) {missing} not set; add {hint}")
-
-
-#: Keys a resumed run may change: they do not change what is computed. ``steps`` extends a run;
-#: the thread plan follows the machine a run resumes on; a run directory may be moved or copied
-#: (``run_dir``, ``collect``'s ``out``).
-RESUMABLE_KEYS = frozenset(
-    {
-        "run_dir",
-        "out",
-        "steps",
-        "progress",
-        "checkpoint_every",
-        "keep_checkpoints",
-        "log_every",
-        "threads",
-        "diagnostics",
-    }
-)
-
-
-def check_resumable(run_dir: str | Path, cfg: DictConfig) -> None:
-    """Refuse to resume the run in ``run_dir`` under a config that computes something else: a
-    resumed run continues from its checkpoint, so any other change (a learning rate, a game, an
-    epsilon schedule) would silently splice two experiments into one run. Every key outside
-    :data:`RESUMABLE_KEYS` must equal the saved ``config.yaml``'s."""
-    path = Path(run_dir) / "config.yaml"
-    if not path.is_file():  # killed before its config was saved: nothing to compare
-        return
-    old = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
-    new = OmegaConf.to_container(cfg, resolve=True)
-    diff = sorted(
-        k for k in set(old) | set(new) if k not in RESUMABLE_KEYS and old.get(k) != new.get(k)
-    )
-    if diff:
-        raise ConfigError(
-            f"{run_dir}: holds a run with a different config ({', '.join(diff)}); "
-            "resume with the same settings or choose a new run_dir"
-        )
-
-
-def save_config(cfg: DictConfig, run_dir: str | Path) -> Path:
-    """Write the resolved config to ``run_dir/config.yaml`` atomically."""
-    return write_text_atomic(Path(run_dir) / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
-
-
-def require_device(device: str) -> None:
-    """``device`` must be cpu or cuda, and cuda must be available if asked for."""
-    require(device in ("cpu", "cuda"), "device", device, "choose cpu or cuda")
-    if device == "cuda":
-        import torch
-
-        require(torch.cuda.is_available(), "device", device, "no CUDA device is available")
-
-
-def require(cond: bool, key: str, value, why: str) -> None:
-    """Raise a one-line :class:`ConfigError` for ``key=value`` unless ``cond``."""
-    if not cond:
-        raise ConfigError(f"{key}={value!r}: {why}")

@@ -9,7 +9,18 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
+
+
+@dataclass
+class DiagnosticsConfig:
+    """The ``diagnostics:`` section of ``pvn pretrain``."""
+
+    dormant_tau: float = 0.025  # a feature unit is dormant when its mean |activation| ratio <= tau
+    states: int = 1024  # srank and dormancy are measured on the features of the last
+    # ceil(states / batch_size) batches (one batch of 32 caps srank at 32)
 
 
 @torch.no_grad()
@@ -20,7 +31,7 @@ def srank(features: torch.Tensor, delta: float = 0.01) -> torch.Tensor:
 
 
 @torch.no_grad()
-def dormant_fraction(features: torch.Tensor, tau: float = 0.025) -> torch.Tensor:
+def dormant_fraction(features: torch.Tensor, tau: float) -> torch.Tensor:
     act = features.float().abs().mean(0)
     score = act / act.mean().clamp_min(1e-12)
     return (score <= tau).float().mean()

@@ -1,6 +1,8 @@
 """User-facing errors: every mistake a user can make raises one of these, and the CLI prints one
 line naming the file or key and exits with status 2."""
 
+from typing import Any
+
 from pvn.envs.errors import EnvError
 from pvn.replay.errors import ReplayError
 
@@ -23,3 +25,18 @@ class WriteError(PVNError):
 
 
 USER_ERRORS = (PVNError, ReplayError, EnvError)
+
+
+def require_device(device: str) -> None:
+    """``device`` must be cpu or cuda, and cuda must be available if asked for."""
+    require(device in ("cpu", "cuda"), "device", device, "choose cpu or cuda")
+    if device == "cuda":
+        import torch
+
+        require(torch.cuda.is_available(), "device", device, "no CUDA device is available")
+
+
+def require(cond: bool, key: str, value: Any, why: str) -> None:
+    """Raise a one-line :class:`ConfigError` for ``key=value`` unless ``cond``."""
+    if not cond:
+        raise ConfigError(f"{key}={value!r}: {why}")

@@ -57,17 +57,20 @@ from pvn.replay import TorchBatch
 
 @dataclass
 class TDConfig:
-    gamma: float = 0.99
-    n_step: int = 1
-    aggregate: str = "mean"  # mean: uniform-policy successor measure; max: per-task control
-    loss: str = "l2"  # l2 (paper) or huber
-    target_tau: float | None = 0.01
-    target_period: int | None = None
-    warmup_steps: int = 0
-    warmup_mode: str = "skip"  # skip | zero_td (the main optimizer steps on a zero TD gradient)
-    max_grad_norm: float | None = None
-    bf16: bool = False
-    center: bool = False  # subtract each indicator task's base rate p from its reward
+    """The ``td:`` section of ``pvn pretrain``: how the successor measures are learned (the
+    PVN paper's Eq. 4 TD update). The discount and horizon come from the data (``data.gamma``,
+    ``data.n_step``)."""
+
+    aggregate: str = "mean"  # mean: successor measure of the uniform policy (paper); max: control
+    loss: str = "l2"  # l2: 1/2 squared error (paper) | huber
+    target_tau: float | None = 0.01  # Polyak weight of the online net per update (paper 0.01)
+    target_period: int | None = None  # hard target copy every N updates (set target_tau: null)
+    warmup_steps: int = 100  # updates with only the task calibration loss (paper: 62,501)
+    warmup_mode: str = "skip"  # skip: the main optimizer waits | zero_td: it steps on a zero TD
+    # gradient, as the official code does (paper)
+    max_grad_norm: float | None = None  # global gradient-norm clip; null: none (paper)
+    center: bool = False  # learn the SM of r - p (indicator tasks): keeps the torso from
+    # collapsing onto the constant p/(1-gamma); paper: false
 
     def __post_init__(self) -> None:
         """Refuse settings the update rule has no meaning for, naming the ``td.`` key."""
@@ -108,6 +111,9 @@ class PVNLearner:
         optimizer: torch.optim.Optimizer,
         task_optimizer: torch.optim.Optimizer | None,
         cfg: TDConfig,
+        discount: float,
+        *,
+        bf16: bool,
         calibration_decay: float | None = None,
     ) -> None:
         if cfg.center and tasks.base_rate is None:
@@ -124,7 +130,7 @@ class PVNLearner:
             self.task_schedule = torch.optim.lr_scheduler.LambdaLR(
                 task_optimizer, lambda t: 1.0 / (1.0 + t / calibration_decay)
             )
-        self.discount = cfg.gamma**cfg.n_step
+        self.discount, self.bf16 = discount, bf16  # gamma^n of the data's n-step transitions
         self._center = float(tasks.base_rate) if cfg.center else 0.0
         self._online_params = [p for p in network.parameters() if p.requires_grad]
         self._target_params = list(self.target.parameters())
@@ -134,7 +140,7 @@ class PVNLearner:
         self.task_cache: Any = None
 
     def autocast(self, device: torch.device):
-        if self.cfg.bf16:
+        if self.bf16:
             return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
         return nullcontext()
 

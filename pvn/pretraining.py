@@ -11,15 +11,15 @@ import os
 import sys
 import time
 from collections import deque
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import MISSING, DictConfig, OmegaConf
 
 from pvn.auxiliary import build_tasks
 from pvn.checkpoint import load_checkpoint, save_checkpoint
-from pvn.config import save_config
 from pvn.diagnostics import dormant_fraction, srank
 from pvn.distributed.team import Team, distributed_team, single_team
 from pvn.errors import ConfigError, PVNError
@@ -30,7 +30,9 @@ from pvn.networks import MultiTaskHead, PVNNetwork, torso_from_spec
 from pvn.networks.moe import MOE_KEYS
 from pvn.optim import build_optimizer
 from pvn.progress import bar, byte_bars
-from pvn.replay import DQNReplayDataset, Prefetcher
+from pvn.replay import DQNReplayDataset, LoggedData, Prefetcher, RLUDataset
+from pvn.run_dir import save_config
+from pvn.settings import section
 from pvn.task_cache import attach_task_cache
 from pvn.threads import announce
 
@@ -39,17 +41,56 @@ class NonFiniteLoss(PVNError):
     """The loss became NaN or infinite; the last good checkpoint is kept."""
 
 
-def td_config(cfg: DictConfig) -> TDConfig:
-    """The learner's TD settings; its own checks (``TDConfig``) become one-line config errors."""
-    try:
-        return TDConfig(
-            gamma=cfg.data.gamma,
-            n_step=cfg.data.n_step,
-            bf16=cfg.bf16,
-            **OmegaConf.to_container(cfg.td, resolve=True),
-        )
-    except ValueError as e:
-        raise ConfigError(str(e)) from None
+@dataclass
+class DataConfig:
+    """The ``data:`` section of ``pvn pretrain``: which logged transitions, how they are read."""
+
+    path: Any = MISSING  # a replay_logs dir (or a dir holding one), e.g. from `pvn collect`;
+    # format=rlu: the TFDS data dir (or the raw files' dir) of RL Unplugged
+    format: str = "auto"  # dopamine (DQN Replay logs) | rlu (RL Unplugged Atari) | auto: rlu
+    # when path holds rlu_atari_checkpoints_ordered/ or <game>/run_<run>-* files
+    game: str | None = None  # format=rlu: the game (CamelCase, e.g. Pong)
+    run: int = 1  # format=rlu: the run, 1-5
+    split: str = "full"  # format=rlu: full | mixed_small | mixed | weak | checkpoint_XX (the
+    # official code's splits; its default: full)
+    version: str = "1.0.0"  # format=rlu: the TFDS version of prepared data (official: 1.0.0)
+    proportion: float = 1.0  # format=rlu, split=full: the first floor(p * episodes) of each
+    # checkpoint (data_proportion_per_checkpoint)
+    checkpoints: list[int] | None = None  # checkpoint ids to use, e.g. [0,1]; null: all (each
+    # must be complete)
+    skip_incomplete: bool = False  # skip checkpoints missing any of their six files (and say
+    # which) instead of refusing the log
+    keep_stale: bool = False  # also sample the slots a final partial checkpoint still holds from
+    # the previous round (Dopamine's reading: those transitions are then sampled twice, once
+    # from each checkpoint)
+    n_step: int = 1  # update horizon (state-based tasks need 1)
+    gamma: float = 0.99  # discount of the successor measure
+    cache_dir: str | None = None  # memmap cache of decompressed checkpoints (null:
+    # ~/.cache/pvn/replay)
+    prefetch: int = 3  # batches sampled ahead on a background thread
+    num_actions: int | None = None  # null: inferred from the data (max action + 1)
+    task_cache: Any = "auto"  # frozen task outputs computed once per logged state and stored in
+    # run_dir/task_outputs (auto: when steps * batch_size >= slots) | true | false
+
+    def __post_init__(self) -> None:
+        if self.task_cache not in ("auto", True, False):
+            raise ValueError(f"data.task_cache={self.task_cache!r}: choose auto, true or false")
+        if self.format not in ("auto", "dopamine", "rlu"):
+            raise ValueError(f"data.format={self.format!r}: choose auto, dopamine or rlu")
+        if self.format == "rlu" and self.game is None:
+            raise ValueError("data.game=None: format=rlu needs the game (e.g. data.game=Pong)")
+
+
+def data_format(data: DataConfig, path: str) -> str:
+    """``data.format``, with ``auto`` read from ``path``: RL Unplugged when it holds a prepared
+    TFDS directory or raw files of ``data.game``, else DQN Replay logs."""
+    if data.format != "auto":
+        return data.format
+    root = Path(path)
+    rlu = (root / "rlu_atari_checkpoints_ordered").is_dir() or (
+        data.game is not None and any((root / data.game).glob("run_*-of-*"))
+    )
+    return "rlu" if rlu else "dopamine"
 
 
 def build(cfg: DictConfig, num_actions: int, task_seed: int | None = None) -> PVNLearner:
@@ -102,12 +143,14 @@ def build(cfg: DictConfig, num_actions: int, task_seed: int | None = None) -> PV
     if task_params:  # the paper: the main optimizer's settings; laptop default: plain SGD
         calib_cfg = optim_cfg if task_optim is None else {"name": task_optim, "lr": task_lr}
         task_opt = build_optimizer(calib_cfg, task_params, lr=task_lr)
-    args = (network, tasks, optimizer, task_opt, td_config(cfg))
+    data = section(DataConfig, cfg.data)
+    args = (network, tasks, optimizer, task_opt, section(TDConfig, cfg.td), data.gamma**data.n_step)
     try:
         if local is None:
-            learner = PVNLearner(*args, calibration_decay=task_decay)
+            learner = PVNLearner(*args, bf16=cfg.bf16, calibration_decay=task_decay)
         else:  # each block trained by its own loss; torch.compile does not apply
-            learner = LocalPVNLearner(*args, calibration_decay=task_decay, local=local)
+            learner = LocalPVNLearner(*args, bf16=cfg.bf16, calibration_decay=task_decay,
+                                      local=local)  # fmt: skip
     except ValueError as e:
         raise ConfigError(f"{e} (tasks={task_name})") from None
     if cfg.compile:
@@ -154,20 +197,27 @@ class _Accumulator:
         return out
 
 
-def open_data(cfg: DictConfig, path: str, checkpoints: list[int] | None, seed: int,
-              lead: bool = True) -> DQNReplayDataset:  # fmt: skip
-    """The replay log at ``path`` as the run reads it, its sampler seeded with ``seed``; the
-    ``lead`` process shows the conversion's progress and names skipped checkpoints."""
+def open_data(data: DataConfig, path: str, checkpoints: list[int] | None, seed: int,
+              progress: bool, lead: bool = True) -> LoggedData:  # fmt: skip
+    """The logged data at ``path`` as the run reads it (the ``data:`` section): DQN Replay logs
+    or RL Unplugged (``data.format``), its sampler seeded with ``seed``; the ``lead`` process
+    shows the conversion's ``progress`` and names skipped checkpoints."""
+    if data_format(data, path) == "rlu":
+        if data.game is None:
+            raise ConfigError(f"data.path={path}: holds RL Unplugged data; name data.game")
+        return RLUDataset(path, data.game, data.run, data.version, data.split, data.proportion,
+                          checkpoints, data.n_step, data.gamma, data.cache_dir, seed,
+                          progress=byte_bars(progress and lead, "ckpt"))  # fmt: skip
     ds = DQNReplayDataset(
         path,
         checkpoints=checkpoints,
-        n_step=cfg.data.n_step,
-        gamma=cfg.data.gamma,
-        cache_dir=cfg.data.cache_dir,
+        n_step=data.n_step,
+        gamma=data.gamma,
+        cache_dir=data.cache_dir,
         seed=seed,
-        progress=byte_bars(cfg.progress and lead),
-        skip_incomplete=bool(cfg.data.skip_incomplete),
-        keep_stale=bool(cfg.data.keep_stale),
+        progress=byte_bars(progress and lead),
+        skip_incomplete=data.skip_incomplete,
+        keep_stale=data.keep_stale,
     )
     if lead:
         for c, missing in ds.skipped.items():
@@ -180,8 +230,10 @@ def open_team(cfg: DictConfig) -> Team:
     """The workers this process trains: one for a plain run, or those of ``distributed=``."""
     lead = int(os.environ.get("RANK", "0")) == 0  # torchrun's rank 0, or a plain process
 
+    data_cfg = section(DataConfig, cfg.data)
+
     def data(path, checkpoints, seed):
-        return open_data(cfg, path, checkpoints, seed, lead)
+        return open_data(data_cfg, path, checkpoints, seed, cfg.progress, lead)
 
     def learner(ds, task_seed):
         return build(cfg, cfg.data.num_actions or ds.num_actions(), task_seed=task_seed)
@@ -204,9 +256,10 @@ def train(cfg: DictConfig, team: Team, run_dir: Path, resume: Path | None) -> di
     lead = team.rank == 0  # writes the config, metrics and checkpoints
     if lead:
         save_config(cfg, run_dir)
-        announce(cfg)
+        announce(cfg.threads)
     for w, ds in zip(team.workers, team.datasets, strict=True):
-        attach_task_cache(w.learner, ds, cfg, cfg.progress and lead)
+        attach_task_cache(w.learner, ds, cfg.data.task_cache, run_dir, cfg.steps, cfg.batch_size,
+                          torch.device(cfg.device), cfg.progress and lead)  # fmt: skip
     first = team.workers[0].learner  # whose diagnostics are logged
     meta = {
         "torso": OmegaConf.to_container(cfg.torso, resolve=True),

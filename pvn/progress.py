@@ -24,13 +24,16 @@ def bar(total: int | None, desc: str, unit: str, enabled: bool = True, **kw) -> 
     )
 
 
-def byte_bars(enabled: bool) -> Callable[[str, int], Callable[[int], None] | None] | None:
-    """A factory for :class:`replay.DQNReplayDataset`'s ``progress`` argument (cache conversion)."""
+def byte_bars(
+    enabled: bool, unit: str = "B"
+) -> Callable[[str, int], Callable[[int], None] | None] | None:
+    """A factory for the logged data's ``progress`` argument (cache conversion): bars counting
+    ``unit`` (bytes for :class:`replay.DQNReplayDataset`, checkpoints for RL Unplugged)."""
     if not enabled:
         return None
 
     def factory(desc: str, total: int) -> Callable[[int], None]:
-        b = bar(total, desc, "B", unit_divisor=1024, leave=False)
+        b = bar(total, desc, unit, unit_divisor=1024 if unit == "B" else 1000, leave=False)
 
         def update(n: int) -> None:
             b.update(n)

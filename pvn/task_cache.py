@@ -124,19 +124,29 @@ def _compute(ds, ckpt, cap, tasks, path, device, autocast, pbar) -> np.ndarray:
     return np.load(path, mmap_mode="r", allow_pickle=False)
 
 
-def attach_task_cache(learner, ds: LoggedData, cfg, progress: bool = False) -> None:
+def attach_task_cache(learner, ds: LoggedData, mode: bool | str, run_dir: Path, steps: int,
+                      batch_size: int, device: torch.device, progress: bool) -> None:  # fmt: skip
     """Give ``learner`` (a :class:`pvn.learner.PVNLearner`) the stored task outputs of ``ds`` when
-    the pretrain config ``cfg`` asks for them (``data.task_cache``) and the task family has a
-    frozen part. A run that stored them keeps using them, so a resumed run whose ``steps`` grew
-    does not switch paths."""
-    mode = cfg.data.task_cache
+    the run asks for them and the task family has a frozen part. A run that stored them keeps
+    using them, so a resumed run whose ``steps`` grew does not switch paths.
+
+    Args:
+        learner: the learner whose tasks' frozen outputs are stored.
+        ds: its logged data.
+        mode: ``data.task_cache``: ``auto`` (when the run draws at least as many transitions as
+            the data holds), true or false.
+        run_dir: the run directory (the outputs go in ``run_dir/task_outputs``).
+        steps: the run's updates.
+        batch_size: transitions per update.
+        device: where the task networks run.
+        progress: show a progress bar while computing them.
+    """
     if mode is False or not learner.tasks.cacheable:
         return
-    directory = Path(cfg.run_dir) / "task_outputs" / _key(ds, learner.tasks)
+    directory = Path(run_dir) / "task_outputs" / _key(ds, learner.tasks)
     slots = sum(ds.slots(c) for c in ds.shards)
     stored = any(directory.glob("ckpt.*.npy"))
-    if stored or cache_wanted(mode, cfg.steps, cfg.batch_size, slots, learner.tasks.num_tasks):
-        device = torch.device(cfg.device)
+    if stored or cache_wanted(mode, steps, batch_size, slots, learner.tasks.num_tasks):
         learner.task_cache = build_task_cache(
             ds, learner.tasks, directory, device, learner.autocast(device), progress
         )

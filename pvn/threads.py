@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,18 @@ from typing import Any
 ENV_COMMANDS = ("evaluate",)
 #: commands that are mostly emulation (the policy is one forward pass per step, if any)
 EMULATION_COMMANDS = ("collect",)
+
+
+@dataclass
+class ThreadsConfig:
+    """The ``threads:`` section of a command's config: ``None`` decides from the cores this
+    process may use (affinity, cgroup quota, torchrun's local workers)."""
+
+    intra_op: int | None = None  # PyTorch intra-op threads
+    inter_op: int | None = None  # PyTorch inter-op threads
+    envpool: int | None = None  # envpool emulator threads (evaluate, collect)
+    wait_policy: str | None = None  # OMP_WAIT_POLICY of `pvn`: PASSIVE (default) | ACTIVE
+    cores: int | None = None  # not set by hand: a resolved plan's record of the cores it shared
 
 
 @dataclass(frozen=True)
@@ -148,21 +161,29 @@ def apply(plan: ThreadPlan) -> None:
         torch.set_num_interop_threads(int(plan.inter_op))
 
 
-def plan_for(cfg: Any, command: str) -> ThreadPlan:
-    """The plan of a command's config: its ``threads.*`` keys (``None``: decide) resolved;
-    a bad value is a one-line :class:`pvn.errors.ConfigError`."""
+def plan_for(threads: Mapping[str, Any], command: str) -> ThreadPlan:
+    """The plan of a command's ``threads:`` section (``None`` values: decide) resolved;
+    a bad value is a one-line :class:`pvn.errors.ConfigError`.
+
+    Args:
+        threads: the section (a :class:`ThreadsConfig`'s keys, or a saved plan's).
+        command: the command the plan is for.
+
+    Returns:
+        The :class:`ThreadPlan`.
+    """
     from pvn.errors import ConfigError
 
     try:
-        return plan_threads(command, overrides=dict(cfg.threads))
+        return plan_threads(command, overrides=dict(threads))
     except ValueError as e:
         raise ConfigError(str(e)) from None
 
 
-def announce(cfg: Any) -> None:
-    """Log the run's plan at start (stderr), once its command has checked the config: a bad
-    value still gets its one-line error and nothing else."""
+def announce(threads: Mapping[str, Any]) -> None:
+    """Log the run's plan (a config's resolved ``threads:`` section) at start, on stderr, once
+    its command has checked the config: a bad value still gets its one-line error and nothing
+    else."""
     import sys
 
-    if "threads" in cfg:
-        print(f"pvn: threads {dict(cfg.threads)}", file=sys.stderr)
+    print(f"pvn: threads {dict(threads)}", file=sys.stderr)

@@ -26,6 +26,7 @@ metrics. A long run also writes a run checkpoint (the whole replay) and a log ch
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import shutil
 import sys
 import tempfile
@@ -38,7 +39,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _bench import emit, significant
 
-from pvn.agents.control import EvalConfig, Logs, ReplayLog, run_control
+from pvn.agents.control import STACK_SIZE, EvalConfig, Logs, ReplayLog, run_control
 from pvn.agents.dqn import DQNConfig, end_to_end_dqn
 from pvn.agents.policies import epsilon_greedy
 from pvn.checkpoint import save_checkpoint
@@ -53,15 +54,17 @@ DOPAMINE = DQNConfig(
 )
 
 
-def _agent(num_actions: int, device: torch.device):
+def _agent(num_actions: int, device: torch.device, **replay):
+    """Dopamine's DQN end to end, its replay and exploration settings from ``replay``."""
     gen = torch.Generator().manual_seed(0)
-    return end_to_end_dqn(build_torso("nature", gen), num_actions, DOPAMINE, gen).to(device)
+    cfg = dataclasses.replace(DOPAMINE, n_step=1, **replay)
+    return end_to_end_dqn(build_torso("nature", gen), num_actions, cfg, gen).to(device)
 
 
 def pvn(game: str, n: int, steps: int, min_replay: int, device, log: bool) -> float:
     with make_atari(game, n, "dopamine") as env, tempfile.TemporaryDirectory() as tmp:
-        agent = _agent(env.num_actions, device)
-        cfg = EvalConfig(steps=steps, n_step=1, min_replay=min_replay, capacity=100_000)
+        agent = _agent(env.num_actions, device, min_replay=min_replay, capacity=100_000)
+        cfg = EvalConfig(steps=steps)
         episode_log = EpisodeLog(DQNReplayWriter(Path(tmp), 50_000), n) if log else None
         t = time.perf_counter()
         run_control(env, None, agent, cfg, device, 0, [ReplayLog(episode_log)] if log else [])
@@ -105,7 +108,7 @@ def limit(game: str, n: int, steps: int, min_replay: int, device, log: bool) -> 
 CHECKPOINT_EVERY = 100_000  # agent steps between a long run's checkpoints (evidence_1m's)
 
 
-def _filled_state(env, agent, cfg: EvalConfig, fill: int, seed: int) -> dict:
+def _filled_state(env, agent, fill: int, seed: int) -> dict:
     """A :func:`run_control` checkpoint state late in a long run: the replay holds ``fill``
     transitions, real frames of random play tiled over the slots, with an episode end every
     ~1,000 steps per env; the step counter is past them."""
@@ -117,8 +120,9 @@ def _filled_state(env, agent, cfg: EvalConfig, fill: int, seed: int) -> dict:
         frames.append(obs[:, -1].copy())
         obs = env.step(rng.integers(env.num_actions, size=n)).obs
     tiles = torch.from_numpy(np.concatenate(frames))  # (256 n, 84, 84)
-    replay = FeatureReplay(cfg.capacity, n, (84, 84), cfg.n_step, cfg.gamma, "cpu",
-                           torch.uint8, seed, cfg.stack_size)  # fmt: skip
+    a = agent.cfg
+    replay = FeatureReplay(a.capacity, n, (84, 84), a.n_step, a.gamma, "cpu", torch.uint8, seed,
+                           STACK_SIZE)  # fmt: skip
     envs = np.arange(n)
     for t in range(fill // n):
         ends = np.full(n, t % 1000 == 999)
@@ -149,16 +153,17 @@ def long_run(args, device) -> dict:
     """Stepping rates of a fresh and a late run side by side, and a late run's checkpoints."""
     n, tmp = args.num_envs, Path(tempfile.mkdtemp())
     with make_atari(args.game, n, "dopamine") as env:
-        base = EvalConfig(n_step=1, min_replay=args.min_replay, capacity=1_000_000,
-                          log_every=500)  # fmt: skip
-        late = _filled_state(env, _agent(env.num_actions, device), base, args.fill, 0)
+        replay = {"min_replay": args.min_replay, "capacity": 1_000_000}
+        base = EvalConfig(log_every=500)
+        late = _filled_state(env, _agent(env.num_actions, device, **replay), args.fill, 0)
         rates: dict[str, list[float]] = {"short": [], "long": []}
         for r in range(args.rounds):
             for mode in rates:
                 resume = late if mode == "long" else None
                 start = late["step"] if resume else 0
                 cfg = EvalConfig(**{**vars(base), "steps": start + args.steps})
-                rates[mode].append(_stepping_rate(env, _agent(env.num_actions, device), cfg,
+                agent = _agent(env.num_actions, device, **replay)
+                rates[mode].append(_stepping_rate(env, agent, cfg,
                                                   device, tmp / f"{mode}{r}", resume))  # fmt: skip
         t = time.perf_counter()
         save_checkpoint(tmp / "run", late["step"], {"loop": late}, keep=1)

@@ -42,8 +42,9 @@ ENV_THREADS = 0  # envpool's emulator threads (0: its default; --plan: the plan'
 
 
 def pvn(torso, game, n, steps) -> float:
-    agent = LinearDQN(torso.feature_dim, 6, DQNConfig(), torch.Generator().manual_seed(0))
-    cfg = EvalConfig(steps=steps, min_replay=500, capacity=100_000)
+    a = DQNConfig(min_replay=500, capacity=100_000)
+    agent = LinearDQN(torso.feature_dim, 6, a, torch.Generator().manual_seed(0))
+    cfg = EvalConfig(steps=steps)
     with make_atari(game, n, "eval", num_threads=ENV_THREADS) as env:
         t = time.perf_counter()
         run_control(env, torso, agent, cfg, torch.device("cpu"), 0)

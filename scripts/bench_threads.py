@@ -72,10 +72,11 @@ def _worker(workload: str, mode: str, seconds: float) -> None:
 
         torso = build_torso("nature", torch.Generator().manual_seed(0)).requires_grad_(False)
         env = make_atari("Pong", 8, "eval", 0, num_threads=env_threads)
-        agent = LinearDQN(512, env.num_actions, DQNConfig(), torch.Generator().manual_seed(0))
+        a = DQNConfig(min_replay=200, capacity=20_000)
+        agent = LinearDQN(512, env.num_actions, a, torch.Generator().manual_seed(0))
 
         def work() -> int:
-            cfg = EvalConfig(steps=800, min_replay=200, capacity=20_000)
+            cfg = EvalConfig(steps=800)
             run_control(env, torso, agent, cfg, torch.device("cpu"), 0)
             return 800
     else:  # collect

@@ -1,5 +1,6 @@
 """Write ``docs/config_reference.md``: every command's keys and every group option, with their
-defaults and meanings, straight from the config files (the comments are the documentation).
+defaults and meanings, straight from their one home: each command's schema (``pvn/schema.py``,
+whose field comments are the documentation) and the group option files (``configs/``).
 
     python scripts/gen_config_reference.py          # (re)write the page
     python scripts/gen_config_reference.py --check  # exit 1 if the page is out of date
@@ -13,6 +14,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from pvn.schema import describe
+
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs"
 PAGE = ROOT / "docs" / "config_reference.md"
@@ -23,14 +26,16 @@ def render() -> str:
     out = [
         "# Configuration reference",
         "",
-        "Generated from `configs/` by `scripts/gen_config_reference.py`; every key with its",
-        "default and meaning. Set a key with `key=value`, choose a group option with",
-        "`group=option` (`pvn COMMAND --help` prints the same; `--cfg job` the resolved config).",
+        "Generated from `pvn/schema.py` and `configs/` by `scripts/gen_config_reference.py`;",
+        "every key with its default and meaning. Set a key with `key=value`, choose a group",
+        "option with `group=option` (`pvn COMMAND --help` prints the same; `--cfg job` the",
+        "resolved config).",
         "",
     ]
-    for cmd in COMMANDS:
-        out += [f"## `pvn {cmd}`", "", "```yaml", (CONFIGS / f"{cmd}.yaml").read_text().rstrip()]
-        out += ["```", ""]
+    for cmd in COMMANDS:  # the schema's keys, then the YAML file's group choices
+        out += [f"## `pvn {cmd}`", "", "```yaml", describe(cmd), "```", ""]
+        out += [f"Group options and presets (`configs/{cmd}.yaml`):", "", "```yaml"]
+        out += [(CONFIGS / f"{cmd}.yaml").read_text().rstrip(), "```", ""]
     groups = sorted(p for p in CONFIGS.iterdir() if p.is_dir() and not p.name.startswith("_"))
     for group in groups:
         if group.name == "experiment":

@@ -57,3 +57,72 @@ def test_configs_stay_typed_after_creation():
         cfg.steps = 12
         cfg.agent.lr = 1
         assert cfg.steps == 12 and cfg.agent.lr == 1.0 and isinstance(cfg.agent.lr, float)
+
+
+def test_every_default_has_one_home():
+    """A command's YAML file names its schema and chooses group options, and sets no value; no
+    group option (presets aside) writes outside its own group, so none sets a key a schema
+    section owns; and no schema field is declared twice along a class hierarchy (a subclass
+    redeclaring a field would be a second default)."""
+    from importlib.resources import files
+
+    import yaml
+
+    from pvn.schema import SCHEMAS
+
+    root = files("pvn.configs")
+    for command, schema in SCHEMAS.items():
+        text = yaml.safe_load(root.joinpath(f"{command}.yaml").read_text())
+        assert set(text) == {"defaults"}, f"configs/{command}.yaml sets {set(text) - {'defaults'}}"
+        assert text["defaults"][0] == f"{command}_schema"
+        assert _redeclared(schema) == set(), command
+    presets = {"preset", "eval_preset", "experiment"}
+    for group in root.iterdir():
+        if not group.is_dir() or group.name in presets or group.name.startswith("_"):
+            continue
+        for option in group.iterdir():
+            if option.name.endswith(".yaml"):
+                assert "@package" not in option.read_text(), f"{group.name}/{option.name}"
+
+
+def _redeclared(cls: type) -> set[str]:
+    """Fields declared by a dataclass and again by one of its dataclass bases, in ``cls`` and
+    in every section it holds."""
+    import inspect
+    import typing
+    from dataclasses import is_dataclass
+
+    found, seen = set(), set()
+    for base in cls.__mro__:
+        if is_dataclass(base):
+            own = set(inspect.get_annotations(base))
+            found |= own & seen
+            seen |= own
+    for hint in typing.get_type_hints(cls).values():
+        if isinstance(hint, type) and is_dataclass(hint):
+            found |= _redeclared(hint)
+    return found
+
+
+def test_schema_checks_run_when_the_config_is_made():
+    """Each section's rule, one line naming the key, at creation, from the CLI and Python."""
+    with pytest.raises(ConfigError, match=r"^pvn evaluate: eval_every=5: needs eval_episodes"):
+        configure("evaluate", encoder="random", run_dir="r", eval_every=5)
+    with pytest.raises(ConfigError, match=r"^pvn pretrain: td.target_tau=2.0: must be in"):
+        load_config("pretrain", ["data.path=d", "run_dir=r", "td.target_tau=2.0"])
+    with pytest.raises(ConfigError, match=r"agent.reward_clip='clip'"):
+        load_config("evaluate", ["encoder=random", "run_dir=r", "agent.reward_clip=clip"])
+
+
+def test_sections_reach_the_core_typed_with_the_schema_defaults():
+    """A saved config (a dict) becomes the core's object; keys it lacks keep the one default."""
+    from pvn.agents.dqn import DQNConfig
+    from pvn.learner import TDConfig
+    from pvn.settings import section
+
+    td = section(TDConfig, {"center": True})
+    assert td == TDConfig(center=True) and td.warmup_steps == TDConfig.warmup_steps
+    agent = section(DQNConfig, load_config("evaluate", ["encoder=random", "run_dir=r"]).agent)
+    assert agent == DQNConfig()
+    with pytest.raises(ConfigError):
+        section(TDConfig, {"centre": True})

@@ -136,11 +136,10 @@ def test_frozen_encoder_never_changes():
     torso = build_torso("nature", torch.Generator().manual_seed(0), feature_dim=16)
     torso.requires_grad_(False)
     before = {k: v.clone() for k, v in torso.state_dict().items()}
-    agent = LinearDQN(16, 4, DQNConfig(lr=1e-3), torch.Generator().manual_seed(0))
+    a = DQNConfig(lr=1e-3, n_step=3, batch_size=8, min_replay=50, capacity=2000, epsilon_train=0.5)
+    agent = LinearDQN(16, 4, a, torch.Generator().manual_seed(0))
     head_before = agent.head.weight.detach().clone()
-    cfg = EvalConfig(
-        steps=400, n_step=3, batch_size=8, min_replay=50, capacity=2000, epsilon_train=0.5
-    )
+    cfg = EvalConfig(steps=400)
     with make_atari("Breakout", 2, "eval") as env:
         out = run_control(env, torso, agent, cfg, torch.device("cpu"), seed=0)
     assert out["steps"] >= 400 and out["replay_size"] >= 400
@@ -163,10 +162,11 @@ def test_feature_norm_calibrates_once_when_learning_starts_and_resumes_with_its_
 
     torso = build_torso("nature", torch.Generator().manual_seed(0), feature_dim=16)
     torso.requires_grad_(False)
-    cfg = EvalConfig(steps=300, n_step=3, batch_size=8, min_replay=50, capacity=2000,
-                     checkpoint_every=150, feature_dtype=torch.float32)  # fmt: skip
+    cfg = EvalConfig(steps=300, checkpoint_every=150)
+    a = DQNConfig(lr=1e-3, n_step=3, batch_size=8, min_replay=50, capacity=2000,
+                  feature_dtype="float32", feature_norm=True)  # fmt: skip
     saved = []
-    agent = Recording(16, 4, DQNConfig(lr=1e-3), torch.Generator().manual_seed(0), True)
+    agent = Recording(16, 4, a, torch.Generator().manual_seed(0))
     with make_atari("Breakout", 2, "eval") as env:
         ckpts = Checkpoints(lambda step, state: saved.append(state), cfg.checkpoint_every, [])
         run_control(env, torso, agent, cfg, torch.device("cpu"), seed=0, callbacks=[ckpts])
@@ -177,7 +177,7 @@ def test_feature_norm_calibrates_once_when_learning_starts_and_resumes_with_its_
         assert saved and saved[0]["step"] >= 150
         assert saved[0]["agent"]["feature_scale"] == agent.feature_scale
         seen.clear()
-        resumed = Recording(16, 4, DQNConfig(lr=1e-3), torch.Generator().manual_seed(1), True)
+        resumed = Recording(16, 4, a, torch.Generator().manual_seed(1))
         run_control(env, torso, resumed, cfg, torch.device("cpu"), seed=0, resume=saved[0])
     assert seen == [] and resumed.feature_scale == agent.feature_scale
 
@@ -187,10 +187,9 @@ def test_end_to_end_dqn_trains_its_torso_from_frames():
 
     torso = build_torso("nature", torch.Generator().manual_seed(0), feature_dim=16)
     before = {k: v.clone() for k, v in torso.state_dict().items()}
-    agent = end_to_end_dqn(torso, 4, DQNConfig(lr=1e-3), torch.Generator().manual_seed(0))
-    cfg = EvalConfig(
-        steps=300, n_step=3, batch_size=8, min_replay=50, capacity=2000, epsilon_train=0.5
-    )
+    a = DQNConfig(lr=1e-3, n_step=3, batch_size=8, min_replay=50, capacity=2000, epsilon_train=0.5)
+    agent = end_to_end_dqn(torso, 4, a, torch.Generator().manual_seed(0))
+    cfg = EvalConfig(steps=300)
     with make_atari("Breakout", 2, "eval") as env:
         out = run_control(env, None, agent, cfg, torch.device("cpu"), seed=0)
     assert out["steps"] >= 300 and out["replay_size"] >= 300

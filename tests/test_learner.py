@@ -65,8 +65,8 @@ def test_learns_the_closed_form_successor_measure(ale_episodes, center):
     torso = build_torso("nature", gen, feature_dim=64)
     net = PVNNetwork(torso, MultiTaskHead(64, 8, A, gen))
     opt = build_optimizer({"name": "adam", "lr": 1e-3, "eps": 1.5e-4}, net.parameters())
-    cfg = TDConfig(gamma=gamma, target_tau=0.05, center=center)
-    learner = PVNLearner(net, tasks, opt, None, cfg)
+    cfg = TDConfig(target_tau=0.05, center=center, warmup_steps=0)
+    learner = PVNLearner(net, tasks, opt, None, cfg, gamma, bf16=False)
     rng = np.random.default_rng(0)
     for step in range(600):
         s = rng.integers(0, K, 32)
@@ -90,9 +90,8 @@ def test_terminal_transitions_do_not_bootstrap(aggregate):
     torso = build_torso("nature", gen, feature_dim=32)
     net = PVNNetwork(torso, MultiTaskHead(32, 1, 3, gen))
     opt = build_optimizer({"name": "sgd", "lr": 0.05}, net.parameters())
-    learner = PVNLearner(
-        net, tasks, opt, None, TDConfig(aggregate=aggregate, target_tau=None, target_period=10)
-    )
+    td = TDConfig(aggregate=aggregate, target_tau=None, target_period=10, warmup_steps=0)
+    learner = PVNLearner(net, tasks, opt, None, td, 0.99, bf16=False)
     obs = torch.zeros(8, 4, 84, 84, dtype=torch.uint8)
     batch = TorchBatch(
         obs, torch.zeros(8, dtype=torch.long), torch.full((8,), 0.7), obs, torch.ones(8, dtype=bool)

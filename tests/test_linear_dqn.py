@@ -173,7 +173,7 @@ def _chain_replay(scale: float, seed: int = 0) -> FeatureReplay:
 
 def test_feature_norm_scale_is_the_inverse_mean_norm_and_survives_a_checkpoint():
     feats = torch.tensor([[3.0, 4.0, 0.0], [0.0, 0.0, 1.0]])  # norms 5 and 1: mean 3
-    agent = LinearDQN(3, 2, DQNConfig(), torch.Generator().manual_seed(0), feature_norm=True)
+    agent = LinearDQN(3, 2, DQNConfig(feature_norm=True), torch.Generator().manual_seed(0))
     assert agent.feature_scale == 1.0  # until learning starts
     agent.calibrate(feats)
     assert agent.feature_scale == pytest.approx(1 / 3)
@@ -181,7 +181,7 @@ def test_feature_norm_scale_is_the_inverse_mean_norm_and_survives_a_checkpoint()
     w, b = agent.head.weight, agent.head.bias
     torch.testing.assert_close(agent.q_values(x), (x / 3) @ w.T + b)  # Q = W (phi / c) + b
     torch.testing.assert_close(agent.target(x), agent.q_values(x))  # the target reads the same
-    fresh = LinearDQN(3, 2, DQNConfig(), torch.Generator().manual_seed(1), feature_norm=True)
+    fresh = LinearDQN(3, 2, DQNConfig(feature_norm=True), torch.Generator().manual_seed(1))
     fresh.load_state_dict(agent.state_dict())
     torch.testing.assert_close(fresh.q_values(x), agent.q_values(x))
     old = {k: v for k, v in agent.state_dict().items() if k != "feature_scale"}
@@ -200,8 +200,8 @@ def test_feature_norm_makes_the_head_blind_to_the_features_scale(norm):
     qs = []
     for scale in (1.0, 50.0):
         replay = _chain_replay(scale)
-        agent = LinearDQN(8, 3, DQNConfig(lr=1e-2, target_period=20),
-                          torch.Generator().manual_seed(0), feature_norm=norm)  # fmt: skip
+        agent = LinearDQN(8, 3, DQNConfig(lr=1e-2, target_period=20, feature_norm=norm),
+                          torch.Generator().manual_seed(0))  # fmt: skip
         agent.calibrate(replay.stored())
         for _ in range(100):
             agent.update(replay.sample(32))

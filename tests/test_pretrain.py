@@ -167,7 +167,9 @@ def test_task_cache_holds_each_slots_frozen_outputs(log_dir, tmp_path, family):
         obs = torch.from_numpy(ds.gather(ckpt, slots).observation)
         ref = learner.tasks.frozen(obs)
         torch.testing.assert_close(torch.from_numpy(stored[slots]), ref, rtol=1e-5, atol=1e-6)
-    attach_task_cache(learner, ds, cfg)  # reads the stored files
+    attach_task_cache(
+        learner, ds, cfg.data.task_cache, run, cfg.steps, cfg.batch_size, torch.device("cpu"), False
+    )  # reads the stored files
     with Prefetcher(ds, 64) as pf:
         batch = next(pf)
         cached = learner.task_output(batch)

@@ -168,7 +168,8 @@ def test_probes_skip_end_to_end_runs(tmp_path, log_dir):  # noqa: F811
     """An experiment's report probes each arm's frozen encoder; an end-to-end DQN run has none
     (its torso trains with the agent) and is left out rather than crashing the report."""
     from pvn.commands.report import probes
-    from pvn.config import load_config, save_config
+    from pvn.config import load_config
+    from pvn.run_dir import save_config
 
     dirs = []
     for enc in ("e2e", "random"):

@@ -42,24 +42,35 @@ from pvn.replay.feature_replay import FeatureReplay
 
 @dataclass
 class EvalConfig:
-    steps: int = 20_000
-    n_step: int = 5
-    gamma: float = 0.99
-    batch_size: int = 32
-    update_every: int = 4
-    min_replay: int = 2_000
-    capacity: int = 1_000_000
-    epsilon_train: float = 0.01  # the final exploration rate (fixed without a decay)
-    epsilon_start: float = 1.0
-    epsilon_decay_steps: int = 0  # agent steps of linear decay after min_replay (0: fixed)
-    feature_dtype: torch.dtype = torch.float16
-    log_every: int = 1_000
-    eval_episodes: int = 0  # greedy episodes per evaluation (0: no evaluations; paper: 100)
-    eval_every: int = 0  # agent steps between evaluations besides the first and last (0: none)
-    epsilon_eval: float = 0.001
-    eval_max_steps: int = 27_000  # per evaluation episode (agent steps)
-    checkpoint_every: int = 0  # agent steps between checkpoints of the loop state (0: none)
-    stack_size: int = 4  # frames per state (end-to-end DQN replays frames and restacks them)
+    """The control loop's schedule: how long it runs and when it evaluates, logs and
+    checkpoints (the top-level keys of ``pvn evaluate``; the learner's own settings, its replay
+    and exploration are :class:`agents.dqn.DQNConfig`)."""
+
+    steps: int = 20_000  # agent steps over all envs (paper: 1,000,000 = 4M frames)
+    log_every: int = 1_000  # agent steps between metric logs
+    eval_episodes: int = 0  # greedy episodes (agent.epsilon_eval) per evaluation, played at step
+    # 0 and after the last step; 0: no evaluation, runs are scored by their last 10 training
+    # episodes (paper: 100)
+    eval_every: int = 0  # agent steps between further evaluations (0: only the first and last)
+    eval_max_steps: int = 27_000  # cap of each evaluation episode (agent steps; 108k frames, the
+    # paper's)
+    checkpoint_every: int = 100_000  # agent steps between resumable checkpoints (0: only the
+    # final agent)
+
+    def __post_init__(self) -> None:
+        for key in ("steps", "log_every", "eval_max_steps"):
+            if getattr(self, key) <= 0:
+                raise ValueError(f"{key}={getattr(self, key)}: must be > 0")
+        for key in ("eval_episodes", "eval_every", "checkpoint_every"):
+            if getattr(self, key) < 0:
+                raise ValueError(f"{key}={getattr(self, key)}: must be >= 0")
+        if self.eval_every and not self.eval_episodes:
+            raise ValueError(f"eval_every={self.eval_every}: needs eval_episodes > 0 (the "
+                             "episodes each evaluation plays)")  # fmt: skip
+
+
+#: frames per state: end-to-end DQN replays single frames and restacks them (Mnih et al. 2015)
+STACK_SIZE = 4
 
 
 def _states(encoder: nn.Module | None, obs: np.ndarray, device: torch.device) -> torch.Tensor:
@@ -200,7 +211,7 @@ class Evaluations(Callback):
     def _evaluate(self, loop: Loop) -> None:
         cfg = self.cfg
         returns = greedy_episodes(self.env, self.encoder, loop.agent, cfg.eval_episodes,
-                                  cfg.epsilon_eval, cfg.eval_max_steps, self.device,
+                                  loop.agent.cfg.epsilon_eval, cfg.eval_max_steps, self.device,
                                   loop.eval_rng)  # fmt: skip
         loop.evaluations.append({"step": loop.step, "returns": returns})
         if self.log is not None:
@@ -330,16 +341,17 @@ def run_control(
     """
     n = env.num_envs
     frames = encoder is None
+    a = agent.cfg
     replay = FeatureReplay(
-        cfg.capacity,
+        a.capacity,
         n,
         (84, 84) if frames else encoder.feature_dim,
-        cfg.n_step,
-        cfg.gamma,
+        a.n_step,
+        a.gamma,
         device,
-        torch.uint8 if frames else cfg.feature_dtype,
+        torch.uint8 if frames else getattr(torch, a.feature_dtype),
         seed,
-        cfg.stack_size if frames else 1,
+        STACK_SIZE if frames else 1,
     )
     loop = Loop(agent, replay, np.random.default_rng(seed), np.random.default_rng([seed, 1]),
                 cfg.steps)  # fmt: skip
@@ -347,29 +359,29 @@ def run_control(
         loop.load_state_dict(resume)
     for c in callbacks:
         c.on_start(loop, resume)
-    calibrated = loop.step >= cfg.min_replay  # learning started before the checkpoint
-    clip_steps = agent.cfg.reward_clip == "step"
+    calibrated = loop.step >= a.min_replay  # learning started before the checkpoint
+    clip_steps = a.reward_clip == "step"
     stack, all_envs = FrameStack(n), np.arange(n)
     obs = stack.push(env.reset()[:, -1], np.ones(n, bool))
     resetting = np.zeros(n, bool)  # these envs' next step only resets them (envpool)
     score = np.zeros(n)
     while loop.step < cfg.steps:
         states = _states(encoder, obs, device)
-        loop.epsilon = linearly_decaying_epsilon(loop.step, cfg.epsilon_train,
-                                                 cfg.epsilon_decay_steps, cfg.min_replay,
-                                                 cfg.epsilon_start)  # fmt: skip
+        loop.epsilon = linearly_decaying_epsilon(loop.step, a.epsilon_train,
+                                                 a.epsilon_decay_steps, a.min_replay,
+                                                 a.epsilon_start)  # fmt: skip
         actions = epsilon_greedy(agent.q_values(states), loop.epsilon, loop.rng)
         env.send(actions, all_envs)
         # The head learns from the replay while the emulators step (the updates owed so far).
-        owed = loop.since_update // cfg.update_every
-        if loop.step >= cfg.min_replay:
+        owed = loop.since_update // a.update_every
+        if loop.step >= a.min_replay:
             if not calibrated:  # once, before the first update (a resumed agent has its scale)
                 agent.calibrate(replay.stored())
                 calibrated = True
             if owed:  # one sample for all the updates owed (the replay does not change between)
-                for batch in replay.sample(cfg.batch_size * owed).split(owed):
+                for batch in replay.sample(a.batch_size * owed).split(owed):
                     loop.metrics = agent.update(batch)
-                loop.since_update -= owed * cfg.update_every
+                loop.since_update -= owed * a.update_every
         else:
             loop.since_update = 0
         res = env.recv()

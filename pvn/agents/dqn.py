@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import copy
 import math
-from dataclasses import dataclass
+from dataclasses import astuple, dataclass, field
 from typing import Any
 
 import torch
@@ -44,19 +44,51 @@ REWARD_CLIPS = ("return", "step", "none")
 
 
 @dataclass
+class RMSPropConfig:
+    """TF1's RMSProp as Dopamine's DQN sets it (``agent.optimizer=rmsprop_tf``)."""
+
+    decay: float = 0.95
+    momentum: float = 0.0
+    eps: float = 1.0e-5
+    centered: bool = True
+
+
+#: Huber loss threshold of every DQN here (Mnih et al. 2015; Dopamine's and Acme's 1.0)
+HUBER_DELTA = 1.0
+
+
+@dataclass
 class DQNConfig:
-    lr: float = 6.25e-5
+    """The ``agent:`` section of ``pvn evaluate``: the learner, its replay and its exploration
+    (one home for each default; ``eval_preset=paper`` sets the official protocol's values, which
+    are the defaults here except reward_clip, max_grad_norm and feature_dtype)."""
+
+    n_step: int = 5  # n-step returns (paper: 5)
+    gamma: float = 0.99
+    optimizer: str = "adam"  # adam | rmsprop_tf (TF1's RMSProp, Dopamine's DQN; settings below)
+    lr: float = 6.25e-5  # Adam (paper: 6.25e-5, eps 1.5e-4)
     adam_eps: float = 1.5e-4
-    max_grad_norm: float | None = 10.0
-    target_period: int = 2_000
-    huber_delta: float = 1.0
-    reward_clip: str = "step"  # return (Acme, the paper) | step (Dopamine) | none
-    double_q: bool = True  # False: max over the target's values (Nature DQN, Dopamine)
-    optimizer: str = "adam"  # adam | rmsprop_tf (Dopamine's DQN: TF1 RMSProp)
-    rms_decay: float = 0.95
-    rms_momentum: float = 0.0
-    rms_eps: float = 1e-5
-    rms_centered: bool = True
+    rmsprop: RMSPropConfig = field(default_factory=RMSPropConfig)  # optimizer=rmsprop_tf
+    double_q: bool = True  # double Q-learning targets (paper); false: max over the target net
+    reward_clip: str = "step"  # return: clip the discounted n-step return to [-1, 1] in the loss
+    # (Acme's learner: the paper) | step: clip each reward (Dopamine) | none
+    max_grad_norm: float | None = 10.0  # global gradient-norm clip; null: none (the paper's run:
+    # its config names 10, but Acme's DQN never applies it)
+    target_period: int = 2_000  # updates between hard target copies (paper: 2,000)
+    batch_size: int = 32  # (paper: 32)
+    update_every: int = 4  # agent steps per update (paper: 4)
+    min_replay: int = 2_000  # transitions before learning starts (paper: 2,000)
+    capacity: int = 1_000_000  # replay slots (paper: 1M); features, not frames, are stored
+    epsilon_train: float = 0.01  # exploration while learning (paper: 0.01, fixed); with a decay,
+    # its final value
+    epsilon_start: float = 1.0  # with a decay: the value until min_replay agent steps
+    epsilon_decay_steps: int = 0  # agent steps of linear decay after min_replay (Dopamine:
+    # 250,000; 0: epsilon_train throughout)
+    epsilon_eval: float = 0.001  # exploration in evaluation episodes (paper: 0.001)
+    feature_dtype: str = "float16"  # float16 | float32 storage of the replayed features
+    feature_norm: bool = False  # linear heads: read phi / c, c = the features' mean L2 norm over
+    # the replay when learning starts, so that lr is the same step for every torso (a PVN's
+    # features are 30-90x a random torso's; the paper: off)
 
     def __post_init__(self) -> None:
         if self.reward_clip not in REWARD_CLIPS:
@@ -65,6 +97,12 @@ class DQNConfig:
             )
         if self.optimizer not in ("adam", "rmsprop_tf"):
             raise ValueError(f"agent.optimizer={self.optimizer!r}: choose adam or rmsprop_tf")
+        if self.epsilon_decay_steps < 0:
+            raise ValueError(f"agent.epsilon_decay_steps={self.epsilon_decay_steps}: must be >= 0")
+        if self.feature_dtype not in ("float16", "float32"):
+            raise ValueError(
+                f"agent.feature_dtype={self.feature_dtype!r}: choose float16 or float32"
+            )
 
 
 def double_dqn_target(
@@ -104,7 +142,7 @@ class DQN:
         self.params = [p for p in network.parameters() if p.requires_grad]
         if cfg.optimizer == "rmsprop_tf":
             self.optimizer: torch.optim.Optimizer = RMSPropTF(
-                self.params, cfg.lr, cfg.rms_decay, cfg.rms_momentum, cfg.rms_eps, cfg.rms_centered
+                self.params, cfg.lr, *astuple(cfg.rmsprop)
             )
         else:  # fused: one kernel per step; a linear head's update is otherwise dispatch-bound
             self.optimizer = torch.optim.Adam(self.params, lr=cfg.lr, eps=cfg.adam_eps, fused=True)
@@ -134,7 +172,7 @@ class DQN:
                 self.target(batch.next_features),
             )
         q = self.network(batch.features).gather(1, batch.action.view(-1, 1)).squeeze(1)
-        loss = nn.functional.huber_loss(q, y, delta=self.cfg.huber_delta)
+        loss = nn.functional.huber_loss(q, y, delta=HUBER_DELTA)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         max_norm = math.inf if self.cfg.max_grad_norm is None else self.cfg.max_grad_norm

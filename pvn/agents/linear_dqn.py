@@ -6,7 +6,7 @@ Farebrother et al. 2023, Sec. 5): double Q-learning with n-step returns and Hube
 rewards are clipped and whether gradients are is that module's ``reward_clip`` and
 ``max_grad_norm``. The replay holds features, so updates never run the torso.
 
-``feature_norm=True`` reads ``phi(s) / c`` instead, ``c`` the mean L2 norm of the features in
+``agent.feature_norm=true`` reads ``phi(s) / c`` instead, ``c`` the mean L2 norm of the features in
 the replay when learning starts (:meth:`LinearDQN.calibrate`), fixed from then on. The function
 class is the same (any ``W`` on ``phi / c`` is ``W / c`` on ``phi``), but the optimizer's step is
 not: Adam moves each weight by about ``lr`` per update whatever the gradient's scale, so the
@@ -48,12 +48,11 @@ class LinearDQN(DQN):
         num_actions: int,
         cfg: DQNConfig,
         gen: torch.Generator,
-        feature_norm: bool = False,
     ) -> None:
         # without feature_norm a plain layer: no multiply on the acting and update paths
-        layer = ScaledLinear if feature_norm else nn.Linear
+        layer = ScaledLinear if cfg.feature_norm else nn.Linear
         super().__init__(linear_head(feature_dim, num_actions, gen, layer), cfg)
-        self.feature_norm = feature_norm
+        self.feature_norm = cfg.feature_norm
 
     @property
     def head(self) -> nn.Linear:

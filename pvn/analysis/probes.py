@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from pvn.diagnostics import dormant_fraction, srank
+from pvn.diagnostics import DiagnosticsConfig, dormant_fraction, srank
 from pvn.replay import LoggedData
 
 
@@ -144,5 +144,5 @@ def linear_probes(
         "return_l2": return_l2,
         "reward_l2": reward_l2,
         "srank": int(srank(phi)),
-        "dormant": float(dormant_fraction(phi)),
+        "dormant": float(dormant_fraction(phi, DiagnosticsConfig.dormant_tau)),
     }

@@ -22,13 +22,14 @@ from pvn.checkpoint import (
     resumed_env_seed,
     save_checkpoint,
 )
-from pvn.config import require
 from pvn.envs import FrameStack, make_atari
+from pvn.errors import require
 from pvn.progress import bar
 from pvn.replay import DQNReplayWriter, ReplayError
 from pvn.replay.dopamine_format import FRAME_SHAPE
 from pvn.replay.episode_log import EpisodeLog
 from pvn.run_dir import RunDir
+from pvn.schema import CollectConfig
 from pvn.threads import announce, plan_for
 
 
@@ -148,7 +149,7 @@ def collect(cfg) -> dict[str, Any]:
     require(0 <= cfg.epsilon <= 1, "epsilon", cfg.epsilon, "must be in [0, 1]")
     out = Path(cfg.out)
     log_dir = out / "replay_logs"
-    run = RunDir(out, "collection", "collect.json", ReplayError)
+    run = RunDir(out, "collection", "collect.json", ReplayError, CollectConfig)
     run.refuse_finished()
     resume = run.resume(cfg, "collect")
     if resume is None and log_dir.is_dir() and any(log_dir.glob("add_count_ckpt.*.gz")):
@@ -162,7 +163,7 @@ def collect(cfg) -> dict[str, Any]:
         env_seed,
         cfg.backend,
         batch_size=cfg.batch_size,
-        num_threads=plan_for(cfg, "collect").envpool,
+        num_threads=plan_for(cfg.threads, "collect").envpool,
     )
     try:
         if cfg.policy == "random":
@@ -177,7 +178,7 @@ def collect(cfg) -> dict[str, Any]:
             log_dir, capacity, compresslevel=cfg.compresslevel, resume=writer_state
         )
         run.save_config(cfg)
-        announce(cfg)
+        announce(cfg.threads)
 
         def checkpoint(logged: int, state: dict[str, Any]) -> None:
             save_checkpoint(out, logged, {"collect": state}, keep=1)

@@ -31,15 +31,16 @@ from pvn.checkpoint import (
     resumed_env_seed,
     save_checkpoint,
 )
-from pvn.config import require, require_device
+from pvn.config import validate
 from pvn.envs import make_atari
-from pvn.errors import ConfigError
+from pvn.errors import ConfigError, require_device
 from pvn.files import write_text_atomic
 from pvn.metrics import MetricsLogger
 from pvn.progress import bar
 from pvn.replay import DQNReplayWriter
 from pvn.replay.episode_log import EpisodeLog
 from pvn.run_dir import RunDir
+from pvn.schema import EvaluateConfig
 from pvn.threads import announce, plan_for
 
 
@@ -47,7 +48,6 @@ def _replay_log(cfg: DictConfig, env, resume: dict[str, Any] | None) -> EpisodeL
     """The DQN Replay log of ``replay_log=DIR`` (``DIR/replay_logs``), continued on resume."""
     if cfg.replay_log is None:
         return None
-    require(cfg.replay_log_capacity >= 5, "replay_log_capacity", cfg.replay_log_capacity, ">= 5")
     state = None
     if resume is not None:
         state = resume.get("replay_log")
@@ -85,34 +85,18 @@ def _close_log(
 
 
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
-    a = cfg.agent
-    require(cfg.steps > 0, "steps", cfg.steps, "must be > 0")
+    """Run (or resume) ``pvn evaluate`` from a resolved config; returns a short summary and
+    writes ``results.json`` (module docstring)."""
+    validate("evaluate", cfg)
     require_device(cfg.device)
-    require(
-        a.feature_dtype in ("float16", "float32"),
-        "agent.feature_dtype",
-        a.feature_dtype,
-        "choose float16 or float32",
-    )
-    require(cfg.checkpoint_every >= 0, "checkpoint_every", cfg.checkpoint_every, "must be >= 0")
-    require(cfg.eval_episodes >= 0, "eval_episodes", cfg.eval_episodes, "must be >= 0")
-    require(cfg.eval_every >= 0, "eval_every", cfg.eval_every, "must be >= 0")
-    require(
-        cfg.eval_every == 0 or cfg.eval_episodes > 0,
-        "eval_every",
-        cfg.eval_every,
-        "needs eval_episodes > 0 (the episodes each evaluation plays)",
-    )
-    require(cfg.eval_num_envs > 0, "eval_num_envs", cfg.eval_num_envs, "must be > 0")
-    require(a.epsilon_decay_steps >= 0, "agent.epsilon_decay_steps", a.epsilon_decay_steps, ">= 0")
-    run = RunDir(Path(cfg.run_dir), "evaluation", "results.json")
+    run = RunDir(Path(cfg.run_dir), "evaluation", "results.json", schema=EvaluateConfig)
     run_dir = run.path
     run.refuse_finished()
     resume = run.resume(cfg, "loop")
     device = torch.device(cfg.device)
     encoder = encoder_for(cfg, device)
     env_seed = resumed_env_seed(cfg.seed, int(resume["step"]) if resume else 0)
-    env_threads = plan_for(cfg, "evaluate").envpool
+    env_threads = plan_for(cfg.threads, "evaluate").envpool
     env = make_atari(cfg.game, cfg.num_envs, cfg.protocol, env_seed, num_threads=env_threads)
     eval_env = None
     if cfg.eval_episodes > 0:  # its own envs and seeds, so evaluation never disturbs training
@@ -124,7 +108,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         agent = agent_for(cfg, encoder, env.num_actions, device)
         replay_log = _replay_log(cfg, env, resume)
         run.save_config(cfg)
-        announce(cfg)
+        announce(cfg.threads)
         ecfg = control_config(cfg)
 
         def checkpoint(at: int, state: dict[str, Any]) -> None:

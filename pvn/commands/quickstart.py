@@ -16,8 +16,10 @@ from pvn.commands.data import format_summary
 from pvn.commands.evaluate import evaluate
 from pvn.commands.pretrain import pretrain
 from pvn.commands.report import report
-from pvn.config import configure, require, save_config
+from pvn.config import configure
+from pvn.errors import require
 from pvn.replay.summary import summarize
+from pvn.run_dir import save_config
 
 
 def quickstart(cfg) -> None:

@@ -28,10 +28,10 @@ from typing import Any
 import torch
 from omegaconf import DictConfig
 
-from pvn.config import require
 from pvn.distributed.aggregators import AGGREGATORS, ATTACKS
 from pvn.distributed.algorithms import DDP, Algorithm, FedAvgM, Gossip, Single, Worker
 from pvn.distributed.comm import Comm, SimulatedComm, TorchComm, in_torchrun
+from pvn.errors import require
 from pvn.learner import PVNLearner
 from pvn.replay import LoggedData
 

@@ -520,7 +520,7 @@ _RULES: dict[str, tuple[Any, str]] = {
 def _validated(cfg: Mapping[str, Any]) -> dict[str, Any]:
     """``cfg`` over its option's defaults (``configs/moe/<name>.yaml``, their one home), checked
     key by key."""
-    from pvn.config import option_defaults
+    from pvn.settings import option_defaults
 
     c = dict(cfg)
     name = c.pop("name", None)

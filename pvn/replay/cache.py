@@ -176,22 +176,48 @@ def open_checkpoint(
     _fingerprint(files)  # fail early, naming the missing file
     key = hashlib.sha1(str(log_dir).encode()).hexdigest()[:16]
     root = Path(cache_dir or default_cache_dir()) / key
+
+    def convert(tmp: Path) -> None:
+        cb = None
+        if progress is not None:
+            cb = progress(f"caching checkpoint {ckpt}", _raw_bytes(files))
+        _convert(files, tmp, cb)
+
+    entry = build_once(root, f"ckpt.{ckpt}", lambda e: _is_current(e, files), convert)
+    return _load(entry, ckpt)
+
+
+def build_once(
+    root: Path, name: str, is_current: Callable[[Path], bool], convert: Callable[[Path], None]
+) -> Path:
+    """The cache entry ``root/name``, made by ``convert(tmp)`` unless ``is_current(entry)``:
+    into a fresh temporary directory, renamed into place only once complete, under a file lock
+    so that concurrent processes convert it once; a conversion killed midway leaves only a
+    temporary directory, which the next one deletes. A full disk is one error naming the
+    directory, with nothing left behind.
+
+    Args:
+        root: the cache directory of one source.
+        name: the entry's name.
+        is_current: whether an existing entry is complete and made from the current source.
+        convert: writes the entry into the directory it is given (its sentinel last).
+
+    Returns:
+        The entry's path.
+    """
     root.mkdir(parents=True, exist_ok=True)
-    entry = root / f"ckpt.{ckpt}"
-    if _is_current(entry, files):
-        return _load(entry, ckpt)
-    with open(root / f"ckpt.{ckpt}.lock", "w") as lock:
+    entry = root / name
+    if is_current(entry):
+        return entry
+    with open(root / f"{name}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        if not _is_current(entry, files):  # another process may have converted it meanwhile
-            for stale in root.glob(f"ckpt.{ckpt}.tmp-*"):
+        if not is_current(entry):  # another process may have converted it meanwhile
+            for stale in root.glob(f"{name}.tmp-*"):
                 shutil.rmtree(stale, ignore_errors=True)
-            tmp = root / f"ckpt.{ckpt}.tmp-{os.getpid()}"
+            tmp = root / f"{name}.tmp-{os.getpid()}"
             try:
                 tmp.mkdir()
-                cb = None
-                if progress is not None:
-                    cb = progress(f"caching checkpoint {ckpt}", _raw_bytes(files))
-                _convert(files, tmp, cb)
+                convert(tmp)
                 if entry.exists():
                     shutil.rmtree(entry)
                 os.replace(tmp, entry)
@@ -202,7 +228,7 @@ def open_checkpoint(
                 ) from None
             finally:
                 shutil.rmtree(tmp, ignore_errors=True)
-    return _load(entry, ckpt)
+    return entry
 
 
 def read_checkpoint_meta(log_dir: Path, ckpt: int) -> Checkpoint:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
@@ -17,7 +16,8 @@ from pvn.replay.dopamine_format import (
 )
 from pvn.replay.errors import ReplayError
 from pvn.replay.protocol import ShardLog
-from pvn.replay.transitions import TransitionBatch, discount_vector, gather_into, valid_mask
+from pvn.replay.sampler import ShardSampler
+from pvn.replay.transitions import valid_mask
 
 
 def resolve_log_dir(path: str | Path) -> Path:
@@ -43,7 +43,7 @@ def new_slot_mask(ck: Checkpoint, new: int) -> np.ndarray:
     return fresh
 
 
-class DQNReplayDataset:
+class DQNReplayDataset(ShardSampler):
     """Transitions of one game's DQN Replay logs, with Dopamine's exact validity rules.
 
     Args:
@@ -118,12 +118,8 @@ class DQNReplayDataset:
             if len(set(chosen)) != len(chosen):
                 raise ReplayError(f"checkpoints={chosen}: repeated checkpoint ids")
         self.checkpoints: list[int] = chosen
-        self.stack_size, self.n_step, self.gamma = stack_size, n_step, gamma
         self.guard_cursor = guard_cursor
-        self._discount = discount_vector(gamma, n_step)
-        self._ckpts: list[Checkpoint] = []
-        self._packed: list[np.ndarray] = []
-        counts = []
+        ckpts, masks = [], []
         for c in chosen:
             ck = open_checkpoint(self.path, c, cache_dir, progress)
             if ck.capacity < stack_size + n_step:
@@ -135,29 +131,14 @@ class DQNReplayDataset:
             new = new_slot_count(self.path, c, ck, found)
             if not keep_stale and new < ck.capacity:
                 mask &= new_slot_mask(ck, new)
-            self._ckpts.append(ck)
-            self._packed.append(np.packbits(mask))
-            counts.append(int(mask.sum()))
-        self._counts = np.asarray(counts, dtype=np.int64)
-        if self._counts.sum() == 0:
+            ckpts.append(ck)
+            masks.append(mask)
+        super().__init__(chosen, ckpts, masks, stack_size, n_step, gamma, seed)
+        if len(self) == 0:
             raise ReplayError(
                 f"{self.path}: no valid transition in checkpoints {chosen} with "
                 f"stack_size={stack_size}, n_step={n_step}"
             )
-        self._rng = np.random.Generator(np.random.PCG64(seed))
-
-    # -- sizes and masks ---------------------------------------------------------------------
-    def __len__(self) -> int:
-        return int(self._counts.sum())
-
-    @property
-    def shards(self) -> list[int]:
-        """The chosen checkpoints: a Dopamine log's shards (:class:`replay.LoggedData`)."""
-        return list(self.checkpoints)
-
-    def slots(self, shard: int) -> int:
-        """The capacity of checkpoint ``shard``."""
-        return self.checkpoint(shard).capacity
 
     def num_actions(self) -> int:
         """The largest logged action + 1 over the chosen checkpoints."""
@@ -171,85 +152,6 @@ class DQNReplayDataset:
         reward = np.asarray(ck.reward, np.float32)[order]
         return ShardLog(order, reward, np.asarray(ck.terminal, bool)[order])
 
-    def _pos(self, ckpt: int) -> int:
-        try:
-            return self.checkpoints.index(int(ckpt))
-        except ValueError:
-            raise ReplayError(f"checkpoint {ckpt} is not one of {self.checkpoints}") from None
-
     def checkpoint(self, ckpt: int) -> Checkpoint:
         """The memory-mapped arrays of checkpoint ``ckpt``."""
-        return self._ckpts[self._pos(ckpt)]
-
-    def valid_counts(self) -> dict[int, int]:
-        """Number of valid transitions in each chosen checkpoint."""
-        return dict(zip(self.checkpoints, self._counts.tolist(), strict=True))
-
-    def valid_mask(self, ckpt: int) -> np.ndarray:
-        """Bool array over every slot of ``ckpt``: Dopamine's ``is_valid_transition``."""
-        pos = self._pos(ckpt)
-        return np.unpackbits(self._packed[pos], count=self._ckpts[pos].capacity).astype(bool)
-
-    def _is_valid(self, pos: int, idx: np.ndarray) -> np.ndarray:
-        return ((self._packed[pos][idx >> 3] >> (7 - (idx & 7))) & 1).astype(bool)
-
-    # -- transitions -------------------------------------------------------------------------
-    def gather(self, ckpt: int, indices: Sequence[int] | np.ndarray) -> TransitionBatch:
-        """The transitions at slots ``indices`` of ``ckpt`` (validity is not checked)."""
-        pos = self._pos(ckpt)
-        idx = np.asarray(indices, dtype=np.int64).reshape(-1)
-        cap = self._ckpts[pos].capacity
-        if idx.size and (idx.min() < 0 or idx.max() >= cap):
-            raise ReplayError(f"indices out of range [0, {cap}) for checkpoint {ckpt}")
-        out = TransitionBatch.empty(len(idx), self.stack_size)
-        gather_into(self._ckpts[pos], idx, out, 0, self.stack_size, self._discount)
-        return out
-
-    def sample_indices(self, batch_size: int) -> list[tuple[int, np.ndarray]]:
-        """Draw ``batch_size`` slots uniformly over the valid transitions of all checkpoints.
-
-        Returns ``(checkpoint position, slots)`` groups. The number per checkpoint is multinomial
-        with probabilities proportional to the valid counts; within a checkpoint, slots are drawn
-        uniformly and invalid ones rejected (valid fractions are ~99% in real data).
-        """
-        rng = self._rng
-        per = rng.multinomial(batch_size, self._counts / self._counts.sum())
-        groups = []
-        for pos, m in enumerate(per.tolist()):
-            if m == 0:
-                continue
-            cap = self._ckpts[pos].capacity
-            frac = self._counts[pos] / cap
-            got: list[np.ndarray] = []
-            need = m
-            while need > 0:
-                cand = rng.integers(0, cap, size=int(need / frac * 1.1) + 8)
-                cand = cand[self._is_valid(pos, cand)][:need]
-                got.append(cand)
-                need -= len(cand)
-            groups.append((pos, np.concatenate(got)))
-        return groups
-
-    def sample(self, batch_size: int, out: TransitionBatch | None = None) -> TransitionBatch:
-        """A batch of ``batch_size`` transitions drawn uniformly from the valid ones.
-
-        Rows are grouped by checkpoint (the order within a batch carries no meaning).
-        ``out`` may be a preallocated batch to fill, avoiding allocations in a hot loop.
-        """
-        if batch_size < 1:
-            raise ReplayError(f"batch_size={batch_size}: must be >= 1")
-        if out is None:
-            out = TransitionBatch.empty(batch_size, self.stack_size)
-        start = 0
-        for pos, idx in self.sample_indices(batch_size):
-            gather_into(self._ckpts[pos], idx, out, start, self.stack_size, self._discount)
-            start += len(idx)
-        return out
-
-    # -- state -------------------------------------------------------------------------------
-    def state_dict(self) -> dict[str, Any]:
-        """The sampler's generator state (JSON-serialisable)."""
-        return {"rng": self._rng.bit_generator.state}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self._rng.bit_generator.state = state["rng"]
+        return self._shards[self._pos(ckpt)]

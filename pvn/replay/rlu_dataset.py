@@ -1,0 +1,238 @@
+"""``RLUDataset``: RL Unplugged Atari runs as :class:`replay.LoggedData`, sampled uniformly under
+the official PVN transition rule.
+
+Each checkpoint split is decoded once into a cache entry (frames as one uint8 array, actions,
+rewards, Dopamine-style terminals and the episode table), in parallel worker processes, one
+checkpoint each; entries are made like the DQN Replay cache's (a temporary directory renamed into
+place when complete, under a lock; keyed by the source files' sizes and times). A slot is one
+step; the slot ``t`` of an episode starting at ``s`` with ``L`` steps is valid when
+``s + 3 <= t <= s + L - 2``: its stack is frames ``t-3..t``, its action ``action[t]`` and its
+next stack frames ``t-2..t+1``, so the valid slots are exactly the official windows
+(:func:`replay.rlu.official_transitions`, window ``i = t - 3``), and the terminal of slot ``t`` is
+``is_terminal[t + 1]``. Sampling is uniform over the selected transitions, where the official
+pipeline approximates it with shuffle buffers of 1,000 episodes and 200,000 transitions
+(``docs/exactness.md``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pvn.replay.cache import build_once, default_cache_dir
+from pvn.replay.errors import ReplayError
+from pvn.replay.protocol import ShardLog
+from pvn.replay.rlu import FIXED_SPLITS, RUNS, STACK, Source, episode_count, locate, read_checkpoint
+from pvn.replay.rlu import select as select_split
+from pvn.replay.sampler import ShardSampler
+
+_META_VERSION = 1
+_SMALL = ("action", "reward", "terminal", "episode_start", "episode_length", "episode_id",
+          "episode_terminal")  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Steps:
+    """One converted checkpoint: its steps as slots (the arrays ``gather_into`` reads)."""
+
+    id: int
+    observation: np.ndarray  # uint8 (S, 84, 84)
+    action: np.ndarray  # int32 (S,)
+    reward: np.ndarray  # float32 (S,)
+    terminal: np.ndarray  # uint8 (S,): is_terminal of the next step (Dopamine's convention)
+    episode_start: np.ndarray  # int64 (E,)
+    episode_length: np.ndarray  # int64 (E,)
+    episode_id: np.ndarray  # int64 (E,)
+    episode_terminal: np.ndarray  # bool (E,): the episode ends in a terminal state
+
+    @property
+    def capacity(self) -> int:
+        return len(self.action)
+
+
+def _fingerprint(source: Source, checkpoint: int) -> list[list[Any]]:
+    files, _ = source.shards[checkpoint]
+    return [[p.name, p.stat().st_size, p.stat().st_mtime_ns] for p in files]
+
+
+def _convert(source: Source, checkpoint: int, limit: int | None, dest: Path) -> None:
+    """Decode the checkpoint's episodes into ``dest``: frames appended to one file, the small
+    arrays and ``meta.json`` (the sentinel) last."""
+    cols: dict[str, list] = {k: [] for k in _SMALL}
+    steps = 0
+    with open(dest / "observation.u8", "wb") as frames:
+        for ep in read_checkpoint(source, checkpoint, limit):
+            n = len(ep["action"])
+            frames.write(np.ascontiguousarray(ep["observation"]).tobytes())
+            cols["action"].append(ep["action"].astype(np.int32))
+            cols["reward"].append(ep["reward"].astype(np.float32))
+            cols["terminal"].append(np.append(ep["is_terminal"][1:], False).astype(np.uint8))
+            cols["episode_start"].append([steps])
+            cols["episode_length"].append([n])
+            cols["episode_id"].append([ep["episode_id"]])
+            cols["episode_terminal"].append([bool(ep["is_terminal"][-1]) if n else False])
+            steps += n
+        frames.flush()
+        os.fsync(frames.fileno())
+    dtypes = {"episode_start": np.int64, "episode_length": np.int64, "episode_id": np.int64,
+              "episode_terminal": bool}  # fmt: skip
+    for k, parts in cols.items():
+        arr = np.concatenate([np.asarray(p, dtypes.get(k)) for p in parts]) if parts else []
+        np.save(dest / f"{k}.npy", np.asarray(arr, dtypes.get(k)), allow_pickle=False)
+    meta = {"version": _META_VERSION, "steps": steps, "limit": limit,
+            "sources": _fingerprint(source, checkpoint)}  # fmt: skip
+    meta["sizes"] = {p.name: p.stat().st_size for p in dest.iterdir()}
+    (dest / "meta.json.tmp").write_text(json.dumps(meta))
+    os.replace(dest / "meta.json.tmp", dest / "meta.json")
+
+
+def _is_current(entry: Path, source: Source, checkpoint: int, limit: int | None) -> bool:
+    try:
+        meta = json.loads((entry / "meta.json").read_text())
+        sizes = {name: (entry / name).stat().st_size for name in meta.get("sizes", {})}
+    except (FileNotFoundError, json.JSONDecodeError):
+        return False
+    return (
+        meta.get("version") == _META_VERSION
+        and meta.get("limit") == limit
+        and meta.get("sources") == _fingerprint(source, checkpoint)
+        and meta.get("sizes") == sizes
+    )
+
+
+def _entry(source: Source, checkpoint: int, limit: int | None, cache_dir: Path | None) -> Path:
+    key = hashlib.sha1(f"rlu:{source.root.resolve()}".encode()).hexdigest()[:16]
+    root = Path(cache_dir or default_cache_dir()) / key
+    name = f"ckpt.{checkpoint}" + ("" if limit is None else f".first{limit}")
+    return build_once(
+        root,
+        name,
+        lambda e: _is_current(e, source, checkpoint, limit),
+        lambda tmp: _convert(source, checkpoint, limit, tmp),
+    )
+
+
+def _load(entry: Path, shard: int) -> Steps:
+    meta = json.loads((entry / "meta.json").read_text())
+    n = int(meta["steps"])
+    frames = np.memmap(entry / "observation.u8", np.uint8, "r", shape=(n, 84, 84)) if n else (
+        np.zeros((0, 84, 84), np.uint8))  # fmt: skip
+    small = {k: np.load(entry / f"{k}.npy", allow_pickle=False) for k in _SMALL}
+    return Steps(shard, np.asarray(frames), **small)
+
+
+def valid_slots(steps: Steps, n_step: int = 1) -> np.ndarray:
+    """Where a transition starts: ``s + 3 <= t <= s + L - 2`` in each episode (module
+    docstring); with ``n_step > 1`` the window's last next stack must also stay inside the
+    episode unless the episode ends in a terminal state (the window stops there)."""
+    mask = np.zeros(steps.capacity, bool)
+    for s, n, term in zip(steps.episode_start, steps.episode_length, steps.episode_terminal,
+                          strict=True):  # fmt: skip
+        last = s + n - 1  # the episode's last step: a next state, never a start
+        end = last if term else last - n_step + 1  # the last start whose window fits
+        mask[s + STACK - 1 : max(s + STACK - 1, end)] = True
+    return mask
+
+
+class RLUDataset(ShardSampler):
+    """An RL Unplugged Atari run (or the ``weak`` split's five runs) as logged data.
+
+    Args:
+        data_dir: the TFDS data directory or the raw files' directory (:func:`replay.rlu.locate`).
+        game: the game.
+        run: the run, 1-5.
+        version: the TFDS version of prepared data (``1.0.0``, the official code's).
+        split: ``full``, ``mixed_small``, ``mixed``, ``weak`` or ``checkpoint_XX``.
+        proportion: with ``full``, the first ``floor(proportion * episodes)`` of each checkpoint.
+        checkpoints: a subset of the split's checkpoints (shard ids) to read.
+        n_step: update horizon (the official transitions are one-step).
+        gamma: discount of the n-step reward.
+        cache_dir: where decoded checkpoints are stored (default: the replay cache).
+        seed: seed of the sampler.
+        workers: processes decoding checkpoints in parallel (default: the CPUs, at most 8).
+        progress: ``progress(description, total)`` factory; its callback counts checkpoints.
+
+    Shard ids are checkpoint ids; under ``weak`` (checkpoint 0 of runs 1-5) they are the runs.
+    Rewards are the data's (clipped) rewards of the stack's last step.
+    """
+
+    def __init__(self, data_dir: str | Path, game: str, run: int = 1, version: str = "1.0.0",
+                 split: str = "full", proportion: float = 1.0, checkpoints: list[int] | None = None,
+                 n_step: int = 1, gamma: float = 0.99, cache_dir: str | Path | None = None,
+                 seed: int = 0, workers: int | None = None,
+                 progress: Callable[[str, int], Callable[[int], None] | None] | None = None,
+                 ) -> None:  # fmt: skip
+        if n_step < 1:
+            raise ReplayError(f"n_step={n_step}: must be >= 1")
+        self.path, self.game = Path(data_dir), game
+        self.stack_size = STACK
+        jobs = []  # (shard id, source, checkpoint, limit)
+        runs = RUNS if split == "weak" else (run,)
+        for r in runs:
+            source = locate(data_dir, game, r, version)
+            for c, limit in select_split(source, split, proportion):
+                shard = r if split == "weak" else c
+                if checkpoints is not None and shard not in checkpoints:
+                    continue
+                if limit == -1:
+                    limit = int(proportion * episode_count(source, c))
+                    if limit == 0:
+                        raise ReplayError(f"proportion={proportion}: no episode of checkpoint "
+                                          f"{c} of {source.root}")  # fmt: skip
+                jobs.append((shard, source, c, limit))
+        missing = sorted(set(checkpoints or []) - {j[0] for j in jobs})
+        if missing:
+            raise ReplayError(f"checkpoints={missing}: not in split {split!r} of {data_dir}")
+        cache = None if cache_dir is None else Path(cache_dir)
+        entries = self._convert_all(jobs, cache, workers, progress)
+        shards = [_load(e, j[0]) for e, j in zip(entries, jobs, strict=True)]
+        masks = [valid_slots(s, n_step) for s in shards]
+        super().__init__([j[0] for j in jobs], shards, masks, STACK, n_step, gamma, seed)
+        if len(self) == 0:
+            raise ReplayError(f"{data_dir}: no transition of 5 steps in split {split!r}")
+        #: the shard ids' sources, for messages: shard -> (run, checkpoint)
+        self.sources = {j[0]: (j[1].run, j[2]) for j in jobs}
+        self.skipped: dict[int, list[str]] = {}  # (the DQN Replay reader's; none here)
+
+    @staticmethod
+    def _convert_all(jobs, cache, workers, progress) -> list[Path]:
+        tick = progress("decoding RL Unplugged checkpoints", len(jobs)) if progress else None
+        workers = min(len(jobs), workers or min(8, os.cpu_count() or 1))
+        if workers <= 1:
+            out = []
+            for _, source, c, limit in jobs:
+                out.append(_entry(source, c, limit, cache))
+                if tick:
+                    tick(1)
+            return out
+        with ProcessPoolExecutor(workers) as pool:
+            futures = [pool.submit(_entry, source, c, limit, cache) for _, source, c, limit in jobs]
+            out = []
+            for f in futures:
+                out.append(f.result())
+                if tick:
+                    tick(1)
+            return out
+
+    def num_actions(self) -> int:
+        """The largest logged action + 1 over the shards."""
+        return max(int(s.action.max()) for s in self._shards if s.capacity) + 1
+
+    def logged(self, shard: int) -> ShardLog:
+        """The shard's steps in order, with their rewards and Dopamine-style terminals (a
+        truncated episode's end is marked too: no return runs across episodes)."""
+        s = self._shards[self._pos(shard)]
+        ends = np.asarray(s.terminal, bool).copy()
+        ends[s.episode_start + s.episode_length - 1] = True
+        return ShardLog(np.arange(s.capacity), np.asarray(s.reward, np.float32), ends)
+
+
+__all__ = ["FIXED_SPLITS", "RLUDataset", "Steps", "valid_slots"]
