@@ -1,16 +1,14 @@
 """The PVN pretraining loop (``pvn pretrain``'s core): open the data, build torso, heads and
-tasks from the seed, then update, log and checkpoint. Batches are sampled on a background
-thread (``replay.Prefetcher``); metrics stay on the device and are read back only every
-``log_every`` updates.
+tasks from the seed, then update; logging, diagnostics, checkpoints and progress are callbacks
+(:mod:`pvn.pretrain_callbacks`). Batches are sampled on a background thread
+(``replay.Prefetcher``); metrics stay on the device and are read back only every ``log_every``
+updates.
 """
 
 from __future__ import annotations
 
-import math
 import os
 import sys
-import time
-from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,26 +17,22 @@ import torch
 from omegaconf import MISSING, DictConfig, OmegaConf
 
 from pvn.auxiliary import build_tasks
-from pvn.checkpoint import load_checkpoint, save_checkpoint
-from pvn.diagnostics import dormant_fraction, srank
+from pvn.checkpoint import load_checkpoint
+from pvn.diagnostics import DiagnosticsConfig
 from pvn.distributed.team import Team, distributed_team, single_team
-from pvn.errors import ConfigError, PVNError
+from pvn.errors import ConfigError
 from pvn.learner import PVNLearner, TDConfig
 from pvn.local import LocalPVNLearner, build_local
 from pvn.metrics import MetricsLogger
 from pvn.networks import MultiTaskHead, PVNNetwork, torso_from_spec
-from pvn.networks.moe import MOE_KEYS
 from pvn.optim import build_optimizer
+from pvn.pretrain_callbacks import Callback, Checkpoints, Metrics, NonFiniteGuard, Progress, Run
 from pvn.progress import bar, byte_bars
 from pvn.replay import DQNReplayDataset, LoggedData, Prefetcher, RLUDataset
 from pvn.run_dir import save_config
 from pvn.settings import section
 from pvn.task_cache import attach_task_cache
 from pvn.threads import announce
-
-
-class NonFiniteLoss(PVNError):
-    """The loss became NaN or infinite; the last good checkpoint is kept."""
 
 
 @dataclass
@@ -158,45 +152,6 @@ def build(cfg: DictConfig, num_actions: int, task_seed: int | None = None) -> PV
     return learner
 
 
-LOGGED = {"td_loss", "calibration_loss", "q_mean", "grad_norm", *MOE_KEYS}
-
-
-class _Accumulator:
-    """Sums of per-update device tensors between logs (no host sync until read)."""
-
-    def __init__(self) -> None:
-        self.reset()
-
-    def reset(self) -> None:
-        self.sums: dict[str, torch.Tensor] = {}
-        self.counts: dict[str, int] = {}
-        self.fire: torch.Tensor | None = None
-        self.fire_n = 0
-
-    def add(self, m: dict[str, torch.Tensor], indicator: bool) -> None:
-        for k in m:
-            if k in LOGGED or k.startswith("local_loss/"):
-                self.sums[k] = self.sums.get(k, 0) + m[k]
-                self.counts[k] = self.counts.get(k, 0) + 1
-        r = m["rewards"].float()
-        if indicator:
-            s = r.sum(0)
-            self.fire = s if self.fire is None else self.fire + s
-            self.fire_n += r.shape[0]
-        self.sums["reward_mean"] = self.sums.get("reward_mean", 0) + r.mean()
-        self.counts["reward_mean"] = self.counts.get("reward_mean", 0) + 1
-
-    def read(self) -> dict[str, float]:
-        out = {k: float(v) / self.counts[k] for k, v in self.sums.items()}
-        if self.fire is not None:
-            rate = self.fire / self.fire_n
-            out.update(
-                fire_mean=float(rate.mean()), fire_min=float(rate.min()), fire_max=float(rate.max())
-            )
-        self.reset()
-        return out
-
-
 def open_data(data: DataConfig, path: str, checkpoints: list[int] | None, seed: int,
               progress: bool, lead: bool = True) -> LoggedData:  # fmt: skip
     """The logged data at ``path`` as the run reads it (the ``data:`` section): DQN Replay logs
@@ -244,10 +199,11 @@ def open_team(cfg: DictConfig) -> Team:
 
 
 def train(cfg: DictConfig, team: Team, run_dir: Path, resume: Path | None) -> dict[str, Any]:
-    """The one pretraining loop, for one worker or many: every worker's update goes through
-    the team's rule (:mod:`pvn.distributed.team`); the non-finite guard, diagnostics, metrics
-    and checkpoints are the same for a plain run and a distributed one. Resumes from
-    ``resume`` (a checkpoint) when given; returns the last logged metrics."""
+    """The one pretraining loop, for one worker or many: each worker samples a batch and every
+    update goes through the team's rule (:mod:`pvn.distributed.team`); the non-finite guard,
+    metrics and diagnostics, checkpoints and progress are callbacks
+    (:mod:`pvn.pretrain_callbacks`), the same for a plain run and a distributed one. Resumes
+    from ``resume`` (a checkpoint) when given; returns the last logged metrics."""
     start = 0
     if resume is not None:
         state = load_checkpoint(resume)
@@ -260,73 +216,40 @@ def train(cfg: DictConfig, team: Team, run_dir: Path, resume: Path | None) -> di
     for w, ds in zip(team.workers, team.datasets, strict=True):
         attach_task_cache(w.learner, ds, cfg.data.task_cache, run_dir, cfg.steps, cfg.batch_size,
                           torch.device(cfg.device), cfg.progress and lead)  # fmt: skip
-    first = team.workers[0].learner  # whose diagnostics are logged
+    feeds = [Prefetcher(ds, cfg.batch_size, cfg.device, depth=cfg.data.prefetch)
+             for ds in team.datasets]  # fmt: skip
+    run = Run(team, feeds, run_dir, cfg.steps, start)
+    name = "pretrain" if team.world == 1 else f"pretrain x{team.world}"
+    callbacks: list[Callback] = []
+    try:
+        with bar(cfg.steps, name, "upd", cfg.progress and lead, initial=start) as pbar:
+            callbacks = _callbacks(cfg, team, run_dir, lead, pbar)
+            for step in range(start, cfg.steps):
+                run.outs = team.rule.step([next(f) for f in feeds], step)
+                run.step = step + 1
+                for c in callbacks:
+                    c.on_update(run)
+    finally:
+        for f in feeds:
+            f.close()
+        for c in callbacks:
+            c.close()
+    return {"run_dir": str(run_dir), "steps": cfg.steps, "workers": team.world, **run.last}
+
+
+def _callbacks(cfg: DictConfig, team: Team, run_dir: Path, lead: bool, pbar) -> list[Callback]:
+    """The guard, metrics, checkpoints and progress of a run (in that order)."""
+    first = team.workers[0].learner  # whose metrics and diagnostics are logged
     meta = {
         "torso": OmegaConf.to_container(cfg.torso, resolve=True),
         "moe": OmegaConf.to_container(cfg.moe, resolve=True),
         "num_actions": first.online.head.num_actions,
         "num_tasks": first.tasks.num_tasks,
     }
+    guard = NonFiniteGuard(len(team.workers), cfg.device)
     logger = MetricsLogger(run_dir) if lead else None
-    feeds = [Prefetcher(ds, cfg.batch_size, cfg.device, depth=cfg.data.prefetch)
-             for ds in team.datasets]  # fmt: skip
-    first_bad = torch.full((len(team.workers),), -1, dtype=torch.long, device=cfg.device)
-    acc, last = _Accumulator(), {}
-    t_log, n_log = time.perf_counter(), 0
-    # srank and dormancy over the features of the last batches: one batch of 32 caps srank at 32
-    recent: deque[torch.Tensor] = deque(maxlen=math.ceil(cfg.diagnostics.states / cfg.batch_size))
-
-    def check_finite(step: int, params: bool = False) -> None:
-        where = f"stopped at update {step}; last good checkpoint kept in {run_dir / 'checkpoints'}"
-        bad = team.first_bad(first_bad)
-        if bad >= 0:
-            raise NonFiniteLoss(f"non-finite loss at update {bad}; {where}")
-        if params and not team.params_finite():
-            raise NonFiniteLoss(f"non-finite parameters after update {step}; {where}")
-
-    name = "pretrain" if team.world == 1 else f"pretrain x{team.world}"
-    try:
-        with bar(cfg.steps, name, "upd", cfg.progress and lead, initial=start) as pbar:
-            for step in range(start, cfg.steps):
-                outs = team.rule.step([next(f) for f in feeds], step)
-                for j, m in enumerate(outs):  # {} for a worker that sat the round out
-                    if "loss" in m:
-                        bad = ~torch.isfinite(m["loss"]) & (first_bad[j] < 0)
-                        first_bad[j] = torch.where(bad, step, first_bad[j])
-                if outs[0]:
-                    acc.add(outs[0], first.tasks.indicator)
-                    if "features" in outs[0]:
-                        recent.append(outs[0]["features"])
-                n_log += 1
-                done = step + 1
-                if done % cfg.log_every == 0 or done == cfg.steps:
-                    check_finite(done)
-                    last = acc.read()
-                    if recent:
-                        features = torch.cat(list(recent))
-                        last["srank"] = int(srank(features))
-                        tau = cfg.diagnostics.dormant_tau
-                        last["dormant_fraction"] = float(dormant_fraction(features, tau))
-                    dt = time.perf_counter() - t_log
-                    last["updates_per_s"] = n_log / dt
-                    last["samples_per_s"] = n_log * cfg.batch_size / dt
-                    last.update(team.metrics(outs))
-                    t_log, n_log = time.perf_counter(), 0
-                    if logger is not None:
-                        logger.log(done, last)
-                    pbar.set_postfix(
-                        {k: f"{last[k]:.3g}" for k in ("td_loss", "fire_mean") if k in last}
-                    )
-                if done % cfg.checkpoint_every == 0 or done == cfg.steps:
-                    check_finite(done, params=True)
-                    state = team.state(feeds)
-                    if state is not None:
-                        state = {"format": 1, "step": done, **state, "meta": meta}
-                        save_checkpoint(run_dir, done, state, cfg.keep_checkpoints)
-                pbar.update(1)
-    finally:
-        for f in feeds:
-            f.close()
-        if logger is not None:
-            logger.close()
-    return {"run_dir": str(run_dir), "steps": cfg.steps, "workers": team.world, **last}
+    diagnostics = section(DiagnosticsConfig, cfg.diagnostics)
+    metrics = Metrics(guard, logger, cfg.log_every, cfg.batch_size, diagnostics,
+                      first.tasks.indicator, pbar)  # fmt: skip
+    checkpoints = Checkpoints(guard, cfg.checkpoint_every, cfg.keep_checkpoints, meta)
+    return [guard, metrics, checkpoints, Progress(pbar)]
