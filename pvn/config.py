@@ -3,14 +3,16 @@
 A command's schema (:mod:`pvn.schema`: typed dataclasses, each default once) comes first in its
 ``configs/<command>.yaml``; the YAML files choose group options and presets. Configs are composed
 with Hydra's compose API, so overrides use Hydra's grammar (``key=value``, ``group=option``,
-lists as ``[0,1]``). On top of Hydra, overrides of keys that are not in the command's config are
-rejected with the valid keys listed, each value must have the type of its default (an int stays
+lists as ``[0,1]``). On top of Hydra, an override of a key the command's config does not have is
+rejected naming the closest keys, and a group choice that is no option with the options (Hydra's
+own message ends in its search path); each value must have the type of its default (an int stays
 an int, ``auto`` defaults also take true/false), and the schema's own checks run once, when the
 config is made: every error is one line naming the key.
 """
 
 from __future__ import annotations
 
+import difflib
 from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
@@ -19,7 +21,7 @@ from omegaconf.nodes import AnyNode, BooleanNode, FloatNode, IntegerNode, String
 
 from pvn.errors import ConfigError
 from pvn.schema import SCHEMAS, register
-from pvn.settings import config_groups
+from pvn.settings import config_groups, group_options
 
 
 def _compose(name: str, overrides: list[str]) -> DictConfig:
@@ -108,7 +110,7 @@ def configure(command: str, **values: Any) -> DictConfig:
     cfg = _load(command, choices)
     rest = {k: v for k, v in values.items() if f"{k}={v}" not in choices}
     try:
-        pairs = _flatten(cfg, rest)
+        pairs = _flatten(cfg, rest, command)
     except ConfigError as e:
         raise ConfigError(f"pvn {command}: {e}") from None
     for path, value in pairs:
@@ -122,7 +124,7 @@ def configure(command: str, **values: Any) -> DictConfig:
     return cfg
 
 
-def _flatten(cfg: DictConfig, values: dict[str, Any]) -> list[tuple[str, Any]]:
+def _flatten(cfg: DictConfig, values: dict[str, Any], name: str) -> list[tuple[str, Any]]:
     """(dotted key, value) pairs of nested ``values``; a dict recurses where the config has a
     section, and an unknown key is an error naming the valid ones."""
     leaves = {p for p, _ in _leaves(cfg)}
@@ -137,7 +139,8 @@ def _flatten(cfg: DictConfig, values: dict[str, Any]) -> list[tuple[str, Any]]:
             elif path in leaves:
                 out.append((path, value))
             else:
-                raise ConfigError(f"unknown key '{path}'; valid keys: {sorted(leaves)}")
+                raise ConfigError(f"unknown key '{path}'{_did_you_mean(path, leaves)}; "
+                                  f"`pvn {name} --help` lists the keys")  # fmt: skip
 
     walk(values, "")
     return out
@@ -149,16 +152,36 @@ def _load(name: str, overrides: list[str]) -> DictConfig:
         if "=" not in ov:
             raise ConfigError(f"pvn {name}: '{ov}' is not key=value")
     choices = [ov for ov in overrides if ov.split("=", 1)[0].lstrip("+~") in groups]
+    for ov in choices:
+        group, option = ov.split("=", 1)
+        _check_option(name, group.lstrip("+~"), option)
     base = _compose(name, choices)
     keys = {path for path, _ in _leaves(base)}
     defaults = dict(_leaves(base))
     for key, value in _parsed(name, overrides):
         if key not in keys and key not in groups and key not in base:
-            raise ConfigError(f"pvn {name}: unknown key '{key}'; valid keys: {sorted(keys)}")
+            raise ConfigError(f"pvn {name}: unknown key '{key}'{_did_you_mean(key, keys)}; "
+                              f"`pvn {name} --help` lists the keys")  # fmt: skip
         if key in defaults and not _type_ok(defaults[key], value):
             want = type(defaults[key]).__name__
             raise ConfigError(f"pvn {name}: {key}={value!r} is not a valid {want}")
     return _typed(_compose(name, overrides), defaults)
+
+
+def _did_you_mean(word: str, choices: Any) -> str:
+    close = difflib.get_close_matches(word, sorted(choices), n=3, cutoff=0.6)
+    return f" (did you mean {' or '.join(repr(c) for c in close)}?)" if close else ""
+
+
+def _check_option(name: str, group: str, option: str) -> None:
+    """A group choice names an option file of the group (``configs/<group>/<option>.yaml``),
+    else one line with the options and the closest (Hydra's own message ends in its search
+    path)."""
+    options = group_options(group)
+    if option not in options:
+        listed = ", ".join(sorted(options))
+        raise ConfigError(f"pvn {name}: {group}={option!r}: no such option; choose one of "
+                          f"{listed}{_did_you_mean(option, options)}")  # fmt: skip
 
 
 def _parsed(name: str, overrides: list[str]) -> list[tuple[str, Any]]:

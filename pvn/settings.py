@@ -46,6 +46,14 @@ def config_groups() -> set[str]:
     return {p.name for p in files("pvn.configs").iterdir() if p.is_dir() and p.name[0] != "_"}
 
 
+def group_options(group: str) -> set[str]:
+    """The options of a config group (its ``configs/<group>/*.yaml`` files)."""
+    from importlib.resources import files
+
+    return {p.name[:-5] for p in files("pvn.configs").joinpath(group).iterdir()
+            if p.name.endswith(".yaml")}  # fmt: skip
+
+
 def option_defaults(group: str, option: str) -> dict:
     """The values of one config group option (``configs/<group>/<option>.yaml``): the one place
     its defaults live, for Python callers that build a part (e.g. an MoE block) directly."""

@@ -126,3 +126,27 @@ def test_sections_reach_the_core_typed_with_the_schema_defaults():
     assert agent == DQNConfig()
     with pytest.raises(ConfigError):
         section(TDConfig, {"centre": True})
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["stepz=10"], "unknown key 'stepz' (did you mean 'steps'?); `pvn pretrain --help`"),
+        (["td.centre=true"], "unknown key 'td.centre' (did you mean 'td.center'?)"),
+        (
+            ["optimizer=adamm"],
+            "optimizer='adamm': no such option; choose one of adam, adamw, "
+            "adan, plain_sgd, sgd (did you mean 'adam' or",
+        ),
+        (
+            ["torso=resnet"],
+            "torso='resnet': no such option; choose one of impala, impala_x8, nature",
+        ),
+    ],
+)
+def test_misspelled_keys_and_options_get_one_line_with_the_closest(args, message):
+    """No list of every key, no Hydra search path: the closest names, on one line."""
+    with pytest.raises(ConfigError) as err:
+        load_config("pretrain", ["data.path=d", "run_dir=r", *args])
+    text = str(err.value)
+    assert message in text and "\n" not in text and "search path" not in text, text

@@ -7,6 +7,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -129,3 +130,45 @@ def test_a_cache_file_truncated_after_conversion_is_rebuilt(dopamine_copy, tmp_p
     ds = DQNReplayDataset(dopamine_copy, cache_dir=cache)
     assert len(calls) == 1  # only the damaged checkpoint
     np.testing.assert_array_equal(ds.checkpoint(1).observation, want)
+
+
+RLU = Path(__file__).parent / "data" / "rlu" / "tfds"
+
+
+@pytest.mark.parametrize(
+    "args, named",
+    [
+        (["collect", "game=Pong", "steps=50", "out=/proc/pvn_out"], "/proc/pvn_out/replay_logs"),
+        (["evaluate", "encoder=random", "steps=50", "run_dir=/proc/pvn_run"], "/proc/pvn_run"),
+        (
+            [
+                "evaluate",
+                "encoder=random",
+                "steps=50",
+                "run_dir={tmp}/e",
+                "replay_log=/proc/pvn_log",
+            ],
+            "/proc/pvn_log",
+        ),
+        (
+            [
+                "pretrain",
+                f"data.path={RLU}",
+                "data.game=Asterix",
+                "data.version=1.1.0",
+                "steps=2",
+                "data.cache_dir={tmp}/c",
+                "tasks.num_tasks=10",
+                "run_dir=/proc/pvn_run",
+            ],
+            "/proc/pvn_run",
+        ),
+    ],
+    ids=["collect", "evaluate", "evaluate-replay-log", "pretrain"],
+)
+def test_an_unwritable_output_path_is_one_line_in_every_command(tmp_path, args, named):
+    """An output directory that cannot be made (under /proc) is one line naming it, exit 2,
+    from every command that writes one."""
+    argv = [a.replace("{tmp}", str(tmp_path)) for a in args] + ["progress=false"]
+    proc = subprocess.run([sys.executable, "-m", "pvn", *argv], capture_output=True, text=True)
+    _one_error_line(proc, named)

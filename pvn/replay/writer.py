@@ -75,7 +75,10 @@ class DQNReplayWriter:
         if not 1 <= compresslevel <= 9:
             raise ReplayError(f"compresslevel={compresslevel}: must be in 1..9")
         self.path = Path(path)
-        self.path.mkdir(parents=True, exist_ok=True)
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+        except OSError as e:  # an unwritable or impossible output path
+            raise ReplayError(f"{self.path}: could not be created ({e.strerror or e})") from None
         try:
             existing = find_checkpoints(self.path, skip_incomplete=True)
         except ReplayError:
