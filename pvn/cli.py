@@ -105,24 +105,52 @@ def _evaluate(cfg):
     return evaluate(cfg)
 
 
+REPORT_USAGE = """usage: pvn report RUN_DIR... [--out DIR] [--window N] [--data LOG_DIR]
+
+Per game and method (pvn, random, dqn; an experiment's arms): the final and best mean return
+over seeds and the human-normalised score (HNS); across games, IQM, median and mean HNS with
+stratified bootstrap 95% CIs (rliable's rules), and the probability of improvement between
+methods. A run is scored by its final greedy evaluation when it made evaluations
+(eval_episodes > 0), else by the mean of its last N training episodes.
+
+options:
+  --out DIR        where the report goes (default: report)
+  --window N       training episodes averaged when a run has no evaluations (default: 10)
+  --data LOG_DIR   also fit offline linear probes (return and reward R^2, srank, dormant
+                   units) of each run's frozen encoder on this replay log; slow: it encodes
+                   up to a few thousand logged states per encoder
+
+writes, under DIR:
+  report.md                       the tables (Markdown)
+  report.csv                      one row per game and method
+  curves.png                      per game, return against agent steps, each method
+  iqm_curve.png                   IQM of HNS against the fraction of training
+  performance_profile.png         fraction of runs above each HNS threshold
+  probability_of_improvement.png  P(X > Y) for each pair of methods, with 95% CIs
+  probes.json                     with --data: the probes per run"""
+
+
 def _report(args: list[str]) -> int:
     if not args or args[0] in ("-h", "--help"):
-        print(
-            "usage: pvn report RUN_DIR... [--out DIR] [--window N]\n\nPer game and method: "
-            "final and best mean return over seeds, human-normalised score; across games: IQM, "
-            "median and mean with stratified bootstrap 95% CIs. Writes DIR/report.md, "
-            "report.csv, curves.png (default DIR: report)."
-        )
+        print(REPORT_USAGE)
         return 0 if args else 2
     out, window, data, dirs = "report", 10, None, []
     it = iter(args)
     for a in it:
-        if a == "--out":
-            out = next(it, "report")
-        elif a == "--window":
-            window = int(next(it, "10"))
-        elif a == "--data":
-            data = next(it, None)
+        if a in ("--out", "--window", "--data"):
+            value = next(it, None)
+            if value is None:
+                raise ConfigError(f"pvn report: {a} needs a value (see `pvn report --help`)")
+            if a == "--out":
+                out = value
+            elif a == "--data":
+                data = value
+            elif not value.isdigit() or int(value) < 1:
+                raise ConfigError(f"pvn report: --window {value!r}: a whole number >= 1")
+            else:
+                window = int(value)
+        elif a.startswith("--"):
+            raise ConfigError(f"pvn report: unknown option {a}; see `pvn report --help`")
         else:
             dirs.append(a)
     from pvn.commands.report import report

@@ -200,3 +200,20 @@ def test_runs_are_reported_under_the_labels_given(tmp_path):
     assert "| P(pvn > pvn_tasks100) | 0.00 [0.00, 0.00] |" in text
     with pytest.raises(ValueError):
         report(runs, tmp_path / "rep2", methods=labels[:-1])
+
+
+def test_report_help_names_every_option_and_output_and_bad_flags_are_one_line(capsys):
+    from pvn.cli import main
+
+    assert main(["report", "--help"]) == 0
+    text = capsys.readouterr().out
+    for word in ("--out", "--window", "--data", "report.md", "report.csv", "curves.png",
+                 "iqm_curve.png", "performance_profile.png", "probability_of_improvement.png",
+                 "probes.json"):  # fmt: skip
+        assert word in text, word
+    for args, needle in ((["r", "--window", "abc"], "--window 'abc'"),
+                         (["r", "--bogus"], "unknown option --bogus"),
+                         (["r", "--out"], "--out needs a value")):  # fmt: skip
+        assert main(["report", *args]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and needle in err[0], err

@@ -211,7 +211,10 @@ def report(
     rows = summarize(runs, window)
     aggs = aggregates(rows)
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ConfigError(f"{out}: could not be created ({e.strerror or e})") from None
     text = markdown(rows, aggs)
     matrices = hns_matrices(rows)
     pairs = improvements(matrices)

@@ -180,7 +180,8 @@ def open_checkpoint(
     def convert(tmp: Path) -> None:
         cb = None
         if progress is not None:
-            cb = progress(f"caching checkpoint {ckpt}", _raw_bytes(files))
+            # the bar names where the cache goes; its total is the size it will take
+            cb = progress(f"caching checkpoint {ckpt} in {root}", _raw_bytes(files))
         _convert(files, tmp, cb)
 
     entry = build_once(root, f"ckpt.{ckpt}", lambda e: _is_current(e, files), convert)

@@ -204,7 +204,9 @@ class RLUDataset(ShardSampler):
 
     @staticmethod
     def _convert_all(jobs, cache, workers, progress) -> list[Path]:
-        tick = progress("decoding RL Unplugged checkpoints", len(jobs)) if progress else None
+        where = cache or default_cache_dir()  # ~7 KB a frame: 7 GB a 1M-step checkpoint
+        tick = progress(f"decoding RL Unplugged checkpoints into {where}", len(jobs)) if (
+            progress) else None  # fmt: skip
         workers = min(len(jobs), workers or min(8, os.cpu_count() or 1))
         if workers <= 1:
             out = []
