@@ -101,7 +101,8 @@ def test_two_readers_convert_a_checkpoint_once(dopamine_copy, tmp_path):
         from pathlib import Path
         from pvn.replay import DQNReplayDataset
         def progress(desc, total):
-            Path({str(marks)!r}, desc.replace(" ", "_") + f".{{os.getpid()}}").touch()
+            name = desc.split(" in ")[0]  # "caching checkpoint C in CACHE_DIR"
+            Path({str(marks)!r}, name.replace(" ", "_") + f".{{os.getpid()}}").touch()
             return None
         ds = DQNReplayDataset({str(dopamine_copy)!r}, cache_dir={str(cache)!r}, progress=progress)
         print(sum(zlib.crc32(ds.checkpoint(c).observation.tobytes()) for c in ds.checkpoints))
