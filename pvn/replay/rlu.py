@@ -195,14 +195,14 @@ def _raw_shards(root: Path, game: str, run: int) -> dict[int, tuple[list[Path], 
     return {c: ([path], None) for c, (path, _) in found.items()}
 
 
-def select(source: Source, split: str, proportion: float = 1.0) -> list[tuple[int, int | None]]:
-    """``(checkpoint, episodes to read or None for all)`` of an official split: ``full`` (every
-    checkpoint, the first ``floor(proportion * episodes)`` of each), ``mixed_small``, ``mixed``,
-    ``weak``, or one ``checkpoint_XX``."""
+def select(source: Source, split: str, proportion: float = 1.0) -> list[int]:
+    """The checkpoints of an official split: ``full`` (every checkpoint), ``mixed_small``,
+    ``mixed``, ``weak``, or one ``checkpoint_XX`` (:func:`episode_limit` says how many of each
+    checkpoint's episodes)."""
     if split == "full":
         if not 0 < proportion <= 1:
             raise ReplayError(f"proportion={proportion}: must be in (0, 1]")
-        return [(c, None if proportion == 1 else -1) for c in source.checkpoints]
+        return source.checkpoints
     if m := re.fullmatch(r"checkpoint_(\d+)", split):
         chosen: Sequence[int] = (int(m.group(1)),)
     elif split in FIXED_SPLITS:
@@ -214,7 +214,29 @@ def select(source: Source, split: str, proportion: float = 1.0) -> list[tuple[in
     if absent:
         raise ReplayError(f"split={split!r}: {source.root} has no checkpoint {absent[0]} "
                           f"({source.game} has {num_checkpoints(source.game)})")  # fmt: skip
-    return [(c, None) for c in chosen]
+    return list(chosen)
+
+
+def selection(data_dir: str | Path, game: str, run: int, version: str, split: str,
+              proportion: float) -> Iterator[tuple[int, Source, int]]:  # fmt: skip
+    """``(run, source, checkpoint)`` of every checkpoint a split reads, in order (``weak``:
+    checkpoint 0 of runs 1-5, whatever ``run`` is)."""
+    for r in RUNS if split == "weak" else (run,):
+        source = locate(data_dir, game, r, version)
+        for checkpoint in select(source, split, proportion):
+            yield r, source, checkpoint
+
+
+def episode_limit(source: Source, checkpoint: int, split: str, proportion: float) -> int | None:
+    """How many of the checkpoint's first episodes the split reads (``None``: all): with
+    ``full``, ``floor(proportion * episodes)`` (``data_proportion_per_checkpoint``), never 0."""
+    if split != "full" or proportion == 1:
+        return None
+    limit = int(proportion * episode_count(source, checkpoint))
+    if limit == 0:
+        raise ReplayError(f"proportion={proportion}: no episode of checkpoint {checkpoint} of "
+                          f"{source.root}")  # fmt: skip
+    return limit
 
 
 def raw_to_rlds(raw: dict[str, Any], where: str) -> dict[str, Any]:
@@ -342,16 +364,9 @@ def episodes(
         ``observation`` (L, 84, 84) uint8, ``action``, ``reward``, ``discount``, ``is_first``,
         ``is_last``, ``is_terminal``; checkpoint by checkpoint, each in ascending episode id.
     """
-    runs = RUNS if split == "weak" else (run,)
-    for r in runs:
-        source = locate(data_dir, game, r, version)
-        for checkpoint, limit in select(source, split, proportion):
-            if limit == -1:
-                limit = int(proportion * episode_count(source, checkpoint))
-                if limit == 0:
-                    raise ReplayError(f"proportion={proportion}: no episode of checkpoint "
-                                      f"{checkpoint} of {source.root}")  # fmt: skip
-            yield from read_checkpoint(source, checkpoint, limit)
+    for _, source, checkpoint in selection(data_dir, game, run, version, split, proportion):
+        limit = episode_limit(source, checkpoint, split, proportion)
+        yield from read_checkpoint(source, checkpoint, limit)
 
 
 def episode_count(source: Source, checkpoint: int) -> int:

@@ -30,8 +30,7 @@ import numpy as np
 from pvn.replay.cache import build_once, default_cache_dir
 from pvn.replay.errors import ReplayError
 from pvn.replay.protocol import ShardLog
-from pvn.replay.rlu import FIXED_SPLITS, RUNS, STACK, Source, episode_count, locate, read_checkpoint
-from pvn.replay.rlu import select as select_split
+from pvn.replay.rlu import FIXED_SPLITS, STACK, Source, episode_limit, read_checkpoint, selection
 from pvn.replay.sampler import ShardSampler
 
 _META_VERSION = 1
@@ -175,19 +174,10 @@ class RLUDataset(ShardSampler):
         self.path, self.game = Path(data_dir), game
         self.stack_size = STACK
         jobs = []  # (shard id, source, checkpoint, limit)
-        runs = RUNS if split == "weak" else (run,)
-        for r in runs:
-            source = locate(data_dir, game, r, version)
-            for c, limit in select_split(source, split, proportion):
-                shard = r if split == "weak" else c
-                if checkpoints is not None and shard not in checkpoints:
-                    continue
-                if limit == -1:
-                    limit = int(proportion * episode_count(source, c))
-                    if limit == 0:
-                        raise ReplayError(f"proportion={proportion}: no episode of checkpoint "
-                                          f"{c} of {source.root}")  # fmt: skip
-                jobs.append((shard, source, c, limit))
+        for r, source, c in selection(data_dir, game, run, version, split, proportion):
+            shard = r if split == "weak" else c
+            if checkpoints is None or shard in checkpoints:  # (a limit may read a raw file)
+                jobs.append((shard, source, c, episode_limit(source, c, split, proportion)))
         missing = sorted(set(checkpoints or []) - {j[0] for j in jobs})
         if missing:
             raise ReplayError(f"checkpoints={missing}: not in split {split!r} of {data_dir}")
