@@ -13,6 +13,7 @@ import numpy as np
 
 from pvn.replay import DQNReplayDataset
 from pvn.replay import cache as cache_mod
+from pvn.replay.frames import ChunkedFrames
 
 
 def _file_backed(a: np.ndarray) -> bool:
@@ -25,7 +26,8 @@ def test_converted_once_then_reused(dopamine_copy, tmp_path, monkeypatch):
     cache = tmp_path / "cache"
     first = DQNReplayDataset(dopamine_copy, cache_dir=cache)
     assert len(list(cache.rglob("meta.json"))) == 4
-    assert _file_backed(first.checkpoint(0).observation)
+    frames = first.checkpoint(0).observation
+    assert isinstance(frames, ChunkedFrames) and _file_backed(frames._data.obj)
 
     def fail(*a, **k):
         raise AssertionError("reconverted a current cache entry")

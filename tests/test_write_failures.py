@@ -43,12 +43,12 @@ def _one_error_line(proc, *needles: str) -> None:
 
 @pytest.mark.slow
 def test_full_disk_while_caching_a_checkpoint(dopamine_copy, tmp_path):
-    """The observation array (21 MB decompressed) cannot be cached under a 5 MB limit."""
+    """A checkpoint's compressed frames (~150 kB) cannot be stored under a 64 kB limit."""
     cache = tmp_path / "cache"
     args = ["pretrain", f"data.path={dopamine_copy}", f"data.cache_dir={cache}",
             f"run_dir={tmp_path / 'run'}", "steps=2", "batch_size=4", "torso.feature_dim=16",
             "tasks.num_tasks=10", "progress=false"]  # fmt: skip
-    proc = _pvn_limited(5 * 2**20, *args)
+    proc = _pvn_limited(64 * 2**10, *args)
     _one_error_line(proc, "could not be written", "File too large", str(cache))
     assert not list(cache.rglob("meta.json")) and not list(cache.rglob("*.tmp-*"))
     ds = DQNReplayDataset(dopamine_copy, cache_dir=cache)  # with space again: it completes
@@ -98,14 +98,15 @@ def test_two_readers_convert_a_checkpoint_once(dopamine_copy, tmp_path):
     code = textwrap.dedent(
         f"""
         import os, sys, zlib
+        import numpy as np
         from pathlib import Path
         from pvn.replay import DQNReplayDataset
         def progress(desc, total):
-            name = desc.split(" in ")[0]  # "caching checkpoint C in CACHE_DIR"
+            name = desc.split(" in ")[0]  # "storing checkpoint C in CACHE_DIR"
             Path({str(marks)!r}, name.replace(" ", "_") + f".{{os.getpid()}}").touch()
             return None
         ds = DQNReplayDataset({str(dopamine_copy)!r}, cache_dir={str(cache)!r}, progress=progress)
-        print(sum(zlib.crc32(ds.checkpoint(c).observation.tobytes()) for c in ds.checkpoints))
+        print(sum(zlib.crc32(np.asarray(ds.checkpoint(c).observation).tobytes()) for c in ds.checkpoints))
         """
     )
     procs = [
@@ -115,7 +116,7 @@ def test_two_readers_convert_a_checkpoint_once(dopamine_copy, tmp_path):
     outs = [p.communicate()[0].strip() for p in procs]
     assert all(p.returncode == 0 for p in procs) and outs[0] == outs[1]
     converted = sorted(m.name.rsplit(".", 1)[0] for m in marks.iterdir())
-    assert converted == [f"caching_checkpoint_{c}" for c in range(4)]  # once each
+    assert converted == [f"storing_checkpoint_{c}" for c in range(4)]  # once each
 
 
 def test_a_cache_file_truncated_after_conversion_is_rebuilt(dopamine_copy, tmp_path, monkeypatch):
@@ -123,7 +124,7 @@ def test_a_cache_file_truncated_after_conversion_is_rebuilt(dopamine_copy, tmp_p
     first = DQNReplayDataset(dopamine_copy, cache_dir=cache)
     want = np.array(first.checkpoint(1).observation)
     del first
-    (obs,) = cache.rglob("ckpt.1/observation.npy")
+    (obs,) = cache.rglob("ckpt.1/frames.zst")
     obs.write_bytes(obs.read_bytes()[: obs.stat().st_size // 3])
     calls = []
     real = cache_mod._convert

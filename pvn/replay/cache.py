@@ -1,9 +1,13 @@
-"""Memory-mapped cache of Dopamine checkpoints: each gzip file is decompressed once, streaming.
+"""The store of Dopamine checkpoints: each gzip file is decompressed once, streaming, into an
+entry whose frames are zstd chunks (:mod:`replay.frames`) and whose small arrays are ``.npy``.
 
 Why: a DQN Replay checkpoint is ~7 GB of frames once decompressed, and a game has 50 of them.
-Loading them with ``np.load`` (as Dopamine does) needs that much RAM per checkpoint. Here each
-``.gz`` is streamed into a ``.npy`` file under the cache and opened with ``np.load(mmap_mode='r')``,
-so opening 50 checkpoints costs disk and page cache, not anonymous memory.
+Loading them with ``np.load`` (as Dopamine does) needs that much RAM per checkpoint, and a raw
+cache 350 GB of disk per game-run. Here each checkpoint's frames are re-compressed in chunks of
+a few consecutive frames (about the gzip files' size, ``docs/store.md``) and its small arrays
+memory-mapped, so opening 50 checkpoints costs about what the source takes on disk. The same
+entries make the replay cache (keyed by the source directory) and the stores that
+``pvn data convert`` writes (:mod:`replay.store`).
 
 Cache entries are keyed by the replay directory's real path and validated against each source
 file's size and mtime, and their own files against the sizes recorded when they were made (a
@@ -22,7 +26,7 @@ import json
 import os
 import shutil
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -31,12 +35,16 @@ from pvn.replay.dopamine_format import (
     STORE,
     array_nbytes,
     checkpoint_files,
+    chunks,
+    open_checked,
     read_small,
     stream_to_npy,
 )
 from pvn.replay.errors import ReplayError
+from pvn.replay.frames import ChunkedFrames, FrameCodec, FrameWriter, frame_files, open_frames
 
-_META_VERSION = 2  # 2: meta records the cache files' sizes
+_META_VERSION = 3  # 2: meta records the cache files' sizes; 3: frames in zstd chunks
+SMALL = ("action", "reward", "terminal")  # the slot arrays besides the frames
 
 
 def default_cache_dir() -> Path:
@@ -57,7 +65,7 @@ class Checkpoint:
     """
 
     id: int
-    observation: np.ndarray | None  # None when opened without frames (read_checkpoint_meta)
+    observation: np.ndarray | ChunkedFrames | None  # None when opened without frames
     action: np.ndarray
     reward: np.ndarray
     terminal: np.ndarray
@@ -109,56 +117,117 @@ def _check_consistent(files: dict[str, Path], lengths: dict[str, int], add_count
         )
 
 
-def _convert(files: dict[str, Path], dest: Path, progress: Callable[[int], None] | None) -> None:
+def _stream_frames(path: Path, dest: Path, codec: FrameCodec, progress) -> int:
+    """Decompress an observation file into the frame store of ``dest``; its frame count."""
+    writer = FrameWriter(dest, codec)
+    with open_checked(path, "observation") as (f, shape, total):
+        for data in chunks(f, total, path):  # read errors: open_checked's, naming the file
+            writer.write(data)
+            if progress is not None:
+                progress(len(data))
+    writer.close()
+    return int(shape[0])
+
+
+def _convert(
+    files: dict[str, Path], dest: Path, codec: FrameCodec, progress: Callable[[int], None] | None
+) -> None:
     """Stream every array of one checkpoint into ``dest`` (a fresh directory), meta last."""
     add_count = int(read_small(files["add_count"], "add_count"))
     invalid_range = read_small(files["invalid_range"], "invalid_range")
-    lengths = {}
-    for kind in STORE:
+    lengths = {"observation": _stream_frames(files["observation"], dest, codec, progress)}
+    for kind in SMALL:
         lengths[kind] = stream_to_npy(files[kind], kind, dest / f"{kind}.npy", progress)[0]
     _check_consistent(files, lengths, add_count, invalid_range)
-    meta = {
-        "version": _META_VERSION,
-        "sources": _fingerprint(files),
-        "add_count": add_count,
-        "invalid_range": invalid_range.tolist(),
-    }
-    for name in os.listdir(dest):
+    write_meta(dest, {"version": _META_VERSION, "sources": _fingerprint(files),
+                      "add_count": add_count, "invalid_range": invalid_range.tolist()})  # fmt: skip
+
+
+def entry_files(entry: Path) -> list[str]:
+    """The data files of a Dopamine store entry (what ``meta.json``'s ``sizes`` covers)."""
+    return [f"{k}.npy" for k in SMALL] + frame_files(entry)
+
+
+def write_meta(dest: Path, meta: dict) -> None:
+    """fsync the entry's files, record their sizes (so an entry damaged later, e.g. truncated,
+    is seen, never read as data) and write ``meta.json``, the entry's sentinel, last."""
+    names = entry_files(dest)
+    for name in names:
         with open(dest / name, "rb+") as f:
             os.fsync(f.fileno())
-    # the cache's own files, so a cache damaged later (truncated) is seen, not read as data
-    meta["sizes"] = {k: (dest / f"{k}.npy").stat().st_size for k in STORE}
+    meta["sizes"] = {name: (dest / name).stat().st_size for name in names}
     tmp = dest / "meta.json.tmp"
     tmp.write_text(json.dumps(meta))
     os.replace(tmp, dest / "meta.json")
 
 
-def _load(entry: Path, ckpt: int) -> Checkpoint:
-    meta = json.loads((entry / "meta.json").read_text())
+def read_meta(entry: Path) -> dict | None:
+    """The entry's ``meta.json`` when the entry is complete and whole, else None."""
+    try:
+        meta = json.loads((entry / "meta.json").read_text())
+        sizes = {name: (entry / name).stat().st_size for name in meta.get("sizes", {})}
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+    return meta if meta.get("version") == _META_VERSION and meta.get("sizes") == sizes else None
+
+
+def load_entry(entry: Path, ckpt: int) -> Checkpoint:
+    """Open a complete Dopamine store entry as checkpoint ``ckpt``."""
+    meta = read_meta(entry)
+    if meta is None:
+        raise ReplayError(f"{entry}: incomplete or damaged store entry (its files do not match "
+                          "meta.json); convert the checkpoint again")  # fmt: skip
     # Plain ndarray views of the maps: np.memmap's Python-level __getitem__ costs ~10 us a call.
     arrays = {
-        k: np.asarray(np.load(entry / f"{k}.npy", mmap_mode="r", allow_pickle=False)) for k in STORE
+        k: np.asarray(np.load(entry / f"{k}.npy", mmap_mode="r", allow_pickle=False)) for k in SMALL
     }
     return Checkpoint(
         id=ckpt,
+        observation=open_frames(entry),
         add_count=int(meta["add_count"]),
         invalid_range=np.asarray(meta["invalid_range"], dtype=np.int64),
         **arrays,
     )
 
 
-def _is_current(entry: Path, files: dict[str, Path]) -> bool:
-    """The entry is complete, made from the current source files, and its arrays are whole."""
-    try:
-        meta = json.loads((entry / "meta.json").read_text())
-        sizes = {k: (entry / f"{k}.npy").stat().st_size for k in STORE}
-    except (FileNotFoundError, json.JSONDecodeError):
+def _is_current(entry: Path, files: dict[str, Path], codec: FrameCodec) -> bool:
+    """The entry is complete, made from the current source files with ``codec``, and whole."""
+    meta = read_meta(entry)
+    if meta is None or meta.get("sources") != _fingerprint(files):
         return False
-    return (
-        meta.get("version") == _META_VERSION
-        and meta.get("sources") == _fingerprint(files)
-        and meta.get("sizes") == sizes
-    )
+    info = json.loads((entry / "frames.json").read_text())
+    return {k: info.get(k) for k in ("codec", "level", "chunk", "dictionary")} == asdict(codec)
+
+
+def cache_root(log_dir: Path, cache_dir: Path | None = None) -> Path:
+    """The cache directory of one replay directory (keyed by its real path)."""
+    key = hashlib.sha1(str(Path(log_dir).resolve()).encode()).hexdigest()[:16]
+    return Path(cache_dir or default_cache_dir()) / key
+
+
+def convert_checkpoint(
+    log_dir: Path,
+    ckpt: int,
+    root: Path,
+    codec: FrameCodec = FrameCodec(),
+    progress: Callable[[str, int], Callable[[int], None] | None] | None = None,
+) -> Path:
+    """The store entry ``root/ckpt.<ckpt>`` of checkpoint ``ckpt`` of ``log_dir``, converted
+    unless an entry made from the same files with the same codec is there (:func:`build_once`).
+
+    ``progress(description, total_bytes)`` may return a per-chunk callback for a progress bar.
+    """
+    files = checkpoint_files(Path(log_dir).resolve(), ckpt)
+    _fingerprint(files)  # fail early, naming the missing file
+
+    def convert(tmp: Path) -> None:
+        cb = None
+        if progress is not None:
+            # the bar names where the entry goes; its total is the bytes decompressed
+            cb = progress(f"storing checkpoint {ckpt} in {root}", _raw_bytes(files))
+        _convert(files, tmp, codec, cb)
+
+    return build_once(root, f"ckpt.{ckpt}", lambda e: _is_current(e, files, codec), convert)
 
 
 def open_checkpoint(
@@ -166,26 +235,11 @@ def open_checkpoint(
     ckpt: int,
     cache_dir: Path | None = None,
     progress: Callable[[str, int], Callable[[int], None] | None] | None = None,
+    codec: FrameCodec = FrameCodec(),
 ) -> Checkpoint:
-    """Open checkpoint ``ckpt`` of ``log_dir`` through the cache, converting it if needed.
-
-    ``progress(description, total_bytes)`` may return a per-chunk callback for a progress bar.
-    """
-    log_dir = Path(log_dir).resolve()
-    files = checkpoint_files(log_dir, ckpt)
-    _fingerprint(files)  # fail early, naming the missing file
-    key = hashlib.sha1(str(log_dir).encode()).hexdigest()[:16]
-    root = Path(cache_dir or default_cache_dir()) / key
-
-    def convert(tmp: Path) -> None:
-        cb = None
-        if progress is not None:
-            # the bar names where the cache goes; its total is the size it will take
-            cb = progress(f"caching checkpoint {ckpt} in {root}", _raw_bytes(files))
-        _convert(files, tmp, cb)
-
-    entry = build_once(root, f"ckpt.{ckpt}", lambda e: _is_current(e, files), convert)
-    return _load(entry, ckpt)
+    """Open checkpoint ``ckpt`` of ``log_dir`` through the cache, converting it if needed."""
+    entry = convert_checkpoint(log_dir, ckpt, cache_root(log_dir, cache_dir), codec, progress)
+    return load_entry(entry, ckpt)
 
 
 def build_once(

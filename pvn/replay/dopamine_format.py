@@ -125,7 +125,7 @@ def _check(path: Path, kind: str, shape: tuple[int, ...], dtype: np.dtype) -> No
 
 
 @contextmanager
-def _open_checked(path: Path, kind: str):
+def open_checked(path: Path, kind: str):
     """Open a gzip-npy file, parse and check its header; yield ``(stream, shape, nbytes)``.
 
     Every I/O or decompression error inside the block becomes a ReplayError naming the file.
@@ -157,7 +157,7 @@ def chunks(f, total: int, path: Path) -> Iterator[bytes]:
 
 def read_small(path: Path, kind: str) -> np.ndarray:
     """Read a whole (small) array into memory, checked against the format table."""
-    with _open_checked(path, kind) as (f, shape, nbytes):
+    with open_checked(path, kind) as (f, shape, nbytes):
         data = f.read(nbytes)
     if len(data) != nbytes:
         raise ReplayError(f"{path}: truncated: {len(data)} of {nbytes} bytes")
@@ -166,7 +166,7 @@ def read_small(path: Path, kind: str) -> np.ndarray:
 
 def array_nbytes(path: Path, kind: str) -> int:
     """Size in bytes of the array in ``path``, from its header alone."""
-    with _open_checked(path, kind) as (_, _, nbytes):
+    with open_checked(path, kind) as (_, _, nbytes):
         return nbytes
 
 
@@ -180,7 +180,7 @@ def stream_to_npy(
     file (a write through a map would end the process with SIGBUS).
     ``progress`` receives the number of decompressed bytes after each chunk.
     """
-    with _open_checked(path, kind) as (f, shape, total):
+    with open_checked(path, kind) as (f, shape, total):
         try:
             dst = open(out, "wb")  # noqa: SIM115 (closed below; write errors named apart)
             header = {"descr": DTYPES[kind].str, "fortran_order": False, "shape": shape}
@@ -188,7 +188,7 @@ def stream_to_npy(
         except OSError as e:
             raise ReplayError(f"{out}: could not be written ({e.strerror or e})") from None
         with dst:
-            for data in chunks(f, total, path):  # read errors: _open_checked's
+            for data in chunks(f, total, path):  # read errors: open_checked's
                 try:
                     dst.write(data)
                 except OSError as e:
@@ -201,7 +201,7 @@ def stream_to_npy(
 def read_frames_into(path: Path, out: np.ndarray) -> None:
     """Decompress an observation file straight into ``out`` (uint8 ``(cap, 84, 84)``, e.g. a
     memmap), a chunk at a time."""
-    with _open_checked(path, "observation") as (f, shape, total):
+    with open_checked(path, "observation") as (f, shape, total):
         if tuple(shape) != out.shape:
             raise ReplayError(f"{path}: shape {shape}, expected {out.shape}")
         dst, done = out.reshape(-1), 0

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from pvn.replay.cache import Checkpoint
+from pvn.replay.frames import take_frames
 
 
 def cursor_range(cursor: int, capacity: int, stack_size: int, n_step: int) -> np.ndarray:
@@ -124,10 +125,9 @@ def gather_into(
         length, is_terminal = window_length(ck.terminal[window].astype(bool))
         total = discounted_sum(ck.reward[window], length, discount)
     back = np.arange(-stack_size + 1, 1)
-    # mode='wrap' wraps around the circular buffer and lets np.take write into `out` unbuffered.
-    np.take(ck.observation, idx[:, None] + back, axis=0, out=out.observation[rows], mode="wrap")
-    nxt = (idx + length)[:, None] + back
-    np.take(ck.observation, nxt, axis=0, out=out.next_observation[rows], mode="wrap")
+    nxt = (idx + length)[:, None] + back  # both stacks wrap around the circular buffer
+    take_frames(ck.observation, [idx[:, None] + back, nxt],
+                [out.observation[rows], out.next_observation[rows]])  # fmt: skip
     out.action[rows] = ck.action[idx]
     out.reward[rows] = total
     out.terminal[rows] = is_terminal

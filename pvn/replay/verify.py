@@ -26,7 +26,7 @@ import numpy as np
 from pvn.replay.dopamine_format import (
     DTYPES,
     FRAME_SHAPE,
-    _open_checked,
+    open_checked,
     checkpoint_files,
     chunks,
     incomplete_checkpoints,
@@ -40,7 +40,7 @@ def _read_all(path: Path, kind: str, keep: bool, on_chunk=None, progress=None, c
     (``on_chunk(offset, bytes)``), then the gzip trailer (its CRC and length are checked when the
     stream is read to its end). Returns ``(array or None, problems)``."""
     try:
-        with _open_checked(path, kind) as (f, shape, total):
+        with open_checked(path, kind) as (f, shape, total):
             if cap is not None and shape[0] != cap:
                 return None, [f"{path.name}: {shape[0]} slots, the other arrays {cap}"]
             buf = bytearray(total) if keep else None

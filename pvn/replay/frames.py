@@ -1,0 +1,297 @@
+"""Frames of one shard, stored once: zstd-compressed chunks of consecutive frames, or raw.
+
+Why: a DQN Replay checkpoint is 1M frames, 7 GB raw, and a game-run 50 of them (350 GB), while
+consecutive Atari frames compress ~30x in small independent chunks (``docs/store.md`` has the
+measurements that chose the codec, its level and the chunk length). Chunks are independent zstd
+frames, so a sample decodes only the chunks its stacks touch; each zstd frame carries its
+content size and an xxhash-64 checksum of its content, so a corrupt or truncated chunk is an
+error naming the file and the chunk, never a silently different frame.
+
+One shard's frames are three files in its store entry::
+
+    frames.zst         the chunks, one zstd frame each, back to back
+    frames.index.npy   int64 (chunks + 1,): each chunk's byte offset, then the file's size
+    frames.json        codec, level, chunk length, frame count and shape, the dictionary's size
+    frames.dict        (when trained) the zstd dictionary every chunk was compressed with
+
+``codec="raw"`` stores ``frames.u8`` (the frames back to back) instead, memory-mapped on reading.
+Readers are :class:`ChunkedFrames` (compressed) or a plain ndarray (raw); :func:`take_frames`
+gathers stacked frames from either.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import zstandard
+
+from pvn.replay.errors import ReplayError
+
+FRAME_SHAPE = (84, 84)
+_FRAME_BYTES = FRAME_SHAPE[0] * FRAME_SHAPE[1]
+
+
+@dataclass(frozen=True)
+class FrameCodec:
+    """How a store compresses frames (``docs/store.md`` measures the choices).
+
+    Attributes:
+        codec: ``zstd`` (chunks) or ``raw`` (no compression, memory-mapped).
+        level: the zstd level (1-22); on Atari frames 1 and 3 give the same ratio.
+        chunk: frames per chunk: longer chunks compress better, and a sample decodes more
+            frames it does not need.
+        dictionary: train a zstd dictionary on the shard's first frames and compress every
+            chunk with it: short chunks then compress like long ones.
+    """
+
+    codec: str = "zstd"
+    level: int = 3
+    chunk: int = 4
+    dictionary: bool = True
+
+    def __post_init__(self) -> None:
+        if self.codec not in ("zstd", "raw"):
+            raise ReplayError(f"codec={self.codec!r}: expected 'zstd' or 'raw'")
+        if not 1 <= self.level <= 22:
+            raise ReplayError(f"level={self.level}: zstd levels are 1-22")
+        if self.chunk < 1:
+            raise ReplayError(f"chunk={self.chunk}: must be >= 1 frame")
+
+
+_DICT_BYTES = 112_640  # zstd's default dictionary size
+_DICT_TRAIN_FRAMES = 8192  # frames (58 MB) buffered to train the dictionary on
+
+
+class FrameWriter:
+    """Append frames (as bytes in any pieces) to a shard's store entry; :meth:`close` seals it.
+
+    Args:
+        dest: the entry's directory (written into, typically a temporary one).
+        codec: how to store the frames.
+    """
+
+    def __init__(self, dest: Path, codec: FrameCodec = FrameCodec()) -> None:
+        self.dest, self.codec = Path(dest), codec
+        raw = codec.codec == "raw"
+        self._file = open(self.dest / ("frames.u8" if raw else "frames.zst"), "wb")  # noqa: SIM115
+        self._pending = bytearray()
+        self._offsets = [0]
+        self._bytes_in = 0
+        self._dict: zstandard.ZstdCompressionDict | None = None
+        self._cctx: zstandard.ZstdCompressor | None = None
+        if not raw and not codec.dictionary:
+            self._cctx = zstandard.ZstdCompressor(level=codec.level, write_checksum=True)
+
+    def write(self, data: bytes | bytearray | memoryview | np.ndarray) -> None:
+        """Append ``data``: whole frames or any piece of the frames' bytes."""
+        data = memoryview(data).cast("B")
+        self._bytes_in += len(data)
+        if self.codec.codec == "raw":
+            self._file.write(data)
+            return
+        self._pending += data
+        if self._cctx is None and len(self._pending) < _DICT_TRAIN_FRAMES * _FRAME_BYTES:
+            return  # still gathering the frames the dictionary is trained on
+        self._flush(final=False)
+
+    def _train(self) -> None:
+        frames = len(self._pending) // _FRAME_BYTES
+        step = self.codec.chunk * _FRAME_BYTES
+        samples = [bytes(self._pending[i : i + step]) for i in range(0, frames * _FRAME_BYTES, step)]
+        try:
+            # fastcover with fixed parameters: ~0.3 s, where letting it search k and d takes
+            # ~20 s a shard for a ratio ~3% better (docs/store.md)
+            self._dict = zstandard.train_dictionary(
+                _DICT_BYTES, samples, k=1024, d=8, f=20, accel=4, level=self.codec.level
+            )
+            self._dict.precompute_compress(level=self.codec.level)  # else it is re-read per chunk
+        except zstandard.ZstdError:  # too few or too uniform samples: no dictionary
+            self._dict = None
+        level = {} if self._dict else {"level": self.codec.level}  # (the dictionary holds it)
+        self._cctx = zstandard.ZstdCompressor(dict_data=self._dict, write_checksum=True, **level)
+
+    def _flush(self, final: bool) -> None:
+        if self._cctx is None:
+            self._train()
+        step = self.codec.chunk * _FRAME_BYTES
+        view = memoryview(self._pending)
+        done = 0
+        while len(view) - done >= step or (final and done < len(view)):
+            piece = view[done : done + step]
+            blob = self._cctx.compress(piece)
+            self._file.write(blob)
+            self._offsets.append(self._offsets[-1] + len(blob))
+            done += len(piece)
+            piece.release()  # (the buffer cannot shrink while a view of it lives)
+        view.release()
+        del self._pending[:done]
+
+    def close(self) -> dict:
+        """Write the remaining frames and the index, fsync; return what ``frames.json`` holds."""
+        codec = self.codec
+        if self._bytes_in % _FRAME_BYTES:
+            raise ReplayError(f"{self.dest}: frame bytes are not a whole number of 84x84 frames")
+        if codec.codec == "zstd":
+            self._flush(final=True)
+        frames = self._bytes_in // _FRAME_BYTES
+        size = self._offsets[-1] if codec.codec == "zstd" else self._bytes_in
+        self._file.flush()
+        os.fsync(self._file.fileno())
+        self._file.close()
+        info = {**asdict(codec), "frames": frames, "frame_shape": list(FRAME_SHAPE),
+                "bytes": size, "dictionary_bytes": 0, "zstd": zstandard.ZSTD_VERSION}  # fmt: skip
+        if codec.codec == "zstd":
+            np.save(self.dest / "frames.index.npy", np.asarray(self._offsets, np.int64))
+            if self._dict is not None:
+                blob = self._dict.as_bytes()
+                (self.dest / "frames.dict").write_bytes(blob)
+                info["dictionary_bytes"] = len(blob)
+        info["zstd"] = ".".join(map(str, info["zstd"]))
+        (self.dest / "frames.json").write_text(json.dumps(info))
+        return info
+
+
+def write_frames(dest: Path, frames: np.ndarray, codec: FrameCodec = FrameCodec()) -> dict:
+    """Store ``frames`` (uint8 ``(n, 84, 84)``) in ``dest``; returns the ``frames.json`` record."""
+    w = FrameWriter(dest, codec)
+    w.write(np.ascontiguousarray(frames, np.uint8))
+    return w.close()
+
+
+class ChunkedFrames:
+    """A shard's compressed frames, read chunk by chunk (thread-safe; one buffer per thread).
+
+    Args:
+        entry: the store entry holding ``frames.zst``, its index and ``frames.json``.
+
+    The compressed bytes are memory-mapped, so a process's resident memory for frames is at
+    most the store's size (pages the OS may drop) plus a decode buffer per sampling thread.
+    """
+
+    def __init__(self, entry: Path) -> None:
+        self.path = Path(entry) / "frames.zst"
+        info = read_info(entry)
+        self.chunk, self.count = int(info["chunk"]), int(info["frames"])
+        self.offsets = np.load(Path(entry) / "frames.index.npy", allow_pickle=False)
+        size = self.path.stat().st_size
+        if self.offsets[-1] != size or len(self.offsets) != -(-self.count // self.chunk) + 1:
+            raise ReplayError(
+                f"{self.path}: {size} bytes, but its index says {int(self.offsets[-1])} in "
+                f"{len(self.offsets) - 1} chunks: truncated or not this index's file"
+            )
+        # a plain memoryview of the map: slicing it costs ~0.1 us (np.memmap's ~10 us)
+        self._data = memoryview(np.memmap(self.path, np.uint8, "r")) if size else memoryview(b"")
+        self._bounds = self.offsets.tolist()
+        dict_path = Path(entry) / "frames.dict"
+        self._dict = (
+            zstandard.ZstdCompressionDict(dict_path.read_bytes()) if dict_path.exists() else None
+        )
+        self._local = threading.local()
+
+    def __len__(self) -> int:
+        return self.count
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return (self.count, *FRAME_SHAPE)
+
+    def _dctx(self) -> zstandard.ZstdDecompressor:
+        d = getattr(self._local, "dctx", None)
+        if d is None:
+            d = self._local.dctx = zstandard.ZstdDecompressor(dict_data=self._dict)
+        return d
+
+    def _buffer(self, frames: int) -> np.ndarray:
+        buf = getattr(self._local, "buf", None)
+        if buf is None or len(buf) < frames:
+            buf = self._local.buf = np.empty((max(frames, 1024), *FRAME_SHAPE), np.uint8)
+        return buf
+
+    def decode(self, chunk: int, dctx: zstandard.ZstdDecompressor | None = None) -> bytes:
+        """The bytes of chunk ``chunk``'s frames, checked against the chunk's checksum."""
+        a, b = self._bounds[chunk], self._bounds[chunk + 1]
+        try:
+            data = (dctx or self._dctx()).decompress(self._data[a:b])
+        except zstandard.ZstdError as e:
+            raise ReplayError(
+                f"{self.path}: chunk {chunk} (bytes {a}-{b}) is corrupt ({e})"
+            ) from None
+        want = min(self.chunk, self.count - chunk * self.chunk) * _FRAME_BYTES
+        if len(data) != want:
+            raise ReplayError(f"{self.path}: chunk {chunk} holds {len(data)} bytes, not {want}")
+        return data
+
+    def take(self, indices: list[np.ndarray], outs: list[np.ndarray]) -> None:
+        """``outs[k][...] = frames[indices[k] % len]`` for each ``k`` (``np.take``'s
+        ``mode='wrap'``), decoding each chunk the indices touch once over all of them."""
+        flat = np.concatenate([np.asarray(i, np.int64).reshape(-1) for i in indices]) % self.count
+        chunks, where = np.unique(flat // self.chunk, return_inverse=True)
+        buf = self._buffer(len(chunks) * self.chunk)
+        flat_buf, step, dctx = memoryview(buf.reshape(-1)), self.chunk * _FRAME_BYTES, self._dctx()
+        for j, c in enumerate(chunks.tolist()):
+            data = self.decode(c, dctx)
+            flat_buf[j * step : j * step + len(data)] = data
+        rows = where * self.chunk + flat % self.chunk
+        start = 0
+        for out in outs:
+            dst = out.reshape(-1, *FRAME_SHAPE)
+            np.take(buf, rows[start : start + len(dst)], axis=0, out=dst, mode="clip")  # unbuffered
+            start += len(dst)
+
+    def __getitem__(self, key: slice) -> np.ndarray:
+        """Frames ``key`` (a slice) as an array: for walking a shard in order."""
+        idx = np.arange(self.count)[key]
+        out = np.empty((len(idx), *FRAME_SHAPE), np.uint8)
+        for lo in range(0, len(idx), 4096):
+            self.take([idx[lo : lo + 4096]], [out[lo : lo + 4096]])
+        return out
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        arr = self[:]
+        return arr if dtype is None else arr.astype(dtype)
+
+
+def read_info(entry: Path) -> dict:
+    """``frames.json`` of a store entry."""
+    try:
+        return json.loads((Path(entry) / "frames.json").read_text())
+    except (FileNotFoundError, json.JSONDecodeError) as e:
+        raise ReplayError(f"{entry}: no readable frames.json ({e})") from None
+
+
+def open_frames(entry: Path) -> np.ndarray | ChunkedFrames:
+    """The frames of a store entry: compressed chunks, or the raw frames memory-mapped."""
+    info = read_info(entry)
+    if info["codec"] == "zstd":
+        return ChunkedFrames(entry)
+    n = int(info["frames"])
+    if n == 0:
+        return np.zeros((0, *FRAME_SHAPE), np.uint8)
+    return np.asarray(np.memmap(Path(entry) / "frames.u8", np.uint8, "r", shape=(n, *FRAME_SHAPE)))
+
+
+def frame_files(entry: Path) -> list[str]:
+    """The names of the files that hold a store entry's frames."""
+    info = read_info(entry)
+    if info["codec"] == "raw":
+        return ["frames.u8", "frames.json"]
+    return ["frames.zst", "frames.index.npy", "frames.json"] + (
+        ["frames.dict"] if info.get("dictionary_bytes") else []
+    )
+
+
+def take_frames(
+    frames: np.ndarray | ChunkedFrames, indices: list[np.ndarray], outs: list[np.ndarray]
+) -> None:
+    """``outs[k][...] = frames[indices[k]]`` for each ``k``, indices wrapping around the shard
+    (a circular buffer); compressed frames decode each chunk once for all ``k``."""
+    if isinstance(frames, ChunkedFrames):
+        frames.take(indices, outs)
+        return
+    for idx, out in zip(indices, outs, strict=True):
+        np.take(frames, idx, axis=0, out=out, mode="wrap")
