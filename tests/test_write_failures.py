@@ -106,7 +106,8 @@ def test_two_readers_convert_a_checkpoint_once(dopamine_copy, tmp_path):
             Path({str(marks)!r}, name.replace(" ", "_") + f".{{os.getpid()}}").touch()
             return None
         ds = DQNReplayDataset({str(dopamine_copy)!r}, cache_dir={str(cache)!r}, progress=progress)
-        print(sum(zlib.crc32(np.asarray(ds.checkpoint(c).observation).tobytes()) for c in ds.checkpoints))
+        frames = [np.asarray(ds.checkpoint(c).observation) for c in ds.checkpoints]
+        print(sum(zlib.crc32(f.tobytes()) for f in frames))
         """
     )
     procs = [

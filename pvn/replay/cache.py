@@ -26,7 +26,7 @@ import json
 import os
 import shutil
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -41,7 +41,14 @@ from pvn.replay.dopamine_format import (
     stream_to_npy,
 )
 from pvn.replay.errors import ReplayError
-from pvn.replay.frames import ChunkedFrames, FrameCodec, FrameWriter, frame_files, open_frames
+from pvn.replay.frames import (
+    DEFAULT_CODEC,
+    ChunkedFrames,
+    FrameCodec,
+    FrameWriter,
+    open_frames,
+    same_codec,
+)
 
 _META_VERSION = 3  # 2: meta records the cache files' sizes; 3: frames in zstd chunks
 SMALL = ("action", "reward", "terminal")  # the slot arrays besides the frames
@@ -143,15 +150,10 @@ def _convert(
                       "add_count": add_count, "invalid_range": invalid_range.tolist()})  # fmt: skip
 
 
-def entry_files(entry: Path) -> list[str]:
-    """The data files of a Dopamine store entry (what ``meta.json``'s ``sizes`` covers)."""
-    return [f"{k}.npy" for k in SMALL] + frame_files(entry)
-
-
 def write_meta(dest: Path, meta: dict) -> None:
     """fsync the entry's files, record their sizes (so an entry damaged later, e.g. truncated,
     is seen, never read as data) and write ``meta.json``, the entry's sentinel, last."""
-    names = entry_files(dest)
+    names = sorted(p.name for p in dest.iterdir() if p.name != "meta.json")
     for name in names:
         with open(dest / name, "rb+") as f:
             os.fsync(f.fileno())
@@ -161,14 +163,15 @@ def write_meta(dest: Path, meta: dict) -> None:
     os.replace(tmp, dest / "meta.json")
 
 
-def read_meta(entry: Path) -> dict | None:
-    """The entry's ``meta.json`` when the entry is complete and whole, else None."""
+def read_meta(entry: Path, version: int = _META_VERSION) -> dict | None:
+    """The entry's ``meta.json`` when the entry is complete, of ``version``, and whole (its
+    files have the sizes recorded), else None."""
     try:
         meta = json.loads((entry / "meta.json").read_text())
         sizes = {name: (entry / name).stat().st_size for name in meta.get("sizes", {})}
     except (FileNotFoundError, json.JSONDecodeError):
         return None
-    return meta if meta.get("version") == _META_VERSION and meta.get("sizes") == sizes else None
+    return meta if meta.get("version") == version and meta.get("sizes") == sizes else None
 
 
 def load_entry(entry: Path, ckpt: int) -> Checkpoint:
@@ -195,8 +198,7 @@ def _is_current(entry: Path, files: dict[str, Path], codec: FrameCodec) -> bool:
     meta = read_meta(entry)
     if meta is None or meta.get("sources") != _fingerprint(files):
         return False
-    info = json.loads((entry / "frames.json").read_text())
-    return {k: info.get(k) for k in ("codec", "level", "chunk", "dictionary")} == asdict(codec)
+    return same_codec(entry, codec)
 
 
 def cache_root(log_dir: Path, cache_dir: Path | None = None) -> Path:
@@ -209,7 +211,7 @@ def convert_checkpoint(
     log_dir: Path,
     ckpt: int,
     root: Path,
-    codec: FrameCodec = FrameCodec(),
+    codec: FrameCodec = DEFAULT_CODEC,
     progress: Callable[[str, int], Callable[[int], None] | None] | None = None,
 ) -> Path:
     """The store entry ``root/ckpt.<ckpt>`` of checkpoint ``ckpt`` of ``log_dir``, converted
@@ -235,7 +237,7 @@ def open_checkpoint(
     ckpt: int,
     cache_dir: Path | None = None,
     progress: Callable[[str, int], Callable[[int], None] | None] | None = None,
-    codec: FrameCodec = FrameCodec(),
+    codec: FrameCodec = DEFAULT_CODEC,
 ) -> Checkpoint:
     """Open checkpoint ``ckpt`` of ``log_dir`` through the cache, converting it if needed."""
     entry = convert_checkpoint(log_dir, ckpt, cache_root(log_dir, cache_dir), codec, progress)

@@ -30,9 +30,9 @@ from pathlib import Path
 import numpy as np
 import zstandard
 
+from pvn.replay.dopamine_format import FRAME_SHAPE
 from pvn.replay.errors import ReplayError
 
-FRAME_SHAPE = (84, 84)
 _FRAME_BYTES = FRAME_SHAPE[0] * FRAME_SHAPE[1]
 
 
@@ -63,6 +63,7 @@ class FrameCodec:
             raise ReplayError(f"chunk={self.chunk}: must be >= 1 frame")
 
 
+DEFAULT_CODEC = FrameCodec()
 _DICT_BYTES = 112_640  # zstd's default dictionary size
 _DICT_TRAIN_FRAMES = 8192  # frames (58 MB) buffered to train the dictionary on
 
@@ -75,7 +76,7 @@ class FrameWriter:
         codec: how to store the frames.
     """
 
-    def __init__(self, dest: Path, codec: FrameCodec = FrameCodec()) -> None:
+    def __init__(self, dest: Path, codec: FrameCodec = DEFAULT_CODEC) -> None:
         self.dest, self.codec = Path(dest), codec
         raw = codec.codec == "raw"
         self._file = open(self.dest / ("frames.u8" if raw else "frames.zst"), "wb")  # noqa: SIM115
@@ -102,7 +103,8 @@ class FrameWriter:
     def _train(self) -> None:
         frames = len(self._pending) // _FRAME_BYTES
         step = self.codec.chunk * _FRAME_BYTES
-        samples = [bytes(self._pending[i : i + step]) for i in range(0, frames * _FRAME_BYTES, step)]
+        samples = [bytes(self._pending[i : i + step]) for i in range(0, frames * _FRAME_BYTES,
+                                                                     step)]  # fmt: skip
         try:
             # fastcover with fixed parameters: ~0.3 s, where letting it search k and d takes
             # ~20 s a shard for a ratio ~3% better (docs/store.md)
@@ -156,7 +158,7 @@ class FrameWriter:
         return info
 
 
-def write_frames(dest: Path, frames: np.ndarray, codec: FrameCodec = FrameCodec()) -> dict:
+def write_frames(dest: Path, frames: np.ndarray, codec: FrameCodec = DEFAULT_CODEC) -> dict:
     """Store ``frames`` (uint8 ``(n, 84, 84)``) in ``dest``; returns the ``frames.json`` record."""
     w = FrameWriter(dest, codec)
     w.write(np.ascontiguousarray(frames, np.uint8))
@@ -275,14 +277,10 @@ def open_frames(entry: Path) -> np.ndarray | ChunkedFrames:
     return np.asarray(np.memmap(Path(entry) / "frames.u8", np.uint8, "r", shape=(n, *FRAME_SHAPE)))
 
 
-def frame_files(entry: Path) -> list[str]:
-    """The names of the files that hold a store entry's frames."""
+def same_codec(entry: Path, codec: FrameCodec) -> bool:
+    """Whether the store entry's frames were written with ``codec``."""
     info = read_info(entry)
-    if info["codec"] == "raw":
-        return ["frames.u8", "frames.json"]
-    return ["frames.zst", "frames.index.npy", "frames.json"] + (
-        ["frames.dict"] if info.get("dictionary_bytes") else []
-    )
+    return {k: info.get(k) for k in asdict(codec)} == asdict(codec)
 
 
 def take_frames(

@@ -17,7 +17,6 @@ pipeline approximates it with shuffle buffers of 1,000 episodes and 200,000 tran
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
@@ -27,13 +26,21 @@ from typing import Any
 
 import numpy as np
 
-from pvn.replay.cache import build_once, default_cache_dir
+from pvn.replay.cache import build_once, default_cache_dir, read_meta, write_meta
 from pvn.replay.errors import ReplayError
+from pvn.replay.frames import (
+    DEFAULT_CODEC,
+    ChunkedFrames,
+    FrameCodec,
+    FrameWriter,
+    open_frames,
+    same_codec,
+)
 from pvn.replay.protocol import ShardLog
 from pvn.replay.rlu import FIXED_SPLITS, STACK, Source, episode_limit, read_checkpoint, selection
 from pvn.replay.sampler import ShardSampler
 
-_META_VERSION = 1
+_META_VERSION = 2  # 2: frames in zstd chunks (replay.frames)
 _SMALL = ("action", "reward", "terminal", "episode_start", "episode_length", "episode_id",
           "episode_terminal")  # fmt: skip
 
@@ -43,7 +50,7 @@ class Steps:
     """One converted checkpoint: its steps as slots (the arrays ``gather_into`` reads)."""
 
     id: int
-    observation: np.ndarray  # uint8 (S, 84, 84)
+    observation: np.ndarray | ChunkedFrames  # uint8 (S, 84, 84)
     action: np.ndarray  # int32 (S,)
     reward: np.ndarray  # float32 (S,)
     terminal: np.ndarray  # uint8 (S,): is_terminal of the next step (Dopamine's convention)
@@ -62,70 +69,63 @@ def _fingerprint(source: Source, checkpoint: int) -> list[list[Any]]:
     return [[p.name, p.stat().st_size, p.stat().st_mtime_ns] for p in files]
 
 
-def _convert(source: Source, checkpoint: int, limit: int | None, dest: Path) -> None:
-    """Decode the checkpoint's episodes into ``dest``: frames appended to one file, the small
-    arrays and ``meta.json`` (the sentinel) last."""
+def _convert(source: Source, checkpoint: int, limit: int | None, codec: FrameCodec,
+             dest: Path) -> None:  # fmt: skip
+    """Decode the checkpoint's episodes into ``dest``: frames into the frame store as they come,
+    the small arrays and ``meta.json`` (the sentinel) last."""
     cols: dict[str, list] = {k: [] for k in _SMALL}
     steps = 0
-    with open(dest / "observation.u8", "wb") as frames:
-        for ep in read_checkpoint(source, checkpoint, limit):
-            n = len(ep["action"])
-            frames.write(np.ascontiguousarray(ep["observation"]).tobytes())
-            cols["action"].append(ep["action"].astype(np.int32))
-            cols["reward"].append(ep["reward"].astype(np.float32))
-            cols["terminal"].append(np.append(ep["is_terminal"][1:], False).astype(np.uint8))
-            cols["episode_start"].append([steps])
-            cols["episode_length"].append([n])
-            cols["episode_id"].append([ep["episode_id"]])
-            cols["episode_terminal"].append([bool(ep["is_terminal"][-1]) if n else False])
-            steps += n
-        frames.flush()
-        os.fsync(frames.fileno())
+    frames = FrameWriter(dest, codec)
+    for ep in read_checkpoint(source, checkpoint, limit):
+        n = len(ep["action"])
+        frames.write(np.ascontiguousarray(ep["observation"], np.uint8))
+        cols["action"].append(ep["action"].astype(np.int32))
+        cols["reward"].append(ep["reward"].astype(np.float32))
+        cols["terminal"].append(np.append(ep["is_terminal"][1:], False).astype(np.uint8))
+        cols["episode_start"].append([steps])
+        cols["episode_length"].append([n])
+        cols["episode_id"].append([ep["episode_id"]])
+        cols["episode_terminal"].append([bool(ep["is_terminal"][-1]) if n else False])
+        steps += n
+    frames.close()
     dtypes = {"episode_start": np.int64, "episode_length": np.int64, "episode_id": np.int64,
               "episode_terminal": bool}  # fmt: skip
     for k, parts in cols.items():
         arr = np.concatenate([np.asarray(p, dtypes.get(k)) for p in parts]) if parts else []
         np.save(dest / f"{k}.npy", np.asarray(arr, dtypes.get(k)), allow_pickle=False)
-    meta = {"version": _META_VERSION, "steps": steps, "limit": limit,
-            "sources": _fingerprint(source, checkpoint)}  # fmt: skip
-    meta["sizes"] = {p.name: p.stat().st_size for p in dest.iterdir()}
-    (dest / "meta.json.tmp").write_text(json.dumps(meta))
-    os.replace(dest / "meta.json.tmp", dest / "meta.json")
+    write_meta(dest, {"version": _META_VERSION, "steps": steps, "limit": limit,
+                      "sources": _fingerprint(source, checkpoint)})  # fmt: skip
 
 
-def _is_current(entry: Path, source: Source, checkpoint: int, limit: int | None) -> bool:
-    try:
-        meta = json.loads((entry / "meta.json").read_text())
-        sizes = {name: (entry / name).stat().st_size for name in meta.get("sizes", {})}
-    except (FileNotFoundError, json.JSONDecodeError):
-        return False
+def _is_current(entry: Path, source: Source, checkpoint: int, limit: int | None,
+                codec: FrameCodec) -> bool:  # fmt: skip
+    meta = read_meta(entry, _META_VERSION)
     return (
-        meta.get("version") == _META_VERSION
+        meta is not None
         and meta.get("limit") == limit
         and meta.get("sources") == _fingerprint(source, checkpoint)
-        and meta.get("sizes") == sizes
+        and same_codec(entry, codec)
     )
 
 
-def _entry(source: Source, checkpoint: int, limit: int | None, cache_dir: Path | None) -> Path:
+def _entry(source: Source, checkpoint: int, limit: int | None, cache_dir: Path | None,
+           codec: FrameCodec = DEFAULT_CODEC) -> Path:  # fmt: skip
     key = hashlib.sha1(f"rlu:{source.root.resolve()}".encode()).hexdigest()[:16]
     root = Path(cache_dir or default_cache_dir()) / key
     name = f"ckpt.{checkpoint}" + ("" if limit is None else f".first{limit}")
     return build_once(
         root,
         name,
-        lambda e: _is_current(e, source, checkpoint, limit),
-        lambda tmp: _convert(source, checkpoint, limit, tmp),
+        lambda e: _is_current(e, source, checkpoint, limit, codec),
+        lambda tmp: _convert(source, checkpoint, limit, codec, tmp),
     )
 
 
 def _load(entry: Path, shard: int) -> Steps:
-    meta = json.loads((entry / "meta.json").read_text())
-    n = int(meta["steps"])
-    frames = np.memmap(entry / "observation.u8", np.uint8, "r", shape=(n, 84, 84)) if n else (
-        np.zeros((0, 84, 84), np.uint8))  # fmt: skip
+    if read_meta(entry, _META_VERSION) is None:
+        raise ReplayError(f"{entry}: incomplete or damaged store entry; convert it again")
     small = {k: np.load(entry / f"{k}.npy", allow_pickle=False) for k in _SMALL}
-    return Steps(shard, np.asarray(frames), **small)
+    return Steps(shard, open_frames(entry), **small)
 
 
 def valid_slots(steps: Steps, n_step: int = 1) -> np.ndarray:

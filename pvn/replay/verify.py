@@ -26,10 +26,10 @@ import numpy as np
 from pvn.replay.dopamine_format import (
     DTYPES,
     FRAME_SHAPE,
-    open_checked,
     checkpoint_files,
     chunks,
     incomplete_checkpoints,
+    open_checked,
 )
 from pvn.replay.errors import ReplayError
 from pvn.replay.transitions import cursor_range
