@@ -26,6 +26,8 @@ commands:
                  pvn data info data/pong
   data verify  read every byte of a log once and check it (after a download or a copy)
                  pvn data verify data/pong
+  data convert a log into a compressed store (~the gzip files' size; read like the log)
+                 pvn data convert data/pong data/pong.store
   pretrain     proto-value network pretraining on a DQN Replay log (resumes in run_dir)
                  pvn pretrain data.path=data/pong run_dir=runs/pvn steps=2000 seed=0
   evaluate     linear control on a frozen encoder (a pretraining run, or random features)
@@ -161,43 +163,99 @@ def _report(args: list[str]) -> int:
 
 DATA_USAGE = """usage: pvn data info PATH [--skip-incomplete]
        pvn data verify PATH [--checkpoints N [N ...]]
+       pvn data convert SRC DST [--checkpoints N [N ...]] [--workers N] [--chunk K]
+                                [--level L] [--no-dictionary] [--raw]
+       pvn data export STORE DST [--checkpoints N [N ...]]
 
-info    summarise a replay_logs directory (or a directory holding one) from its small arrays:
-        no frames are decompressed, so it is instant. A checkpoint missing any of its six files
-        is an error unless --skip-incomplete (which lists the ones it skipped).
-verify  read every byte of every checkpoint once (gzip integrity, dtypes and shapes, add_count
-        against invalid_range, rewards, terminals and episode padding); prints a table and
-        exits 2 if anything is wrong."""
+info     summarise a replay_logs directory (or a directory holding one) from its small arrays:
+         no frames are decompressed, so it is instant. A checkpoint missing any of its six files
+         is an error unless --skip-incomplete (which lists the ones it skipped).
+verify   read every byte of every checkpoint once (gzip integrity, dtypes and shapes, add_count
+         against invalid_range, rewards, terminals and episode padding); of a store, decode
+         every chunk against its checksum. Prints a table; exits 2 if anything is wrong.
+convert  turn DQN Replay checkpoints (official, or logged by pvn) into a store: frames as zstd
+         chunks of K consecutive frames (default 4, level 3, a dictionary trained per
+         checkpoint), about the gzip files' size where a raw cache takes ~30x more
+         (docs/store.md). Every command reads DST wherever it reads a replay_logs directory,
+         with the same transitions bit for bit. Parallel over checkpoints (--workers, default:
+         the CPUs); a stopped conversion resumes, never redoing a converted checkpoint.
+export   write a store's checkpoints back out in the DQN Replay format (for Dopamine, TorchRL,
+         d4rl-atari)."""
+
+_DATA_FLAGS = {
+    "info": {"--skip-incomplete": 0},
+    "verify": {"--checkpoints": -1},
+    "convert": {
+        "--checkpoints": -1,
+        "--workers": 1,
+        "--chunk": 1,
+        "--level": 1,
+        "--no-dictionary": 0,
+        "--raw": 0,
+    },
+    "export": {"--checkpoints": -1},
+}
+_DATA_PATHS = {"info": 1, "verify": 1, "convert": 2, "export": 2}
+
+
+def _data_args(cmd: str, rest: list[str]) -> tuple[list[str], dict[str, list[int]]]:
+    """Positional paths and ``--flag [ints]`` options of ``pvn data CMD``; one line on error."""
+    known, paths, opts, i = _DATA_FLAGS[cmd], [], {}, 0
+    usage = next(line for line in DATA_USAGE.splitlines() if f"pvn data {cmd} " in line)
+    usage = "pvn data " + usage.split("pvn data ", 1)[1]
+    while i < len(rest):
+        a = rest[i]
+        if not a.startswith("--"):
+            paths.append(a)
+            i += 1
+            continue
+        if a not in known:
+            raise ConfigError(f"pvn data {cmd}: unknown option {a}; usage: {usage}")
+        n, values, i = known[a], [], i + 1
+        while i < len(rest) and not rest[i].startswith("--") and (n < 0 or len(values) < n):
+            try:
+                values.append(int(rest[i]))
+            except ValueError:
+                if n > 0:
+                    raise ConfigError(
+                        f"pvn data {cmd}: {a} takes a number; got {rest[i]}"
+                    ) from None
+                break  # a path after --checkpoints' ids
+            i += 1
+        if (n > 0 and len(values) != n) or (n < 0 and not values):
+            raise ConfigError(f"pvn data {cmd}: {a} needs a value; usage: {usage}")
+        opts[a] = values
+    if len(paths) != _DATA_PATHS[cmd]:
+        raise ConfigError(f"pvn data {cmd}: expected {usage}")
+    return paths, opts
 
 
 def _data(args: list[str]) -> int:
-    if not args or args[0] in ("-h", "--help") or args[0] not in ("info", "verify"):
+    if not args or args[0] in ("-h", "--help") or args[0] not in _DATA_FLAGS:
         print(DATA_USAGE)
         return 0 if args and args[0] in ("-h", "--help") else 2
-    cmd, rest = args[0], args[1:]
-    flags = [a for a in rest if a.startswith("--")]
-    paths = [a for a in rest if not a.startswith("--")]
+    cmd = args[0]
+    paths, opts = _data_args(cmd, args[1:])
+    ckpts = opts.get("--checkpoints")
     if cmd == "info":
-        if len(paths) != 1 or set(flags) - {"--skip-incomplete"}:
-            raise ConfigError("pvn data info: expected PATH [--skip-incomplete]")
         from pvn.commands.data import format_summary
         from pvn.replay.summary import summarize
 
-        print(format_summary(summarize(paths[0], skip_incomplete=bool(flags))))
+        print(format_summary(summarize(paths[0], skip_incomplete="--skip-incomplete" in opts)))
         return 0
-    ckpts = None
-    if "--checkpoints" in rest:
-        i = rest.index("--checkpoints")
-        paths, tail = rest[:i], rest[i + 1 :]
-        try:
-            ckpts = [int(x) for x in tail]
-        except ValueError:
-            raise ConfigError(f"pvn data verify: --checkpoints takes ids; got {tail}") from None
-    if len(paths) != 1 or not (ckpts is None or ckpts) or set(flags) - {"--checkpoints"}:
-        raise ConfigError("pvn data verify: expected PATH [--checkpoints N [N ...]]")
-    from pvn.commands.data import run_verify
+    from pvn.commands import data
 
-    return run_verify(paths[0], ckpts)
+    if cmd == "verify":
+        return data.run_verify(paths[0], ckpts)
+    if cmd == "export":
+        return data.run_export(paths[0], paths[1], ckpts)
+    codec = {"codec": "raw" if "--raw" in opts else "zstd",
+             "dictionary": "--no-dictionary" not in opts}  # fmt: skip
+    for flag in ("--chunk", "--level"):
+        if flag in opts:
+            codec[flag[2:]] = opts[flag][0]
+    workers = opts["--workers"][0] if "--workers" in opts else None
+    return data.run_convert(paths[0], paths[1], ckpts, workers, codec)
 
 
 def _experiment(args: list[str]) -> int:

@@ -39,8 +39,9 @@ from pvn.threads import announce
 class DataConfig:
     """The ``data:`` section of ``pvn pretrain``: which logged transitions, how they are read."""
 
-    path: Any = MISSING  # a replay_logs dir (or a dir holding one), e.g. from `pvn collect`;
-    # format=rlu: the TFDS data dir (or the raw files' dir) of RL Unplugged
+    path: Any = MISSING  # a replay_logs dir (or a dir holding one), e.g. from `pvn collect`, or
+    # a store made by `pvn data convert`; format=rlu: the TFDS data dir (or the raw files' dir)
+    # of RL Unplugged
     format: str = "auto"  # dopamine (DQN Replay logs) | rlu (RL Unplugged Atari) | auto: rlu
     # when path holds rlu_atari_checkpoints_ordered/ or <game>/run_<run>-* files
     game: str | None = None  # format=rlu: the game (CamelCase, e.g. Pong)
@@ -59,8 +60,8 @@ class DataConfig:
     # from each checkpoint)
     n_step: int = 1  # update horizon (state-based tasks need 1)
     gamma: float = 0.99  # discount of the successor measure
-    cache_dir: str | None = None  # memmap cache of decompressed checkpoints (null:
-    # ~/.cache/pvn/replay)
+    cache_dir: str | None = None  # where checkpoints are stored on first read, frames as zstd
+    # chunks about the gzip files' size (null: $PVN_CACHE_DIR or ~/.cache/pvn/replay)
     prefetch: int = 3  # batches sampled ahead on a background thread
     num_actions: int | None = None  # null: inferred from the data (max action + 1)
     task_cache: Any = "auto"  # frozen task outputs computed once per logged state and stored in

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 
@@ -42,14 +43,21 @@ def run_verify(path: str, checkpoints: list[int] | None) -> int:
 
     from pvn.progress import bar
     from pvn.replay.dataset import resolve_log_dir
+    from pvn.replay.store import is_store, verify_store
     from pvn.replay.verify import verify
 
     log_dir = resolve_log_dir(path)
-    data_files = [f for f in log_dir.glob("*_ckpt.*.gz") if not f.name.startswith("episode_end")]
+    if is_store(log_dir):  # every chunk decoded against its checksum
+        data_files, check = list(log_dir.glob("ckpt.*/frames.zst")), verify_store
+    else:
+        data_files = [
+            f for f in log_dir.glob("*_ckpt.*.gz") if not f.name.startswith("episode_end")
+        ]
+        check = verify
     total = sum(f.stat().st_size for f in data_files) if log_dir.is_dir() else 0
     t0 = time.perf_counter()
     with bar(total, "verify", "B", unit_divisor=1024) as b:
-        rows = verify(log_dir, checkpoints, progress=b.update)
+        rows = check(log_dir, checkpoints, progress=b.update)
     seconds = time.perf_counter() - t0
     lines = [f"replay: {log_dir}", "", f"{'ckpt':>5}  status"]
     for r in rows:
@@ -60,3 +68,49 @@ def run_verify(path: str, checkpoints: list[int] | None) -> int:
                   f"compressed in {seconds:.1f} s"]  # fmt: skip
     print("\n".join(lines))
     return 2 if bad else 0
+
+
+def run_convert(src: str, dst: str, checkpoints: list[int] | None, workers: int | None,
+                codec_args: dict[str, Any]) -> int:  # fmt: skip
+    """``pvn data convert``: a progress bar over the decompressed bytes (rate and ETA), then
+    the sizes: source, store, raw frames."""
+    import time
+
+    from pvn.progress import bar
+    from pvn.replay.dataset import resolve_log_dir
+    from pvn.replay.frames import FrameCodec
+    from pvn.replay.store import convert
+
+    bars = []
+
+    def progress(desc: str, total: int):
+        bars.append(bar(total, desc, "B", unit_divisor=1024))
+        return bars[-1].update
+
+    codec = FrameCodec(**codec_args)
+    t0 = time.perf_counter()
+    try:
+        s = convert(resolve_log_dir(src), Path(dst), checkpoints, codec, workers, progress)
+    finally:
+        for b in bars:
+            b.close()
+    seconds = time.perf_counter() - t0
+    mb = 1e6
+    print(
+        f"store: {dst}  checkpoints {s['checkpoints']}\n"
+        f"source {s['source_bytes'] / mb:.1f} MB (gzip), store {s['store_bytes'] / mb:.1f} MB "
+        f"({s['store_bytes'] / max(s['source_bytes'], 1):.2f}x the source), raw "
+        f"{s['raw_bytes'] / mb:.1f} MB ({s['raw_bytes'] / max(s['store_bytes'], 1):.1f}x the "
+        f"store); {seconds:.1f} s, {s['raw_bytes'] / mb / max(seconds, 1e-9):.0f} MB/s "
+        "decompressed"
+    )
+    return 0
+
+
+def run_export(store: str, dst: str, checkpoints: list[int] | None) -> int:
+    """``pvn data export``: the store's checkpoints as a DQN Replay directory."""
+    from pvn.replay.store import export
+
+    ids = export(Path(store), Path(dst), checkpoints)
+    print(f"wrote checkpoints {ids} of {store} to {dst} in the DQN Replay format")
+    return 0

@@ -17,6 +17,7 @@ from pvn.replay.dopamine_format import (
 from pvn.replay.errors import ReplayError
 from pvn.replay.protocol import ShardLog
 from pvn.replay.sampler import ShardSampler
+from pvn.replay.store import entry_add_count, is_store, open_entry, store_checkpoints
 from pvn.replay.transitions import valid_mask
 
 
@@ -26,13 +27,22 @@ def resolve_log_dir(path: str | Path) -> Path:
     return path / "replay_logs" if (path / "replay_logs").is_dir() else path
 
 
-def new_slot_count(log_dir: Path, c: int, ck: Checkpoint, found: Sequence[int]) -> int:
-    """Slots of checkpoint ``c`` written since checkpoint ``c - 1`` (all, without one): a
-    logged buffer's final partial checkpoint holds fewer new slots than its capacity."""
-    if c - 1 not in found or not ck.is_full:
+def previous_add_count(path: Path, c: int, found: Sequence[int]) -> int | None:
+    """``add_count`` of checkpoint ``c - 1`` of a replay directory or a store, if it is there."""
+    if c - 1 not in found:
+        return None
+    if is_store(path):
+        return entry_add_count(path, c - 1)
+    return int(read_small(path / file_name("add_count", c - 1), "add_count"))
+
+
+def new_slot_count(ck: Checkpoint, prev_add_count: int | None) -> int:
+    """Slots of checkpoint ``ck`` written since the checkpoint before it, whose ``add_count``
+    was ``prev_add_count`` (all, without one): a logged buffer's final partial checkpoint
+    holds fewer new slots than its capacity."""
+    if prev_add_count is None or not ck.is_full:
         return ck.capacity
-    prev = int(read_small(log_dir / file_name("add_count", c - 1), "add_count"))
-    since = ck.add_count - prev
+    since = ck.add_count - prev_add_count
     return ck.capacity if since <= 0 else min(ck.capacity, since)
 
 
@@ -43,17 +53,33 @@ def new_slot_mask(ck: Checkpoint, new: int) -> np.ndarray:
     return fresh
 
 
+def _listing(path: Path, skip_incomplete: bool) -> tuple[list[int], dict[int, list[str]]]:
+    """The complete checkpoints of a replay directory or a store, and the incomplete ones with
+    what is missing; an incomplete one is an error unless ``skip_incomplete``."""
+    if not is_store(path):
+        skipped = incomplete_checkpoints(path) if path.is_dir() else {}
+        return find_checkpoints(path, skip_incomplete), skipped
+    found, skipped = store_checkpoints(path)
+    if skipped and not skip_incomplete:
+        c, why = next(iter(skipped.items()))
+        raise ReplayError(f"checkpoint {c} of the store is not usable: {why[0]}")
+    if not found:
+        raise ReplayError(f"{path}: a store with no complete checkpoint; run pvn data convert")
+    return found, skipped
+
+
 class DQNReplayDataset(ShardSampler):
     """Transitions of one game's DQN Replay logs, with Dopamine's exact validity rules.
 
     Args:
-        path: a ``replay_logs`` directory (or a directory holding one) of Dopamine checkpoints.
+        path: a ``replay_logs`` directory (or a directory holding one) of Dopamine checkpoints,
+            or a store ``pvn data convert`` wrote from one (:mod:`replay.store`).
         checkpoints: ids to use (default: all found). Each must exist.
         stack_size: frames per observation (Dopamine: 4).
         n_step: update horizon; rewards are discounted sums truncated at the first terminal.
         gamma: discount for the n-step reward.
-        cache_dir: where decompressed checkpoints are memory-mapped (default
-            :func:`replay.cache.default_cache_dir`).
+        cache_dir: where checkpoints are stored once decompressed (default
+            :func:`replay.cache.default_cache_dir`; a store is read in place).
         seed: seed of the sampling generator (its state is in :meth:`state_dict`).
         guard_cursor: also reject slots whose n-step window reaches the write cursor (see
             :func:`replay.transitions.valid_mask`); ``False`` matches Dopamine bit for bit.
@@ -97,15 +123,12 @@ class DQNReplayDataset(ShardSampler):
         asked = None if checkpoints is None else [int(c) for c in checkpoints]
         #: incomplete checkpoints that were skipped, with their missing files
         self.skipped: dict[int, list[str]] = {}
-        if self.path.is_dir():
-            self.skipped = incomplete_checkpoints(self.path)
-            for c in asked or []:
-                if c in self.skipped:
-                    raise ReplayError(
-                        f"{self.path}: checkpoint {c} is incomplete: {self.skipped[c][0]} is "
-                        "missing"
-                    )
-        found = find_checkpoints(self.path, skip_incomplete or asked is not None)
+        found, self.skipped = _listing(self.path, skip_incomplete or asked is not None)
+        for c in asked or []:
+            if c in self.skipped:
+                raise ReplayError(
+                    f"{self.path}: checkpoint {c} is incomplete: {self.skipped[c][0]} is missing"
+                )
         if asked is None:
             chosen = found
         else:
@@ -121,14 +144,17 @@ class DQNReplayDataset(ShardSampler):
         self.guard_cursor = guard_cursor
         ckpts, masks = [], []
         for c in chosen:
-            ck = open_checkpoint(self.path, c, cache_dir, progress)
+            if is_store(self.path):
+                ck = open_entry(self.path, c)
+            else:
+                ck = open_checkpoint(self.path, c, cache_dir, progress)
             if ck.capacity < stack_size + n_step:
                 raise ReplayError(
                     f"{self.path}: checkpoint {c} has capacity {ck.capacity}, less than "
                     f"stack_size + n_step = {stack_size + n_step}"
                 )
             mask = valid_mask(ck, stack_size, n_step, guard_cursor)
-            new = new_slot_count(self.path, c, ck, found)
+            new = new_slot_count(ck, previous_add_count(self.path, c, found))
             if not keep_stale and new < ck.capacity:
                 mask &= new_slot_mask(ck, new)
             ckpts.append(ck)

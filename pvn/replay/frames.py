@@ -108,8 +108,11 @@ class FrameWriter:
         try:
             # fastcover with fixed parameters: ~0.3 s, where letting it search k and d takes
             # ~20 s a shard for a ratio ~3% better (docs/store.md)
+            # a short shard (its frames all here before 8192 arrived) gets a dictionary in
+            # proportion, which it cannot repay otherwise
+            size = min(_DICT_BYTES, len(self._pending) // 1000)
             self._dict = zstandard.train_dictionary(
-                _DICT_BYTES, samples, k=1024, d=8, f=20, accel=4, level=self.codec.level
+                size, samples, k=1024, d=8, f=20, accel=4, level=self.codec.level
             )
             self._dict.precompute_compress(level=self.codec.level)  # else it is re-read per chunk
         except zstandard.ZstdError:  # too few or too uniform samples: no dictionary

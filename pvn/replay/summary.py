@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 
 from pvn.replay.cache import Checkpoint, chronological, read_checkpoint_meta
-from pvn.replay.dataset import new_slot_count, new_slot_mask, resolve_log_dir
+from pvn.replay.dataset import new_slot_count, new_slot_mask, previous_add_count, resolve_log_dir
 from pvn.replay.dopamine_format import find_checkpoints, incomplete_checkpoints
 from pvn.replay.transitions import valid_mask
 
@@ -43,7 +43,11 @@ def summarize(
     found = find_checkpoints(log_dir, skip_incomplete)
     for c in found:
         ck = read_checkpoint_meta(log_dir, c)
-        new = new_slot_count(log_dir, c, ck, found) if ck.is_full else ck.add_count
+        new = (
+            new_slot_count(ck, previous_add_count(log_dir, c, found))
+            if ck.is_full
+            else ck.add_count
+        )
         rets = episode_returns(ck, new)
         all_returns.append(rets)
         chrono_terminal = np.asarray(ck.terminal)[chronological(ck)]
