@@ -1,0 +1,214 @@
+"""The compressed store (``pvn data convert``): frames bit for bit, the same transitions and the
+same draws as the logs it came from under every validity rule, a pretraining run equal to the
+one on the logs, resumable conversion, corrupt chunks named, exports back to DQN Replay."""
+
+from __future__ import annotations
+
+import gzip
+import itertools
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from pvn.replay import DQNReplayDataset, DQNReplayWriter
+from pvn.replay import cache as cache_mod
+from pvn.replay.dopamine_format import STORE, file_name, find_checkpoints
+from pvn.replay.errors import ReplayError
+from pvn.replay.frames import ChunkedFrames, FrameCodec, FrameWriter, open_frames
+from pvn.replay.store import convert, export, verify_store
+
+
+def _gz(path: Path) -> np.ndarray:
+    with gzip.open(path) as f:
+        return np.load(f, allow_pickle=False)
+
+
+@pytest.fixture
+def pvn_log(tmp_path, ale_episodes) -> Path:
+    """Real Breakout play logged by pvn's writer over several checkpoints, the last partial."""
+    path = tmp_path / "pvn_log"
+    with DQNReplayWriter(path, capacity=300) as w:
+        for frames, actions, rewards, terminated in ale_episodes:
+            w.add_episode(frames, actions, rewards, terminated)
+    return path
+
+
+CODECS = [FrameCodec(), FrameCodec(chunk=7, dictionary=False), FrameCodec(level=1, chunk=1),
+          FrameCodec(codec="raw")]  # fmt: skip
+
+
+@pytest.mark.parametrize("codec", CODECS)
+def test_frames_round_trip_in_any_pieces(tmp_path, ale_episodes, codec):
+    frames = np.concatenate([e[0] for e in ale_episodes])[:1003]  # a partial last chunk
+    w = FrameWriter(tmp_path, codec)
+    flat, cut = frames.reshape(-1), [0, 5, 7056 * 3 + 11, 7056 * 500 + 1, frames.size]
+    for a, b in itertools.pairwise(cut):  # pieces that split frames
+        w.write(flat[a:b])
+    info = w.close()
+    assert info["frames"] == len(frames)
+    stored = open_frames(tmp_path)
+    np.testing.assert_array_equal(np.asarray(stored), frames)
+    idx = np.array([[-2, 0, 1001, 1002], [1003, 1004, 5, 5]])  # wrapping, like np.take's wrap
+    out = np.empty((*idx.shape, 84, 84), np.uint8)
+    if isinstance(stored, ChunkedFrames):
+        stored.take([idx], [out])
+        np.testing.assert_array_equal(out, np.take(frames, idx, axis=0, mode="wrap"))
+
+
+def test_a_store_is_about_the_gzip_size_on_real_play(pvn_log, tmp_path):
+    summary = convert(pvn_log, tmp_path / "store", workers=1)
+    assert summary["raw_bytes"] / summary["store_bytes"] > 10  # random Breakout: ~70x
+
+
+def test_store_frames_equal_the_gzip_files(dopamine_fixture, pvn_log, tmp_path):
+    for src in (dopamine_fixture / "replay_logs", pvn_log):
+        dst = tmp_path / src.parent.name
+        convert(src, dst, workers=2)
+        ds = DQNReplayDataset(dst)
+        for c in find_checkpoints(src):
+            ck = ds.checkpoint(c)
+            for kind in STORE:
+                want = _gz(src / file_name(kind, c))
+                got = np.asarray(ck.observation) if kind == "observation" else getattr(ck, kind)
+                np.testing.assert_array_equal(got, want, err_msg=f"{src} {kind} {c}")
+            assert ck.add_count == int(_gz(src / file_name("add_count", c)))
+
+
+@pytest.mark.parametrize("n_step", [1, 3])
+@pytest.mark.parametrize("keep_stale", [False, True])
+@pytest.mark.parametrize("guard_cursor", [False, True])
+def test_the_store_samples_the_logs_transitions(pvn_log, tmp_path, n_step, keep_stale,
+                                                guard_cursor):  # fmt: skip
+    """Same valid slots and the same batches from the same seed as the logs; each transition
+    equals the rule written out by hand on the gzip files' arrays."""
+    store = tmp_path / "store"
+    convert(pvn_log, store, workers=1)
+    kw = {"n_step": n_step, "keep_stale": keep_stale, "guard_cursor": guard_cursor, "seed": 7}
+    logs, stored = DQNReplayDataset(pvn_log, **kw), DQNReplayDataset(store, **kw)
+    assert logs.checkpoints == stored.checkpoints and len(logs) == len(stored)
+    for c in logs.checkpoints:
+        np.testing.assert_array_equal(logs.valid_mask(c), stored.valid_mask(c))
+    raw = {c: {k: _gz(pvn_log / file_name(k, c)) for k in STORE} for c in logs.checkpoints}
+    for _ in range(3):
+        a, b = logs.sample(64), stored.sample(64)
+        for field in ("observation", "action", "reward", "next_observation", "terminal",
+                      "checkpoint", "index"):  # fmt: skip
+            np.testing.assert_array_equal(getattr(a, field), getattr(b, field))
+        for row in range(64):
+            c, i = int(b.checkpoint[row]), int(b.index[row])
+            r = raw[c]
+            cap = len(r["action"])
+            window = (i + np.arange(n_step)) % cap
+            ends = r["terminal"][window].astype(bool)
+            length = int(ends.argmax()) + 1 if ends.any() else n_step
+            stack = (i + np.arange(-3, 1)) % cap
+            np.testing.assert_array_equal(b.observation[row], r["observation"][stack])
+            np.testing.assert_array_equal(
+                b.next_observation[row], r["observation"][(stack + length) % cap]
+            )
+            assert b.terminal[row] == ends.any()
+            assert b.reward[row] == pytest.approx(
+                sum(0.99**k * r["reward"][window[k]] for k in range(length)), rel=1e-6
+            )
+
+
+def _pretrain(data: Path, run: Path) -> dict:
+    """The trained network's weights and the sampler's state after a short run on ``data``."""
+    args = ["pretrain", f"data.path={data}", f"run_dir={run}", "steps=6", "batch_size=8",
+            "torso.feature_dim=16", "tasks.num_tasks=10", "progress=false", "seed=3",
+            "checkpoint_every=6", "td.warmup_steps=0"]  # fmt: skip
+    proc = subprocess.run([sys.executable, "-m", "pvn", *args], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    (ckpt,) = sorted((run / "checkpoints").glob("*.pt"))
+    state = torch.load(ckpt, weights_only=True)
+    return {**state["learner"]["online"], "sampler": state["sampler"]}
+
+
+@pytest.mark.slow
+def test_pretraining_on_a_store_equals_pretraining_on_the_logs(dopamine_copy, tmp_path):
+    convert(dopamine_copy, tmp_path / "store", workers=1)
+    a = _pretrain(dopamine_copy, tmp_path / "a")
+    b = _pretrain(tmp_path / "store", tmp_path / "b")
+    assert a.keys() == b.keys()
+    assert a.pop("sampler") == b.pop("sampler")  # the same draws
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+def test_conversion_resumes_without_redoing_a_checkpoint(dopamine_copy, tmp_path, monkeypatch):
+    store = tmp_path / "store"
+    convert(dopamine_copy, store, checkpoints=[0, 2], workers=1)
+    (store / "ckpt.1.tmp-12345").mkdir()  # what a conversion killed midway leaves
+    (store / "ckpt.1.tmp-12345" / "frames.zst").write_bytes(b"half")
+    calls = []
+    real = cache_mod._convert
+    monkeypatch.setattr(cache_mod, "_convert", lambda f, *a: calls.append(f) or real(f, *a))
+    convert(dopamine_copy, store, workers=1)
+    assert len(calls) == 2  # checkpoints 1 and 3 only
+    assert not list(store.glob("*.tmp-*"))
+    assert DQNReplayDataset(store).checkpoints == [0, 1, 2, 3]
+
+
+def test_a_corrupt_chunk_is_named_never_read(dopamine_copy, tmp_path):
+    store = tmp_path / "store"
+    convert(dopamine_copy, store, workers=1)
+    frames = ChunkedFrames(store / "ckpt.1")
+    a, b = int(frames.offsets[5]), int(frames.offsets[6])
+    path = store / "ckpt.1" / "frames.zst"
+    data = bytearray(path.read_bytes())
+    data[(a + b) // 2] ^= 0xFF  # one flipped byte inside chunk 5 (same size: meta still agrees)
+    path.write_bytes(bytes(data))
+    ds = DQNReplayDataset(store)
+    with pytest.raises(ReplayError, match=r"frames\.zst: chunk 5 \(bytes"):
+        ds.gather(1, np.arange(5 * 4, 5 * 4 + 4))
+    rows = verify_store(store)
+    assert [bool(r["problems"]) for r in rows] == [False, True, False, False]
+    proc = subprocess.run([sys.executable, "-m", "pvn", "data", "verify", str(store)],
+                          capture_output=True, text=True)  # fmt: skip
+    assert proc.returncode == 2 and "chunk 5" in proc.stdout
+
+
+def test_a_truncated_entry_is_refused_with_its_name(dopamine_copy, tmp_path):
+    store = tmp_path / "store"
+    convert(dopamine_copy, store, workers=1)
+    path = store / "ckpt.2" / "frames.zst"
+    path.write_bytes(path.read_bytes()[:1000])
+    with pytest.raises(ReplayError, match=r"checkpoint 2 of the store.*ckpt\.2: incomplete"):
+        DQNReplayDataset(store)
+    assert DQNReplayDataset(store, skip_incomplete=True).checkpoints == [0, 1, 3]
+
+
+def test_export_writes_the_dqn_replay_files_back(dopamine_fixture, tmp_path):
+    src = dopamine_fixture / "replay_logs"
+    convert(src, tmp_path / "store", workers=1)
+    assert export(tmp_path / "store", tmp_path / "out", checkpoints=[1, 3]) == [1, 3]
+    assert find_checkpoints(tmp_path / "out") == [1, 3]
+    for c in (1, 3):
+        for kind in (*STORE, "add_count", "invalid_range"):
+            got, want = _gz(tmp_path / "out" / file_name(kind, c)), _gz(src / file_name(kind, c))
+            assert got.dtype == want.dtype and got.shape == want.shape
+            np.testing.assert_array_equal(got, want)
+
+
+def test_data_convert_cli(dopamine_copy, tmp_path):
+    store = tmp_path / "store"
+    run = [sys.executable, "-m", "pvn", "data"]
+    args = ["convert", str(dopamine_copy), str(store), "--checkpoints", "1", "--chunk", "8"]
+    ok = subprocess.run([*run, *args, "--workers", "1"], capture_output=True, text=True)
+    assert ok.returncode == 0, ok.stderr
+    assert "store:" in ok.stdout and "x the source" in ok.stdout
+    assert DQNReplayDataset(store).checkpoints == [1]
+    assert ChunkedFrames(store / "ckpt.1").chunk == 8
+    for bad, needle in [(["convert", str(dopamine_copy)], "expected pvn data convert SRC DST"),
+                        (["convert", "a", "b", "--chunk", "x"], "--chunk takes a number"),
+                        (["convert", "a", "b", "--frobnicate"], "unknown option --frobnicate"),
+                        (["convert", str(dopamine_copy), str(store), "--chunk", "16"],
+                         "codec")]:  # fmt: skip
+        proc = subprocess.run([*run, *bad], capture_output=True, text=True)
+        assert proc.returncode == 2, (bad, proc.stderr)
+        lines = [x for x in proc.stderr.splitlines() if x.startswith("pvn: error:")]
+        assert len(lines) == 1 and needle in lines[0], (bad, proc.stderr)
