@@ -29,6 +29,7 @@ from pvn.optim import build_optimizer
 from pvn.pretrain_callbacks import Callback, Checkpoints, Metrics, NonFiniteGuard, Progress, Run
 from pvn.progress import bar, byte_bars
 from pvn.replay import DQNReplayDataset, LoggedData, Prefetcher, RLUDataset
+from pvn.replay.frames import set_decode_threads
 from pvn.run_dir import save_config
 from pvn.settings import section
 from pvn.task_cache import attach_task_cache
@@ -63,6 +64,8 @@ class DataConfig:
     cache_dir: str | None = None  # where checkpoints are stored on first read, frames as zstd
     # chunks about the gzip files' size (null: $PVN_CACHE_DIR or ~/.cache/pvn/replay)
     prefetch: int = 3  # batches sampled ahead on a background thread
+    decode_threads: int = 1  # threads decoding each batch's compressed frames (zstd releases
+    # the GIL; ~1.75x with 2 on 2 cores): raise it on a many-core GPU host
     num_actions: int | None = None  # null: inferred from the data (max action + 1)
     task_cache: Any = "auto"  # frozen task outputs computed once per logged state and stored in
     # run_dir/task_outputs (auto: when steps * batch_size >= slots) | true | false
@@ -70,6 +73,8 @@ class DataConfig:
     def __post_init__(self) -> None:
         if self.task_cache not in ("auto", True, False):
             raise ValueError(f"data.task_cache={self.task_cache!r}: choose auto, true or false")
+        if self.decode_threads < 1:
+            raise ValueError(f"data.decode_threads={self.decode_threads}: must be >= 1")
         if self.format not in ("auto", "dopamine", "rlu"):
             raise ValueError(f"data.format={self.format!r}: choose auto, dopamine or rlu")
         if self.format == "rlu" and self.game is None:
@@ -158,6 +163,7 @@ def open_data(data: DataConfig, path: str, checkpoints: list[int] | None, seed: 
     """The logged data at ``path`` as the run reads it (the ``data:`` section): DQN Replay logs
     or RL Unplugged (``data.format``), its sampler seeded with ``seed``; the ``lead`` process
     shows the conversion's ``progress`` and names skipped checkpoints."""
+    set_decode_threads(data.decode_threads)
     if data_format(data, path) == "rlu":
         if data.game is None:
             raise ConfigError(f"data.path={path}: holds RL Unplugged data; name data.game")

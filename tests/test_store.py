@@ -18,7 +18,13 @@ from pvn.replay import DQNReplayDataset, DQNReplayWriter
 from pvn.replay import cache as cache_mod
 from pvn.replay.dopamine_format import STORE, file_name, find_checkpoints
 from pvn.replay.errors import ReplayError
-from pvn.replay.frames import ChunkedFrames, FrameCodec, FrameWriter, open_frames
+from pvn.replay.frames import (
+    ChunkedFrames,
+    FrameCodec,
+    FrameWriter,
+    open_frames,
+    set_decode_threads,
+)
 from pvn.replay.store import convert, export, verify_store
 
 
@@ -57,6 +63,18 @@ def test_frames_round_trip_in_any_pieces(tmp_path, ale_episodes, codec):
     if isinstance(stored, ChunkedFrames):
         stored.take([idx], [out])
         np.testing.assert_array_equal(out, np.take(frames, idx, axis=0, mode="wrap"))
+
+
+def test_decode_threads_gather_the_same_frames(pvn_log, tmp_path):
+    convert(pvn_log, tmp_path / "store", workers=1)
+    one = DQNReplayDataset(tmp_path / "store", seed=5).sample(512)
+    set_decode_threads(3)
+    try:
+        three = DQNReplayDataset(tmp_path / "store", seed=5).sample(512)
+    finally:
+        set_decode_threads(1)
+    np.testing.assert_array_equal(one.observation, three.observation)
+    np.testing.assert_array_equal(one.next_observation, three.next_observation)
 
 
 def test_a_store_is_about_the_gzip_size_on_real_play(pvn_log, tmp_path):
@@ -164,7 +182,7 @@ def test_a_corrupt_chunk_is_named_never_read(dopamine_copy, tmp_path):
     path.write_bytes(bytes(data))
     ds = DQNReplayDataset(store)
     with pytest.raises(ReplayError, match=r"frames\.zst: chunk 5 \(bytes"):
-        ds.gather(1, np.arange(5 * 4, 5 * 4 + 4))
+        ds.gather(1, np.arange(5 * frames.chunk, 5 * frames.chunk + 4))
     rows = verify_store(store)
     assert [bool(r["problems"]) for r in rows] == [False, True, False, False]
     proc = subprocess.run([sys.executable, "-m", "pvn", "data", "verify", str(store)],
@@ -197,12 +215,12 @@ def test_export_writes_the_dqn_replay_files_back(dopamine_fixture, tmp_path):
 def test_data_convert_cli(dopamine_copy, tmp_path):
     store = tmp_path / "store"
     run = [sys.executable, "-m", "pvn", "data"]
-    args = ["convert", str(dopamine_copy), str(store), "--checkpoints", "1", "--chunk", "8"]
+    args = ["convert", str(dopamine_copy), str(store), "--checkpoints", "1", "--chunk", "5"]
     ok = subprocess.run([*run, *args, "--workers", "1"], capture_output=True, text=True)
     assert ok.returncode == 0, ok.stderr
     assert "store:" in ok.stdout and "x the source" in ok.stdout
     assert DQNReplayDataset(store).checkpoints == [1]
-    assert ChunkedFrames(store / "ckpt.1").chunk == 8
+    assert ChunkedFrames(store / "ckpt.1").chunk == 5
     for bad, needle in [(["convert", str(dopamine_copy)], "expected pvn data convert SRC DST"),
                         (["convert", "a", "b", "--chunk", "x"], "--chunk takes a number"),
                         (["convert", "a", "b", "--frobnicate"], "unknown option --frobnicate"),

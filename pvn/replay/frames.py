@@ -21,9 +21,11 @@ gathers stacked frames from either.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -51,7 +53,7 @@ class FrameCodec:
 
     codec: str = "zstd"
     level: int = 3
-    chunk: int = 4
+    chunk: int = 8
     dictionary: bool = True
 
     def __post_init__(self) -> None:
@@ -237,16 +239,28 @@ class ChunkedFrames:
         flat = np.concatenate([np.asarray(i, np.int64).reshape(-1) for i in indices]) % self.count
         chunks, where = np.unique(flat // self.chunk, return_inverse=True)
         buf = self._buffer(len(chunks) * self.chunk)
-        flat_buf, step, dctx = memoryview(buf.reshape(-1)), self.chunk * _FRAME_BYTES, self._dctx()
-        for j, c in enumerate(chunks.tolist()):
-            data = self.decode(c, dctx)
-            flat_buf[j * step : j * step + len(data)] = data
+        flat_buf, ids = memoryview(buf.reshape(-1)), chunks.tolist()
+        if _POOL is None or len(ids) < 2 * _THREADS:
+            self._decode_into(flat_buf, ids, 0, len(ids))
+        else:  # zstd releases the GIL: threads decode disjoint parts of the buffer at once
+            cuts = np.linspace(0, len(ids), _THREADS + 1).astype(int).tolist()
+            jobs = [_POOL.submit(self._decode_into, flat_buf, ids, a, b)
+                    for a, b in itertools.pairwise(cuts)]  # fmt: skip
+            for job in jobs:
+                job.result()
         rows = where * self.chunk + flat % self.chunk
         start = 0
         for out in outs:
             dst = out.reshape(-1, *FRAME_SHAPE)
             np.take(buf, rows[start : start + len(dst)], axis=0, out=dst, mode="clip")  # unbuffered
             start += len(dst)
+
+    def _decode_into(self, flat_buf: memoryview, ids: list[int], a: int, b: int) -> None:
+        """Decode chunks ``ids[a:b]`` into their slots of the batch's buffer."""
+        step, dctx = self.chunk * _FRAME_BYTES, self._dctx()
+        for j in range(a, b):
+            data = self.decode(ids[j], dctx)
+            flat_buf[j * step : j * step + len(data)] = data
 
     def __getitem__(self, key: slice) -> np.ndarray:
         """Frames ``key`` (a slice) as an array: for walking a shard in order."""
@@ -259,6 +273,23 @@ class ChunkedFrames:
     def __array__(self, dtype=None, copy=None) -> np.ndarray:
         arr = self[:]
         return arr if dtype is None else arr.astype(dtype)
+
+
+_POOL: ThreadPoolExecutor | None = None
+_THREADS = 1
+
+
+def set_decode_threads(threads: int) -> None:
+    """Decode each batch's chunks on ``threads`` threads (process-wide; 1: in the caller's
+    thread). zstd releases the GIL, so a sampler on a many-core host keeps up with a fast
+    learner (``docs/store.md``); which transitions are drawn does not change."""
+    global _POOL, _THREADS
+    if threads < 1:
+        raise ReplayError(f"decode_threads={threads}: must be >= 1")
+    if _POOL is not None:
+        _POOL.shutdown()
+    _THREADS = threads
+    _POOL = ThreadPoolExecutor(threads, thread_name_prefix="pvn-zstd") if threads > 1 else None
 
 
 def read_info(entry: Path) -> dict:
