@@ -165,6 +165,7 @@ DATA_USAGE = """usage: pvn data info PATH [--skip-incomplete]
        pvn data verify PATH [--checkpoints N [N ...]]
        pvn data convert SRC DST [--checkpoints N [N ...]] [--workers N] [--chunk K]
                                 [--level L] [--no-dictionary] [--raw]
+                                [--game GAME [--run R] [--version V]]
        pvn data export STORE DST [--checkpoints N [N ...]]
 
 info     summarise a replay_logs directory (or a directory holding one) from its small arrays:
@@ -179,6 +180,8 @@ convert  turn DQN Replay checkpoints (official, or logged by pvn) into a store: 
          (docs/store.md). Every command reads DST wherever it reads a replay_logs directory,
          with the same transitions bit for bit. Parallel over checkpoints (--workers, default:
          the CPUs); a stopped conversion resumes, never redoing a converted checkpoint.
+         With --game, SRC is RL Unplugged (a TFDS data dir or the raw files' dir) and run R
+         (default 1) of GAME is decoded; pretraining reads that store with its game and run.
 export   write a store's checkpoints back out in the DQN Replay format (for Dopamine, TorchRL,
          d4rl-atari)."""
 
@@ -192,14 +195,18 @@ _DATA_FLAGS = {
         "--level": 1,
         "--no-dictionary": 0,
         "--raw": 0,
+        "--game": "text",
+        "--run": 1,
+        "--version": "text",
     },
     "export": {"--checkpoints": -1},
 }
 _DATA_PATHS = {"info": 1, "verify": 1, "convert": 2, "export": 2}
 
 
-def _data_args(cmd: str, rest: list[str]) -> tuple[list[str], dict[str, list[int]]]:
-    """Positional paths and ``--flag [ints]`` options of ``pvn data CMD``; one line on error."""
+def _data_args(cmd: str, rest: list[str]) -> tuple[list[str], dict[str, list]]:
+    """Positional paths and ``--flag [ints]`` (or ``--flag text``) options of ``pvn data
+    CMD``; one line on error."""
     known, paths, opts, i = _DATA_FLAGS[cmd], [], {}, 0
     usage = next(line for line in DATA_USAGE.splitlines() if f"pvn data {cmd} " in line)
     usage = "pvn data " + usage.split("pvn data ", 1)[1]
@@ -212,6 +219,11 @@ def _data_args(cmd: str, rest: list[str]) -> tuple[list[str], dict[str, list[int
         if a not in known:
             raise ConfigError(f"pvn data {cmd}: unknown option {a}; usage: {usage}")
         n, values, i = known[a], [], i + 1
+        if n == "text":
+            if i >= len(rest) or rest[i].startswith("--"):
+                raise ConfigError(f"pvn data {cmd}: {a} needs a value; usage: {usage}")
+            opts[a], i = [rest[i]], i + 1
+            continue
         while i < len(rest) and not rest[i].startswith("--") and (n < 0 or len(values) < n):
             try:
                 values.append(int(rest[i]))
@@ -255,7 +267,13 @@ def _data(args: list[str]) -> int:
         if flag in opts:
             codec[flag[2:]] = opts[flag][0]
     workers = opts["--workers"][0] if "--workers" in opts else None
-    return data.run_convert(paths[0], paths[1], ckpts, workers, codec)
+    rlu = None
+    if "--game" in opts:
+        rlu = {"game": opts["--game"][0], "run": opts.get("--run", [1])[0],
+               "version": opts.get("--version", ["1.0.0"])[0]}  # fmt: skip
+    elif "--run" in opts or "--version" in opts:
+        raise ConfigError("pvn data convert: --run and --version are for RL Unplugged; add --game")
+    return data.run_convert(paths[0], paths[1], ckpts, workers, codec, rlu)
 
 
 def _experiment(args: list[str]) -> int:

@@ -30,6 +30,7 @@ from pvn.pretrain_callbacks import Callback, Checkpoints, Metrics, NonFiniteGuar
 from pvn.progress import bar, byte_bars
 from pvn.replay import DQNReplayDataset, LoggedData, Prefetcher, RLUDataset
 from pvn.replay.frames import set_decode_threads
+from pvn.replay.store import is_store, read_store, source_format
 from pvn.run_dir import save_config
 from pvn.settings import section
 from pvn.task_cache import attach_task_cache
@@ -83,10 +84,13 @@ class DataConfig:
 
 def data_format(data: DataConfig, path: str) -> str:
     """``data.format``, with ``auto`` read from ``path``: RL Unplugged when it holds a prepared
-    TFDS directory or raw files of ``data.game``, else DQN Replay logs."""
+    TFDS directory, raw files of ``data.game`` or a store converted from RL Unplugged, else DQN
+    Replay logs."""
     if data.format != "auto":
         return data.format
     root = Path(path)
+    if is_store(root):
+        return "rlu" if source_format(root) == "rlu" else "dopamine"
     rlu = (root / "rlu_atari_checkpoints_ordered").is_dir() or (
         data.game is not None and any((root / data.game).glob("run_*-of-*"))
     )
@@ -165,9 +169,12 @@ def open_data(data: DataConfig, path: str, checkpoints: list[int] | None, seed: 
     shows the conversion's ``progress`` and names skipped checkpoints."""
     set_decode_threads(data.decode_threads)
     if data_format(data, path) == "rlu":
-        if data.game is None:
+        game, run = data.game, data.run
+        if is_store(Path(path)) and game is None:  # a store names its game and run
+            game, run = read_store(Path(path))["game"], read_store(Path(path))["run"]
+        if game is None:
             raise ConfigError(f"data.path={path}: holds RL Unplugged data; name data.game")
-        return RLUDataset(path, data.game, data.run, data.version, data.split, data.proportion,
+        return RLUDataset(path, game, run, data.version, data.split, data.proportion,
                           checkpoints, data.n_step, data.gamma, data.cache_dir, seed,
                           progress=byte_bars(progress and lead, "ckpt"))  # fmt: skip
     ds = DQNReplayDataset(

@@ -209,3 +209,47 @@ def test_pretrain_reads_rl_unplugged_like_dqn_replay(tmp_path, capsys):
     assert main([*bad, f"run_dir={tmp_path / 'bad'}"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "checkpoint_01" in err[0] and "truncated" in err[0], err
+
+
+@pytest.mark.parametrize("source", [TFDS, RAW])
+def test_a_store_converted_from_rlu_samples_as_its_source(source, tmp_path):
+    """``pvn data convert --game``: whole checkpoints decoded once; read back under any split
+    (a proportion cut when read), the same slots and the same draws as the source."""
+    from pvn.replay.rlu_dataset import convert_rlu
+    from pvn.replay.store import verify_store
+
+    store = tmp_path / "store"
+    convert_rlu(source, "Asterix", 1, store, workers=1)
+    assert not any(r["problems"] for r in verify_store(store))
+    for split, proportion in [("full", 1.0), ("full", 0.5), ("checkpoint_01", 1.0)]:
+        kw = {"split": split, "proportion": proportion, "seed": 4, "n_step": 2}
+        a = RLUDataset(source, "Asterix", 1, cache_dir=tmp_path / "cache", **kw)
+        b = RLUDataset(store, "Asterix", 1, **kw)
+        assert a.shards == b.shards and len(a) == len(b), (split, proportion)
+        for s in a.shards:
+            np.testing.assert_array_equal(a.valid_mask(s), b.valid_mask(s))
+        x, y = a.sample(128), b.sample(128)
+        for field in ("observation", "next_observation", "action", "reward", "terminal", "index"):
+            np.testing.assert_array_equal(getattr(x, field), getattr(y, field), err_msg=field)
+    with pytest.raises(ReplayError, match="not RL Unplugged Pong run 1"):
+        RLUDataset(store, "Pong", 1)
+
+
+def test_pretraining_reads_an_rlu_store_by_itself(tmp_path):
+    import subprocess
+    import sys
+
+    run = [sys.executable, "-m", "pvn"]
+    store = tmp_path / "store"
+    conv = subprocess.run([*run, "data", "convert", str(TFDS), str(store), "--game", "Asterix"],
+                          capture_output=True, text=True)  # fmt: skip
+    assert conv.returncode == 0, conv.stderr
+    assert "Asterix run 1, checkpoints [0, 1]" in conv.stdout
+    args = ["pretrain", f"data.path={store}", f"run_dir={tmp_path / 'run'}", "steps=2",
+            "batch_size=4", "torso.feature_dim=16", "tasks.num_tasks=10",
+            "progress=false"]  # fmt: skip
+    proc = subprocess.run([*run, *args], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    bad = subprocess.run([*run, "data", "convert", str(TFDS), str(store), "--run", "2"],
+                         capture_output=True, text=True)  # fmt: skip
+    assert bad.returncode == 2 and "add --game" in bad.stderr

@@ -71,14 +71,16 @@ def run_verify(path: str, checkpoints: list[int] | None) -> int:
 
 
 def run_convert(src: str, dst: str, checkpoints: list[int] | None, workers: int | None,
-                codec_args: dict[str, Any]) -> int:  # fmt: skip
-    """``pvn data convert``: a progress bar over the decompressed bytes (rate and ETA), then
-    the sizes: source, store, raw frames."""
+                codec_args: dict[str, Any], rlu: dict[str, Any] | None = None) -> int:  # fmt: skip
+    """``pvn data convert``: a progress bar with rate and ETA (over the decompressed bytes of
+    DQN Replay logs, over the checkpoints of RL Unplugged), then the sizes: source, store, raw
+    frames."""
     import time
 
     from pvn.progress import bar
     from pvn.replay.dataset import resolve_log_dir
     from pvn.replay.frames import FrameCodec
+    from pvn.replay.rlu_dataset import convert_rlu
     from pvn.replay.store import convert
 
     bars = []
@@ -90,21 +92,35 @@ def run_convert(src: str, dst: str, checkpoints: list[int] | None, workers: int 
     codec = FrameCodec(**codec_args)
     t0 = time.perf_counter()
     try:
-        s = convert(resolve_log_dir(src), Path(dst), checkpoints, codec, workers, progress)
+        if rlu is not None:
+            s = convert_rlu(src, rlu["game"], rlu["run"], Path(dst), rlu["version"], checkpoints,
+                            codec, workers, progress)  # fmt: skip
+        else:
+            s = convert(resolve_log_dir(src), Path(dst), checkpoints, codec, workers, progress)
     finally:
         for b in bars:
             b.close()
     seconds = time.perf_counter() - t0
     mb = 1e6
+    if rlu is not None:
+        print(f"store: {dst}  {rlu['game']} run {rlu['run']}, checkpoints {s['checkpoints']}\n"
+              f"source {_size(s['source_bytes'])}, store {_size(s['store_bytes'])} "
+              f"({s['store_bytes'] / max(s['source_bytes'], 1):.2f}x the source); "
+              f"{seconds:.1f} s")  # fmt: skip
+        return 0
     print(
         f"store: {dst}  checkpoints {s['checkpoints']}\n"
-        f"source {s['source_bytes'] / mb:.1f} MB (gzip), store {s['store_bytes'] / mb:.1f} MB "
+        f"source {_size(s['source_bytes'])} (gzip), store {_size(s['store_bytes'])} "
         f"({s['store_bytes'] / max(s['source_bytes'], 1):.2f}x the source), raw "
-        f"{s['raw_bytes'] / mb:.1f} MB ({s['raw_bytes'] / max(s['store_bytes'], 1):.1f}x the "
+        f"{_size(s['raw_bytes'])} ({s['raw_bytes'] / max(s['store_bytes'], 1):.1f}x the "
         f"store); {seconds:.1f} s, {s['raw_bytes'] / mb / max(seconds, 1e-9):.0f} MB/s "
         "decompressed"
     )
     return 0
+
+
+def _size(nbytes: int) -> str:
+    return f"{nbytes / 1e6:.1f} MB" if nbytes >= 100_000 else f"{nbytes / 1e3:.1f} kB"
 
 
 def run_export(store: str, dst: str, checkpoints: list[int] | None) -> int:

@@ -26,8 +26,10 @@ import json
 import os
 import shutil
 from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -286,6 +288,28 @@ def build_once(
             finally:
                 shutil.rmtree(tmp, ignore_errors=True)
     return entry
+
+
+def in_parallel(fn: Callable[..., Any], jobs: list[tuple], workers: int,
+                tick: Callable[[int], None] | None = None,
+                weights: list[int] | None = None) -> list[Any]:  # fmt: skip
+    """``[fn(*job) for job in jobs]`` on ``workers`` processes (inline with one), in order;
+    ``tick(weight)`` as each finishes (weight 1 unless ``weights``): how every conversion runs
+    parallel over checkpoints."""
+    weights = weights or [1] * len(jobs)
+    out = []
+    if workers <= 1 or len(jobs) <= 1:
+        for job, w in zip(jobs, weights, strict=True):
+            out.append(fn(*job))
+            if tick:
+                tick(w)
+        return out
+    with ProcessPoolExecutor(min(workers, len(jobs))) as pool:
+        for f, w in zip([pool.submit(fn, *job) for job in jobs], weights, strict=True):
+            out.append(f.result())
+            if tick:
+                tick(w)
+    return out
 
 
 def read_checkpoint_meta(log_dir: Path, ckpt: int) -> Checkpoint:

@@ -17,7 +17,13 @@ from pvn.replay.dopamine_format import (
 from pvn.replay.errors import ReplayError
 from pvn.replay.protocol import ShardLog
 from pvn.replay.sampler import ShardSampler
-from pvn.replay.store import entry_add_count, is_store, open_entry, store_checkpoints
+from pvn.replay.store import (
+    entry_add_count,
+    is_store,
+    open_entry,
+    source_format,
+    store_checkpoints,
+)
 from pvn.replay.transitions import valid_mask
 
 
@@ -59,6 +65,9 @@ def _listing(path: Path, skip_incomplete: bool) -> tuple[list[int], dict[int, li
     if not is_store(path):
         skipped = incomplete_checkpoints(path) if path.is_dir() else {}
         return find_checkpoints(path, skip_incomplete), skipped
+    if source_format(path) != "dopamine":
+        raise ReplayError(f"{path}: a store of {source_format(path)} data; read it with "
+                          "data.format=rlu (RLUDataset)")  # fmt: skip
     found, skipped = store_checkpoints(path)
     if skipped and not skip_incomplete:
         c, why = next(iter(skipped.items()))

@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 
 from pvn.replay.errors import ReplayError
+from pvn.replay.store import RLU_ENTRY_VERSION, is_store, read_store, store_checkpoints
 from pvn.replay.tfrecord import parse_example, records
 
 DATASET = "rlu_atari_checkpoints_ordered"
@@ -105,8 +106,9 @@ class Source:
     """One game-run's files.
 
     Attributes:
-        kind: ``prepared`` (a TFDS directory) or ``raw`` (DeepMind's GZIP files).
-        root: the version directory (prepared) or the game's directory (raw).
+        kind: ``prepared`` (a TFDS directory), ``raw`` (DeepMind's GZIP files) or ``store``
+            (decoded checkpoints written by ``pvn data convert``, :mod:`replay.store`).
+        root: the version directory (prepared), the game's directory (raw), the store.
         game: the game.
         run: the run (1-5).
         shards: per checkpoint id, its files; for prepared data also the episode count.
@@ -133,6 +135,8 @@ def locate(data_dir: str | Path, game: str, run: int, version: str = "1.0.0") ->
     if version not in VERSIONS:
         raise ReplayError(f"version={version!r}: choose one of {', '.join(VERSIONS)}")
     data_dir = Path(data_dir)
+    if is_store(data_dir):
+        return _store_source(data_dir, game, run)
     prepared = data_dir / DATASET / f"{game}_run_{run}" / version
     if (prepared / "dataset_info.json").is_file():
         return Source("prepared", prepared, game, run, _prepared_shards(prepared))
@@ -193,6 +197,19 @@ def _raw_shards(root: Path, game: str, run: int) -> dict[int, tuple[list[Path], 
     if missing:
         raise ReplayError(f"{root / f'run_{run}-{missing[0]:05d}-of-{total:05d}'}: missing")
     return {c: ([path], None) for c, (path, _) in found.items()}
+
+
+def _store_source(root: Path, game: str, run: int) -> Source:
+    info = read_store(root)
+    held = (info.get("source_format"), info.get("game"), info.get("run"))
+    if held != ("rlu", game, run):
+        raise ReplayError(f"{root}: a store of {held[0]} data (game {held[1]}, run {held[2]}), "
+                          f"not RL Unplugged {game} run {run}")  # fmt: skip
+    complete, incomplete = store_checkpoints(root, RLU_ENTRY_VERSION)
+    if incomplete:
+        c, why = next(iter(incomplete.items()))
+        raise ReplayError(f"checkpoint {c} of the store is not usable: {why[0]}")
+    return Source("store", root, game, run, {c: ([root / f"ckpt.{c}"], None) for c in complete})
 
 
 def select(source: Source, split: str, proportion: float = 1.0) -> list[int]:
@@ -318,6 +335,9 @@ def read_checkpoint(source: Source, checkpoint: int, limit: int | None = None) -
     """The episodes of one checkpoint in TFDS's order (ascending ``episode_id``), decoded; only
     the first ``limit`` when given."""
     files, _ = source.shards[checkpoint]
+    if source.kind == "store":
+        raise ReplayError(f"{source.root}: a store holds decoded checkpoints; read it with "
+                          "RLUDataset (pvn pretrain data.path=STORE)")  # fmt: skip
     if source.kind == "prepared":  # already in order (TFDS writes ordered splits sorted)
         stream = (
             (f"{path}: record {i} (byte {off})", parse_example(data, f"{path}: record {i}"))
@@ -372,6 +392,8 @@ def episodes(
 def episode_count(source: Source, checkpoint: int) -> int:
     """Episodes of one checkpoint (from ``dataset_info.json``, or by reading the raw file)."""
     files, count = source.shards[checkpoint]
+    if source.kind == "store":
+        return len(np.load(files[0] / "episode_start.npy", mmap_mode="r", allow_pickle=False))
     if count is None:
         count = sum(1 for path in files for _ in records(path, compressed=True))
     return count

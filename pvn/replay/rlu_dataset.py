@@ -19,14 +19,13 @@ from __future__ import annotations
 import hashlib
 import os
 from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from pvn.replay.cache import build_once, default_cache_dir, read_meta, write_meta
+from pvn.replay.cache import build_once, default_cache_dir, in_parallel, read_meta, write_meta
 from pvn.replay.errors import ReplayError
 from pvn.replay.frames import (
     DEFAULT_CODEC,
@@ -37,10 +36,19 @@ from pvn.replay.frames import (
     same_codec,
 )
 from pvn.replay.protocol import ShardLog
-from pvn.replay.rlu import FIXED_SPLITS, STACK, Source, episode_limit, read_checkpoint, selection
+from pvn.replay.rlu import (
+    FIXED_SPLITS,
+    STACK,
+    Source,
+    episode_limit,
+    locate,
+    read_checkpoint,
+    selection,
+)
 from pvn.replay.sampler import ShardSampler
+from pvn.replay.store import RLU_ENTRY_VERSION, entries_bytes, write_store_info
 
-_META_VERSION = 2  # 2: frames in zstd chunks (replay.frames)
+_META_VERSION = RLU_ENTRY_VERSION
 _SMALL = ("action", "reward", "terminal", "episode_start", "episode_length", "episode_id",
           "episode_terminal")  # fmt: skip
 
@@ -110,8 +118,15 @@ def _is_current(entry: Path, source: Source, checkpoint: int, limit: int | None,
 
 def _entry(source: Source, checkpoint: int, limit: int | None, cache_dir: Path | None,
            codec: FrameCodec = DEFAULT_CODEC) -> Path:  # fmt: skip
+    """The decoded checkpoint: the store's own entry, or the cache's (made if needed)."""
+    if source.kind == "store":  # whole checkpoints; a limit is applied when loading
+        return source.shards[checkpoint][0][0]
     key = hashlib.sha1(f"rlu:{source.root.resolve()}".encode()).hexdigest()[:16]
-    root = Path(cache_dir or default_cache_dir()) / key
+    return _build(Path(cache_dir or default_cache_dir()) / key, source, checkpoint, limit, codec)
+
+
+def _build(root: Path, source: Source, checkpoint: int, limit: int | None,
+           codec: FrameCodec) -> Path:  # fmt: skip
     name = f"ckpt.{checkpoint}" + ("" if limit is None else f".first{limit}")
     return build_once(
         root,
@@ -121,10 +136,16 @@ def _entry(source: Source, checkpoint: int, limit: int | None, cache_dir: Path |
     )
 
 
-def _load(entry: Path, shard: int) -> Steps:
+def _load(entry: Path, shard: int, limit: int | None = None) -> Steps:
+    """A decoded checkpoint; with ``limit``, only its first ``limit`` episodes (their steps
+    come first, so the slot arrays are cut and the frames kept as they are)."""
     if read_meta(entry, _META_VERSION) is None:
         raise ReplayError(f"{entry}: incomplete or damaged store entry; convert it again")
     small = {k: np.load(entry / f"{k}.npy", allow_pickle=False) for k in _SMALL}
+    if limit is not None and limit < len(small["episode_start"]):
+        steps = int(small["episode_start"][limit])
+        for k in _SMALL:
+            small[k] = small[k][:limit] if k.startswith("episode_") else small[k][:steps]
     return Steps(shard, open_frames(entry), **small)
 
 
@@ -183,7 +204,7 @@ class RLUDataset(ShardSampler):
             raise ReplayError(f"checkpoints={missing}: not in split {split!r} of {data_dir}")
         cache = None if cache_dir is None else Path(cache_dir)
         entries = self._convert_all(jobs, cache, workers, progress)
-        shards = [_load(e, j[0]) for e, j in zip(entries, jobs, strict=True)]
+        shards = [_load(e, j[0], j[3]) for e, j in zip(entries, jobs, strict=True)]
         masks = [valid_slots(s, n_step) for s in shards]
         super().__init__([j[0] for j in jobs], shards, masks, STACK, n_step, gamma, seed)
         if len(self) == 0:
@@ -194,25 +215,13 @@ class RLUDataset(ShardSampler):
 
     @staticmethod
     def _convert_all(jobs, cache, workers, progress) -> list[Path]:
-        where = cache or default_cache_dir()  # ~7 KB a frame: 7 GB a 1M-step checkpoint
+        where = cache or default_cache_dir()  # ~7 KB a frame raw, ~30x less stored
         tick = progress(f"decoding RL Unplugged checkpoints into {where}", len(jobs)) if (
             progress) else None  # fmt: skip
-        workers = min(len(jobs), workers or min(8, os.cpu_count() or 1))
-        if workers <= 1:
-            out = []
-            for _, source, c, limit in jobs:
-                out.append(_entry(source, c, limit, cache))
-                if tick:
-                    tick(1)
-            return out
-        with ProcessPoolExecutor(workers) as pool:
-            futures = [pool.submit(_entry, source, c, limit, cache) for _, source, c, limit in jobs]
-            out = []
-            for f in futures:
-                out.append(f.result())
-                if tick:
-                    tick(1)
-            return out
+        in_store = all(source.kind == "store" for _, source, _, _ in jobs)  # nothing to decode
+        workers = 1 if in_store else workers or min(8, os.cpu_count() or 1)
+        args = [(source, c, limit, cache) for _, source, c, limit in jobs]
+        return in_parallel(_entry, args, workers, tick)
 
     def num_actions(self) -> int:
         """The largest logged action + 1 over the shards."""
@@ -227,4 +236,33 @@ class RLUDataset(ShardSampler):
         return ShardLog(np.arange(s.capacity), np.asarray(s.reward, np.float32), ends)
 
 
-__all__ = ["FIXED_SPLITS", "RLUDataset", "Steps", "valid_slots"]
+def convert_rlu(data_dir: str | Path, game: str, run: int, dst: Path, version: str = "1.0.0",
+                checkpoints: list[int] | None = None, codec: FrameCodec = DEFAULT_CODEC,
+                workers: int | None = None,
+                progress: Callable[[str, int], Callable[[int], None] | None] | None = None,
+                ) -> dict:  # fmt: skip
+    """Decode RL Unplugged ``game`` run ``run`` (prepared or raw) into the store ``dst``, one
+    entry per checkpoint (whole checkpoints; a split's ``proportion`` is applied when read), in
+    parallel over checkpoints, resumably; ``progress(description, total)`` counts checkpoints.
+
+    Returns:
+        ``{"checkpoints", "source_bytes", "store_bytes"}``.
+    """
+    source = locate(data_dir, game, run, version)
+    ids = source.checkpoints if checkpoints is None else [int(c) for c in checkpoints]
+    missing = sorted(set(ids) - set(source.checkpoints))
+    if missing:
+        raise ReplayError(f"{source.root}: checkpoint(s) {missing} not found; it has "
+                          f"{source.checkpoints}")  # fmt: skip
+    dst = Path(dst)
+    write_store_info(dst, codec, source=str(source.root), source_format="rlu", game=game,
+                     run=run, tfds_version=version)  # fmt: skip
+    tick = progress(f"converting {game} run {run} into {dst}", len(ids)) if progress else None
+    jobs = [(dst, source, c, None, codec) for c in ids]
+    in_parallel(_build, jobs, workers or os.cpu_count() or 1, tick)
+    files = [p for c in ids for p in source.shards[c][0]]
+    return {"checkpoints": ids, "source_bytes": sum(p.stat().st_size for p in files),
+            "store_bytes": entries_bytes(dst, ids)}  # fmt: skip
+
+
+__all__ = ["FIXED_SPLITS", "RLUDataset", "Steps", "convert_rlu", "valid_slots"]

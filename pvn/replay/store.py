@@ -22,13 +22,13 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Callable, Sequence
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from pvn.replay.cache import Checkpoint, convert_checkpoint, load_entry, read_meta
+from pvn.replay.cache import Checkpoint, convert_checkpoint, in_parallel, load_entry, read_meta
 from pvn.replay.dopamine_format import (
     STORE,
     array_nbytes,
@@ -38,10 +38,11 @@ from pvn.replay.dopamine_format import (
     write_npy_gz,
 )
 from pvn.replay.errors import ReplayError
-from pvn.replay.frames import DEFAULT_CODEC, FrameCodec
+from pvn.replay.frames import DEFAULT_CODEC, FrameCodec, open_frames
 
 STORE_FILE = "store.json"
 _VERSION = 1
+RLU_ENTRY_VERSION = 2  # of a decoded RL Unplugged checkpoint's meta.json; 2: zstd frames
 
 
 def is_store(path: Path) -> bool:
@@ -63,22 +64,30 @@ def read_store(path: Path) -> dict:
     return info
 
 
-def store_checkpoints(path: Path) -> tuple[list[int], dict[int, list[str]]]:
+def store_checkpoints(
+    path: Path, version: int | None = None
+) -> tuple[list[int], dict[int, list[str]]]:
     """The store's complete checkpoints, and those begun but not complete (a conversion that
-    was stopped, or an entry damaged since), with what is wrong."""
+    was stopped, or an entry damaged since), with what is wrong. ``version``: of the entries'
+    ``meta.json`` (default: DQN Replay entries')."""
     read_store(path)
     complete, incomplete = [], {}
     for entry in sorted(Path(path).glob("ckpt.*")):
         suffix = entry.name[len("ckpt.") :]
         if not entry.is_dir() or not suffix.isdigit():
             continue  # a lock file, a temporary directory
-        if read_meta(entry) is None:
+        if read_meta(entry, *([] if version is None else [version])) is None:
             incomplete[int(suffix)] = [
                 f"{entry}: incomplete or damaged; run pvn data convert again"
             ]
         else:
             complete.append(int(suffix))
     return sorted(complete), dict(sorted(incomplete.items()))
+
+
+def source_format(path: Path) -> str:
+    """What the store was converted from: ``dopamine`` or ``rlu``."""
+    return str(read_store(path).get("source_format"))
 
 
 def open_entry(path: Path, ckpt: int) -> Checkpoint:
@@ -94,26 +103,23 @@ def entry_add_count(path: Path, ckpt: int) -> int:
     return int(meta["add_count"])
 
 
-def _write_info(dst: Path, src: Path, codec: FrameCodec) -> None:
-    info = {"format": "pvn-store", "version": _VERSION, "source": str(src),
-            "source_format": "dopamine", "codec": asdict(codec)}  # fmt: skip
+def write_store_info(dst: Path, codec: FrameCodec, **source: Any) -> None:
+    """Make ``dst`` a store of ``source`` (``source=``, ``source_format=``, and what else names
+    it), or check that the store there is one, written with ``codec``."""
+    info = {"format": "pvn-store", "version": _VERSION, **source, "codec": asdict(codec)}
     if is_store(dst):
         old = read_store(dst)
-        if old.get("codec") != info["codec"]:
-            raise ReplayError(
-                f"{dst}: a store written with codec {old.get('codec')}; convert into a new "
-                f"directory to use {info['codec']}"
-            )
+        for key, value in info.items():
+            if key != "source" and old.get(key) != value:
+                raise ReplayError(
+                    f"{dst}: a store with {key}={old.get(key)!r}; convert into a new directory "
+                    f"for {key}={value!r}"
+                )
         return
     dst.mkdir(parents=True, exist_ok=True)
     tmp = dst / f"{STORE_FILE}.tmp-{os.getpid()}"
     tmp.write_text(json.dumps(info, indent=1))
     os.replace(tmp, dst / STORE_FILE)
-
-
-def _convert_one(src: Path, ckpt: int, dst: Path, codec: FrameCodec) -> int:
-    convert_checkpoint(src, ckpt, dst, codec)
-    return ckpt
 
 
 def convert(
@@ -145,27 +151,21 @@ def convert(
     missing = sorted(set(ids) - set(found))
     if missing:
         raise ReplayError(f"{src}: checkpoint(s) {missing} not found; available: {found}")
-    _write_info(dst, src, codec)
+    write_store_info(dst, codec, source=str(src), source_format="dopamine")
     raw = {c: sum(array_nbytes(p, k) for k, p in checkpoint_files(src, c).items() if k in STORE)
            for c in ids}  # fmt: skip
-    workers = max(1, min(len(ids), workers or os.cpu_count() or 1))
     tick = progress(f"converting {src} into {dst}", sum(raw.values())) if progress else None
-    if workers == 1:
-        for c in ids:
-            _convert_one(src, c, dst, codec)
-            if tick:
-                tick(raw[c])
-    else:
-        with ProcessPoolExecutor(workers) as pool:
-            futures = [pool.submit(_convert_one, src, c, dst, codec) for c in ids]
-            for f in futures:
-                c = f.result()
-                if tick:
-                    tick(raw[c])
+    jobs = [(src, c, dst, codec) for c in ids]
+    in_parallel(convert_checkpoint, jobs, workers or os.cpu_count() or 1, tick,
+                [raw[c] for c in ids])  # fmt: skip
     source_bytes = sum(p.stat().st_size for c in ids for p in checkpoint_files(src, c).values())
-    store_bytes = sum(p.stat().st_size for c in ids for p in (dst / f"ckpt.{c}").iterdir())
-    return {"checkpoints": ids, "source_bytes": source_bytes, "store_bytes": store_bytes,
-            "raw_bytes": sum(raw.values())}  # fmt: skip
+    return {"checkpoints": ids, "source_bytes": source_bytes,
+            "store_bytes": entries_bytes(dst, ids), "raw_bytes": sum(raw.values())}  # fmt: skip
+
+
+def entries_bytes(store: Path, ids: Sequence[int]) -> int:
+    """Bytes on disk of the store's entries ``ids``."""
+    return sum(p.stat().st_size for c in ids for p in (Path(store) / f"ckpt.{c}").iterdir())
 
 
 def export(store: Path, dst: Path, checkpoints: Sequence[int] | None = None) -> list[int]:
@@ -194,24 +194,26 @@ def verify_store(path: Path, checkpoints: Sequence[int] | None = None,
     """Decode every chunk of every entry of the store once, checking each against its checksum
     and length; one row ``{"checkpoint", "problems"}`` per checkpoint (begun ones included).
     ``progress`` receives each entry's compressed frame bytes once it is read."""
-    complete, incomplete = store_checkpoints(path)
+    version = RLU_ENTRY_VERSION if source_format(path) == "rlu" else None
+    complete, incomplete = store_checkpoints(path, version)
     ids = sorted(set(complete) | set(incomplete)) if checkpoints is None else list(checkpoints)
     rows = []
     for c in ids:
+        entry = Path(path) / f"ckpt.{c}"
         problems = list(incomplete.get(c, []))
         if c not in complete and not problems:
             problems.append(f"checkpoint {c} is not in the store")
         if not problems:
             try:
-                ck = open_entry(path, c)
-                frames = ck.observation
+                frames = open_frames(entry)
                 for chunk in range(len(getattr(frames, "offsets", [0])) - 1):
                     frames.decode(chunk)
-                if len(frames) != ck.capacity:
-                    problems.append(f"{len(frames)} frames for {ck.capacity} slots")
+                slots = len(np.load(entry / "action.npy", mmap_mode="r", allow_pickle=False))
+                if len(frames) != slots:
+                    problems.append(f"{entry}: {len(frames)} frames for {slots} slots")
             except ReplayError as e:
                 problems.append(str(e))
             if progress:
-                progress((Path(path) / f"ckpt.{c}" / "frames.zst").stat().st_size)
+                progress(sum(p.stat().st_size for p in entry.glob("frames.*")))
         rows.append({"checkpoint": c, "problems": problems})
     return rows
