@@ -113,7 +113,11 @@ Per game and method (pvn, random, dqn; an experiment's arms): the final and best
 over seeds and the human-normalised score (HNS); across games, IQM, median and mean HNS with
 stratified bootstrap 95% CIs (rliable's rules), and the probability of improvement between
 methods. A run is scored by its final greedy evaluation when it made evaluations
-(eval_episodes > 0), else by the mean of its last N training episodes.
+(eval_episodes > 0), else by the mean of its last N training episodes. A run with no finished
+episode has no score: its row says so and a warning names it (on the terminal and at the top
+of report.md); an arm left out of the aggregates is named with why. With one seed per game an
+interval would resample nothing, so the report prints the estimate and "n=1: no interval";
+curves have bands only over 2 or more seeds.
 
 options:
   --out DIR        where the report goes (default: report)
@@ -123,7 +127,7 @@ options:
                    up to a few thousand logged states per encoder
 
 writes, under DIR:
-  report.md                       the tables (Markdown)
+  report.md                       warnings, the tables and the figures (Markdown)
   report.csv                      one row per game and method
   curves.png                      per game, return against agent steps, each method
   iqm_curve.png                   IQM of HNS against the fraction of training

@@ -90,10 +90,12 @@ def _plt():
     return plt
 
 
-def _band(ax, x, mid, lo, hi, label: str) -> None:
-    """A line and its shaded CI in one colour."""
-    (line,) = ax.plot(x, mid, label=label)
-    ax.fill_between(x, lo, hi, color=line.get_color(), alpha=0.2, linewidth=0)
+def _band(ax, x, mid, lo, hi, label: str, n: int) -> None:
+    """A line and, over ``n >= 2`` runs, its shaded CI in one colour (one run has no interval:
+    the line alone, labelled so)."""
+    (line,) = ax.plot(x, mid, label=label if n >= 2 else f"{label}, no band: n=1")
+    if n >= 2:
+        ax.fill_between(x, lo, hi, color=line.get_color(), alpha=0.2, linewidth=0)
 
 
 def _save(fig, ax, path: Path, xlabel: str, ylabel: str | None = None, legend: bool = True):
@@ -124,12 +126,13 @@ def plot_curves(runs: list[dict[str, Any]], path: Path) -> None:
             grid = np.linspace(0.0, top, GRID + 1)
             if all(len(r.get("evaluations") or []) >= 2 for r in rs):  # the evaluations' steps
                 grid = np.unique(np.concatenate([run_curve(r)[0] for r in rs]))
-            _band(ax, grid, *mean_ci(_on_grid(rs, grid, fraction=False)), f"{method} (n={len(rs)})")
+            curve = mean_ci(_on_grid(rs, grid, fraction=False))
+            _band(ax, grid, *curve, f"{method} (n={len(rs)})", len(rs))
         if not any(r["episodes"] or r.get("evaluations") for r in runs if r["game"] == game):
             ax.text(0.5, 0.5, "no finished episode", ha="center", transform=ax.transAxes)
         ax.set_title(game)
         ax.set_xlabel("agent steps")
-        ax.set_ylabel("return (mean over seeds, 95% CI)")
+        ax.set_ylabel("return: mean over seeds\n(band: 95% CI, n >= 2)")
         ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -160,7 +163,7 @@ def plot_iqm_curve(runs: list[dict[str, Any]], path: Path, reps: int = 2000) -> 
     for method in sorted({r["method"] for r in runs}):
         rs = [r for r in runs if r["method"] == method]
         curves = _on_grid(rs, grid, fraction=True)
-        points = []
+        points, seeds = [], 0
         for j in range(len(grid)):
             m = _hns_matrix(rs, {i: curves[i, j] for i in range(len(rs))})
             if m is None or np.isnan(m).any():
@@ -168,8 +171,9 @@ def plot_iqm_curve(runs: list[dict[str, Any]], path: Path, reps: int = 2000) -> 
                 continue
             boots = iqm(_stratified(m, rng, reps))
             points.append((iqm(m), *np.percentile(boots, [2.5, 97.5])))
-        _band(ax, grid, *(np.array(p) for p in zip(*points, strict=True)), method)
-    _save(fig, ax, path, "fraction of training", "IQM human-normalised score")
+            seeds = max(seeds, len(m))
+        _band(ax, grid, *(np.array(p) for p in zip(*points, strict=True)), method, seeds)
+    _save(fig, ax, path, "fraction of training", "IQM human-normalised score\n(band: 95% CI)")
 
 
 def performance_profile(
@@ -196,13 +200,21 @@ def probability_of_improvement_ci(
     return probability_of_improvement(x, y), float(lo), float(hi)
 
 
+def profile_taus(matrices: dict[str, np.ndarray], points: int = 60) -> np.ndarray:
+    """The performance profile's thresholds: the scores' own range with a 5% margin (scores
+    near 0.02 would otherwise be squeezed against a fixed [0, 1] axis)."""
+    allv = np.concatenate([m.ravel() for m in matrices.values()])
+    lo, hi = float(allv.min()), float(allv.max())
+    pad = 0.05 * (hi - lo) if hi > lo else max(0.05 * abs(hi), 0.01)
+    return np.linspace(lo - pad, hi + pad, points)
+
+
 def plot_profiles(matrices: dict[str, np.ndarray], path: Path) -> None:
     plt = _plt()
-    allv = np.concatenate([m.ravel() for m in matrices.values()])
-    taus = np.linspace(min(allv.min(), 0.0), max(allv.max(), 1.0), 60)
+    taus = profile_taus(matrices)
     fig, ax = plt.subplots(figsize=(5, 3.4))
     for method, m in sorted(matrices.items()):
-        _band(ax, taus, *performance_profile(m, taus), method)
+        _band(ax, taus, *performance_profile(m, taus), method, len(m))
     _save(fig, ax, path, "human-normalised score tau", "fraction of runs with score > tau")
 
 

@@ -217,3 +217,56 @@ def test_report_help_names_every_option_and_output_and_bad_flags_are_one_line(ca
         assert main(["report", *args]) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and needle in err[0], err
+
+
+def test_an_arm_without_a_finished_episode_is_shown_and_warned(tmp_path, capsys):
+    """A run that never finished an episode has no score: its row says so, the terminal and
+    report.md warn, and the arm is named as left out of the aggregates, never dropped."""
+    runs = [_write_run(tmp_path / f"p{s}", "Pong", "pvn", s, [-21, -20, -19]) for s in (0, 1)]
+    runs += [_write_run(tmp_path / f"r{s}", "Pong", "random", s, []) for s in (0, 1)]
+    runs += [_write_run(tmp_path / "d0", "Pong", "dqn", 0, [-20, -20]),
+             _write_run(tmp_path / "d1", "Pong", "dqn", 1, [])]  # fmt: skip
+    out = tmp_path / "rep"
+    assert main(["report", *runs, "--out", str(out)]) == 0
+    err = capsys.readouterr().err
+    text = (out / "report.md").read_text()
+    for where in (err, text):
+        assert "Pong / random: 2 of 2 runs have no finished episode" in where
+        assert "random: left out of the aggregates" in where
+        assert (
+            "Pong / dqn: 1 of 2 runs have no finished episode (seeds [1]); scored by the" in where
+        )
+    assert "| Pong | random | 2 | — | no finished episode | — | — |" in text
+    assert "| Pong | dqn | 2 | -20.0 | last 10 training episodes; seeds [1] left out" in text
+    with open(out / "report.csv") as f:
+        methods = [r["method"] for r in csv.DictReader(f)]
+    assert sorted(methods) == ["dqn", "pvn", "random"]
+
+
+def test_one_seed_prints_no_interval_and_many_seeds_do(tmp_path):
+    one = [_write_run(tmp_path / f"{m}{g}", g, m, 0, [1, 2, 3 + i])
+           for i, (m, g) in enumerate([("pvn", "Pong"), ("pvn", "Breakout"), ("random", "Pong"),
+                                       ("random", "Breakout")])]  # fmt: skip
+    assert main(["report", *one, "--out", str(tmp_path / "one")]) == 0
+    text = (tmp_path / "one" / "report.md").read_text()
+    agg = [
+        line for line in text.splitlines() if line.startswith(("| pvn | 2 x 1", "| random | 2 x 1"))
+    ]
+    assert len(agg) == 2 and all(line.count("(n=1: no interval)") == 3 for line in agg)
+    assert not any("[" in line for line in agg)
+    assert "| P(pvn > random) | 0.00 (n=1: no interval) |" in text  # random higher on both
+    for fig in ("curves.png", "performance_profile.png", "iqm_curve.png",
+                "probability_of_improvement.png"):  # fmt: skip
+        assert f"]({fig})" in text and (tmp_path / "one" / fig).exists()
+    many = [_write_run(tmp_path / f"m{m}{s}", "Pong", m, s, [-21, -20, -19 + s + (m == "pvn")])
+            for m in ("pvn", "random") for s in range(3)]  # fmt: skip
+    assert main(["report", *many, "--out", str(tmp_path / "many")]) == 0
+    text = (tmp_path / "many" / "report.md").read_text()
+    assert "no interval" not in text and "| pvn | 1 x 3 | " in text
+
+
+def test_profile_thresholds_follow_the_scores():
+    from pvn.plots import profile_taus
+
+    taus = profile_taus({"a": np.array([[0.010, 0.030]]), "b": np.array([[0.020, 0.025]])})
+    assert taus[0] == pytest.approx(0.009) and taus[-1] == pytest.approx(0.031)

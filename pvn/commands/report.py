@@ -13,6 +13,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import sys
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -63,32 +64,59 @@ def final_score(run: dict[str, Any], window: int = 10) -> tuple[float, str]:
 
 def summarize(runs: list[dict[str, Any]], window: int = 10) -> list[dict[str, Any]]:
     """One row per (game, method): seeds, final score (and what it is), best training return,
-    final HNS."""
+    final HNS. A run with no finished episode has no score: it is listed in ``unscored`` and
+    left out of the row's means (the row says so; with no scored run, the scores are NaN)."""
     groups: dict[tuple[str, str], list] = defaultdict(list)
     for r in runs:
         groups[(r["game"], r["method"])].append(r)
     rows = []
     for (game, method), rs in sorted(groups.items()):
-        scored = [final_score(r, window) for r in rs]
-        best = [final_and_best([e["return"] for e in r["episodes"]], window)[1] for r in rs]
-        final = float(np.mean([f for f, _ in scored]))
-        sources = sorted({src for _, src in scored})
+        scored = [(r, *final_score(r, window)) for r in rs]
+        ok = [(r, f, src) for r, f, src in scored if not np.isnan(f)]
+        unscored = sorted(int(r["seed"]) for r, f, _ in scored if np.isnan(f))
+        sources = sorted({src for _, _, src in ok})
+        by = sources[0] if len(sources) == 1 else "mixed: " + "; ".join(sources)
+        if not ok:
+            by = "no finished episode"
+        elif unscored:
+            by += f"; seeds {unscored} left out: no finished episode"
+        final = float(np.mean([f for _, f, _ in ok])) if ok else float("nan")
+        best = [final_and_best([e["return"] for e in r["episodes"]], window)[1] for r, _, _ in ok]
         rows.append(
             {
                 "game": game,
                 "method": method,
                 "seeds": sorted(int(r["seed"]) for r in rs),
+                "unscored": unscored,
                 "final_return": final,
-                "scored_by": sources[0] if len(sources) == 1 else "mixed: " + "; ".join(sources),
-                "best_return": float(np.mean(best)),
+                "scored_by": by,
+                "best_return": float(np.mean(best)) if ok else float("nan"),
                 "final_hns": human_normalized(game, final),
-                "per_seed_final_hns": {
-                    int(r["seed"]): human_normalized(game, f)
-                    for r, (f, _) in zip(rs, scored, strict=True)
-                },
+                "per_seed_final_hns": {int(r["seed"]): human_normalized(game, f) for r, f, _ in ok},
             }
         )
     return rows
+
+
+def warnings(rows: list[dict[str, Any]], matrices: dict[str, np.ndarray]) -> list[str]:
+    """What the tables cannot show by themselves: runs without a score, and arms (or games of
+    an arm) missing from the aggregates, each with why."""
+    out = []
+    for r in rows:
+        if r["unscored"]:
+            k, n = len(r["unscored"]), len(r["seeds"])
+            what = "the arm has no score here" if k == n else "scored by the others"
+            out.append(f"{r['game']} / {r['method']}: {k} of {n} runs have no finished episode "
+                       f"(seeds {r['unscored']}); {what}")  # fmt: skip
+    for method in sorted({r["method"] for r in rows}):
+        games = sorted({r["game"] for r in rows if r["method"] == method})
+        if method not in matrices:
+            out.append(f"{method}: left out of the aggregates: no seed has a score on every "
+                       f"game ({', '.join(games)})")  # fmt: skip
+        elif matrices[method].shape[1] < len(games):
+            out.append(f"{method}: aggregates over {matrices[method].shape[1]} of {len(games)} "
+                       "games (the others have no score)")  # fmt: skip
+    return out
 
 
 def hns_matrices(rows: list[dict[str, Any]]) -> dict[str, np.ndarray]:
@@ -113,9 +141,11 @@ def aggregates(rows: list[dict[str, Any]], reps: int = 50_000) -> dict[str, dict
     }
 
 
-def improvements(matrices: dict[str, np.ndarray]) -> list[tuple[str, float, float, float]]:
+def improvements(
+    matrices: dict[str, np.ndarray],
+) -> list[tuple[str, float, float, float, int]]:
     """P(X > Y) with its 95% CI for every ordered pair of methods on the same games (PVN
-    first when present)."""
+    first when present), and the fewer seeds of the two."""
     from pvn.plots import probability_of_improvement_ci
 
     order = sorted(matrices, key=lambda m: (m != "pvn", m))
@@ -124,8 +154,21 @@ def improvements(matrices: dict[str, np.ndarray]) -> list[tuple[str, float, floa
         for b in order[i + 1 :]:
             if matrices[a].shape[1] == matrices[b].shape[1]:
                 p, lo, hi = probability_of_improvement_ci(matrices[a], matrices[b])
-                rows.append((f"P({a} > {b})", p, lo, hi))
+                n = min(len(matrices[a]), len(matrices[b]))
+                rows.append((f"P({a} > {b})", p, lo, hi, n))
     return rows
+
+
+def _num(x: float, digits: int) -> str:
+    return "—" if np.isnan(x) else f"{x:.{digits}f}"
+
+
+def _interval(value: float, lo: float, hi: float, n: int, digits: int = 3) -> str:
+    """``value [lo, hi]``, or ``value (n=1: no interval)``: a bootstrap over one run per game
+    resamples nothing, and a zero-width interval would overstate."""
+    if n < 2:
+        return f"{value:.{digits}f} (n={n}: no interval)"
+    return f"{value:.{digits}f} [{lo:.{digits}f}, {hi:.{digits}f}]"
 
 
 def markdown(rows: list[dict[str, Any]], aggs: dict[str, dict]) -> str:
@@ -135,8 +178,8 @@ def markdown(rows: list[dict[str, Any]], aggs: dict[str, dict]) -> str:
     ]
     for r in rows:
         lines.append(
-            f"| {r['game']} | {r['method']} | {len(r['seeds'])} | {r['final_return']:.1f} | "
-            f"{r['scored_by']} | {r['best_return']:.1f} | {r['final_hns']:.3f} |"
+            f"| {r['game']} | {r['method']} | {len(r['seeds'])} | {_num(r['final_return'], 1)} | "
+            f"{r['scored_by']} | {_num(r['best_return'], 1)} | {_num(r['final_hns'], 3)} |"
         )
     if aggs:
         lines += [
@@ -146,7 +189,7 @@ def markdown(rows: list[dict[str, Any]], aggs: dict[str, dict]) -> str:
         ]
         for m, a in aggs.items():
             cells = [
-                f"{a[k]['value']:.3f} [{a[k]['ci_low']:.3f}, {a[k]['ci_high']:.3f}]"
+                _interval(a[k]["value"], a[k]["ci_low"], a[k]["ci_high"], a["seeds"])
                 for k in ("IQM", "median", "mean")
             ]
             lines.append(f"| {m} | {a['games']} x {a['seeds']} | " + " | ".join(cells) + " |")
@@ -215,22 +258,32 @@ def report(
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise ConfigError(f"{out}: could not be created ({e.strerror or e})") from None
-    text = markdown(rows, aggs)
     matrices = hns_matrices(rows)
+    notes = warnings(rows, matrices)
+    for note in notes:
+        print(f"pvn report: warning: {note}", file=sys.stderr)
+    text = markdown(rows, aggs)
+    if notes:
+        text = "**Warnings**\n\n" + "\n".join(f"- {n}" for n in notes) + "\n\n" + text
+    figures = {"curves.png": "returns during training, per game"}
     pairs = improvements(matrices)
     if pairs:
         text += "\n\n| probability of improvement | estimate [95% CI] |\n|---|---|\n"
-        text += "\n".join(f"| {k} | {p:.2f} [{lo:.2f}, {hi:.2f}] |" for k, p, lo, hi in pairs)
-        plots.plot_improvement(pairs, out / "probability_of_improvement.png")
+        text += "\n".join(f"| {k} | {_interval(p, lo, hi, n, 2)} |" for k, p, lo, hi, n in pairs)
+        plots.plot_improvement([pair[:4] for pair in pairs], out / "probability_of_improvement.png")
+        figures["probability_of_improvement.png"] = "probability of improvement"
     if matrices:
         plots.plot_profiles(matrices, out / "performance_profile.png")
         plots.plot_iqm_curve(runs, out / "iqm_curve.png")
+        figures["performance_profile.png"] = "performance profiles (final human-normalised score)"
+        figures["iqm_curve.png"] = "IQM human-normalised score during training"
     if data is not None:
         table = probes(run_dirs, data, [r["method"] for r in runs])
         text += "\n\nOffline linear probes on held-out logged episodes:\n\n" + probes_markdown(
             table
         )
         (out / "probes.json").write_text(json.dumps(table, indent=1))
+    text += "\n\n" + "\n\n".join(f"![{what}]({name})" for name, what in figures.items())
     (out / "report.md").write_text(text + "\n")
     with open(out / "report.csv", "w", newline="") as f:
         w = csv.writer(f)
