@@ -200,6 +200,14 @@ def test_a_truncated_entry_is_refused_with_its_name(dopamine_copy, tmp_path):
     assert DQNReplayDataset(store, skip_incomplete=True).checkpoints == [0, 1, 3]
 
 
+def test_data_info_reads_a_store_as_its_log(pvn_log, tmp_path):
+    from pvn.replay.summary import summarize
+
+    convert(pvn_log, tmp_path / "store", workers=1)
+    a, b = summarize(pvn_log), summarize(tmp_path / "store")
+    assert a["checkpoints"] == b["checkpoints"] and a["clipped_return"] == b["clipped_return"]
+
+
 def test_export_writes_the_dqn_replay_files_back(dopamine_fixture, tmp_path):
     src = dopamine_fixture / "replay_logs"
     convert(src, tmp_path / "store", workers=1)

@@ -59,7 +59,7 @@ def new_slot_mask(ck: Checkpoint, new: int) -> np.ndarray:
     return fresh
 
 
-def _listing(path: Path, skip_incomplete: bool) -> tuple[list[int], dict[int, list[str]]]:
+def checkpoint_listing(path: Path, skip_incomplete: bool) -> tuple[list[int], dict[int, list[str]]]:
     """The complete checkpoints of a replay directory or a store, and the incomplete ones with
     what is missing; an incomplete one is an error unless ``skip_incomplete``."""
     if not is_store(path):
@@ -132,7 +132,7 @@ class DQNReplayDataset(ShardSampler):
         asked = None if checkpoints is None else [int(c) for c in checkpoints]
         #: incomplete checkpoints that were skipped, with their missing files
         self.skipped: dict[int, list[str]] = {}
-        found, self.skipped = _listing(self.path, skip_incomplete or asked is not None)
+        found, self.skipped = checkpoint_listing(self.path, skip_incomplete or asked is not None)
         for c in asked or []:
             if c in self.skipped:
                 raise ReplayError(

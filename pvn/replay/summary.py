@@ -1,4 +1,5 @@
-"""Statistics of a ``replay_logs`` directory read from its small arrays only (no frames)."""
+"""Statistics of a ``replay_logs`` directory (or a store converted from one) read from its
+small arrays only (no frames)."""
 
 from __future__ import annotations
 
@@ -8,8 +9,14 @@ from typing import Any
 import numpy as np
 
 from pvn.replay.cache import Checkpoint, chronological, read_checkpoint_meta
-from pvn.replay.dataset import new_slot_count, new_slot_mask, previous_add_count, resolve_log_dir
-from pvn.replay.dopamine_format import find_checkpoints, incomplete_checkpoints
+from pvn.replay.dataset import (
+    checkpoint_listing,
+    new_slot_count,
+    new_slot_mask,
+    previous_add_count,
+    resolve_log_dir,
+)
+from pvn.replay.store import is_store, open_entry
 from pvn.replay.transitions import valid_mask
 
 
@@ -40,9 +47,9 @@ def summarize(
     returns; and, with ``skip_incomplete``, the incomplete checkpoints skipped."""
     log_dir = resolve_log_dir(path)
     rows, all_returns = [], []
-    found = find_checkpoints(log_dir, skip_incomplete)
+    found, skipped = checkpoint_listing(log_dir, skip_incomplete)
     for c in found:
-        ck = read_checkpoint_meta(log_dir, c)
+        ck = open_entry(log_dir, c) if is_store(log_dir) else read_checkpoint_meta(log_dir, c)
         new = (
             new_slot_count(ck, previous_add_count(log_dir, c, found))
             if ck.is_full
@@ -74,7 +81,7 @@ def summarize(
     )
     return {
         "path": str(log_dir),
-        "skipped_incomplete": incomplete_checkpoints(log_dir) if skip_incomplete else {},
+        "skipped_incomplete": skipped if skip_incomplete else {},
         "checkpoints": rows,
         "slots": sum(r["new_slots"] for r in rows),
         "valid": sum(r["valid"] for r in rows),
