@@ -42,7 +42,7 @@ _FRAME_BYTES = FRAME_SHAPE[0] * FRAME_SHAPE[1]
 class FrameCodec:
     """How a store compresses frames (``docs/store.md`` measures the choices).
 
-    Attributes:
+    Args:
         codec: ``zstd`` (chunks) or ``raw`` (no compression, memory-mapped).
         level: the zstd level (1-22); on Atari frames 1 and 3 give the same ratio.
         chunk: frames per chunk: longer chunks compress better, and a sample decodes more

@@ -243,7 +243,18 @@ def convert_rlu(data_dir: str | Path, game: str, run: int, dst: Path, version: s
                 ) -> dict:  # fmt: skip
     """Decode RL Unplugged ``game`` run ``run`` (prepared or raw) into the store ``dst``, one
     entry per checkpoint (whole checkpoints; a split's ``proportion`` is applied when read), in
-    parallel over checkpoints, resumably; ``progress(description, total)`` counts checkpoints.
+    parallel over checkpoints, resumably.
+
+    Args:
+        data_dir: the TFDS data directory or the raw files' directory (:func:`replay.rlu.locate`).
+        game: the game (CamelCase).
+        run: the run, 1-5.
+        dst: the store directory (made if needed; a stopped conversion into it resumes).
+        version: the TFDS version of prepared data.
+        checkpoints: the ids to convert (default: all of the run's).
+        codec: how frames are compressed.
+        workers: processes (default: the CPUs).
+        progress: ``progress(description, total)`` may return a callback counting checkpoints.
 
     Returns:
         ``{"checkpoints", "source_bytes", "store_bytes"}``.

@@ -170,7 +170,16 @@ def entries_bytes(store: Path, ids: Sequence[int]) -> int:
 
 def export(store: Path, dst: Path, checkpoints: Sequence[int] | None = None) -> list[int]:
     """Write the store's checkpoints out as a DQN Replay directory (Dopamine's six gzip files
-    per checkpoint, each written atomically); returns the ids written."""
+    per checkpoint, each written atomically), for Dopamine, TorchRL and d4rl-atari.
+
+    Args:
+        store: a store made by :func:`convert`.
+        dst: the ``replay_logs`` directory to write (made if needed).
+        checkpoints: the ids to write (default: every complete checkpoint of the store).
+
+    Returns:
+        The ids written.
+    """
     complete, _ = store_checkpoints(store)
     ids = complete if checkpoints is None else [int(c) for c in checkpoints]
     missing = sorted(set(ids) - set(complete))
