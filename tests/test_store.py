@@ -233,7 +233,9 @@ def test_data_convert_cli(dopamine_copy, tmp_path):
                         (["convert", "a", "b", "--chunk", "x"], "--chunk takes a number"),
                         (["convert", "a", "b", "--frobnicate"], "unknown option --frobnicate"),
                         (["convert", str(dopamine_copy), str(store), "--chunk", "16"],
-                         "codec")]:  # fmt: skip
+                         "codec="),
+                        (["convert", str(dopamine_copy), str(dopamine_copy)],
+                         "exists and is not a pvn store")]:  # fmt: skip
         proc = subprocess.run([*run, *bad], capture_output=True, text=True)
         assert proc.returncode == 2, (bad, proc.stderr)
         lines = [x for x in proc.stderr.splitlines() if x.startswith("pvn: error:")]

@@ -116,6 +116,9 @@ def write_store_info(dst: Path, codec: FrameCodec, **source: Any) -> None:
                     f"for {key}={value!r}"
                 )
         return
+    if dst.is_dir() and any(dst.iterdir()):
+        raise ReplayError(f"{dst}: exists and is not a pvn store; convert into a new or empty "
+                          "directory")  # fmt: skip
     dst.mkdir(parents=True, exist_ok=True)
     tmp = dst / f"{STORE_FILE}.tmp-{os.getpid()}"
     tmp.write_text(json.dumps(info, indent=1))
