@@ -172,9 +172,9 @@ DATA_USAGE = """usage: pvn data info PATH [--skip-incomplete]
                                 [--game GAME [--run R] [--version V]]
        pvn data export STORE DST [--checkpoints N [N ...]]
 
-info     summarise a replay_logs directory (or a directory holding one) from its small arrays:
-         no frames are decompressed, so it is instant. A checkpoint missing any of its six files
-         is an error unless --skip-incomplete (which lists the ones it skipped).
+info     summarise a replay_logs directory (or a directory holding one, or a store) from its
+         small arrays: no frames are decompressed, so it is instant. A checkpoint missing any of
+         its six files is an error unless --skip-incomplete (which lists the ones it skipped).
 verify   read every byte of every checkpoint once (gzip integrity, dtypes and shapes, add_count
          against invalid_range, rewards, terminals and episode padding); of a store, decode
          every chunk against its checksum. Prints a table; exits 2 if anything is wrong.
