@@ -165,7 +165,7 @@ def _report(args: list[str]) -> int:
     return 0
 
 
-DATA_USAGE = """usage: pvn data info PATH [--skip-incomplete]
+DATA_USAGE = """usage: pvn data info PATH [--skip-incomplete] [--game GAME [--run R] [--version V]]
        pvn data verify PATH [--checkpoints N [N ...]]
        pvn data convert SRC DST [--checkpoints N [N ...]] [--workers N] [--chunk K]
                                 [--level L] [--no-dictionary] [--raw]
@@ -175,6 +175,8 @@ DATA_USAGE = """usage: pvn data info PATH [--skip-incomplete]
 info     summarise a replay_logs directory (or a directory holding one, or a store) from its
          small arrays: no frames are decompressed, so it is instant. A checkpoint missing any of
          its six files is an error unless --skip-incomplete (which lists the ones it skipped).
+         With --game, PATH is RL Unplugged: episodes, steps and returns per checkpoint, read
+         from the records without decoding a frame.
 verify   read every byte of every checkpoint once (gzip integrity, dtypes and shapes, add_count
          against invalid_range, rewards, terminals and episode padding); of a store, decode
          every chunk against its checksum. Prints a table; exits 2 if anything is wrong.
@@ -190,7 +192,7 @@ export   write a store's checkpoints back out in the DQN Replay format (for Dopa
          d4rl-atari)."""
 
 _DATA_FLAGS = {
-    "info": {"--skip-incomplete": 0},
+    "info": {"--skip-incomplete": 0, "--game": "text", "--run": 1, "--version": "text"},
     "verify": {"--checkpoints": -1},
     "convert": {
         "--checkpoints": -1,
@@ -253,6 +255,17 @@ def _data(args: list[str]) -> int:
     cmd = args[0]
     paths, opts = _data_args(cmd, args[1:])
     ckpts = opts.get("--checkpoints")
+    rlu = None
+    if "--game" in opts:
+        rlu = {"game": opts["--game"][0], "run": opts.get("--run", [1])[0],
+               "version": opts.get("--version", ["1.0.0"])[0]}  # fmt: skip
+    elif "--run" in opts or "--version" in opts:
+        raise ConfigError(f"pvn data {cmd}: --run and --version are for RL Unplugged; add --game")
+    if cmd == "info" and rlu is not None:
+        from pvn.commands.data import rlu_summary
+
+        print(rlu_summary(paths[0], **rlu))
+        return 0
     if cmd == "info":
         from pvn.commands.data import format_summary
         from pvn.replay.summary import summarize
@@ -271,12 +284,6 @@ def _data(args: list[str]) -> int:
         if flag in opts:
             codec[flag[2:]] = opts[flag][0]
     workers = opts["--workers"][0] if "--workers" in opts else None
-    rlu = None
-    if "--game" in opts:
-        rlu = {"game": opts["--game"][0], "run": opts.get("--run", [1])[0],
-               "version": opts.get("--version", ["1.0.0"])[0]}  # fmt: skip
-    elif "--run" in opts or "--version" in opts:
-        raise ConfigError("pvn data convert: --run and --version are for RL Unplugged; add --game")
     return data.run_convert(paths[0], paths[1], ckpts, workers, codec, rlu)
 
 

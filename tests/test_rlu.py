@@ -253,3 +253,22 @@ def test_pretraining_reads_an_rlu_store_by_itself(tmp_path):
     bad = subprocess.run([*run, "data", "convert", str(TFDS), str(store), "--run", "2"],
                          capture_output=True, text=True)  # fmt: skip
     assert bad.returncode == 2 and "add --game" in bad.stderr
+
+
+def test_data_info_of_an_rlu_run_counts_what_the_episodes_hold(capsys):
+    """Episodes, steps, terminal episodes and mean return per checkpoint, read without decoding
+    a frame, equal what the decoded episodes hold."""
+    from pvn.cli import main
+
+    eps = list(episodes(TFDS, "Asterix", 1))
+    assert main(["data", "info", str(TFDS), "--game", "Asterix"]) == 0
+    out = capsys.readouterr().out
+    for c in (0, 1):
+        mine = [e for e in eps if e["checkpoint_id"] == c]
+        steps = sum(len(e["action"]) for e in mine)
+        term = sum(bool(e["is_terminal"][-1]) for e in mine)
+        mean = np.mean([e["episode_return"] for e in mine])
+        row = f"{c:>5} {len(mine):>9} {steps:>10} {term:>9} {mean:>12.2f}"
+        assert row in out, (row, out)
+    assert main(["data", "info", str(TFDS), "--run", "2"]) == 2
+    assert "add --game" in capsys.readouterr().err

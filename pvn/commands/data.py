@@ -36,6 +36,23 @@ def format_summary(s: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def rlu_summary(path: str, game: str, run: int, version: str) -> str:
+    """``pvn data info PATH --game G``: one row per checkpoint of an RL Unplugged run."""
+    from pvn.replay.rlu import checkpoint_summary, locate
+
+    source = locate(path, game, run, version)
+    rows = [checkpoint_summary(source, c) for c in source.checkpoints]
+    header = f"{'ckpt':>5} {'episodes':>9} {'steps':>10} {'terminal':>9} {'mean return':>12}"
+    lines = [f"RL Unplugged: {game} run {run} ({source.kind}, {source.root})", "", header]
+    for r in rows:
+        mean = "-" if r["return"]["mean"] is None else f"{r['return']['mean']:.2f}"
+        lines.append(f"{r['checkpoint']:>5} {r['episodes']:>9} {r['steps']:>10} "
+                     f"{r['terminal_episodes']:>9} {mean:>12}")  # fmt: skip
+    lines += ["", f"checkpoints: {len(rows)}   episodes: {sum(r['episodes'] for r in rows)}   "
+                  f"steps: {sum(r['steps'] for r in rows)}"]  # fmt: skip
+    return "\n".join(lines)
+
+
 def run_verify(path: str, checkpoints: list[int] | None) -> int:
     """``pvn data verify``: a progress bar in MB/s over the compressed bytes, then one row per
     checkpoint; 2 when anything is wrong."""

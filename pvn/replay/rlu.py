@@ -331,31 +331,53 @@ def decode_episode(example: dict[str, Any], where: str) -> dict[str, Any]:
     return episode
 
 
-def read_checkpoint(source: Source, checkpoint: int, limit: int | None = None) -> Iterator[dict]:
-    """The episodes of one checkpoint in TFDS's order (ascending ``episode_id``), decoded; only
-    the first ``limit`` when given."""
+def _examples(source: Source, checkpoint: int) -> Iterator[tuple[str, dict[str, Any]]]:
+    """``(where, example)`` of each episode of one checkpoint in TFDS's order (ascending
+    ``episode_id``), with the prepared keys, not decoded."""
     files, _ = source.shards[checkpoint]
     if source.kind == "store":
         raise ReplayError(f"{source.root}: a store holds decoded checkpoints; read it with "
                           "RLUDataset (pvn pretrain data.path=STORE)")  # fmt: skip
     if source.kind == "prepared":  # already in order (TFDS writes ordered splits sorted)
-        stream = (
+        yield from (
             (f"{path}: record {i} (byte {off})", parse_example(data, f"{path}: record {i}"))
             for path in files
             for i, (off, data) in enumerate(records(path))
         )
-    else:  # TFDS sorts each raw file's episodes by id; so do we (one checkpoint in memory)
-        raw = [
-            (f"{path}: record {i} (byte {off})", parse_example(data, f"{path}: record {i}"))
-            for path in files
-            for i, (off, data) in enumerate(records(path, compressed=True))
-        ]
-        rlds = [(w, raw_to_rlds(ex, w)) for w, ex in raw]
-        stream = iter(sorted(rlds, key=lambda item: int(_scalar(item[1], "episode_id", item[0]))))
-    for k, (where, example) in enumerate(stream):
+        return
+    # TFDS sorts each raw file's episodes by id; so do we (one checkpoint in memory)
+    raw = [
+        (f"{path}: record {i} (byte {off})", parse_example(data, f"{path}: record {i}"))
+        for path in files
+        for i, (off, data) in enumerate(records(path, compressed=True))
+    ]
+    rlds = [(w, raw_to_rlds(ex, w)) for w, ex in raw]
+    yield from sorted(rlds, key=lambda item: int(_scalar(item[1], "episode_id", item[0])))
+
+
+def read_checkpoint(source: Source, checkpoint: int, limit: int | None = None) -> Iterator[dict]:
+    """The episodes of one checkpoint in TFDS's order (ascending ``episode_id``), decoded; only
+    the first ``limit`` when given."""
+    for k, (where, example) in enumerate(_examples(source, checkpoint)):
         if limit is not None and k >= limit:
             return
         yield decode_episode(example, where)
+
+
+def checkpoint_summary(source: Source, checkpoint: int) -> dict[str, Any]:
+    """Episodes, steps, terminal episodes and episode returns of one checkpoint, from the
+    records without decoding a frame (``pvn data info``)."""
+    lengths, returns, terminal = [], [], 0
+    for where, example in _examples(source, checkpoint):
+        actions, ends = example.get("steps/action"), example.get("steps/is_terminal")
+        lengths.append(0 if actions is None else len(actions))
+        returns.append(float(_scalar(example, "episode_return", where)))
+        terminal += ends is not None and len(ends) > 0 and bool(ends[-1])
+    r = np.asarray(returns, np.float64)
+    stats = {"mean": float(r.mean()), "min": float(r.min()), "max": float(r.max())} if len(r) else {
+        "mean": None, "min": None, "max": None}  # fmt: skip
+    return {"checkpoint": checkpoint, "episodes": len(lengths), "steps": int(sum(lengths)),
+            "terminal_episodes": terminal, "return": stats}  # fmt: skip
 
 
 def episodes(
