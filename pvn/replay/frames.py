@@ -163,13 +163,6 @@ class FrameWriter:
         return info
 
 
-def write_frames(dest: Path, frames: np.ndarray, codec: FrameCodec = DEFAULT_CODEC) -> dict:
-    """Store ``frames`` (uint8 ``(n, 84, 84)``) in ``dest``; returns the ``frames.json`` record."""
-    w = FrameWriter(dest, codec)
-    w.write(np.ascontiguousarray(frames, np.uint8))
-    return w.close()
-
-
 class ChunkedFrames:
     """A shard's compressed frames, read chunk by chunk (thread-safe; one buffer per thread).
 
@@ -202,10 +195,6 @@ class ChunkedFrames:
 
     def __len__(self) -> int:
         return self.count
-
-    @property
-    def shape(self) -> tuple[int, int, int]:
-        return (self.count, *FRAME_SHAPE)
 
     def _dctx(self) -> zstandard.ZstdDecompressor:
         d = getattr(self._local, "dctx", None)
