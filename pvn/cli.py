@@ -38,6 +38,7 @@ commands:
                  control on its features and on random features over 3 seeds (~8 min)
   experiment   games x seeds x arms from a config, each stage run once, resumable
                  pvn experiment configs/experiment/evidence_cpu.yaml [--status|--report]
+                 pvn experiment CONFIG launcher=slurm [--wait]   (SLURM, docs/cluster.md)
 
 Overrides use Hydra's grammar (key=value, lists as [0,1]). `pvn COMMAND --help` lists a command's
 keys with their defaults and meaning; `--cfg job` prints the resolved config and exits.
@@ -291,17 +292,21 @@ def _experiment(args: list[str]) -> int:
     if not args or args[0] in ("-h", "--help"):
         from pvn.commands import experiment
 
-        print("usage: pvn experiment CONFIG.yaml [--status] [--print-commands] [--report]\n")
+        print("usage: pvn experiment CONFIG.yaml [key=value ...] [--status] [--print-commands] "
+              "[--report] [--wait]\n")  # fmt: skip
         print(experiment.__doc__)
         return 0 if args else 2
     flags = {a for a in args if a.startswith("--")}
-    paths = [a for a in args if not a.startswith("--")]
-    unknown = flags - {"--status", "--print-commands", "--report"}
+    overrides = [a for a in args if not a.startswith("--") and "=" in a]
+    paths = [a for a in args if not a.startswith("--") and "=" not in a]
+    unknown = flags - {"--status", "--print-commands", "--report", "--wait"}
     if unknown or len(paths) != 1:
-        raise ConfigError(f"pvn experiment: expected CONFIG.yaml and flags; got {args}")
+        raise ConfigError(f"pvn experiment: expected CONFIG.yaml, key=value overrides and flags; "
+                          f"got {args}")  # fmt: skip
     from pvn.commands.experiment import run
 
-    return run(paths[0], "--print-commands" in flags, "--status" in flags, "--report" in flags)
+    return run(paths[0], "--print-commands" in flags, "--status" in flags, "--report" in flags,
+               overrides, "--wait" in flags)  # fmt: skip
 
 
 def _quickstart(args: list[str]) -> int:

@@ -12,6 +12,7 @@ and so is a resume under a config that computes something else
 from __future__ import annotations
 
 import json
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -127,6 +128,7 @@ class RunDir:
         found = list_checkpoints(self.path)
         if found:
             check_resumable(self.path, cfg, self.schema)
+            print(f"pvn: resuming {self.what} from {found[-1]}", file=sys.stderr)
         return found[-1] if found else None
 
     def resume(self, cfg: DictConfig, key: str) -> dict[str, Any] | None:

@@ -13,7 +13,12 @@ number of workers on this host:
   emulation, so envpool takes the share and the policy half of it);
 * ``wait_policy``: ``OMP_WAIT_POLICY`` (``PASSIVE``: idle workers sleep instead of spinning, the
   fix for the slowdown above; it must be set before OpenMP starts, i.e. before ``import torch``,
-  which :func:`set_wait_policy` does for the ``pvn`` command).
+  which :func:`set_wait_policy` does for the ``pvn`` command);
+* ``flush_denormal``: treat subnormal floats as zero (FTZ/DAZ), as TensorFlow and XLA do on CPU
+  by default, hence as Dopamine's DQN ran. Optimizer state of dead units decays through the
+  subnormal range (RMSProp's ``ms`` by 0.95 per update), and x86 computes on subnormals
+  ~100x slower: late in a 1M-step DQN run 8% of the first dense layer's RMSProp state was
+  subnormal and the optimizer step took 2.4x as long (docs/threads.md).
 
 Every value can be overridden (``threads.*`` in each command's config); the plan is logged at
 start and saved with the run's config.
@@ -44,6 +49,7 @@ class ThreadsConfig:
     inter_op: int | None = None  # PyTorch inter-op threads
     envpool: int | None = None  # envpool emulator threads (evaluate, collect)
     wait_policy: str | None = None  # OMP_WAIT_POLICY of `pvn`: PASSIVE (default) | ACTIVE
+    flush_denormal: bool | None = None  # subnormal floats read and written as 0 (default: true)
     cores: int | None = None  # not set by hand: a resolved plan's record of the cores it shared
 
 
@@ -54,6 +60,7 @@ class ThreadPlan:
     inter_op: int
     envpool: int
     wait_policy: str
+    flush_denormal: bool = True
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -124,17 +131,20 @@ def plan_threads(
         "inter_op": 1,
         "envpool": envpool,
         "wait_policy": "PASSIVE",
+        "flush_denormal": True,
     }
     for key, value in (overrides or {}).items():
         if key == "cores":  # a resolved plan's record of its share: decided, never set
             continue
         if key not in plan:
             raise ValueError(f"threads.{key}: unknown; choose from intra_op, inter_op, envpool, "
-                             "wait_policy")  # fmt: skip
+                             "wait_policy, flush_denormal")  # fmt: skip
         if value is not None:
             plan[key] = value
     if plan["wait_policy"] not in ("PASSIVE", "ACTIVE"):
         raise ValueError(f"threads.wait_policy={plan['wait_policy']!r}: choose PASSIVE or ACTIVE")
+    if not isinstance(plan["flush_denormal"], bool):
+        raise ValueError(f"threads.flush_denormal={plan['flush_denormal']!r}: choose true or false")
     for key in ("intra_op", "inter_op"):
         if int(plan[key]) < 1:
             raise ValueError(f"threads.{key}={plan[key]}: must be >= 1")
@@ -155,6 +165,8 @@ def apply(plan: ThreadPlan) -> None:
     """
     import torch
 
+    # before the intra-op pool starts: new threads inherit the floating-point mode (POSIX)
+    torch.set_flush_denormal(bool(plan.flush_denormal))
     torch.set_num_threads(int(plan.intra_op))
     # fails once the pool has started (a second command in one process): that pool stays
     with contextlib.suppress(RuntimeError):

@@ -19,8 +19,14 @@ metrics. A long run also writes a run checkpoint (the whole replay) and a log ch
 
     long rate = 1 / (1 / stepping rate at --fill + (run checkpoint + log checkpoint) / 100k)
 
+A late run's learner is a fresh one unless ``--agent`` names a run checkpoint of a long
+``eval_preset=dopamine_dqn`` run (its ``loop.agent``: learned weights and RMSProp state). With
+it, a third mode ``long_ieee`` runs the late run with subnormal floats computed as IEEE says,
+against pvn's thread plan, which flushes them to zero (``threads.flush_denormal``): RMSProp's
+state of dead units decays through the subnormal range, where x86 is ~100x slower.
+
     python scripts/bench_dqn.py [--steps 3000] [--num-envs 8] [--device cpu] [--log]
-    python scripts/bench_dqn.py --long [--fill 1000000] [--steps 3000]
+    python scripts/bench_dqn.py --long [--fill 1000000] [--steps 3000] [--agent CKPT]
 """
 
 from __future__ import annotations
@@ -157,9 +163,13 @@ def long_run(args, device) -> dict:
         base = EvalConfig(log_every=500)
         late = _filled_state(env, _agent(env.num_actions, device, **replay), args.fill, 0)
         rates: dict[str, list[float]] = {"short": [], "long": []}
+        if args.agent:
+            late["agent"] = torch.load(args.agent, weights_only=True, mmap=True)["loop"]["agent"]
+            rates["long_ieee"] = []
         for r in range(args.rounds):
             for mode in rates:
-                resume = late if mode == "long" else None
+                torch.set_flush_denormal(mode != "long_ieee")  # pvn's plan flushes them
+                resume = late if mode != "short" else None
                 start = late["step"] if resume else 0
                 cfg = EvalConfig(**{**vars(base), "steps": start + args.steps})
                 agent = _agent(env.num_actions, device, **replay)
@@ -179,11 +189,13 @@ def long_run(args, device) -> dict:
     shutil.rmtree(tmp)
     short, stepping = (float(np.median(rates[k])) for k in ("short", "long"))
     long = 1 / (1 / stepping + (run_ckpt + log_ckpt) / CHECKPOINT_EVERY)
+    ieee = {"long_ieee_stepping": significant(float(np.median(rates["long_ieee"])))
+            } if args.agent else {}  # fmt: skip
     return {
         "game": args.game, "num_envs": n, "device": args.device, "fill": args.fill,
-        "threads": torch.get_num_threads(),
+        "threads": torch.get_num_threads(), "agent": args.agent,
         "agent_steps_per_s": {"short": significant(short), "long_stepping": significant(stepping),
-                              "long_with_checkpoints": significant(long)},
+                              "long_with_checkpoints": significant(long), **ieee},
         "seconds_per_100k_steps": {"run_checkpoint": significant(run_ckpt),
                                    "log_checkpoint": significant(log_ckpt)},
         "long_vs_short": significant(long / short),
@@ -201,6 +213,7 @@ def main() -> None:
     ap.add_argument("--log", action="store_true", help="pvn also logs a DQN Replay dataset")
     ap.add_argument("--long", action="store_true", help="a late 1M-step run against a fresh one")
     ap.add_argument("--fill", type=int, default=1_000_000, help="--long: transitions replayed")
+    ap.add_argument("--agent", help="--long: a run checkpoint whose learner the late run resumes")
     args = ap.parse_args()
     device = torch.device(args.device)
     if args.long:

@@ -106,3 +106,28 @@ def test_the_pvn_command_sets_the_wait_policy_before_torch_loads():
     assert wait_policy_from(["pretrain", "x=1"]) == "PASSIVE"
     assert wait_policy_from(["pretrain", "threads.wait_policy=ACTIVE"]) == "ACTIVE"
     assert wait_policy_from(["threads.wait_policy=null"]) == "PASSIVE"
+
+
+@pytest.mark.parametrize("flush", [True, False])
+def test_the_plan_flushes_subnormals_in_every_intra_op_thread(flush):
+    """Subnormal floats (|x| < 2^-126) read as 0 under the plan, in the pool's worker threads
+    too (they inherit the mode from the thread that applied it): 1e-39 * 1 is 0 in every
+    element of a tensor large enough to be split across two threads; without the flush, the
+    IEEE product is 1e-39 everywhere."""
+    code = (
+        "import torch; from pvn.threads import apply, plan_threads\n"
+        f"apply(plan_threads('pretrain', cores=2, overrides={{'flush_denormal': {flush}}}))\n"
+        "assert torch.get_num_threads() == 2\n"
+        "x = torch.full((1 << 22,), 1e-39) * 1.0\n"
+        "print(int((x != 0).sum()), torch.set_flush_denormal(True))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    nonzero, supported = out.stdout.split()
+    if supported != "True":
+        pytest.skip("this CPU has no flush-to-zero mode")
+    assert int(nonzero) == (0 if flush else 1 << 22)
+
+
+def test_flush_denormal_must_be_a_bool():
+    with pytest.raises(ValueError, match=r"threads\.flush_denormal='yes'"):
+        plan_threads("pretrain", cores=2, overrides={"flush_denormal": "yes"})

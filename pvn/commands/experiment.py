@@ -33,15 +33,25 @@ followed by a shell comment naming its stage and the stages it needs), to run el
 evaluations finished so far (``stages.txt`` beside it says which), marking the report stage done
 only once every evaluation is.
 
+On a cluster (``launcher.kind: slurm``, or ``launcher=slurm`` on the command line) the command
+submits every stage that is not done, queued or running as a SLURM job through submitit, with
+the stage graph as job dependencies and each stage kind's resources from ``launcher.resources``,
+and returns (``--wait``: follows the jobs until they end); re-run it after jobs were cancelled,
+failed or timed out and it submits what is missing; ``--status`` adds SLURM's state of each
+stage's job and its log file (:mod:`pvn.experiments.cluster`, docs/cluster.md).
+``launcher.kind: submitit_local`` runs the stages one by one through submitit's local executor.
+``key=value`` arguments override the config (``launcher.resources.pretrain.gpus=1``).
+
 The pieces (:mod:`pvn.experiments`): the plan (config and stage graph), the store of ``out``
 (done markers, commands, times, locks) and the launcher that runs the stages (local: here, as
-subprocesses).
+subprocesses; submitit: as jobs).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
+from pvn.experiments.cluster import SubmititLauncher, job_states, parse_launcher
 from pvn.experiments.launchers import LocalLauncher
 from pvn.experiments.plan import load, stages
 from pvn.experiments.store import Store
@@ -53,9 +63,14 @@ def run(
     print_commands: bool = False,
     status: bool = False,
     report_now: bool = False,
+    overrides: list[str] | None = None,
+    wait: bool = False,
 ) -> int:
-    cfg = load(config_path)
+    cfg = load(config_path, overrides)
+    spec = parse_launcher(cfg.get("launcher"), str(config_path))
     todo = stages(cfg, config_path)
+    if todo[-1].argv:  # the report, as a job, reads the config as this command does
+        todo[-1].argv += overrides or []
     store = Store(cfg["out"], cfg["name"])
     if print_commands:  # printed as they are, to run anywhere; nothing is checked or run
         for s in todo:
@@ -66,6 +81,8 @@ def run(
     if report_now:
         write_report(cfg, todo, Path(config_path))
     elif not status:
-        LocalLauncher().launch(todo, store)
-    print(status_table(todo, store))
+        launcher = LocalLauncher() if spec.kind == "local" else SubmititLauncher(spec, wait)
+        launcher.launch(todo, store)
+    jobs = job_states(todo, store) if spec.kind == "slurm" else None
+    print(status_table(todo, store, jobs))
     return 0

@@ -44,12 +44,24 @@ class Stage:
         return shlex.join(["pvn", *self.argv])
 
 
-def load(path: str | Path) -> dict[str, Any]:
-    """The experiment config, checked: one line naming the key when something is wrong."""
+def load(path: str | Path, overrides: list[str] | None = None) -> dict[str, Any]:
+    """The experiment config, checked: one line naming the key when something is wrong.
+
+    Args:
+        path: the experiment's YAML file.
+        overrides: ``key=value`` strings over it (``launcher=slurm`` for ``launcher.kind``).
+    """
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"{p}: no such experiment config")
-    cfg = OmegaConf.to_container(OmegaConf.load(p), resolve=True)
+    conf = OmegaConf.load(p)
+    dots = [f"launcher.kind={o.split('=', 1)[1]}" if o.startswith("launcher=") else o
+            for o in overrides or []]  # fmt: skip
+    try:
+        conf = OmegaConf.merge(conf, OmegaConf.from_dotlist(dots))
+    except Exception as e:  # a value of the wrong shape for its key: OmegaConf's own words
+        raise ConfigError(f"{p}: overrides {dots}: {str(e).splitlines()[0]}") from None
+    cfg = OmegaConf.to_container(conf, resolve=True)
     for key in ("name", "out", "results", "games", "seeds", "data", "pretrain", "arms"):
         if key not in cfg:
             raise ConfigError(f"{p}: missing key '{key}'")

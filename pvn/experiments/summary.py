@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 
 from pvn.errors import ConfigError
+from pvn.experiments.cluster import LIVE
 from pvn.experiments.plan import Stage, data_dir
 from pvn.experiments.store import Store
 
@@ -41,9 +42,15 @@ def eta_seconds(todo: list[Stage], times: dict[str, float]) -> tuple[float, list
     return left, unknown
 
 
-def status_table(todo: list[Stage], store: Store | None = None) -> str:
+def status_table(
+    todo: list[Stage],
+    store: Store | None = None,
+    jobs: dict[str, tuple[dict[str, Any], str]] | None = None,
+) -> str:
     """Which stages are done, running (by a live runner) and left, with the ETA from the
-    finished stages' times."""
+    finished stages' times; with ``jobs`` (a stage's job record and SLURM's state of it,
+    :func:`pvn.experiments.cluster.job_states`), each unfinished stage's job, its state and,
+    once it ended without finishing, its log."""
     done = [s for s in todo if s.done]
     running = store.running() if store else set()
     lines = [f"{len(done)} of {len(todo)} stages done"]
@@ -53,7 +60,16 @@ def status_table(todo: list[Stage], store: Store | None = None) -> str:
         lines[0] += f"; ETA {left / 3600:.1f} h{note}" if left else f"; ETA unknown{note}"
     for s in todo:
         state = "done" if s.done else "running" if s.name in running else "left"
-        lines.append(f"  {state:7} {s.name}")
+        job = ""
+        if jobs and s.name in jobs and not s.done:
+            record, slurm = jobs[s.name]
+            if slurm in LIVE:
+                state = "running" if slurm == "RUNNING" else "queued"
+            else:  # it ended without the stage's done file: failed, cancelled, timeout, gone
+                state = slurm.lower()
+            job = f"  (job {record['job_id']} {slurm}"
+            job += ")" if slurm in LIVE else f"; log {record['log']})"
+        lines.append(f"  {state:7} {s.name}{job}")
     return "\n".join(lines)
 
 
