@@ -45,8 +45,11 @@ def render() -> str:
             out += [f"### `{group.name}={option.stem}`", "", "```yaml"]
             out += [option.read_text().rstrip(), "```", ""]
     out += ["## Experiments (`pvn experiment`)", ""]
-    out += ["An experiment's `launcher:` section (local, SLURM or submitit's local executor, and",
-            "each stage kind's resources) is described in [the cluster page](cluster.md).", ""]
+    out += [
+        "An experiment's `launcher:` section (local, SLURM or submitit's local executor, and",
+        "each stage kind's resources) is described in [the cluster page](cluster.md).",
+        "",
+    ]
     for exp in sorted((CONFIGS / "experiment").glob("*.yaml")):
         out += [f"### `configs/experiment/{exp.name}`", "", "```yaml", exp.read_text().rstrip()]
         out += ["```", ""]
