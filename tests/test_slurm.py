@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from pvn.cli import main
@@ -144,6 +145,37 @@ def test_a_stage_at_its_time_limit_is_requeued_and_resumes(cluster, tmp_path, do
     assert re.search(r"pvn: resuming pretraining from .*ckpt_0*[1-9]", log.read_text())
 
 
+def test_a_distributed_pretraining_is_one_job_of_two_tasks_equal_to_one_process(
+    cluster, tmp_path, dopamine_fixture
+):
+    """``resources.pretrain.tasks: 2``: each task one worker, torch.distributed initialised
+    from SLURM's environment; the workers end where the same run simulated in one process
+    ends (which tests/test_distributed.py shows equal to torchrun's real processes)."""
+    from pvn.checkpoint import list_checkpoints, load_checkpoint
+    from pvn.experiments.plan import load, stages
+
+    config = _config(tmp_path, dopamine_fixture, "slurm")
+    cfg = yaml.safe_load(Path(config).read_text())
+    rule = ["distributed=monna", "distributed.f=0", "steps=6", "checkpoint_every=6"]
+    cfg["pretrain"]["overrides"] = [*PRETRAIN, *rule]
+    cfg["launcher"]["resources"]["pretrain"] = {"tasks": 2}
+    Path(config).write_text(yaml.safe_dump(cfg))
+    assert main(["experiment", config]) == 0
+    assert _scontrol(_jobs(tmp_path)["pretrain/Breakout"])["NumTasks"] == "2"
+    real = tmp_path / "runs" / "pretrain" / "Breakout"
+    _until(lambda: (real / "done.json").is_file(), 240, "the distributed pretraining")
+    subprocess.run(["scancel", "-u", "root"], check=True)
+    (stage,) = [s for s in stages(load(config)) if s.kind == "pretrain"]
+    sim = tmp_path / "sim"
+    argv = [f"run_dir={sim}" if a.startswith("run_dir=") else a for a in stage.argv]
+    assert main([*argv, "distributed.workers=2"]) == 0
+    a, b = (load_checkpoint(list_checkpoints(r)[-1]) for r in (sim, real))
+    assert len(b["workers"]) == 2
+    for wa, wb in zip(a["workers"], b["workers"], strict=True):
+        for k, v in wa["learner"]["online"].items():
+            torch.testing.assert_close(v, wb["learner"]["online"][k], rtol=1e-5, atol=1e-6)
+
+
 def test_a_failed_stage_names_its_job_and_log(cluster, tmp_path, dopamine_fixture, capsys):
     config = _config(tmp_path, dopamine_fixture, "slurm")
     cfg = yaml.safe_load(Path(config).read_text())
@@ -198,7 +230,8 @@ def test_launcher_config_is_checked_and_merged():
     for raw, msg in [({"kind": "pbs"}, "launcher.kind='pbs'"),
                      ({"resources": {"train": {}}}, "launcher.resources.train"),
                      ({"resources": {"eval": {"gpu": 1}}}, "launcher.resources.eval.gpu"),
-                     ({"resources": {"eval": {"cpus": 0}}}, "launcher.resources.eval: cpus >= 1"),
+                     ({"resources": {"eval": {"cpus": 0}}}, "launcher.resources.eval: cpus, tasks"),
+                     ({"resources": {"eval": {"tasks": 2}}}, "only pretraining runs as several"),
                      ({"nodes": 2}, "launcher.nodes")]:  # fmt: skip
         with pytest.raises(ConfigError, match=re.escape(msg)):
             parse_launcher(raw, "x.yaml")

@@ -47,6 +47,8 @@ class Resources:
     """What one stage's job asks SLURM for (``launcher.resources.<kind>``, over ``default``)."""
 
     cpus: int = 2  # CPUs per task
+    tasks: int = 1  # tasks per node: a `distributed=` pretraining runs one worker per task
+    nodes: int = 1
     gpus: int = 0  # GPUs per node
     mem_gb: float = 8.0
     time_min: int = 24 * 60  # time limit; a stage that reaches it is requeued and resumes
@@ -94,23 +96,39 @@ def parse_launcher(raw: Any, where: str) -> LauncherSpec:
         spec.resources[kind] = dict(res or {})
     for kind in STAGE_KINDS:
         r = spec.for_stage(kind)
-        if r.cpus < 1 or r.gpus < 0 or r.time_min < 1 or r.mem_gb <= 0:
-            raise ConfigError(f"{where}: launcher.resources.{kind}: cpus >= 1, gpus >= 0, "
-                              "time_min >= 1 and mem_gb > 0")  # fmt: skip
+        if min(r.cpus, r.tasks, r.nodes, r.time_min) < 1 or r.gpus < 0 or r.mem_gb <= 0:
+            raise ConfigError(f"{where}: launcher.resources.{kind}: cpus, tasks, nodes and "
+                              "time_min >= 1, gpus >= 0 and mem_gb > 0")  # fmt: skip
+        if r.tasks * r.nodes > 1 and kind != "pretrain":
+            raise ConfigError(f"{where}: launcher.resources.{kind}: only pretraining runs as "
+                              "several tasks (a distributed= run, one worker per task)")  # fmt: skip
     return spec
 
 
 class StageJob:
     """What a job runs: one stage's ``pvn`` command (:func:`run_stage`). Requeued at its time
-    limit (submitit calls :meth:`checkpoint`): the command resumes from its own checkpoints."""
+    limit (submitit calls :meth:`checkpoint`): the command resumes from its own checkpoints.
+
+    In a job of several tasks (``resources.pretrain.tasks``/``nodes``) every task runs the
+    command as one worker of a ``distributed=`` pretraining: torch.distributed's environment
+    (``RANK``, ``WORLD_SIZE``, ``MASTER_ADDR`` = the first node, ``MASTER_PORT`` from the job
+    id, ``LOCAL_RANK``, ``LOCAL_WORLD_SIZE``) is set from SLURM's, as torchrun would set it,
+    and rank 0 marks the stage done."""
 
     def __init__(self, stage: Stage) -> None:
         self.stage = stage
 
     def __call__(self) -> str:
+        import submitit
+
         from pvn.experiments.launchers import run_stage
 
-        run_stage(self.stage)
+        env = submitit.JobEnvironment()
+        if env.num_tasks > 1:  # GPUs stay visible: pvn picks cuda:LOCAL_RANK itself
+            submitit.helpers.TorchDistributedEnvironment().export(
+                set_cuda_visible_devices=False, overwrite=True
+            )
+        run_stage(self.stage, mark_done=env.global_rank == 0)
         return self.stage.name
 
     def checkpoint(self, *args: Any, **kwargs: Any) -> Any:
@@ -206,6 +224,8 @@ class SubmititLauncher:
             "slurm_additional_parameters": {
                 **r.sbatch, **({"dependency": "afterok:" + ":".join(after)} if after else {})},
         }  # fmt: skip
+        if r.tasks * r.nodes > 1:
+            params.update(tasks_per_node=r.tasks, nodes=r.nodes)
         if r.gpus:
             params["gpus_per_node"] = r.gpus
         if r.partition:
@@ -285,6 +305,7 @@ class SubmititLauncher:
                 continue
             r = self.spec.for_stage(s.kind)
             executor.update_parameters(timeout_min=r.time_min, gpus_per_node=r.gpus,
+                                       tasks_per_node=r.tasks * r.nodes,
                                        name=f"pvn:{s.name}")  # fmt: skip
             if s.kind != "report":
                 store.record_command(s)

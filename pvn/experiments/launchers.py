@@ -66,12 +66,13 @@ def _die_with_parent() -> None:
         pass
 
 
-def run_stage(stage: Stage) -> None:
-    """Run one stage as a ``pvn`` subprocess (its own thread plan; a crash stays its own)."""
+def run_stage(stage: Stage, mark_done: bool = True) -> None:
+    """Run one stage as a ``pvn`` subprocess (its own thread plan; a crash stays its own);
+    ``mark_done``: false in the other workers of a multi-task job (rank 0 marks it)."""
     rc = subprocess.call([sys.executable, "-m", "pvn", *stage.argv], preexec_fn=_die_with_parent)
     if rc != 0:
         raise ConfigError(f"stage {stage.name} failed (exit {rc}): {stage.command()}")
-    if stage.kind == "pretrain":  # pretrain resumes into the same dir; mark it complete
+    if stage.kind == "pretrain" and mark_done:  # pretrain resumes into the same dir; mark it complete
         ckpts = list_checkpoints(stage.run_dir)
         done = {"checkpoint": ckpts[-1].name if ckpts else None}
         (stage.run_dir / "done.json").write_text(json.dumps(done))
