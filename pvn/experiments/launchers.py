@@ -72,7 +72,7 @@ def run_stage(stage: Stage, mark_done: bool = True) -> None:
     rc = subprocess.call([sys.executable, "-m", "pvn", *stage.argv], preexec_fn=_die_with_parent)
     if rc != 0:
         raise ConfigError(f"stage {stage.name} failed (exit {rc}): {stage.command()}")
-    if stage.kind == "pretrain" and mark_done:  # pretrain resumes into the same dir; mark it complete
+    if stage.kind == "pretrain" and mark_done:  # it resumes into the same dir: mark it complete
         ckpts = list_checkpoints(stage.run_dir)
         done = {"checkpoint": ckpts[-1].name if ckpts else None}
         (stage.run_dir / "done.json").write_text(json.dumps(done))
