@@ -100,8 +100,8 @@ def parse_launcher(raw: Any, where: str) -> LauncherSpec:
             raise ConfigError(f"{where}: launcher.resources.{kind}: cpus, tasks, nodes and "
                               "time_min >= 1, gpus >= 0 and mem_gb > 0")  # fmt: skip
         if r.tasks * r.nodes > 1 and kind != "pretrain":
-            raise ConfigError(f"{where}: launcher.resources.{kind}: only pretraining runs "
-                              "as several tasks (a distributed= run: a worker per task)")  # fmt: skip
+            why = "only pretraining runs as several tasks (distributed=: a worker per task)"
+            raise ConfigError(f"{where}: launcher.resources.{kind}: {why}")
     return spec
 
 
