@@ -98,13 +98,21 @@ def test_stages_run_as_dependent_jobs_and_a_cancelled_one_is_resubmitted(
     cluster, tmp_path, dopamine_fixture, capsys
 ):
     config = _config(tmp_path, dopamine_fixture, "slurm")
+    cfg = yaml.safe_load(Path(config).read_text())
+    cfg["seeds"] = [0, 1]
+    Path(config).write_text(yaml.safe_dump(cfg))
     assert main(["experiment", config]) == 0
     first = _jobs(tmp_path)
-    assert set(first) == {"pretrain/Breakout", "eval/Breakout/pvn/seed0", "report"}
-    # the plan's edges are SLURM dependencies: the arm after its PVN, the report after the arm
-    ev, rep = _scontrol(first["eval/Breakout/pvn/seed0"]), _scontrol(first["report"])
-    assert ev["Dependency"].startswith(f"afterok:{first['pretrain/Breakout']}")
-    assert rep["Dependency"].startswith(f"afterok:{first['eval/Breakout/pvn/seed0']}")
+    seeds = ["eval/Breakout/pvn/seed0", "eval/Breakout/pvn/seed1"]
+    assert set(first) == {"pretrain/Breakout", *seeds, "report"}
+    # the plan's edges are SLURM dependencies: the arm after its PVN, the report after the arm;
+    # the arm's seeds (one kind, the same prerequisite) are one job array
+    ev = [_scontrol(first[s]) for s in seeds]
+    assert ev[0]["ArrayJobId"] == ev[1]["ArrayJobId"] and first[seeds[1]].endswith("_1")
+    assert all(e["Dependency"].startswith(f"afterok:{first['pretrain/Breakout']}") for e in ev)
+    assert set(re.findall(r"afterok:(\w+)", _scontrol(first["report"])["Dependency"])) == {
+        first[s] for s in seeds
+    }
     capsys.readouterr()
     assert main(["experiment", config]) == 0  # all queued or running: nothing twice
     assert "nothing to submit" in capsys.readouterr().err and _jobs(tmp_path) == first
@@ -115,13 +123,14 @@ def test_stages_run_as_dependent_jobs_and_a_cancelled_one_is_resubmitted(
     table, job = capsys.readouterr().out, first["pretrain/Breakout"]
     assert f"cancelled pretrain/Breakout  (job {job} CANCELLED; log " in table
 
-    assert main(["experiment", config, "--wait"]) == 0  # resubmits all three and follows them
+    assert main(["experiment", config, "--wait"]) == 0  # resubmits all four and follows them
     second = _jobs(tmp_path)
     assert not set(second.values()) & set(first.values())
-    assert "3 of 3 stages done" in capsys.readouterr().out
-    pvn_done = tmp_path / "runs" / "pretrain" / "Breakout" / "done.json"
-    arm_started = tmp_path / "runs" / "eval" / "Breakout" / "pvn" / "seed0" / "config.yaml"
-    assert pvn_done.stat().st_mtime <= arm_started.stat().st_mtime  # the dependency held
+    assert "4 of 4 stages done" in capsys.readouterr().out
+    pvn_done = (tmp_path / "runs" / "pretrain" / "Breakout" / "done.json").stat().st_mtime
+    for seed in (0, 1):  # the dependency held
+        arm = tmp_path / "runs" / "eval" / "Breakout" / "pvn" / f"seed{seed}" / "config.yaml"
+        assert pvn_done <= arm.stat().st_mtime
     assert main(["experiment", config]) == 0
     assert "nothing to submit" in capsys.readouterr().err and _jobs(tmp_path) == second
 

@@ -247,36 +247,43 @@ class SubmititLauncher:
 
     def _submit(self, todo: list[Stage], store: Store) -> list[Stage]:
         """Submit every stage that is neither done nor queued or running, each depending on the
-        jobs of its unfinished prerequisites; returns the stages with a live job."""
+        jobs of its unfinished prerequisites; like stages (one kind, the same prerequisites:
+        an arm's seeds after their PVN) go as one job array. Returns the stages with a live
+        job."""
         book, executor = JobBook(store), self._executor(store, "slurm")
         live: dict[str, str] = {}  # stage -> job id, queued or running
         for name, (record, state) in job_states(todo, store).items():
             if state in LIVE:
                 live[name] = record["job_id"]
-        new = 0
-        for s in todo:
-            if s.done or s.name in live:
-                continue
-            after = [live[a] for a in s.after if a in live]
-            missing = [a for a in s.after if a not in live and not _done(todo, a)]
-            if missing:  # cannot happen in the plan's order; guard against a changed plan
-                raise ConfigError(f"stage {s.name}: needs {missing[0]}, which is neither done "
-                                  "nor queued")  # fmt: skip
-            executor.update_parameters(**self._params(s, after))
-            if s.kind != "report":
-                store.record_command(s)
+        groups: dict[tuple[str, tuple[str, ...]], list[Stage]] = {}
+        for s in todo:  # in order of first appearance: prerequisites come first (see below)
+            if not s.done and s.name not in live:
+                groups.setdefault((s.kind, tuple(s.after)), []).append(s)
+        # A group's stages share their prerequisites, which precede its first stage in the
+        # plan's order, so their own groups were submitted before it.
+        for (_, needs), group in groups.items():
+            after = [live[a] for a in needs if a in live]
+            if missing := [a for a in needs if a not in live and not _done(todo, a)]:
+                raise ConfigError(f"stage {group[0].name}: needs {missing[0]}, which is neither "
+                                  "done nor queued")  # fmt: skip
+            executor.update_parameters(**self._params(group[0], after))
+            for s in group:
+                if s.kind != "report":
+                    store.record_command(s)
             try:
-                job = executor.submit(StageJob(s))
+                with executor.batch():  # one job array (a single job when alone)
+                    jobs = [executor.submit(StageJob(s)) for s in group]
             except Exception as e:  # sbatch refused: its own words, on one line
                 why = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
-                raise ConfigError(f"stage {s.name}: sbatch refused the job: {why}") from None
-            live[s.name] = job.job_id
-            book.put(s, {"job_id": job.job_id, "log": str(job.paths.stderr),
-                         "submitted": time.time(), "after": after})  # fmt: skip
-            new += 1
-            print(f"pvn experiment: submitted {s.name} as job {job.job_id}"
-                  + (f" (after {' '.join(after)})" if after else ""), file=sys.stderr)  # fmt: skip
-        if not new:
+                raise ConfigError(f"stage {group[0].name}: sbatch refused the job: {why}") from None
+            for s, job in zip(group, jobs, strict=True):
+                live[s.name] = job.job_id
+                book.put(s, {"job_id": job.job_id, "log": str(job.paths.stderr),
+                             "submitted": time.time(), "after": after})  # fmt: skip
+                print(f"pvn experiment: submitted {s.name} as job {job.job_id}"
+                      + (f" (after {' '.join(after)})" if after else ""),
+                      file=sys.stderr)  # fmt: skip
+        if not groups:
             print("pvn experiment: nothing to submit (every stage is done, queued or running)",
                   file=sys.stderr)  # fmt: skip
         return [s for s in todo if s.name in live]
