@@ -17,11 +17,12 @@ from omegaconf import DictConfig, OmegaConf
 from pvn.agents.control import EvalConfig
 from pvn.agents.dqn import DQN, DQNConfig, end_to_end_dqn
 from pvn.agents.linear_dqn import LinearDQN
+from pvn.auxiliary import TaskFamily, build_tasks
 from pvn.checkpoint import load_checkpoint, resolve_checkpoint
 from pvn.encoder import load_encoder
 from pvn.errors import CheckpointError, ConfigError
 from pvn.networks import torso_from_spec
-from pvn.settings import section
+from pvn.settings import option_defaults, section
 
 #: ``encoder=`` values that name no pretrained run, and their report labels (else "pvn")
 METHODS = {"random": "random", "e2e": "dqn"}
@@ -128,3 +129,20 @@ def trained_agent(
     agent.load_state_dict(state)
     agent.network.eval()
     return agent, encoder
+
+
+def tasks_option(name: str, gen: torch.Generator, **overrides) -> TaskFamily:
+    """The ``tasks=<name>`` option's family for Python callers: its values from
+    ``configs/tasks/<name>.yaml`` (their one home), ``overrides`` over them.
+
+    Args:
+        name: the option (indicator_rnd, indicator_hash, random_cumulants, reward).
+        gen: the generator its random parts are drawn from.
+        **overrides: values over the option's, e.g. ``num_tasks=100``.
+
+    Returns:
+        The :class:`pvn.auxiliary.TaskFamily`.
+    """
+    values = {**option_defaults("tasks", name), **overrides}
+    values.pop("name")
+    return build_tasks(name, gen, **values)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from pvn.auxiliary import build_tasks
+from pvn.builders import tasks_option
 from pvn.learner import PVNLearner, TDConfig, td_target
 from pvn.networks import MultiTaskHead, PVNNetwork, build_torso
 from pvn.optim import build_optimizer
@@ -49,7 +49,7 @@ def test_learns_the_closed_form_successor_measure(ale_episodes, center):
     frames = torch.from_numpy(_distinct_frames(ale_episodes, K))
     stacks = frames[:, None].expand(K, 4, 84, 84).contiguous()  # a state's stack: its frame x4
     gen = torch.Generator().manual_seed(0)
-    tasks = build_tasks("indicator_hash", gen, num_tasks=8, target_proportion=0.5)
+    tasks = tasks_option("indicator_hash", gen, num_tasks=8, target_proportion=0.5)
     r = tasks(stacks, torch.zeros(K)).rewards.numpy().astype(np.float64)  # (K, tasks)
     assert 0 < r.mean() < 1
     P = np.zeros((K, K))
@@ -86,7 +86,7 @@ def test_learns_the_closed_form_successor_measure(ale_episodes, center):
 def test_terminal_transitions_do_not_bootstrap(aggregate):
     """With every transition terminal, each head learns exactly its reward."""
     gen = torch.Generator().manual_seed(1)
-    tasks = build_tasks("reward", gen)
+    tasks = tasks_option("reward", gen)
     torso = build_torso("nature", gen, feature_dim=32)
     net = PVNNetwork(torso, MultiTaskHead(32, 1, 3, gen))
     opt = build_optimizer({"name": "sgd", "lr": 0.05}, net.parameters())

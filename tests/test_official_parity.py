@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 
-from pvn.auxiliary import build_tasks
+from pvn.builders import tasks_option
 from pvn.commands.evaluate import agent_for
 from pvn.config import load_config
 from pvn.networks.torsos import SamePool
@@ -181,7 +181,7 @@ def test_official_hash_matches_the_pvn_codes_integer_rule(ale_episodes):
     order, each uint8 x uint16 product wrapped to 16 bits and folded once by the Mersenne shift,
     the folded sum plus a_0 folded once more (not reduced mod P), fires when that is 0 mod m."""
     gen = torch.Generator().manual_seed(5)
-    fam = build_tasks("indicator_hash", gen, num_tasks=3, target_proportion=0.01)
+    fam = tasks_option("indicator_hash", gen, num_tasks=3, target_proportion=0.01)
     assert fam.variant == "official" and fam.bins == 100
     x = _batch(ale_episodes, 5).observation
     got = fam(x, torch.zeros(len(x))).rewards

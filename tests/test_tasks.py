@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from pvn.auxiliary import build_tasks
 from pvn.auxiliary.init import same_pad
 from pvn.auxiliary.random_nets import RandomConvNets
+from pvn.builders import tasks_option
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +49,7 @@ def test_rnd_indicators_calibrate_to_the_target_proportion(stacks):
     and the test below.)"""
     p = 0.1
     gen = torch.Generator().manual_seed(0)
-    fam = build_tasks("indicator_rnd", gen, num_tasks=20, tasks_per_module=10, target_proportion=p)
+    fam = tasks_option("indicator_rnd", gen, num_tasks=20, tasks_per_module=10, target_proportion=p)
     assert [n for n, q in fam.named_parameters() if q.requires_grad] == ["bias"]
     frozen = {k: v.clone() for k, v in fam.state_dict().items() if k != "bias"}
     opt = torch.optim.SGD([fam.bias], lr=0.02)
@@ -83,7 +84,7 @@ def test_final_relu_makes_some_indicators_uncalibratable(stacks):
 def test_exact_hash_matches_integer_arithmetic(stacks):
     """h_i(x) = ((a_i0 + sum_j a_ij x_j) mod P) mod m, checked with Python's exact integers."""
     gen = torch.Generator().manual_seed(3)
-    fam = build_tasks("indicator_hash", gen, num_tasks=4, target_proportion=0.2, variant="exact")
+    fam = tasks_option("indicator_hash", gen, num_tasks=4, target_proportion=0.2, variant="exact")
     x = stacks[::50][:6]
     got = fam(x, torch.zeros(len(x))).rewards
     coef = fam.coefficients.tolist()
@@ -98,7 +99,7 @@ def test_exact_hash_matches_integer_arithmetic(stacks):
 @pytest.mark.slow
 def test_hash_fires_at_about_p(stacks):
     gen = torch.Generator().manual_seed(4)
-    fam = build_tasks("indicator_hash", gen, num_tasks=50, target_proportion=0.1)
+    fam = tasks_option("indicator_hash", gen, num_tasks=50, target_proportion=0.1)
     rate = fam(stacks, torch.zeros(len(stacks))).rewards.mean()
     # 50 tasks x ~1000 stacks (correlated frames): a loose binomial bound around p
     assert abs(float(rate) - 0.1) < 0.02
@@ -107,25 +108,42 @@ def test_hash_fires_at_about_p(stacks):
 
 def test_only_indicator_families_have_a_base_rate():
     gen = torch.Generator().manual_seed(0)
-    assert build_tasks("indicator_rnd", gen, num_tasks=10, target_proportion=0.05).base_rate == 0.05
-    assert build_tasks("random_cumulants", gen, num_tasks=10).base_rate is None
-    assert build_tasks("reward", gen).base_rate is None
+    assert (
+        tasks_option("indicator_rnd", gen, num_tasks=10, target_proportion=0.05).base_rate == 0.05
+    )
+    assert tasks_option("random_cumulants", gen, num_tasks=10).base_rate is None
+    assert tasks_option("reward", gen).base_rate is None
 
 
 def test_random_cumulants_and_reward():
     gen = torch.Generator().manual_seed(0)
     obs = torch.randint(0, 255, (4, 4, 84, 84), dtype=torch.uint8)
-    cum = build_tasks("random_cumulants", gen, num_tasks=10)(obs, torch.zeros(4)).rewards
+    cum = tasks_option("random_cumulants", gen, num_tasks=10)(obs, torch.zeros(4)).rewards
     assert cum.shape == (4, 10) and cum.abs().max() < 1 and cum.std() > 0
-    rew = build_tasks("reward", gen)(obs, torch.tensor([1.0, 0.0, -1.0, 0.5])).rewards
+    rew = tasks_option("reward", gen)(obs, torch.tensor([1.0, 0.0, -1.0, 0.5])).rewards
     assert rew[:, 0].tolist() == [1.0, 0.0, -1.0, 0.5]
 
 
 def test_bad_family_arguments():
     gen = torch.Generator()
     with pytest.raises(ValueError, match="multiple of"):
-        build_tasks("indicator_rnd", gen, num_tasks=15, tasks_per_module=10)
+        tasks_option("indicator_rnd", gen, num_tasks=15, tasks_per_module=10)
     with pytest.raises(ValueError, match="exactly 1 task"):
-        build_tasks("reward", gen, num_tasks=3)
+        tasks_option("reward", gen, num_tasks=3)
     with pytest.raises(ValueError, match="unknown"):
         build_tasks("nope", gen, num_tasks=3)
+
+
+def test_a_task_familys_defaults_live_in_its_option_file_alone():
+    """Every value a ``tasks=`` option sets is a required argument of its family (no second
+    default in Python), and the option's file builds the family as it stands."""
+    import inspect
+
+    from pvn.auxiliary import CALIBRATION_KEYS, FAMILIES
+    from pvn.settings import option_defaults
+
+    for name, cls in FAMILIES.items():
+        params = inspect.signature(cls).parameters
+        for key in set(option_defaults("tasks", name)) - {"name", *CALIBRATION_KEYS}:
+            assert params[key].default is inspect.Parameter.empty, f"{name}.{key}"
+        assert tasks_option(name, torch.Generator()).num_tasks >= 1

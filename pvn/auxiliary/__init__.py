@@ -18,11 +18,29 @@ FAMILIES: dict[str, type[TaskFamily]] = {
 }
 
 
-def build_tasks(name: str, gen: torch.Generator, **kwargs) -> TaskFamily:
-    """A task family by registry name, its random parts drawn from ``gen``."""
+#: keys of a ``tasks=`` option that configure the pretraining's calibration, not the family
+CALIBRATION_KEYS = ("calibration_optimizer", "calibration_lr", "calibration_decay")
+
+
+def build_tasks(name: str, gen: torch.Generator, **values) -> TaskFamily:
+    """A task family by registry name, its random parts drawn from ``gen``.
+
+    Args:
+        name: the family (the ``tasks=`` option: indicator_rnd, indicator_hash, ...).
+        gen: the generator its random networks or hash keys are drawn from.
+        **values: every value of the family (the ``tasks:`` section); the defaults live in
+            ``configs/tasks/<name>.yaml`` alone (:func:`pvn.builders.tasks_option` fills them
+            in for Python callers); the calibration's keys are ignored here.
+
+    Returns:
+        The :class:`TaskFamily`; an unknown name or value raises ``ValueError``, a missing or
+        unknown key ``TypeError``.
+    """
     if name not in FAMILIES:
         raise ValueError(f"tasks={name!r}: unknown; choose one of {sorted(FAMILIES)}")
-    return FAMILIES[name](gen=gen, **kwargs)
+    for key in ("name", *CALIBRATION_KEYS):
+        values.pop(key, None)
+    return FAMILIES[name](gen, **values)
 
 
-__all__ = ["FAMILIES", "TaskFamily", "TaskOutput", "build_tasks"]
+__all__ = ["CALIBRATION_KEYS", "FAMILIES", "TaskFamily", "TaskOutput", "build_tasks"]

@@ -32,11 +32,12 @@ class IndicatorHash(TaskFamily):
 
     def __init__(
         self,
-        num_tasks: int,
         gen: torch.Generator,
-        target_proportion: float = 0.01,
+        *,
+        num_tasks: int,
+        target_proportion: float,
+        variant: str,
         input_shape: tuple[int, ...] = (4, 84, 84),
-        variant: str = "official",
     ) -> None:
         super().__init__()
         if variant not in VARIANTS:

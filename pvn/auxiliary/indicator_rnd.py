@@ -33,12 +33,13 @@ class IndicatorRND(TaskFamily):
 
     def __init__(
         self,
-        num_tasks: int,
         gen: torch.Generator,
-        tasks_per_module: int = 10,
-        target_proportion: float = 0.01,
-        final_relu: bool = False,
-        calibration_reduce: str = "sum",
+        *,
+        num_tasks: int,
+        tasks_per_module: int,
+        target_proportion: float,
+        final_relu: bool,
+        calibration_reduce: str,
     ) -> None:
         super().__init__()
         if calibration_reduce not in ("sum", "mean"):

@@ -14,7 +14,7 @@ from pvn.auxiliary.random_nets import RandomConvNets
 
 
 class RandomCumulants(TaskFamily):
-    def __init__(self, num_tasks: int, gen: torch.Generator, tasks_per_module: int = 10) -> None:
+    def __init__(self, gen: torch.Generator, *, num_tasks: int, tasks_per_module: int) -> None:
         super().__init__()
         self.num_tasks = num_tasks
         self.nets = RandomConvNets.for_tasks(num_tasks, tasks_per_module, gen, False)

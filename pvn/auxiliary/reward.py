@@ -11,7 +11,7 @@ class LoggedReward(TaskFamily):
     state_based = False
     cacheable = False
 
-    def __init__(self, num_tasks: int = 1, gen: torch.Generator | None = None) -> None:
+    def __init__(self, gen: torch.Generator | None = None, *, num_tasks: int) -> None:
         super().__init__()
         if num_tasks != 1:
             raise ValueError(f"tasks.num_tasks={num_tasks}: the reward family has exactly 1 task")
