@@ -8,9 +8,23 @@ from collections.abc import Callable
 from tqdm.auto import tqdm
 
 
-def bar(total: int | None, desc: str, unit: str, enabled: bool = True, **kw) -> tqdm:
+class Bar(tqdm):
+    """A tqdm bar whose rate and ETA can be measured afresh when the pace changes."""
+
+    def restart_rate(self, done: int) -> None:
+        """Measure the rate and ETA from here on, with ``done`` already done: after a resume
+        (the steps done before it took no time here), or when a phase at another speed begins
+        (an agent's learning after its random warm-up). Otherwise the rate mixes the two and
+        the ETA is wrong for as long as the smoothing remembers the first phase."""
+        self.reset()
+        self.initial = self.n = self.last_print_n = done
+        if not self.disable:
+            self.refresh()
+
+
+def bar(total: int | None, desc: str, unit: str, enabled: bool = True, **kw) -> Bar:
     """A tqdm bar showing rate and ETA; a no-op object when ``enabled`` is false."""
-    return tqdm(
+    return Bar(
         total=total,
         desc=desc,
         unit=unit,

@@ -401,3 +401,28 @@ def test_paper_preset_scores_by_its_final_evaluation(tmp_path, capsys):
     final = np.mean(res["evaluations"][-1]["returns"])
     text = (out / "report.md").read_text()
     assert f"| {final:.1f} | final evaluation (10 episodes) |" in text
+
+
+def test_progress_rate_counts_from_the_resume_and_again_from_learning():
+    """tqdm's rate is (n - initial) / elapsed until its smoothing has samples: after a resume
+    at step 400 the bar starts there (not 400 steps in no time), and when learning starts at
+    ``min_replay`` (600) the warm-up's fast random steps leave the rate and the ETA."""
+    import io
+    from types import SimpleNamespace
+
+    from pvn.agents.control import Progress
+    from pvn.progress import bar
+
+    pbar = bar(1000, "evaluate", "step", file=io.StringIO())
+    cb = Progress(pbar)
+    loop = SimpleNamespace(step=400, agent=SimpleNamespace(cfg=DQNConfig(min_replay=600)))
+    cb.on_start(loop, {})
+    assert (pbar.n, pbar.initial) == (400, 400)
+    for _ in range(5):  # 50 envs: 450, ..., 650; learning starts within the step to 600
+        loop.step += 50
+        cb.on_step(loop, SimpleNamespace(live=range(50)))
+        if loop.step < 600:
+            assert (pbar.n, pbar.initial) == (loop.step, 400)
+    assert (pbar.n, pbar.initial) == (650, 600)
+    assert pbar.format_dict["rate"] is None  # no sample of the new pace yet: no stale rate
+    pbar.close()

@@ -259,17 +259,22 @@ class Logs(Callback):
 
 
 class Progress(Callback):
-    """Advances a progress bar (``update(n)``) by the agent steps taken."""
+    """Advances a progress bar by the agent steps taken; its rate and ETA count from the start
+    of this process (a resume) and again from the first update (the random warm-up before
+    ``min_replay`` runs many times faster than learning)."""
 
-    def __init__(self, pbar) -> None:
+    def __init__(self, pbar) -> None:  # a :class:`pvn.progress.Bar`
         self.pbar = pbar
 
     def on_start(self, loop: Loop, resume: dict[str, Any] | None) -> None:
-        if loop.step:
-            self.pbar.update(loop.step)
+        self.pbar.restart_rate(loop.step)
 
     def on_step(self, loop: Loop, step: Step) -> None:
-        self.pbar.update(len(step.live))
+        before = loop.step - len(step.live)
+        if before < loop.agent.cfg.min_replay <= loop.step:  # learning starts: a new pace
+            self.pbar.restart_rate(loop.step)
+        else:
+            self.pbar.update(len(step.live))
 
 
 class ReplayLog(Callback):
