@@ -11,6 +11,7 @@ import json
 import os
 import re
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -265,3 +266,19 @@ def test_status_shows_each_jobs_state_and_the_log_of_an_ended_one(tmp_path):
     table = status_table([a, b], None, jobs).splitlines()
     assert table[1:] == ["  timeout pretrain/X  (job 7 TIMEOUT; log /l/7_0_log.err)",
                          "  queued  eval/X/pvn/seed0  (job 8 PENDING)"]  # fmt: skip
+
+
+def test_submitit_logs_to_the_streams_of_the_moment():
+    """Imported by pvn, submitit binds no handler to the streams of its import (a test's or a
+    notebook cell's, closed soon after): a later submitit warning raises nothing."""
+    code = (
+        "import io, sys\n"
+        "sys.stderr = io.StringIO()\n"
+        "from pvn.experiments.cluster import _submitit\n"
+        "_submitit()\n"
+        "sys.stderr.close(); sys.stderr = sys.__stderr__\n"
+        "import logging; logging.getLogger('submitit').warning('still here')\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0 and "Logging error" not in out.stderr
+    assert "still here" in out.stderr

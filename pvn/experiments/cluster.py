@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import getpass
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -137,6 +138,22 @@ class StageJob:
         return submitit.helpers.DelayedSubmission(StageJob(self.stage))
 
 
+def _submitit() -> Any:
+    """submitit, imported without its logging set-up unless the user asked for one
+    (``SUBMITIT_LOG_LEVEL``): at import it binds handlers to the ``sys.stdout`` and
+    ``sys.stderr`` of that moment, which in a notebook cell or a test are streams closed soon
+    after, so every later submitit log line raised. Its jobs, started afresh, still log."""
+    if "submitit" not in sys.modules and "SUBMITIT_LOG_LEVEL" not in os.environ:
+        os.environ["SUBMITIT_LOG_LEVEL"] = "NOCONFIG"
+        try:
+            import submitit
+        finally:
+            del os.environ["SUBMITIT_LOG_LEVEL"]
+    import submitit
+
+    return submitit
+
+
 def _signal_delay_s(time_min: int) -> int:
     """Seconds before the limit at which SLURM warns the job (USR2: checkpoint and requeue).
     slurmctld sends it at its 30 s periodic check once within the delay, so the warning can
@@ -210,8 +227,7 @@ class SubmititLauncher:
         self.spec, self.wait = spec, wait
 
     def _executor(self, store: Store, cluster: str) -> Any:
-        import submitit
-
+        submitit = _submitit()
         folder = Path(self.spec.folder) if self.spec.folder else store.out / "jobs" / "logs"
         kwargs = {"slurm_max_num_timeout": self.spec.max_requeues} if cluster == "slurm" else {}
         return submitit.AutoExecutor(folder=folder / "%j", cluster=cluster, **kwargs)
