@@ -45,7 +45,20 @@ POLL_SECONDS = 2.0
 
 @dataclass
 class Resources:
-    """What one stage's job asks SLURM for (``launcher.resources.<kind>``, over ``default``)."""
+    """What one stage's job asks SLURM for (``launcher.resources.<kind>``, over ``default``).
+
+    Args:
+        cpus: CPUs per task.
+        tasks: tasks per node; more than one only for a ``distributed=`` pretraining, one
+            worker per task.
+        nodes: nodes of the job.
+        gpus: GPUs per node.
+        mem_gb: memory per node.
+        time_min: the time limit; at it the job is requeued and its stage resumes.
+        partition: the SLURM partition (``None``: the cluster's default).
+        account: the account charged (``None``: the user's default).
+        sbatch: any other sbatch option, ``{option: value}`` (``{qos: high}``).
+    """
 
     cpus: int = 2  # CPUs per task
     tasks: int = 1  # tasks per node: a `distributed=` pretraining runs one worker per task
@@ -221,7 +234,13 @@ def job_states(todo: list[Stage], store: Store) -> dict[str, tuple[dict[str, Any
 class SubmititLauncher:
     """Runs the stages as submitit jobs: all queued at once with dependencies on SLURM (and,
     with ``wait``, followed until they end), one after another with submitit's local
-    executor."""
+    executor.
+
+    Args:
+        spec: the experiment's ``launcher:`` section (:func:`parse_launcher`).
+        wait: on SLURM, follow the jobs until every stage is done (a job that ends without
+            finishing its stage is a one-line :class:`pvn.errors.ConfigError`).
+    """
 
     def __init__(self, spec: LauncherSpec, wait: bool = False) -> None:
         self.spec, self.wait = spec, wait
