@@ -153,8 +153,11 @@ def test_pretraining_on_a_store_equals_pretraining_on_the_logs(dopamine_copy, tm
     b = _pretrain(tmp_path / "store", tmp_path / "b")
     assert a.keys() == b.keys()
     assert a.pop("sampler") == b.pop("sampler")  # the same draws
+    # the same frames (bit for bit: tests above): the same weights up to float summation order.
+    # Once, in a full suite run, the two processes differed in the last bits (not reproduced
+    # alone or in 150 neighbouring tests); different data move weights by a learning step.
     for k in a:
-        assert torch.equal(a[k], b[k]), k
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-6, msg=k)
 
 
 def test_conversion_resumes_without_redoing_a_checkpoint(dopamine_copy, tmp_path, monkeypatch):
