@@ -139,7 +139,7 @@ def _flatten(cfg: DictConfig, values: dict[str, Any], name: str) -> list[tuple[s
             elif path in leaves:
                 out.append((path, value))
             else:
-                raise ConfigError(f"unknown key '{path}'{_did_you_mean(path, leaves)}; "
+                raise ConfigError(f"unknown key '{path}'{did_you_mean(path, leaves)}; "
                                   f"`pvn {name} --help` lists the keys")  # fmt: skip
 
     walk(values, "")
@@ -160,7 +160,7 @@ def _load(name: str, overrides: list[str]) -> DictConfig:
     defaults = dict(_leaves(base))
     for key, value in _parsed(name, overrides):
         if key not in keys and key not in groups and key not in base:
-            raise ConfigError(f"pvn {name}: unknown key '{key}'{_did_you_mean(key, keys)}; "
+            raise ConfigError(f"pvn {name}: unknown key '{key}'{did_you_mean(key, keys)}; "
                               f"`pvn {name} --help` lists the keys")  # fmt: skip
         if key in defaults and not _type_ok(defaults[key], value):
             want = type(defaults[key]).__name__
@@ -168,7 +168,7 @@ def _load(name: str, overrides: list[str]) -> DictConfig:
     return _typed(_compose(name, overrides), defaults)
 
 
-def _did_you_mean(word: str, choices: Any) -> str:
+def did_you_mean(word: str, choices: Any) -> str:
     close = difflib.get_close_matches(word, sorted(choices), n=3, cutoff=0.6)
     return f" (did you mean {' or '.join(repr(c) for c in close)}?)" if close else ""
 
@@ -181,7 +181,7 @@ def _check_option(name: str, group: str, option: str) -> None:
     if option not in options:
         listed = ", ".join(sorted(options))
         raise ConfigError(f"pvn {name}: {group}={option!r}: no such option; choose one of "
-                          f"{listed}{_did_you_mean(option, options)}")  # fmt: skip
+                          f"{listed}{did_you_mean(option, options)}")  # fmt: skip
 
 
 def _parsed(name: str, overrides: list[str]) -> list[tuple[str, Any]]:

@@ -239,7 +239,7 @@ def test_launcher_config_is_checked_and_merged():
     assert ev == Resources(cpus=4, time_min=60, sbatch={"qos": "low"})
     for raw, msg in [({"kind": "pbs"}, "launcher.kind='pbs'"),
                      ({"resources": {"train": {}}}, "launcher.resources.train"),
-                     ({"resources": {"eval": {"gpu": 1}}}, "launcher.resources.eval.gpu"),
+                     ({"resources": {"eval": {"gpu": 1}}}, "gpu: unknown (did you mean 'gpus'?)"),
                      ({"resources": {"eval": {"cpus": 0}}}, "launcher.resources.eval: cpus, tasks"),
                      ({"resources": {"eval": {"tasks": 2}}}, "only pretraining runs as several"),
                      ({"nodes": 2}, "launcher.nodes")]:  # fmt: skip

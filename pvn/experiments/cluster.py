@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pvn.config import did_you_mean
 from pvn.errors import ConfigError
 from pvn.experiments.plan import Stage
 from pvn.experiments.store import Store
@@ -95,18 +96,21 @@ def parse_launcher(raw: Any, where: str) -> LauncherSpec:
         raise ConfigError(f"{where}: launcher: give a mapping (kind, folder, resources)")
     known = set(LauncherSpec.__dataclass_fields__)
     if bad := sorted(set(raw) - known):
-        raise ConfigError(f"{where}: launcher.{bad[0]}: unknown; choose from {sorted(known)}")
+        raise ConfigError(f"{where}: launcher.{bad[0]}: unknown{did_you_mean(bad[0], known)}; "
+                          f"choose from {sorted(known)}")  # fmt: skip
     spec = LauncherSpec(**{**raw, "resources": {}})
     if spec.kind not in KINDS:
         raise ConfigError(f"{where}: launcher.kind={spec.kind!r}: choose one of {KINDS}")
     fields = set(Resources.__dataclass_fields__)
     for kind, res in (raw.get("resources") or {}).items():
         if kind not in ("default", *STAGE_KINDS):
-            raise ConfigError(f"{where}: launcher.resources.{kind}: choose default or one of "
-                              f"{STAGE_KINDS}")  # fmt: skip
+            hint = did_you_mean(kind, ("default", *STAGE_KINDS))
+            raise ConfigError(f"{where}: launcher.resources.{kind}: unknown{hint}; choose "
+                              f"default or one of {STAGE_KINDS}")  # fmt: skip
         if bad := sorted(set(res or {}) - fields):
-            raise ConfigError(f"{where}: launcher.resources.{kind}.{bad[0]}: unknown; choose "
-                              f"from {sorted(fields)}")  # fmt: skip
+            hint = did_you_mean(bad[0], fields)
+            raise ConfigError(f"{where}: launcher.resources.{kind}.{bad[0]}: unknown{hint}; "
+                              f"choose from {sorted(fields)}")  # fmt: skip
         spec.resources[kind] = dict(res or {})
     for kind in STAGE_KINDS:
         r = spec.for_stage(kind)
