@@ -19,8 +19,9 @@ metrics. A long run also writes a run checkpoint (the whole replay) and a log ch
 
     long rate = 1 / (1 / stepping rate at --fill + (run checkpoint + log checkpoint) / 100k)
 
-A late run's learner is a fresh one unless ``--agent`` names a run checkpoint of a long
-``eval_preset=dopamine_dqn`` run (its ``loop.agent``: learned weights and RMSProp state). With
+A late run's learner is a fresh one unless ``--agent`` names a checkpoint of a long
+``eval_preset=dopamine_dqn`` run (a run checkpoint's ``loop.agent`` or a final checkpoint's
+``agent``: learned weights and RMSProp state; ``--game`` must be the run's). With
 it, a third mode ``long_ieee`` runs the late run with subnormal floats computed as IEEE says,
 against pvn's thread plan, which flushes them to zero (``threads.flush_denormal``): RMSProp's
 state of dead units decays through the subnormal range, where x86 is ~100x slower.
@@ -164,7 +165,8 @@ def long_run(args, device) -> dict:
         late = _filled_state(env, _agent(env.num_actions, device, **replay), args.fill, 0)
         rates: dict[str, list[float]] = {"short": [], "long": []}
         if args.agent:
-            late["agent"] = torch.load(args.agent, weights_only=True, mmap=True)["loop"]["agent"]
+            saved = torch.load(args.agent, weights_only=True, mmap=True)  # a run's or its final
+            late["agent"] = saved["loop"]["agent"] if "loop" in saved else saved["agent"]
             rates["long_ieee"] = []
         for r in range(args.rounds):
             for mode in rates:
