@@ -21,10 +21,10 @@ metrics. A long run also writes a run checkpoint (the whole replay) and a log ch
 
 A late run's learner is a fresh one unless ``--agent`` names a checkpoint of a long
 ``eval_preset=dopamine_dqn`` run (a run checkpoint's ``loop.agent`` or a final checkpoint's
-``agent``: learned weights and RMSProp state; ``--game`` must be the run's). With
-it, a third mode ``long_ieee`` runs the late run with subnormal floats computed as IEEE says,
-against pvn's thread plan, which flushes them to zero (``threads.flush_denormal``): RMSProp's
-state of dead units decays through the subnormal range, where x86 is ~100x slower.
+``agent``: learned weights and RMSProp state; ``--game`` must be the run's). Subnormal floats
+are flushed to zero, as pvn's thread plan does (``threads.flush_denormal``); the mode is a
+thread's and its pool's, so flushed and IEEE runs are compared in separate processes
+(docs/benchmarks.md).
 
     python scripts/bench_dqn.py [--steps 3000] [--num-envs 8] [--device cpu] [--log]
     python scripts/bench_dqn.py --long [--fill 1000000] [--steps 3000] [--agent CKPT]
@@ -167,10 +167,8 @@ def long_run(args, device) -> dict:
         if args.agent:
             saved = torch.load(args.agent, weights_only=True, mmap=True)  # a run's or its final
             late["agent"] = saved["loop"]["agent"] if "loop" in saved else saved["agent"]
-            rates["long_ieee"] = []
         for r in range(args.rounds):
             for mode in rates:
-                torch.set_flush_denormal(mode != "long_ieee")  # pvn's plan flushes them
                 resume = late if mode != "short" else None
                 start = late["step"] if resume else 0
                 cfg = EvalConfig(**{**vars(base), "steps": start + args.steps})
@@ -191,13 +189,11 @@ def long_run(args, device) -> dict:
     shutil.rmtree(tmp)
     short, stepping = (float(np.median(rates[k])) for k in ("short", "long"))
     long = 1 / (1 / stepping + (run_ckpt + log_ckpt) / CHECKPOINT_EVERY)
-    ieee = {"long_ieee_stepping": significant(float(np.median(rates["long_ieee"])))
-            } if args.agent else {}  # fmt: skip
     return {
         "game": args.game, "num_envs": n, "device": args.device, "fill": args.fill,
         "threads": torch.get_num_threads(), "agent": args.agent,
         "agent_steps_per_s": {"short": significant(short), "long_stepping": significant(stepping),
-                              "long_with_checkpoints": significant(long), **ieee},
+                              "long_with_checkpoints": significant(long)},
         "seconds_per_100k_steps": {"run_checkpoint": significant(run_ckpt),
                                    "log_checkpoint": significant(log_ckpt)},
         "long_vs_short": significant(long / short),
@@ -217,6 +213,7 @@ def main() -> None:
     ap.add_argument("--fill", type=int, default=1_000_000, help="--long: transitions replayed")
     ap.add_argument("--agent", help="--long: a run checkpoint whose learner the late run resumes")
     args = ap.parse_args()
+    torch.set_flush_denormal(True)  # as pvn's thread plan (threads.flush_denormal)
     device = torch.device(args.device)
     if args.long:
         emit(long_run(args, device))
