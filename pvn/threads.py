@@ -16,9 +16,8 @@ number of workers on this host:
   which :func:`set_wait_policy` does for the ``pvn`` command);
 * ``flush_denormal``: treat subnormal floats as zero (FTZ/DAZ), as TensorFlow and XLA do on CPU
   by default, hence as Dopamine's DQN ran. Optimizer state of dead units decays through the
-  subnormal range (RMSProp's ``ms`` by 0.95 per update), and x86 computes on subnormals
-  ~100x slower: late in a 1M-step DQN run 8% of the first dense layer's RMSProp state was
-  subnormal and the optimizer step took 2.4-3.2x as long (docs/threads.md).
+  subnormal range (RMSProp's ``ms`` by 0.95 per update), where x86 is far slower: late in a long
+  DQN run this made the optimizer step several times slower (measured in docs/threads.md).
 
 Every value can be overridden (``threads.*`` in each command's config); the plan is logged at
 start and saved with the run's config.
