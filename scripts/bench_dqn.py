@@ -26,15 +26,22 @@ are flushed to zero, as pvn's thread plan does (``threads.flush_denormal``); the
 thread's and its pool's, so flushed and IEEE runs are compared in separate processes
 (docs/benchmarks.md).
 
+``--subnormals CKPT`` times one update's phases (forward, backward, RMSProp step; batch 32 of
+the checkpoint's own frames when it holds its replay) on that late learner, with subnormal
+floats flushed and computed as IEEE says, on 1 and 2 threads, each in its own process.
+
     python scripts/bench_dqn.py [--steps 3000] [--num-envs 8] [--device cpu] [--log]
     python scripts/bench_dqn.py --long [--fill 1000000] [--steps 3000] [--agent CKPT]
+    python scripts/bench_dqn.py --subnormals CKPT
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -200,6 +207,60 @@ def long_run(args, device) -> dict:
     }  # fmt: skip
 
 
+def _phases(ckpt: str, flush: bool, threads: int, updates: int = 40) -> dict[str, float]:
+    """Mean ms of each phase of ``updates`` updates on the learner saved in ``ckpt``."""
+    torch.set_num_threads(threads)
+    torch.set_flush_denormal(flush)
+    saved = torch.load(ckpt, weights_only=True, mmap=True)
+    loop = saved.get("loop", saved)
+    actions = loop["agent"]["network"]["head.weight"].shape[0]
+    agent = _agent(actions, torch.device("cpu"))
+    agent.load_state_dict(loop["agent"])
+    gen = torch.Generator().manual_seed(0)
+    frames = loop["replay"]["features"][0] if "replay" in loop else None
+    batches = []
+    for _ in range(updates):
+        if frames is None:
+            shape = (32, STACK_SIZE + 1, 84, 84)
+            s = torch.randint(0, 255, shape, dtype=torch.uint8, generator=gen)
+        else:
+            at = torch.randint(STACK_SIZE, len(frames) - 2, (32,), generator=gen).tolist()
+            s = torch.stack([frames[i - STACK_SIZE + 1 : i + 2] for i in at])  # (32, 5, 84, 84)
+        batches.append(
+            (s[:, :STACK_SIZE], s[:, 1:], torch.randint(0, actions, (32,), generator=gen))
+        )
+    total = {"forward": 0.0, "backward": 0.0, "step": 0.0}
+    for obs, nxt, act in batches:
+        t0 = time.perf_counter()
+        q = agent.network(obs).gather(1, act.view(-1, 1)).squeeze(1)
+        with torch.no_grad():
+            y = 0.99 * agent.target(nxt).amax(1)
+        loss = torch.nn.functional.huber_loss(q, y)
+        t1 = time.perf_counter()
+        agent.optimizer.zero_grad()
+        loss.backward()
+        t2 = time.perf_counter()
+        agent.optimizer.step()
+        t3 = time.perf_counter()
+        for k, dt in zip(total, (t1 - t0, t2 - t1, t3 - t2), strict=True):
+            total[k] += dt
+    return {k: significant(v / updates * 1e3) for k, v in total.items()}
+
+
+def subnormals(ckpt: str, rounds: int) -> dict:
+    """Each (threads, flush) setting in its own process: the mode belongs to a thread and to
+    the pool it starts, so one process cannot time both honestly."""
+    out: dict[str, list[dict[str, float]]] = {}
+    for _ in range(rounds):
+        for threads in (1, 2):
+            for flush in (True, False):
+                cmd = [sys.executable, __file__, "--phase", ckpt, str(int(flush)), str(threads)]
+                res = subprocess.run(cmd, capture_output=True, text=True, check=True)
+                key = f"threads_{threads}_{'flushed' if flush else 'ieee'}"
+                out.setdefault(key, []).append(json.loads(res.stdout))
+    return {"agent": ckpt, "ms_per_update": out}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--game", default="Breakout")
@@ -212,7 +273,15 @@ def main() -> None:
     ap.add_argument("--long", action="store_true", help="a late 1M-step run against a fresh one")
     ap.add_argument("--fill", type=int, default=1_000_000, help="--long: transitions replayed")
     ap.add_argument("--agent", help="--long: a run checkpoint whose learner the late run resumes")
+    ap.add_argument("--subnormals", metavar="CKPT", help="time an update's phases, flushed/IEEE")
+    ap.add_argument("--phase", nargs=3, help=argparse.SUPPRESS)  # one --subnormals setting
     args = ap.parse_args()
+    if args.phase:
+        print(json.dumps(_phases(args.phase[0], args.phase[1] == "1", int(args.phase[2]))))
+        return
+    if args.subnormals:
+        emit(subnormals(args.subnormals, args.rounds))
+        return
     torch.set_flush_denormal(True)  # as pvn's thread plan (threads.flush_denormal)
     device = torch.device(args.device)
     if args.long:
