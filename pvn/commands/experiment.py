@@ -68,9 +68,7 @@ def run(
 ) -> int:
     cfg = load(config_path, overrides)
     spec = parse_launcher(cfg.get("launcher"), str(config_path))
-    todo = stages(cfg, config_path)
-    if todo[-1].argv:  # the report, as a job, reads the config as this command does
-        todo[-1].argv += overrides or []
+    todo = stages(cfg, config_path, overrides)
     store = Store(cfg["out"], cfg["name"])
     if print_commands:  # printed as they are, to run anywhere; nothing is checked or run
         for s in todo:

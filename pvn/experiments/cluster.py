@@ -1,9 +1,10 @@
 """An experiment's stages as jobs through submitit: SLURM (``launcher.kind: slurm``) or submitit's
 local executor (``submitit_local``, the same code path without a cluster).
 
-On SLURM every stage that is not done becomes one job, submitted in the plan's order with the
-plan's edges as ``afterok`` dependencies (data -> pretraining -> its arms -> report), so the
-whole experiment is queued at once and SLURM starts each stage when its prerequisites succeed.
+On SLURM every stage that is not done becomes one job (like stages, one kind with the same
+prerequisites, one job array), submitted with the plan's edges as ``afterok`` dependencies
+(data -> pretraining -> its arms -> report), so the whole experiment is queued at once and
+SLURM starts each stage when its prerequisites succeed.
 Each submission is recorded at once in ``<out>/jobs/<stage>.json`` (the job id, its log files),
 so a command killed half-way through submitting, or re-run after jobs were cancelled, failed or
 timed out, submits exactly the stages that are neither done nor queued or running: never one
@@ -12,8 +13,8 @@ twice. A job that reaches its time limit is requeued by submitit (its ``checkpoi
 
 Job states come from SLURM itself (``squeue``, then ``sacct`` where accounting runs), never
 from submitit's watcher: without accounting that watcher never learns that a job was cancelled
-or killed, and its ``result()`` waits forever (facebookincubator/submitit#1566's class of
-hang). pvn's done files stay the only proof that a stage finished.
+or killed, and its ``result()`` waits forever (measured with submitit 1.5.4 on SLURM 22.05).
+pvn's done files stay the only proof that a stage finished.
 """
 
 from __future__ import annotations
@@ -294,21 +295,21 @@ class SubmititLauncher:
         for name, (record, state) in job_states(todo, store).items():
             if state in LIVE:
                 live[name] = record["job_id"]
+        done = {s.name for s in todo if s.done}
         groups: dict[tuple[str, tuple[str, ...]], list[Stage]] = {}
         for s in todo:  # in order of first appearance: prerequisites come first (see below)
-            if not s.done and s.name not in live:
+            if s.name not in done and s.name not in live:
                 groups.setdefault((s.kind, tuple(s.after)), []).append(s)
         # A group's stages share their prerequisites, which precede its first stage in the
         # plan's order, so their own groups were submitted before it.
         for (_, needs), group in groups.items():
             after = [live[a] for a in needs if a in live]
-            if missing := [a for a in needs if a not in live and not _done(todo, a)]:
+            if missing := [a for a in needs if a not in live and a not in done]:
                 raise ConfigError(f"stage {group[0].name}: needs {missing[0]}, which is neither "
                                   "done nor queued")  # fmt: skip
             executor.update_parameters(**self._params(group[0], after))
             for s in group:
-                if s.kind != "report":
-                    store.record_command(s)
+                store.record_command(s)
             try:
                 with executor.batch():  # one job array (a single job when alone)
                     jobs = [executor.submit(StageJob(s)) for s in group]
@@ -353,8 +354,7 @@ class SubmititLauncher:
             executor.update_parameters(timeout_min=r.time_min, gpus_per_node=r.gpus,
                                        tasks_per_node=r.tasks * r.nodes,
                                        name=f"pvn:{s.name}")  # fmt: skip
-            if s.kind != "report":
-                store.record_command(s)
+            store.record_command(s)
             job = executor.submit(StageJob(s))
             print(f"pvn experiment: {s.name} as local job {job.job_id}", file=sys.stderr)
             while not job.done():
@@ -362,7 +362,3 @@ class SubmititLauncher:
             if not s.done:
                 raise ConfigError(f"stage {s.name}: local job {job.job_id} ended without "
                                   f"finishing; log: {job.paths.stderr}")  # fmt: skip
-
-
-def _done(todo: list[Stage], name: str) -> bool:
-    return any(s.name == name and s.done for s in todo)

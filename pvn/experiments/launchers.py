@@ -116,8 +116,7 @@ class LocalLauncher:
         )
         store.note_runner({"stage": s.name, "started": time.time()})
         t0 = time.perf_counter()
-        if s.kind != "report":
-            store.record_command(s)
+        store.record_command(s)
         run_stage(s)
         if s.kind != "report":  # not timed: its name is shared by experiments on out
             store.record_time(s.name, time.perf_counter() - t0)

@@ -98,7 +98,9 @@ def _pretrain_stage(
     return Stage(f"pretrain/{name}", [*argv, *overrides], run, "pretrain", "done.json", after)
 
 
-def stages(cfg: dict[str, Any], config_path: str | Path | None = None) -> list[Stage]:
+def stages(
+    cfg: dict[str, Any], config_path: str | Path | None = None, overrides: list[str] | None = None
+) -> list[Stage]:
     """Every stage of the experiment, in an order that respects their dependencies.
 
     The data and pretraining of every game come first, then the evaluations seed by seed (seed
@@ -148,6 +150,8 @@ def stages(cfg: dict[str, Any], config_path: str | Path | None = None) -> list[S
     evals = [st for _, st in sorted(linear, key=lambda x: x[0])]  # stable: game, arm order
     evals += [st for _, st in sorted(e2e, key=lambda x: x[0])]
     # the report is `pvn experiment CONFIG --report` once every evaluation is done
-    argv = [] if config_path is None else ["experiment", str(config_path), "--report"]
+    # (with the command line's overrides: as a job, it reads the config as the command did)
+    argv = [] if config_path is None else ["experiment", str(config_path), "--report",
+                                           *(overrides or [])]  # fmt: skip
     report = Stage("report", argv, results, "report", "complete.json", [e.name for e in evals])
     return [*todo, *evals, report]

@@ -38,7 +38,10 @@ class Store:
     # -- commands ----------------------------------------------------------------------------
     @staticmethod
     def record_command(stage: Stage) -> None:
-        """Note in the stage's run dir the command that makes it, before running it."""
+        """Note in the stage's run dir the command that makes it, before running it (not the
+        report's: its ``results`` directory is shared by whatever reports there)."""
+        if stage.kind == "report":
+            return
         stage.run_dir.mkdir(parents=True, exist_ok=True)
         write_text_atomic(stage.run_dir / STAGE_FILE, json.dumps({"argv": stage.argv}))
 
