@@ -31,6 +31,7 @@ test-fast: install
 docs: install
 	$(BIN)/python scripts/gen_config_reference.py --check
 	$(BIN)/mkdocs build --strict --quiet
+	@echo "docs: site in build/site/ (open build/site/index.html, or \`$(BIN)/mkdocs serve\` for http://127.0.0.1:8000); screenshots: scripts/docs_screenshots.sh"
 
 # ruff, then the package layers (the import-linter contracts in pyproject.toml; docs/layout.md)
 lint: install

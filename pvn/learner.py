@@ -152,9 +152,9 @@ class PVNLearner:
         """The batch's task rewards and calibration loss, the frozen part from the cache when
         one is attached (and the batch says which slots it holds); float32 under any autocast."""
         with torch.autocast(batch.observation.device.type, enabled=False):
-            if self.task_cache is None or batch.checkpoint is None:
+            if self.task_cache is None or batch.shard is None:
                 return self.tasks(batch.observation, batch.reward)
-            frozen = self.task_cache(batch.checkpoint, batch.index)
+            frozen = self.task_cache(batch.shard, batch.index)
             return self.tasks.from_frozen(frozen, batch.reward)
 
     def backward(self, batch: TorchBatch, step: int) -> dict[str, Any]:

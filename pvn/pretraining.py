@@ -19,7 +19,7 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 from pvn.auxiliary import build_tasks
 from pvn.checkpoint import load_checkpoint
 from pvn.diagnostics import DiagnosticsConfig
-from pvn.distributed.team import Team, distributed_team, single_team
+from pvn.distributed.team import Team, TeamConfig, distributed_team, single_team
 from pvn.errors import ConfigError
 from pvn.learner import PVNLearner, TDConfig
 from pvn.local import LocalPVNLearner, build_local
@@ -32,7 +32,7 @@ from pvn.replay import DQNReplayDataset, LoggedData, Prefetcher, RLUDataset
 from pvn.replay.frames import set_decode_threads
 from pvn.replay.store import is_store, read_store, source_format
 from pvn.run_dir import save_config
-from pvn.settings import section
+from pvn.settings import option_defaults, section
 from pvn.task_cache import attach_task_cache
 from pvn.threads import announce
 
@@ -145,7 +145,8 @@ def build(cfg: DictConfig, num_actions: int, task_seed: int | None = None) -> PV
     task_params = [p for p in tasks.parameters() if p.requires_grad]
     task_opt = None
     if task_params:  # the paper: the main optimizer's settings; laptop default: plain SGD
-        calib_cfg = optim_cfg if task_optim is None else {"name": task_optim, "lr": task_lr}
+        # an optimizer option by name (configs/optimizer/<name>.yaml), at the calibration's lr
+        calib_cfg = optim_cfg if task_optim is None else option_defaults("optimizer", task_optim)
         task_opt = build_optimizer(calib_cfg, task_params, lr=task_lr)
     data = section(DataConfig, cfg.data)
     args = (network, tasks, optimizer, task_opt, section(TDConfig, cfg.td), data.gamma**data.n_step)
@@ -207,9 +208,18 @@ def open_team(cfg: DictConfig) -> Team:
     def learner(ds, task_seed):
         return build(cfg, cfg.data.num_actions or ds.num_actions(), task_seed=task_seed)
 
-    if cfg.distributed.name == "none":
-        return single_team(cfg, data, learner)
-    return distributed_team(cfg, data, learner)
+    path = cfg.data.path  # one directory, or one per game (partition: games)
+    team = TeamConfig(
+        data_path=list(path) if OmegaConf.is_list(path) else path,
+        checkpoints=None if cfg.data.checkpoints is None else list(cfg.data.checkpoints),
+        seed=int(cfg.seed),
+        device=cfg.device,
+        optimizer=OmegaConf.to_container(cfg.optimizer, resolve=True),
+        rule=OmegaConf.to_container(cfg.distributed, resolve=True),
+    )
+    if team.rule["name"] == "none":
+        return single_team(team, data, learner)
+    return distributed_team(team, data, learner)
 
 
 def train(cfg: DictConfig, team: Team, run_dir: Path, resume: Path | None) -> dict[str, Any]:

@@ -149,8 +149,17 @@ class QuickstartConfig:
     # per env)
     eval_seeds: list[int] = field(default_factory=lambda: [0, 1, 2])  # one online run per
     # encoder (PVN, random) and seed, paired by seed
-    eval_preset: str = "short"  # the paper's protocol with head lr 3e-3, target period 500
-    # (none: the paper's lr 6.25e-5, which barely moves a head in this budget)
+    eval_preset: str = "short"  # the paper's protocol with a target copy every 500 updates
+    # (none: the paper's, whose lr 6.25e-5 barely moves a head in this budget)
+    feature_norm: bool = True  # agent.feature_norm for both encoders: features divided by their
+    # mean norm, so the head's step is the same size on both (PVN features are 30-90x larger)
+    lr: float = 3e-3  # the head's learning rate (agent.lr), chosen for scaled features at
+    # this budget by configs/experiment/demo_lr.yaml (docs/results/demo_lr/)
+    protocol: str = "dopamine"  # the online runs' ALE protocol: dopamine (sticky actions 0.25,
+    # as the log: greedy episodes differ) or eval (none: a greedy policy replays one episode)
+    eval_episodes: int = 10  # greedy episodes after the last step that score each run
+    eval_max_steps: int = 4500  # cap of each greedy episode (agent steps; 5 minutes of play: a
+    # Boxing bout is 2, and a Breakout policy that never serves would otherwise play 30)
     out: str = "runs/quickstart"  # output directory (the demo's previous output there is
     # replaced)
     num_envs: int = 8  # parallel games

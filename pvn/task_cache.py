@@ -4,7 +4,7 @@ Why: the PVN tasks' random networks (and the hashes) are fixed functions of the 
 (:meth:`auxiliary.TaskFamily.frozen`). Recomputing them for every sampled batch costs, on CPU, as
 much as the nature torso's whole training step (``scripts/bench_pretrain.py``). A run that draws
 more samples than the data holds slots (``steps * batch_size >= slots``; the paper draws 400M
-samples from 50M states) computes them once per slot instead and looks them up by (checkpoint,
+samples from 50M states) computes them once per slot instead and looks them up by (shard,
 slot) at update time: one gather on the learner's device, no host sync.
 
 Slots are computed in order at a fixed chunk size, so the values do not depend on which batches
@@ -33,13 +33,13 @@ CHUNK = 256
 
 
 class TaskOutputCache:
-    """``cache(checkpoint, index) -> (B, T)``: the stored frozen task outputs of those slots."""
+    """``cache(shard, index) -> (B, T)``: the stored frozen task outputs of those slots."""
 
     def __init__(self, values: torch.Tensor, offsets: torch.Tensor) -> None:
         self.values, self.offsets = values, offsets
 
-    def __call__(self, checkpoint: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-        return self.values[self.offsets[checkpoint] + index]
+    def __call__(self, shard: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        return self.values[self.offsets[shard] + index]
 
 
 AUTO_MAX_BYTES = 8 * 2**30  # ``auto`` keeps the table (in memory, on the device) below this
@@ -71,7 +71,9 @@ def build_task_cache(
     ids = ds.shards
     caps = [ds.slots(c) for c in ids]
     arrays = []
-    with bar(sum(caps), "task outputs", "states", progress) as pbar:
+    size = sum(caps) * tasks.num_tasks * 4 / 2**20  # float32 per slot and task
+    desc = f"task outputs in {directory} ({size:.1f} MB)"
+    with bar(sum(caps), desc, "states", progress) as pbar:
         for ckpt, cap in zip(ids, caps, strict=True):
             path = directory / f"ckpt.{ckpt}.npy"
             arr = _load(path, (cap, tasks.num_tasks))

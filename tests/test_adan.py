@@ -4,6 +4,7 @@ float64 scalars; against an independent port (kozistr's pytorch-optimizer); and 
 
 from __future__ import annotations
 
+import inspect
 import io
 import math
 from pathlib import Path
@@ -436,7 +437,7 @@ def test_registry_and_config_build_adan():
     assert (group["lr"], group["betas"], group["eps"]) == (1e-4, (0.98, 0.92, 0.99), 1e-8)
     assert (group["weight_decay"], group["no_prox"], group["max_grad_norm"]) == (0.0, False, 0.0)
     opt = build_optimizer(
-        {"name": "adan", "lr": 1.0, "betas": [0.9, 0.8, 0.7], "no_prox": True, "foreach": True},
+        {**cfg, "lr": 1.0, "betas": [0.9, 0.8, 0.7], "no_prox": True, "foreach": True},
         [torch.zeros(3, requires_grad=True)],
         lr=0.5,
     )
@@ -447,3 +448,16 @@ def test_registry_and_config_build_adan():
         True,
         True,
     )
+
+
+def test_the_registry_has_no_defaults_of_its_own():
+    """Every value comes from the option's file: a key missing from a config is one error
+    naming the optimizer, never a second default filled in silently."""
+    for name, build in OPTIMIZERS.items():
+        params = inspect.signature(build).parameters.values()
+        own = [p.name for p in params if p.default is not p.empty and p.name != "foreach"]
+        assert own == [], f"{name} has defaults of its own: {own}"  # foreach None: Adan's auto
+    cfg = yaml.safe_load((REPO / "configs" / "optimizer" / "adam.yaml").read_text())
+    del cfg["eps"]
+    with pytest.raises(ValueError, match=r"optimizer=adam: .*'eps'"):
+        build_optimizer(cfg, [torch.zeros(3, requires_grad=True)])

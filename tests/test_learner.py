@@ -11,6 +11,7 @@ from pvn.learner import PVNLearner, TDConfig, td_target
 from pvn.networks import MultiTaskHead, PVNNetwork, build_torso
 from pvn.optim import build_optimizer
 from pvn.replay import TorchBatch
+from pvn.settings import option_defaults
 
 
 def test_td_target_by_hand():
@@ -64,7 +65,7 @@ def test_learns_the_closed_form_successor_measure(ale_episodes, center):
 
     torso = build_torso("nature", gen, feature_dim=64)
     net = PVNNetwork(torso, MultiTaskHead(64, 8, A, gen))
-    opt = build_optimizer({"name": "adam", "lr": 1e-3, "eps": 1.5e-4}, net.parameters())
+    opt = build_optimizer({**option_defaults("optimizer", "adam"), "lr": 1e-3}, net.parameters())
     cfg = TDConfig(target_tau=0.05, center=center, warmup_steps=0)
     learner = PVNLearner(net, tasks, opt, None, cfg, gamma, bf16=False)
     rng = np.random.default_rng(0)
@@ -89,7 +90,9 @@ def test_terminal_transitions_do_not_bootstrap(aggregate):
     tasks = tasks_option("reward", gen)
     torso = build_torso("nature", gen, feature_dim=32)
     net = PVNNetwork(torso, MultiTaskHead(32, 1, 3, gen))
-    opt = build_optimizer({"name": "sgd", "lr": 0.05}, net.parameters())
+    opt = build_optimizer(
+        {**option_defaults("optimizer", "plain_sgd"), "lr": 0.05}, net.parameters()
+    )
     td = TDConfig(aggregate=aggregate, target_tau=None, target_period=10, warmup_steps=0)
     learner = PVNLearner(net, tasks, opt, None, td, 0.99, bf16=False)
     obs = torch.zeros(8, 4, 84, 84, dtype=torch.uint8)

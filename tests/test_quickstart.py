@@ -20,6 +20,8 @@ def test_quickstart_runs_collect_pretrain_evaluate_report(tmp_path, capsys, monk
         "pretrain_steps=120",
         "eval_steps=300",
         "eval_seeds=[0,1]",
+        "eval_episodes=2",
+        "eval_max_steps=200",
         "num_envs=2",
         f"out={out}",
         "progress=false",
@@ -28,6 +30,7 @@ def test_quickstart_runs_collect_pretrain_evaluate_report(tmp_path, capsys, monk
     text = capsys.readouterr().out
     assert "[1/4] collecting" in text and "[2/4] pretraining" in text
     assert "[3/4] linear control" in text and "R^2 return-to-go" in text
+    assert "final evaluation (2 episodes)" in text  # scored by greedy episodes, as the paper
     assert "feature srank" in text and "PVN vs random features" in text
     assert (out / "report" / "report.md").exists()
     for m in ("pvn", "random"):
@@ -54,8 +57,16 @@ def test_verdict_pairs_seeds_by_hand():
     assert "PVN ahead in 1 of 2 seeds, mean gap +2.5" in line  # ((2+4) + (-1-0)) / 2
     assert "(per seed -1.0 to +6.0)" in line and "does not separate" in line
     final[("pvn", 1)] = 0.5
-    assert "ahead in every seed" in verdict(final, [0, 1]).split(":")[-1]
-    assert "PVN ahead in every seed" in verdict(final, [0, 1])
+    # two of two seeds one way: chance alone does that half the time (2 * 0.5^2)
+    assert verdict(final, [0, 1]).endswith("PVN ahead in every seed (sign test p = 0.5 at 2 seeds)")
+    final[("pvn", 2)], final[("random", 2)] = -3.0, -1.0
+    assert "ahead in 2 of 3 seeds" in verdict(final, [0, 1, 2])
+    final[("pvn", 2)] = 3.0
+    assert verdict(final, [0, 1, 2]).endswith("(sign test p = 0.25 at 3 seeds)")
     final = {("pvn", 0): -2.0, ("random", 0): -1.0}
-    assert verdict(final, [0]).endswith("random features ahead in every seed")
+    assert verdict(final, [0]).endswith(
+        "one seed is not a comparison (run more: eval_seeds=[0,1,2,3,4])"
+    )
     assert "no finished episodes" in verdict({("pvn", 0): None, ("random", 0): 1.0}, [0])
+    final = {("pvn", 0): 1.0, ("random", 0): 0.0, ("pvn", 1): 2.0, ("random", 1): None}
+    assert "(seeds [1] left out: a run with no finished episode)" in verdict(final, [0, 1])

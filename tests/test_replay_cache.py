@@ -37,6 +37,18 @@ def test_converted_once_then_reused(dopamine_copy, tmp_path, monkeypatch):
     np.testing.assert_array_equal(second.valid_mask(2), first.valid_mask(2))
 
 
+def test_a_conversion_says_where_the_cache_goes_and_how_big_it_will_be(dopamine_copy, tmp_path):
+    said = []
+    DQNReplayDataset(dopamine_copy, cache_dir=tmp_path / "cache", checkpoints=[1],
+                     progress=lambda desc, total: said.append(desc))  # fmt: skip
+    (desc,) = said
+    root = cache_mod.cache_root(dopamine_copy, tmp_path / "cache")
+    gz = sum(f.stat().st_size for f in (dopamine_copy).glob("*_ckpt.1.gz")) / 2**20
+    assert desc == f"storing checkpoint 1 in {root} (~{gz:.1f} MB; PVN_CACHE_DIR moves it)"
+    stored = sum(f.stat().st_size for f in (root / "ckpt.1").iterdir()) / 2**20
+    assert stored < 2 * gz + 1  # about the gzip files' size, as the line says
+
+
 def test_stale_entry_is_rebuilt(dopamine_copy, tmp_path):
     cache = tmp_path / "cache"
     DQNReplayDataset(dopamine_copy, cache_dir=cache)

@@ -37,7 +37,7 @@ def test_uniform_over_valid_transitions(small_log, tmp_path):
     counts: dict[tuple[int, int], int] = {}
     for _ in range(draws // 1000):
         b = ds.sample(1000)
-        for key in zip(b.checkpoint.tolist(), b.index.tolist(), strict=True):
+        for key in zip(b.shard.tolist(), b.index.tolist(), strict=True):
             counts[key] = counts.get(key, 0) + 1
     assert set(counts) == valid  # every valid transition drawn, no invalid one ever
     expected = draws / len(valid)
@@ -50,8 +50,8 @@ def test_uniform_over_valid_transitions(small_log, tmp_path):
 def test_sampled_rows_equal_gather(small_log, tmp_path):
     ds = DQNReplayDataset(small_log, n_step=3, cache_dir=tmp_path / "c", seed=2)
     b = ds.sample(64)
-    for c in np.unique(b.checkpoint):
-        rows = b.checkpoint == c
+    for c in np.unique(b.shard):
+        rows = b.shard == c
         g = ds.gather(int(c), b.index[rows])
         np.testing.assert_array_equal(g.observation, b.observation[rows])
         np.testing.assert_array_equal(g.next_observation, b.next_observation[rows])
@@ -76,7 +76,7 @@ def test_seeded_and_resumable(small_log, tmp_path):
 def test_checkpoint_subset(small_log, tmp_path):
     ds = DQNReplayDataset(small_log, checkpoints=[1], cache_dir=tmp_path / "c")
     assert ds.checkpoints == [1]
-    assert set(ds.sample(256).checkpoint.tolist()) == {1}
+    assert set(ds.sample(256).shard.tolist()) == {1}
 
 
 def test_prefetcher_streams_the_same_batches_and_resumes(small_log, tmp_path):

@@ -109,7 +109,7 @@ def test_dataset_holds_exactly_the_official_transitions_and_samples_them_uniform
     assert ds.num_actions() <= 9
     # uniform over the 11: 11,000 draws, each within 5 standard deviations of 1,000
     batch = ds.sample(11_000)
-    keys = batch.checkpoint * 1000 + batch.index
+    keys = batch.shard * 1000 + batch.index
     valid = {c * 1000 + i for c in ds.shards for i in np.flatnonzero(ds.valid_mask(c))}
     assert set(keys.tolist()) == valid
     counts = np.unique(keys, return_counts=True)[1]

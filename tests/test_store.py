@@ -114,10 +114,10 @@ def test_the_store_samples_the_logs_transitions(pvn_log, tmp_path, n_step, keep_
     for _ in range(3):
         a, b = logs.sample(64), stored.sample(64)
         for field in ("observation", "action", "reward", "next_observation", "terminal",
-                      "checkpoint", "index"):  # fmt: skip
+                      "shard", "index"):  # fmt: skip
             np.testing.assert_array_equal(getattr(a, field), getattr(b, field))
         for row in range(64):
-            c, i = int(b.checkpoint[row]), int(b.index[row])
+            c, i = int(b.shard[row]), int(b.index[row])
             r = raw[c]
             cap = len(r["action"])
             window = (i + np.arange(n_step)) % cap

@@ -8,6 +8,7 @@ which came out ahead (the budgets and their evidence: ``docs/study_quickstart_bo
 
 from __future__ import annotations
 
+import math
 import shutil
 from pathlib import Path
 
@@ -15,7 +16,7 @@ from pvn.commands.collect import collect
 from pvn.commands.data import format_summary
 from pvn.commands.evaluate import evaluate
 from pvn.commands.pretrain import pretrain
-from pvn.commands.report import report
+from pvn.commands.report import final_score, load_results, report
 from pvn.config import configure
 from pvn.errors import require
 from pvn.replay.summary import summarize
@@ -80,7 +81,9 @@ def quickstart(cfg) -> None:
     )
     print(
         f"\n[3/4] linear control for {cfg.eval_steps} steps on frozen PVN and random features, "
-        f"seeds {seeds} (eval_preset={cfg.eval_preset})"
+        f"seeds {seeds} (eval_preset={cfg.eval_preset}, head lr {cfg.lr}, features "
+        f"{'scaled to unit mean norm' if cfg.feature_norm else 'unscaled'}, protocol "
+        f"{cfg.protocol}), each scored by {cfg.eval_episodes} greedy episodes after its last step"
     )
     final: dict[tuple[str, int], float] = {}
     for (name, seed), run in evals.items():
@@ -94,14 +97,18 @@ def quickstart(cfg) -> None:
                 run_dir=str(run),
                 seed=seed,
                 eval_preset=cfg.eval_preset,
+                protocol=cfg.protocol,
+                eval_episodes=cfg.eval_episodes,
+                eval_max_steps=cfg.eval_max_steps,
+                agent={"lr": cfg.lr, "feature_norm": cfg.feature_norm},
                 checkpoint_every=0,
                 progress=cfg.progress,
             )
         )
-        final[name, seed] = r["mean_return_last_10"]
+        score, scored_by = final_score(load_results(run))
+        final[name, seed] = None if math.isnan(score) else score
         print(
-            f"      {name} seed {seed}: {r['episodes']} episodes, mean return (last 10) "
-            f"{r['mean_return_last_10']}"
+            f"      {name} seed {seed}: {r['episodes']} training episodes; {scored_by}: {score:.1f}"
         )
     print("\n[4/4] report (and offline linear probes on the collected log)\n")
     print(report([str(d) for d in evals.values()], out / "report", data=data_dir))
@@ -119,19 +126,26 @@ def verdict(final: dict[tuple[str, int], float | None], seeds: list[int]) -> str
     pairs = [(s, p, r) for s, p, r in pairs if p is not None and r is not None]
     if not pairs:
         return "PVN vs random features: no finished episodes to compare (raise eval_steps)"
+    unpaired = [s for s in seeds if s not in {p[0] for p in pairs}]
     gaps = [p - r for _, p, r in pairs]
     ahead = sum(g > 0 for g in gaps)
     per_seed = ", ".join(f"seed {s}: {p:+.1f} vs {r:+.1f}" for s, p, r in pairs)
-    if all(g > 0 for g in gaps) or all(g < 0 for g in gaps):
+    if len(pairs) == 1:
+        reading = "one seed is not a comparison (run more: eval_seeds=[0,1,2,3,4])"
+    elif all(g > 0 for g in gaps) or all(g < 0 for g in gaps):
         winner = "PVN" if gaps[0] > 0 else "random features"
-        reading = f"{winner} ahead in every seed"
+        # the exact two-sided sign test: how often chance alone orders every pair one way
+        p = min(1.0, 2 * 0.5 ** len(gaps))
+        reading = f"{winner} ahead in every seed (sign test p = {p:.2g} at {len(gaps)} seeds)"
     else:
         reading = (
-            "the gaps change sign across seeds, so this budget does not separate the encoders "
+            "the gaps differ in sign across seeds, so this budget does not separate the encoders "
             "(README: what `make demo` shows, and how to scale it up)"
         )
+    if unpaired:
+        reading += f" (seeds {unpaired} left out: a run with no finished episode)"
     return (
-        f"PVN vs random features (final return, paired by seed): {per_seed}; PVN ahead in "
+        f"PVN vs random features (final score, paired by seed): {per_seed}; PVN ahead in "
         f"{ahead} of {len(pairs)} seeds, mean gap {sum(gaps) / len(gaps):+.1f} (per seed "
         f"{min(gaps):+.1f} to {max(gaps):+.1f}): {reading}"
     )

@@ -26,7 +26,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from omegaconf import DictConfig
 
 from pvn.distributed.aggregators import AGGREGATORS, ATTACKS
 from pvn.distributed.algorithms import DDP, Algorithm, FedAvgM, Gossip, Single, Worker
@@ -42,6 +41,29 @@ PARTITIONS = ("iid", "checkpoints", "games")
 #: ``open_data(path, checkpoints, seed) -> dataset`` and ``build(num_actions, task_seed)``
 OpenData = Callable[[str, "list[int] | None", int], LoggedData]
 Build = Callable[[LoggedData, "int | None"], PVNLearner]
+
+
+@dataclass(frozen=True)
+class TeamConfig:
+    """What a team takes from a pretraining run's config, as plain values (the core does not
+    read the command's config tree).
+
+    Args:
+        data_path: one replay directory, or with ``partition: games`` one per game.
+        checkpoints: the checkpoints every worker reads (None: all).
+        seed: the run's seed (networks, samplers, the rules' own draws).
+        device: where collectives run (``cpu``: gloo, ``cuda``: NCCL).
+        optimizer: the run's optimizer option (``name``, ``lr``, ``momentum``, ...).
+        rule: the ``distributed`` option: ``name`` and that rule's own keys
+            (``configs/distributed/<name>.yaml``, where their defaults live).
+    """
+
+    data_path: str | list[str]
+    checkpoints: list[int] | None
+    seed: int
+    device: str
+    optimizer: dict[str, Any]
+    rule: dict[str, Any]
 
 
 @dataclass
@@ -152,35 +174,36 @@ class Team:
             self.comm.close()
 
 
-def single_team(cfg: DictConfig, open_data: OpenData, build: Build) -> Team:
+def single_team(cfg: TeamConfig, open_data: OpenData, build: Build) -> Team:
     """A plain run: one worker on ``data.path``, sampled with the run's seed."""
-    ds = open_data(cfg.data.path, _chosen(cfg), int(cfg.seed))
+    ds = open_data(cfg.data_path, cfg.checkpoints, cfg.seed)
     worker = Worker(0, build(ds, None))
     return Team([worker], [ds], Single(None, [worker]))
 
 
-def distributed_team(cfg: DictConfig, open_data: OpenData, build: Build) -> Team:
+def distributed_team(cfg: TeamConfig, open_data: OpenData, build: Build) -> Team:
     """This process's workers under ``distributed=<rule>``, their data and the rule."""
-    d = cfg.distributed
-    backend = d.backend if d.backend != "auto" else ("torch" if in_torchrun() else "simulate")
-    require(backend in ("torch", "simulate"), "distributed.backend", d.backend,
+    d = cfg.rule
+    backend = d["backend"] if d["backend"] != "auto" else ("torch" if in_torchrun() else "simulate")
+    require(backend in ("torch", "simulate"), "distributed.backend", d["backend"],
             "choose auto, torch or simulate")  # fmt: skip
-    comm = TorchComm(cfg.device, d.timeout_s) if backend == "torch" else SimulatedComm(d.workers)
+    comm = (TorchComm(cfg.device, d["timeout_s"]) if backend == "torch"
+            else SimulatedComm(d["workers"]))  # fmt: skip
     try:
         _validate(cfg, comm.world)
-        seed = int(cfg.seed)
-        paths = _game_paths(cfg, d)
+        seed = cfg.seed
+        paths = _game_paths(cfg)
         datasets = []
         for wid in comm.local:
             path = paths[wid % len(paths)]
-            ds = open_data(path, _chosen(cfg), seed + 1000 * (wid + 1))
-            if d.partition == "checkpoints":
+            ds = open_data(path, cfg.checkpoints, seed + 1000 * (wid + 1))
+            if d["partition"] == "checkpoints":
                 mine = ds.shards[wid :: comm.world]
                 require(bool(mine), "distributed.partition", "checkpoints",
                         f"{len(ds.shards)} checkpoints for {comm.world} workers")  # fmt: skip
                 ds = open_data(path, mine, seed + 1000 * (wid + 1))
             datasets.append(ds)
-        games = d.partition == "games"
+        games = d["partition"] == "games"
         byzantine = set(d.get("byzantine") or [])
         workers = []
         for wid, ds in zip(comm.local, datasets, strict=True):
@@ -193,38 +216,35 @@ def distributed_team(cfg: DictConfig, open_data: OpenData, build: Build) -> Team
         raise
 
 
-def _chosen(cfg: DictConfig) -> list[int] | None:
-    return None if cfg.data.checkpoints is None else list(cfg.data.checkpoints)
-
-
-def _validate(cfg: DictConfig, world: int) -> None:
-    d = cfg.distributed
-    require(d.name in RULES, "distributed", d.name, f"choose one of none, {', '.join(RULES)}")
+def _validate(cfg: TeamConfig, world: int) -> None:
+    d, name = cfg.rule, cfg.rule["name"]
+    require(name in RULES, "distributed", name, f"choose one of none, {', '.join(RULES)}")
     require(world >= 1, "distributed.workers", world, "must be >= 1")
-    require(d.partition in PARTITIONS, "distributed.partition", d.partition,
+    require(d["partition"] in PARTITIONS, "distributed.partition", d["partition"],
             f"choose one of {', '.join(PARTITIONS)}")  # fmt: skip
-    if d.name != "ddp":
+    if name != "ddp":
         o = cfg.optimizer
-        plain = o.name == "sgd" and not o.get("momentum") and not o.get("nesterov")
-        require(plain, "optimizer", o.name,
-                f"distributed={d.name} steps its workers by plain SGD on the rule's own direction "
+        plain = o["name"] == "sgd" and not o.get("momentum") and not o.get("nesterov")
+        require(plain, "optimizer", o["name"],
+                f"distributed={name} steps its workers by plain SGD on the rule's own direction "
                 "(its momentum included): use optimizer=plain_sgd (the rule's default) and set "
                 "optimizer.lr")  # fmt: skip
     byz = list(d.get("byzantine") or [])
     require(all(0 <= r < world for r in byz), "distributed.byzantine", byz, "ranks out of range")
-    if d.name in AGGREGATORS:
-        require(2 * d.f < world, "distributed.f", d.f, f"needs 2f < n = {world} workers")
-        require(d.attack in ATTACKS, "distributed.attack", d.attack, f"choose one of {ATTACKS}")
-    if d.name in FEDAVG:
-        require(1 <= d.participants <= world, "distributed.participants", d.participants,
+    if name in AGGREGATORS:
+        require(2 * d["f"] < world, "distributed.f", d["f"], f"needs 2f < n = {world} workers")
+        require(d["attack"] in ATTACKS, "distributed.attack", d["attack"],
+                f"choose one of {ATTACKS}")  # fmt: skip
+    if name in FEDAVG:
+        require(1 <= d["participants"] <= world, "distributed.participants", d["participants"],
                 f"must be in 1..{world}")  # fmt: skip
-        require(0 < d.beta <= 1, "distributed.beta", d.beta, "must be in (0, 1]")
+        require(0 < d["beta"] <= 1, "distributed.beta", d["beta"], "must be in (0, 1]")
 
 
-def _game_paths(cfg: DictConfig, d: DictConfig) -> list[str]:
+def _game_paths(cfg: TeamConfig) -> list[str]:
     """``data.path``: one replay directory, or with ``partition=games`` a list, one per game."""
-    path = cfg.data.path
-    if d.partition != "games":
+    path = cfg.data_path
+    if cfg.rule["partition"] != "games":
         require(isinstance(path, str), "data.path", path, "a list needs partition=games")
         return [path]
     paths = [path] if isinstance(path, str) else list(path)
@@ -232,31 +252,31 @@ def _game_paths(cfg: DictConfig, d: DictConfig) -> list[str]:
     return paths
 
 
-def _rule(cfg: DictConfig, comm: Comm, workers: list[Worker]) -> Algorithm:
-    d, seed = cfg.distributed, int(cfg.seed)
-    if d.name == "ddp":
+def _rule(cfg: TeamConfig, comm: Comm, workers: list[Worker]) -> Algorithm:
+    d, name, seed = cfg.rule, cfg.rule["name"], cfg.seed
+    if name == "ddp":
         return DDP(comm, workers)
-    if d.name in FEDAVG:
+    if name in FEDAVG:
         return FedAvgM(
             comm,
             workers,
-            beta=d.beta,
-            eta=float(cfg.optimizer.lr),
-            gamma=d.server_lr,
-            local_steps=d.local_steps,
-            participants=d.participants,
+            beta=d["beta"],
+            eta=float(cfg.optimizer["lr"]),
+            gamma=d["server_lr"],
+            local_steps=d["local_steps"],
+            participants=d["participants"],
             seed=seed,
-            scaffold=d.name.startswith("scaffold"),
-            vr=d.name.endswith("_vr"),
+            scaffold=name.startswith("scaffold"),
+            vr=name.endswith("_vr"),
         )
     return Gossip(
         comm,
         workers,
-        rule=d.name,
-        f=d.f,
-        beta=d.beta,
-        byzantine=list(d.byzantine),
-        attack=d.attack,
-        scale=d.attack_scale,
+        rule=name,
+        f=d["f"],
+        beta=d["beta"],
+        byzantine=list(d["byzantine"]),
+        attack=d["attack"],
+        scale=d["attack_scale"],
         seed=seed,
     )

@@ -227,8 +227,11 @@ def convert_checkpoint(
     def convert(tmp: Path) -> None:
         cb = None
         if progress is not None:
-            # the bar names where the entry goes; its total is the bytes decompressed
-            cb = progress(f"storing checkpoint {ckpt} in {root}", _raw_bytes(files))
+            # the bar says where the entry goes and how big it will be (the zstd chunks come
+            # to about the gzip files' size, docs/store.md); its total is the bytes decompressed
+            size = sum(f.stat().st_size for f in files.values()) / 2**20
+            cb = progress(f"storing checkpoint {ckpt} in {root} (~{size:.1f} MB; "
+                          "PVN_CACHE_DIR moves it)", _raw_bytes(files))  # fmt: skip
         _convert(files, tmp, codec, cb)
 
     return build_once(root, f"ckpt.{ckpt}", lambda e: _is_current(e, files, codec), convert)

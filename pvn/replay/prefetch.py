@@ -32,7 +32,7 @@ class TorchBatch(NamedTuple):
     reward: torch.Tensor  # float32 (B,)
     next_observation: torch.Tensor  # uint8 (B, stack, 84, 84)
     terminal: torch.Tensor  # bool (B,)
-    checkpoint: torch.Tensor | None = None  # int64 (B,): each row's checkpoint id ...
+    shard: torch.Tensor | None = None  # int64 (B,): each row's shard (a checkpoint) ...
     index: torch.Tensor | None = None  # int64 (B,): ... and slot (keys of per-state caches)
 
     def to(self, device: torch.device) -> TorchBatch:
@@ -57,7 +57,7 @@ def torch_batch(batch_size: int, stack_size: int, pin: bool) -> tuple[TorchBatch
         reward=tb.reward.numpy(),
         next_observation=tb.next_observation.numpy(),
         terminal=tb.terminal.numpy(),
-        checkpoint=tb.checkpoint.numpy(),
+        shard=tb.shard.numpy(),
         index=tb.index.numpy(),
     )
     return tb, nb

@@ -87,7 +87,7 @@ class TransitionBatch:
     reward: np.ndarray  # float32 (B,), n-step discounted sum truncated at the first terminal
     next_observation: np.ndarray  # uint8 (B, stack, 84, 84)
     terminal: np.ndarray  # bool (B,)
-    checkpoint: np.ndarray  # int64 (B,), the checkpoint id of each transition
+    shard: np.ndarray  # int64 (B,), the shard (a checkpoint) of each transition
     index: np.ndarray  # int64 (B,), the slot of each transition in its checkpoint
 
     @classmethod
@@ -99,7 +99,7 @@ class TransitionBatch:
             reward=np.empty(batch_size, np.float32),
             next_observation=np.empty(frames, np.uint8),
             terminal=np.empty(batch_size, bool),
-            checkpoint=np.empty(batch_size, np.int64),
+            shard=np.empty(batch_size, np.int64),
             index=np.empty(batch_size, np.int64),
         )
 
@@ -131,5 +131,5 @@ def gather_into(
     out.action[rows] = ck.action[idx]
     out.reward[rows] = total
     out.terminal[rows] = is_terminal
-    out.checkpoint[rows] = ck.id
+    out.shard[rows] = ck.id
     out.index[rows] = idx
