@@ -153,7 +153,7 @@ class QuickstartConfig:
     # (none: the paper's, whose lr 6.25e-5 barely moves a head in this budget)
     feature_norm: bool = True  # agent.feature_norm for both encoders: features divided by their
     # mean norm, so the head's step is the same size on both (PVN features are 30-90x larger)
-    lr: float = 3e-3  # the head's learning rate (agent.lr), chosen for scaled features at
+    lr: float = 1e-3  # the head's learning rate (agent.lr), chosen for scaled features at
     # this budget by configs/experiment/demo_lr.yaml (docs/results/demo_lr/)
     protocol: str = "dopamine"  # the online runs' ALE protocol: dopamine (sticky actions 0.25,
     # as the log: greedy episodes differ) or eval (none: a greedy policy replays one episode)
