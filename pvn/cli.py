@@ -72,15 +72,10 @@ def _run_configured(name: str, args: list[str], fn: Callable) -> int:
         show = True
     cfg = load_config(name, args)
     if "threads" in cfg:  # decided once, before any parallel work; saved with the config
-        from omegaconf import open_dict
-
         from pvn import threads
 
-        plan = threads.plan_for(cfg.threads, name)
-        with open_dict(cfg):
-            cfg.threads = plan.as_dict()
-        if not show:  # announced by the command once its config is checked (threads.announce)
-            threads.apply(plan)
+        # announced by the command once its config is checked (threads.announce)
+        threads.settle(cfg, name, run=not show)
     if show:
         print(OmegaConf.to_yaml(cfg, resolve=True), end="")
         return 0

@@ -191,6 +191,27 @@ def plan_for(threads: Mapping[str, Any], command: str) -> ThreadPlan:
         raise ConfigError(str(e)) from None
 
 
+def settle(cfg: Any, command: str, run: bool = True) -> None:
+    """Decide ``cfg.threads`` (a command's config with a ``threads:`` section) once, before any
+    parallel work: write the resolved plan back into it, so that it is saved with the run and
+    announced, and apply it to this process unless ``run`` is false (``--cfg job`` only
+    prints). The CLI does this for the command it runs, and a composite command (``pvn
+    quickstart``) for each command it runs in its own process.
+
+    Args:
+        cfg: the command's config (an OmegaConf ``DictConfig``).
+        command: the command the plan is for.
+        run: apply the plan (false: only resolve it).
+    """
+    from omegaconf import open_dict
+
+    plan = plan_for(cfg.threads, command)
+    with open_dict(cfg):
+        cfg.threads = plan.as_dict()
+    if run:
+        apply(plan)
+
+
 def announce(threads: Mapping[str, Any]) -> None:
     """Log the run's plan (a config's resolved ``threads:`` section) at start, on stderr, once
     its command has checked the config: a bad value still gets its one-line error and nothing

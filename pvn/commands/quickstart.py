@@ -12,6 +12,8 @@ import math
 import shutil
 from pathlib import Path
 
+from omegaconf import DictConfig
+
 from pvn.commands.collect import collect
 from pvn.commands.data import format_summary
 from pvn.commands.evaluate import evaluate
@@ -21,6 +23,7 @@ from pvn.config import configure
 from pvn.errors import require
 from pvn.replay.summary import summarize
 from pvn.run_dir import save_config
+from pvn.threads import settle
 
 
 def quickstart(cfg) -> None:
@@ -40,7 +43,7 @@ def quickstart(cfg) -> None:
             shutil.rmtree(d)
     print(f"[1/4] collecting {cfg.steps} random-policy steps of {cfg.game} into {data_dir}")
     summary = collect(
-        configure(
+        _planned(
             "collect",
             game=cfg.game,
             steps=cfg.steps,
@@ -56,7 +59,7 @@ def quickstart(cfg) -> None:
     )
     print(format_summary(summarize(data_dir)), "\n")
     print(f"[2/4] pretraining a PVN for {cfg.pretrain_steps} updates into {run_dir}")
-    pcfg = configure(
+    pcfg = _planned(
         "pretrain",
         data={"path": str(data_dir)},
         run_dir=str(run_dir),
@@ -88,7 +91,7 @@ def quickstart(cfg) -> None:
     final: dict[tuple[str, int], float] = {}
     for (name, seed), run in evals.items():
         r = evaluate(
-            configure(
+            _planned(
                 "evaluate",
                 encoder=str(encoders[name]),
                 game=cfg.game,
@@ -115,6 +118,15 @@ def quickstart(cfg) -> None:
     print("\n" + verdict(final, seeds))
     print(f"\nfiles: {out / 'report'} (report.md, report.csv, curves.png, probes.json)")
     save_config(cfg, out)
+
+
+def _planned(command: str, **values) -> DictConfig:
+    """``command``'s config with its thread plan decided and applied (:func:`pvn.threads.settle`),
+    as the CLI does for a command run on its own: each step gets its own plan (the emulators'
+    threads while collecting, the learner's while pretraining) and subnormal floats flushed."""
+    sub = configure(command, **values)
+    settle(sub, command)
+    return sub
 
 
 def verdict(final: dict[tuple[str, int], float | None], seeds: list[int]) -> str:
