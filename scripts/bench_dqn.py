@@ -146,7 +146,7 @@ def _filled_state(env, agent, fill: int, seed: int) -> dict:
     step = fill // n * n
     return {"agent": agent.state_dict(), "replay": replay.state_dict(),
             "rng": np.random.default_rng(1).bit_generator.state,
-            "eval_rng": np.random.default_rng(2).bit_generator.state, "episodes": [],
+            "episodes": [],
             "evaluations": [], "step": step, "since_update": 0, "next_eval": 0,
             "resumed_at": []}  # fmt: skip
 

@@ -109,14 +109,23 @@ def test_greedy_evaluations_at_start_every_and_end(tmp_path):
 
 @pytest.mark.slow
 def test_evaluations_do_not_change_the_training_run(tmp_path):
-    """Evaluation draws from its own generator and envs: the training episodes are the same."""
+    """Evaluation plays its own envs with its own generator, both seeded by the run's seed and
+    the evaluation's step: the training episodes are the same with or without evaluations, and
+    the score at a step is the same whichever evaluations came before it (here: none at step 0
+    and one more midway)."""
     common = ["encoder=random", *SMALL, "steps=600"]
-    assert main(["evaluate", f"run_dir={tmp_path / 'a'}", *common]) == 0
-    evals = ["eval_episodes=2", "eval_max_steps=60"]
-    assert main(["evaluate", f"run_dir={tmp_path / 'b'}", *common, *evals]) == 0
-    a, b = (json.loads((tmp_path / d / "results.json").read_text()) for d in "ab")
-    assert a["episodes"] == b["episodes"] and a["evaluations"] == []
+    evals = ["eval_episodes=4", "eval_num_envs=2", "eval_max_steps=300", "agent.epsilon_eval=1.0"]
+    runs = {"a": [], "b": evals, "c": [*evals, "eval_first=false", "eval_every=300"]}
+    for name, extra in runs.items():
+        assert main(["evaluate", f"run_dir={tmp_path / name}", *common, *extra]) == 0
+    a, b, c = (json.loads((tmp_path / d / "results.json").read_text()) for d in runs)
+    assert a["episodes"] == b["episodes"] == c["episodes"] and a["evaluations"] == []
     assert [e["step"] for e in b["evaluations"]] == [0, b["steps"]]
+    assert c["evaluations"][0]["step"] >= 300 and len(c["evaluations"]) == 2
+    assert b["evaluations"][-1] == c["evaluations"][-1]
+    # random play scores: other seeds (another step) give other episodes
+    assert b["evaluations"][0]["returns"] != b["evaluations"][-1]["returns"]
+    assert sum(b["evaluations"][-1]["returns"]) > 0
 
 
 def test_eval_every_needs_episodes(tmp_path, capsys):

@@ -52,6 +52,8 @@ class EvalConfig:
     # 0 and after the last step; 0: no evaluation, runs are scored by their last 10 training
     # episodes (paper: 100)
     eval_every: int = 0  # agent steps between further evaluations (0: only the first and last)
+    eval_first: bool = True  # also evaluate the untrained head at step 0 (false: save its time
+    # when only the final score matters)
     eval_max_steps: int = 27_000  # cap of each evaluation episode (agent steps; 108k frames, the
     # paper's)
     checkpoint_every: int = 100_000  # agent steps between resumable checkpoints (0: only the
@@ -140,7 +142,6 @@ class Loop:
     agent: DQN
     replay: FeatureReplay
     rng: np.random.Generator
-    eval_rng: np.random.Generator
     steps: int  # the run's length in agent steps (over all envs)
     step: int = 0
     since_update: int = 0
@@ -155,7 +156,6 @@ class Loop:
             "agent": self.agent.state_dict(),
             "replay": self.replay.state_dict(),
             "rng": self.rng.bit_generator.state,
-            "eval_rng": self.eval_rng.bit_generator.state,
             "episodes": self.episodes,
             "evaluations": self.evaluations,
             "step": self.step,
@@ -173,7 +173,6 @@ class Loop:
         self.agent.load_state_dict(state["agent"])
         self.replay.load_state_dict(state["replay"])
         self.rng.bit_generator.state = state["rng"]
-        self.eval_rng.bit_generator.state = state["eval_rng"]
         self.episodes, self.evaluations = state["episodes"], state["evaluations"]
         self.resumed_at = [*state["resumed_at"], int(state["step"])]
         self.step, self.since_update = int(state["step"]), int(state["since_update"])
@@ -198,21 +197,32 @@ class Callback:
 
 
 class Evaluations(Callback):
-    """The paper's scoring: ``episodes`` greedy episodes (``epsilon``; paper: 100 at 0.001)
-    in ``env`` at step 0, every ``every`` agent steps if set, and after the last step. They draw
-    from the loop's own evaluation generator, so they never change the training run."""
+    """The paper's scoring: ``episodes`` greedy episodes (``epsilon``; paper: 100 at 0.001) at
+    step 0 (``eval_first``), every ``every`` agent steps if set, and after the last step.
+
+    Each evaluation plays in fresh envs from ``make_env(seed)`` and draws its actions from its
+    own generator, both seeded by the run's seed and the evaluation's step: it never changes the
+    training run, and a head's score at a step does not depend on which evaluations came before
+    it, nor on whether the run was resumed in between."""
 
     key = "next_eval"
 
-    def __init__(self, env, encoder, device, cfg: EvalConfig, log=None) -> None:
-        self.env, self.encoder, self.device, self.cfg, self.log = env, encoder, device, cfg, log
+    def __init__(self, make_env: Callable[[int], Any], encoder, device, cfg: EvalConfig,
+                 seed: int, log=None) -> None:  # fmt: skip
+        self.make_env, self.encoder, self.device, self.cfg = make_env, encoder, device, cfg
+        self.seed, self.log = int(seed), log
         self.next_eval: int | None = cfg.eval_every if cfg.eval_every > 0 else None
 
     def _evaluate(self, loop: Loop) -> None:
         cfg = self.cfg
-        returns = greedy_episodes(self.env, self.encoder, loop.agent, cfg.eval_episodes,
-                                  loop.agent.cfg.epsilon_eval, cfg.eval_max_steps, self.device,
-                                  loop.eval_rng)  # fmt: skip
+        seeds = np.random.SeedSequence([self.seed, loop.step, 1]).generate_state(2)
+        env = self.make_env(int(seeds[0] >> 1))
+        try:
+            returns = greedy_episodes(env, self.encoder, loop.agent, cfg.eval_episodes,
+                                      loop.agent.cfg.epsilon_eval, cfg.eval_max_steps,
+                                      self.device, np.random.default_rng(seeds[1]))  # fmt: skip
+        finally:
+            env.close()
         loop.evaluations.append({"step": loop.step, "returns": returns})
         if self.log is not None:
             self.log(loop.step, {"eval_return": float(np.mean(returns))})
@@ -220,7 +230,7 @@ class Evaluations(Callback):
     def on_start(self, loop: Loop, resume: dict[str, Any] | None) -> None:
         if resume is not None and self.next_eval is not None:
             self.next_eval = int(resume["next_eval"])
-        if loop.step == 0:
+        if loop.step == 0 and self.cfg.eval_first:
             self._evaluate(loop)
 
     def on_step(self, loop: Loop, step: Step) -> None:
@@ -336,7 +346,7 @@ def run_control(
         agent: the learner (:class:`agents.dqn.DQN`).
         cfg: the loop's settings.
         device: where features, the replay and the agent live.
-        seed: seeds exploration and replay sampling (evaluations draw from ``[seed, 1]``).
+        seed: seeds exploration and replay sampling.
         callbacks: what runs around the algorithm, in order after each step (module docstring).
         resume: a checkpoint state (:class:`Checkpoints`) to continue from.
 
@@ -358,8 +368,7 @@ def run_control(
         seed,
         STACK_SIZE if frames else 1,
     )
-    loop = Loop(agent, replay, np.random.default_rng(seed), np.random.default_rng([seed, 1]),
-                cfg.steps)  # fmt: skip
+    loop = Loop(agent, replay, np.random.default_rng(seed), cfg.steps)
     if resume is not None:
         loop.load_state_dict(resume)
     for c in callbacks:

@@ -98,12 +98,13 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     env_seed = resumed_env_seed(cfg.seed, int(resume["step"]) if resume else 0)
     env_threads = plan_for(cfg.threads, "evaluate").envpool
     env = make_atari(cfg.game, cfg.num_envs, cfg.protocol, env_seed, num_threads=env_threads)
-    eval_env = None
+    make_eval_env = None
     if cfg.eval_episodes > 0:  # its own envs and seeds, so evaluation never disturbs training
         n_eval = min(cfg.eval_episodes, cfg.eval_num_envs)
-        eval_env = make_atari(
-            cfg.game, n_eval, cfg.protocol, env_seed + 10_000, num_threads=env_threads
-        )
+
+        def make_eval_env(seed: int):
+            return make_atari(cfg.game, n_eval, cfg.protocol, seed, num_threads=env_threads)
+
     try:
         agent = agent_for(cfg, encoder, env.num_actions, device)
         replay_log = _replay_log(cfg, env, resume)
@@ -118,8 +119,9 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         try:
             with bar(cfg.steps, f"evaluate {cfg.game}", "step", cfg.progress) as pbar:
                 callbacks: list[Callback] = []
-                if eval_env is not None:
-                    callbacks.append(Evaluations(eval_env, encoder, device, ecfg, logger.log))
+                if make_eval_env is not None:
+                    callbacks.append(Evaluations(make_eval_env, encoder, device, ecfg,
+                                                 int(cfg.seed), logger.log))  # fmt: skip
                 callbacks += [Logs(logger.log, ecfg.log_every), Progress(pbar)]
                 if replay_log is not None:
                     callbacks.append(ReplayLog(replay_log))
@@ -133,8 +135,6 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
             logger.close()
     finally:
         env.close()
-        if eval_env is not None:
-            eval_env.close()
     save_checkpoint(run_dir, out["steps"], {"agent": agent.state_dict()}, keep=1)
     results = {
         "game": cfg.game,

@@ -103,6 +103,7 @@ def quickstart(cfg) -> None:
                 protocol=cfg.protocol,
                 eval_episodes=cfg.eval_episodes,
                 eval_max_steps=cfg.eval_max_steps,
+                eval_first=False,  # scored by the final evaluation alone
                 agent={"lr": cfg.lr, "feature_norm": cfg.feature_norm},
                 checkpoint_every=0,
                 progress=cfg.progress,
