@@ -47,3 +47,18 @@ class MetricsLogger:
     def close(self) -> None:
         self.tb.close()
         self._jsonl.close()
+
+
+def read_metrics(run_dir: str | Path) -> list[dict]:
+    """A run's ``metrics.jsonl``, one dict per log, in step order. A run resumed from a
+    checkpoint logs again the steps after it; the killed attempt's records of those steps are
+    dropped, so each step appears as the finished run computed it."""
+    out: list[dict] = []
+    for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines():
+        rec = json.loads(line)
+        last = out[-1] if out else None
+        if last and (rec["step"] < last["step"] or (rec["step"] == last["step"]
+                                                     and rec.keys() == last.keys())):  # fmt: skip
+            out = [r for r in out if r["step"] < rec["step"]]  # a resume: these were redone
+        out.append(rec)
+    return out

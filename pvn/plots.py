@@ -9,6 +9,7 @@
 * ``performance_profile.png``: the fraction of runs (all games) whose final human-normalised
   score exceeds tau, with CI bands.
 * ``probability_of_improvement.png``: P(X > Y) for each pair of methods, with 95% CIs.
+* ``pretraining_td_<game>.png``: an experiment's pretraining arms' training TD loss.
 """
 
 from __future__ import annotations
@@ -137,6 +138,21 @@ def plot_curves(runs: list[dict[str, Any]], path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def plot_td_curves(curves: dict[str, list[dict[str, list]]], path: Path, title: str) -> None:
+    """Each pretraining arm's logged training TD loss against updates: the mean over its seeds
+    with a shaded 95% CI (``curves``: arm -> one ``{"step", "td_loss"}`` per seed)."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(5.5, 3.6))
+    for arm, runs in curves.items():
+        grid = np.unique(np.concatenate([np.asarray(c["step"], np.float64) for c in runs]))
+        rows = np.array([np.interp(grid, c["step"], c["td_loss"], left=np.nan, right=np.nan)
+                         for c in runs])  # fmt: skip
+        _band(ax, grid, *mean_ci(rows), f"{arm} (n={len(runs)})", len(runs))
+    ax.set_yscale("log")
+    ax.set_title(title)
+    _save(fig, ax, path, "updates", "training TD loss: mean over seeds\n(band: 95% CI, n >= 2)")
 
 
 def _hns_matrix(runs: list[dict[str, Any]], scores: dict[int, float]) -> np.ndarray | None:

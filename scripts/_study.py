@@ -81,76 +81,6 @@ def collect_data(args: argparse.Namespace, data_dir: Path) -> dict[str, Any]:
     return summary
 
 
-def load_learner(run_dir: Path):
-    """The run's learner (online, target, tasks, local aux nets) at its final checkpoint."""
-    from omegaconf import OmegaConf
-
-    from pvn.checkpoint import load_checkpoint, resolve_checkpoint
-    from pvn.pretraining import build
-
-    cfg = OmegaConf.load(run_dir / "config.yaml")
-    state = load_checkpoint(resolve_checkpoint(run_dir))
-    learner = build(cfg, int(state["meta"]["num_actions"]))
-    learner.load_state_dict(state["learner"])
-    learner.online.eval()
-    learner.target.eval()
-    return cfg, learner, int(state["meta"]["num_actions"])
-
-
-def heldout_transitions(ds, n: int, seed: int = 2024):
-    """``n`` valid transitions of the held-out checkpoint, drawn once (sorted slots)."""
-    from pvn.replay import TorchBatch
-
-    valid = np.flatnonzero(ds.valid_mask(HELDOUT_CKPT))
-    rng = np.random.default_rng(seed)
-    idx = np.sort(rng.choice(valid, min(n, len(valid)), replace=False))
-    b = ds.gather(HELDOUT_CKPT, idx)
-    return TorchBatch(
-        torch.from_numpy(b.observation),
-        torch.from_numpy(b.action),
-        torch.from_numpy(b.reward),
-        torch.from_numpy(b.next_observation),
-        torch.from_numpy(b.terminal),
-    )
-
-
-@torch.no_grad()
-def heldout_losses(learner, batch, chunk: int = 256) -> dict[str, float]:
-    """TD loss on held-out transitions of the final head (``td``) and, for a local learner, of
-    each block's auxiliary head (``local/<block>``), all against the run's own targets (its
-    target network, its calibrated tasks), the way the training loss is computed.
-
-    ``const``: the loss of the best per-task constant on the same targets (the L2 loss of
-    predicting each task's mean target: half its variance, averaged over tasks) -- the floor a
-    head reaches without using the state at all. With Bernoulli(p) indicator rewards it is about
-    ``p (1 - p) / 2``."""
-    obs, action, reward, next_obs, terminal = batch[:5]
-    local = getattr(learner, "local", None)
-    sums: dict[str, float] = {}
-    ys = []
-    n = 0
-    for s in range(0, len(obs), chunk):
-        sl = slice(s, s + chunk)
-        b = len(obs[sl])
-        tasks = learner.tasks(obs[sl], reward[sl])
-        y = learner.td_targets(tasks.rewards, next_obs[sl], terminal[sl])
-        ys.append(y.float())
-        q, _ = learner.online(obs[sl])
-        sums["td"] = sums.get("td", 0.0) + float(learner.td_loss(q, action[sl], y)) * b
-        if local is not None:
-            x = learner.online.torso.prepare(obs[sl])
-            for k, block in enumerate(local.blocks[:-1]):
-                x = block(x)
-                key = f"local/{local.names[k]}"
-                loss = float(learner.td_loss(local(k, x), action[sl], y))
-                sums[key] = sums.get(key, 0.0) + loss * b
-        n += b
-    out = {k: v / n for k, v in sums.items()}
-    if learner.cfg.loss == "l2":
-        out["const"] = float(0.5 * torch.cat(ys).var(0, unbiased=False).mean())
-    return out
-
-
 def machine() -> str:
     model = ""
     try:
@@ -300,6 +230,7 @@ def run_arms(
     batch, wall)``. Finished runs and evaluations are reused. Returns ``out``, ``data_dir``,
     ``summary`` (the log), ``plan`` ((arm, seed) pairs), ``ref_seeds``, ``ds_eval``, ``batch``
     (the held-out transitions), ``results`` (arm -> seed -> evaluation) and ``t_start``."""
+    from pvn.analysis.heldout import heldout_batch
     from pvn.replay import DQNReplayDataset
 
     torch.set_num_threads(args.threads)
@@ -322,7 +253,7 @@ def run_arms(
         ov = pretrain_overrides(args, s, data_dir, run_dir, arm_overrides(arm))
         walls[(arm, s)] = pretrain_run(args, f"{arm} seed {s}", ov, run_dir)
     ds_eval = DQNReplayDataset(data_dir, checkpoints=[HELDOUT_CKPT], cache_dir=out / "cache")
-    batch = heldout_transitions(ds_eval, args.eval_transitions)
+    batch = heldout_batch(ds_eval, HELDOUT_CKPT, args.eval_transitions)
     results: dict[str, dict[int, dict]] = {arm: {} for arm in dict.fromkeys(args.arms)}
     for arm, s in plan:
         log(f"evaluate {arm} seed {s}")

@@ -41,8 +41,7 @@ import torch
 from omegaconf import OmegaConf
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from scripts._study import heldout_losses, load_learner
+from pvn.analysis.heldout import heldout_losses, trained_learner
 
 
 def sample(ds, n: int, seed: int = 2024):
@@ -152,7 +151,7 @@ def main() -> None:
         game, run = spec.split("=", 1)
         todo.append((game, Path(run), f"{game} ({run})"))
     for game, run, label in todo:
-        pre, learner, _ = load_learner(run)
+        pre, learner, _ = trained_learner(run)
         ds = DQNReplayDataset(data_dir(cfg, game), cache_dir=pre.data.cache_dir, seed=0)
         batch = sample(ds, args.n)
         losses = heldout_losses(learner, batch)

@@ -45,8 +45,6 @@ from _study import (
     collect_data,
     env,
     fmt,
-    heldout_losses,
-    heldout_transitions,
     log,
     pyplot,
     records,
@@ -54,6 +52,8 @@ from _study import (
     table,
     write_results,
 )
+
+from pvn.analysis.heldout import heldout_batch, heldout_losses
 
 GAMES = ["Pong", "Breakout"]
 NONIID = {  # arm: overrides
@@ -183,7 +183,7 @@ def study_noniid(args, logs: dict[str, Path]) -> dict:
         cache = args.out / "cache"
         ds = DQNReplayDataset(logs[g], checkpoints=[HELDOUT_CKPT], cache_dir=cache)
         both = DQNReplayDataset(logs[g], cache_dir=cache)
-        held[g] = (ds, heldout_transitions(both, args.heldout))
+        held[g] = (ds, heldout_batch(both, HELDOUT_CKPT, args.heldout))
     results = {}
     for arm, run_dir in dirs.items():
         recs = records(run_dir)

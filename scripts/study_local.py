@@ -60,9 +60,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _study import (
     command_line,
     fmt,
-    heldout_losses,
     keyed,
-    load_learner,
     log,
     parse_study_args,
     pyplot,
@@ -76,6 +74,8 @@ from _study import (
     write_results,
 )
 from _study import env as _env
+
+from pvn.analysis.heldout import heldout_losses, trained_learner
 
 #: arm -> ``local=`` option; "none" is end-to-end backpropagation through the whole torso
 ARMS = ["none", "dgl", "man", "man_pp", "auglocal"]
@@ -194,7 +194,7 @@ def evaluate_run(
         if ev.get("eval_key") == key:
             return ev
     t0 = time.perf_counter()
-    cfg, learner, _ = load_learner(run_dir)
+    cfg, learner, _ = trained_learner(run_dir)
     held = heldout_losses(learner, batch)
     probe = linear_probes(
         load_encoder(run_dir), ds_eval, gamma=float(cfg.data.gamma), max_states=args.probe_states
@@ -227,7 +227,7 @@ def init_probe(args: argparse.Namespace, run_dir: Path, ds_eval, batch) -> dict[
     from pvn.analysis.probes import linear_probes
     from pvn.pretraining import build
 
-    cfg, _, num_actions = load_learner(run_dir)
+    cfg, _, num_actions = trained_learner(run_dir)
 
     torso = build(cfg, num_actions).online.torso.eval()
     out = linear_probes(torso, ds_eval, gamma=float(cfg.data.gamma), max_states=args.probe_states)

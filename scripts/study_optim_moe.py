@@ -56,7 +56,6 @@ from _study import (
     command_line,
     fmt,
     keyed,
-    load_learner,
     log,
     parse_study_args,
     pyplot,
@@ -68,6 +67,8 @@ from _study import (
     td_rate,
     write_results,
 )
+
+from pvn.analysis.heldout import trained_learner
 
 #: arm name -> (optimizer group option, moe group option)
 ARMS: dict[str, tuple[str, str]] = {
@@ -248,7 +249,7 @@ def evaluate_run(
         ev = json.loads(cache.read_text())
         if ev.get("eval_key") == eval_key(args):
             return ev
-    cfg, learner, _ = load_learner(run_dir)
+    cfg, learner, _ = trained_learner(run_dir)
     t0 = time.perf_counter()
     rob = robustness(learner, batch, args.sigmas)
     probe = linear_probes(

@@ -145,9 +145,9 @@ def test_killed_experiment_resumes_without_redoing_finished_stages(tmp_path, cap
 
 
 def test_a_report_needs_a_finished_evaluation(tmp_path, capsys):
-    """``--report`` reports the evaluations finished so far; with none, a one-line error."""
+    """``--report`` reports the runs finished so far; with none, a one-line error."""
     assert main(["experiment", _config(tmp_path), "--report"]) == 2
-    assert "no evaluation stage has finished yet" in capsys.readouterr().err
+    assert "no evaluation or pretraining arm has finished yet" in capsys.readouterr().err
     assert not (tmp_path / "results").exists()
 
 
@@ -303,3 +303,69 @@ def test_an_out_made_by_other_commands_is_refused(tmp_path, capsys):
     (data.run_dir / "stage.json").write_text("{")
     assert main(["experiment", config, "--status"]) == 2
     assert "stage.json: unreadable stage record" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_pretraining_arms_are_pretrained_per_seed_and_measured_on_held_out_data(tmp_path, capsys):
+    """``control: false`` arms: one pretraining per seed (the experiment's overrides, then the
+    arm's), no control run, no unused game PVN; the report measures each run on the held-out
+    log checkpoint: its TD loss there equals the PVN TD loss computed by hand from the run's
+    networks (Eq. 4: 1/2 squared error to r - p + gamma (1 - done) mean_a Q_target(s', a))."""
+    import torch
+
+    from pvn.analysis.heldout import heldout_batch, trained_learner
+    from pvn.replay import DQNReplayDataset
+
+    cfg = yaml.safe_load(Path(_config(tmp_path)).read_text())
+    cfg["data"]["overrides"] = ["steps=1500", "num_envs=4", "capacity=600"]
+    cfg["pretrain"]["overrides"].append("data.checkpoints=[0]")
+    cfg["arms"] = {
+        "base": {"encoder": "pvn", "control": False},
+        "wide": {"encoder": "pvn", "control": False, "pretrain": ["torso.feature_dim=64"],
+                 "seeds": [1]},
+    }  # fmt: skip
+    cfg["measure"] = {"heldout": [1], "transitions": 100, "probe_states": 300}
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    assert main(["experiment", str(path), "--print-commands"]) == 0
+    names = [line.split("  # ")[1].split(",")[0] for line in capsys.readouterr().out.splitlines()]
+    runs = [f"pretrain/Breakout-{a}" for a in ("base/seed0", "base/seed1", "wide/seed1")]
+    assert names == ["data/Breakout", *runs, "report"]
+    assert main(["experiment", str(path)]) == 0
+    results = tmp_path / "results"
+    with open(results / "pretraining.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [(r["arm"], r["seed"]) for r in rows] == [("base", "0"), ("base", "1"), ("wide", "1")]
+    md = (results / "pretraining.md").read_text()
+    assert "| base | 2 |" in md and "| wide | 1 |" in md
+    assert (results / "pretraining_td_Breakout.png").stat().st_size > 0
+    assert json.loads((results / "complete.json").read_text())["stages"] == runs
+    # the held-out TD loss, by hand
+    run = tmp_path / "runs" / "pretrain" / "Breakout-base" / "seed1"
+    _, learner, _ = trained_learner(run)
+    batch = heldout_batch(DQNReplayDataset(tmp_path / "runs" / "data" / "Breakout",
+                                           checkpoints=[1]), 1, 100)  # fmt: skip
+    with torch.no_grad():
+        obs, action, reward, next_obs, terminal = batch[:5]
+        r = learner.tasks(obs, reward).rewards.float() - learner._center
+        y = r + learner.discount * (~terminal).float()[:, None] * learner.target(next_obs)[0].mean(
+            2
+        )
+        q_sa = learner.online(obs)[0][torch.arange(len(obs)), :, action]
+        by_hand = float(0.5 * (y - q_sa).pow(2).mean())
+    measured = json.loads((run / "measures.json").read_text())
+    assert measured["heldout"]["td"] == pytest.approx(by_hand, rel=1e-5)
+    assert float(rows[1]["td_heldout"]) == pytest.approx(by_hand, rel=1e-5)
+    # a run with other seeds or options is another run: the seeds' losses differ
+    assert rows[0]["td_heldout"] != rows[1]["td_heldout"]
+
+
+def test_every_shipped_experiment_config_plans():
+    """Each config under configs/experiment/ passes the checks and makes a stage graph."""
+    from pvn.experiments.plan import load, stages
+
+    configs = sorted((Path(__file__).parents[1] / "configs" / "experiment").glob("*.yaml"))
+    assert len(configs) >= 10
+    for path in configs:
+        todo = stages(load(path))
+        assert todo[-1].kind == "report" and len(todo) > 2, path

@@ -19,6 +19,7 @@ import pvn
 from pvn.checkpoint import list_checkpoints, load_checkpoint
 from pvn.cli import main
 from pvn.config import load_config
+from pvn.metrics import read_metrics
 from pvn.pretraining import build
 from pvn.replay import DQNReplayDataset, DQNReplayWriter, Prefetcher
 from pvn.task_cache import attach_task_cache, cache_wanted
@@ -147,6 +148,11 @@ def test_sigkill_then_resume_is_bit_exact(log_dir, tmp_path, task_cache):
         load_checkpoint(list_checkpoints(tmp_path / "straight")[-1]),
         load_checkpoint(list_checkpoints(run)[-1]),
     )
+    # its metrics, read back, are the uninterrupted run's: the killed attempt's logs after the
+    # checkpoint (logged again on resuming) are dropped
+    losses = [[(r["step"], r.get("td_loss")) for r in read_metrics(d)]
+              for d in (tmp_path / "straight", run)]  # fmt: skip
+    assert losses[0] == losses[1] and [s for s, _ in losses[0]] == list(range(5, 41, 5))
 
 
 @pytest.mark.parametrize("family", ["indicator_rnd", "indicator_hash", "random_cumulants"])

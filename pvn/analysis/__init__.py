@@ -2,8 +2,9 @@
 
 * :mod:`pvn.analysis.scores`: human normalisation (``data/atari57_scores.csv``) and aggregate
   metrics with stratified-bootstrap CIs;
-* :mod:`pvn.analysis.probes`: offline linear probes of a frozen representation on logged data.
+* :mod:`pvn.analysis.probes`: offline linear probes of a frozen representation on logged data;
+* :mod:`pvn.analysis.heldout`: a finished pretraining run's TD loss on held-out transitions.
 
-Neither acts in an environment, so they sit in the pvn core, below ``agents`` (see
+None acts in an environment, so they sit in the pvn core, below ``agents`` (see
 ``docs/layout.md``, "Layers").
 """

@@ -9,12 +9,16 @@ An experiment is a list of stages, each one ``pvn`` command with its own run dir
    and there is no data stage;
 2. ``pretrain/<game>``: a PVN pretrained on that log; an arm with its own ``pretrain:``
    overrides (a knob: more tasks, another firing rate, longer) gets its own,
-   ``pretrain/<game>-<arm>``, the experiment's overrides followed by the arm's;
+   ``pretrain/<game>-<arm>``, the experiment's overrides followed by the arm's; a pretraining
+   arm (``control: false``: a study of the pretraining itself) gets one per seed,
+   ``pretrain/<game>-<arm>/seed<k>``, and no evaluation;
 3. ``eval/<game>/<arm>/seed<k>``: each arm (``encoder: pvn`` -- the game's pretrained PVN --,
    ``random`` or ``e2e``, with its own overrides) at each seed (the experiment's ``seeds``, or
    the arm's own ``seeds:``, e.g. one seed of a costly end-to-end arm);
 4. ``report``: ``pvn report`` over every evaluation, each run labelled by its arm (and offline
-   probes per game), the per-run CSV and the config, under ``results``.
+   probes per game), the per-run CSV, the pretraining arms measured on held-out log
+   checkpoints (``measure:``; :mod:`pvn.experiments.measures`) and the config, under
+   ``results``.
 
 Several runners may share ``out``: runners of one experiment (one per core or machine), or of
 experiments that share stages (a knob study reusing another experiment's logs, PVN and baseline

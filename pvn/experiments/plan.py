@@ -19,6 +19,12 @@ from pvn.errors import ConfigError
 
 ARM_ENCODERS = ("pvn", "random", "e2e")
 DATA_KINDS = ("agent", "collect", "dataset")
+#: how the report measures pretraining arms (``measure:``): on these log checkpoints (those the
+#: pretraining holds out with ``data.checkpoints``; empty: the whole log), this many held-out
+#: transitions for the TD loss, this many states for the probes, and the training TD loss as
+#: the mean of the last ``final_logs`` logged windows
+MEASURE: dict[str, Any] = {"heldout": [], "transitions": 2048, "probe_states": 4000,
+                           "final_logs": 4}  # fmt: skip
 
 
 @dataclass
@@ -35,8 +41,9 @@ class Stage:
         path = self.run_dir / self.done_file
         if self.kind != "report" or not path.is_file():
             return path.is_file()
-        try:  # a report is done when it covers every evaluation the config now has
-            return json.loads(path.read_text()).get("evaluations") == self.after
+        try:  # a report is done when it covers every run the config now has
+            covered = json.loads(path.read_text())
+            return covered.get("stages", covered.get("evaluations")) == self.after
         except (OSError, ValueError, AttributeError):
             return False
 
@@ -80,6 +87,23 @@ def load(path: str | Path, overrides: list[str] | None = None) -> dict[str, Any]
             raise ConfigError(f"{p}: arms.{arm}.seeds={seeds!r}: give a list of integers")
         if "pretrain" in spec and spec["encoder"] != "pvn":
             raise ConfigError(f"{p}: arms.{arm}.pretrain: only an arm with encoder: pvn pretrains")
+        if spec.get("control", True) is not True:
+            if spec.get("control") is not False:
+                raise ConfigError(f"{p}: arms.{arm}.control={spec['control']!r}: true or false")
+            if spec["encoder"] != "pvn" or "overrides" in spec:
+                raise ConfigError(f"{p}: arms.{arm}.control=false: a pretraining arm (encoder: "
+                                  "pvn, its own pretrain: overrides) has no control runs to "
+                                  "override")  # fmt: skip
+    measure = {**MEASURE, **(cfg.get("measure") or {})}
+    if set(measure) - set(MEASURE):
+        bad = sorted(set(measure) - set(MEASURE))[0]
+        raise ConfigError(f"{p}: measure.{bad}: unknown; choose from {sorted(MEASURE)}")
+    if not isinstance(measure["heldout"], list) or not all(
+        isinstance(c, int) for c in measure["heldout"]
+    ):
+        raise ConfigError(f"{p}: measure.heldout={measure['heldout']!r}: give a list of log "
+                          "checkpoint ids (empty: the whole log)")  # fmt: skip
+    cfg["measure"] = measure
     return cfg
 
 
@@ -128,9 +152,17 @@ def stages(
         needs_data = [f"data/{game}"] if cfg["data"]["kind"] != "dataset" else []
         base = cfg["pretrain"].get("overrides", [])
         game_pvn = _pretrain_stage(out, game, data, seed0, base, needs_data)
-        todo.append(game_pvn)
+        if any(s["encoder"] == "pvn" and not s.get("pretrain") and s.get("control", True)
+               for s in cfg["arms"].values()):  # fmt: skip
+            todo.append(game_pvn)  # the game's PVN, when a control arm reads it
         for arm, spec in cfg["arms"].items():
             encoder, after = spec["encoder"], []
+            if not spec.get("control", True):  # a pretraining arm: one pretraining per seed
+                knob = [*base, *spec.get("pretrain", [])]
+                for seed in spec.get("seeds", cfg["seeds"]):
+                    todo.append(_pretrain_stage(out, f"{game}-{arm}/seed{seed}", data, seed,
+                                                knob, needs_data))  # fmt: skip
+                continue
             if encoder == "pvn":
                 pre = game_pvn
                 if spec.get("pretrain"):  # a knob: the arm's own pretraining
@@ -153,5 +185,11 @@ def stages(
     # (with the command line's overrides: as a job, it reads the config as the command did)
     argv = [] if config_path is None else ["experiment", str(config_path), "--report",
                                            *(overrides or [])]  # fmt: skip
-    report = Stage("report", argv, results, "report", "complete.json", [e.name for e in evals])
+    measured = [*[st.name for st in todo if is_pretraining_arm(st)], *[e.name for e in evals]]
+    report = Stage("report", argv, results, "report", "complete.json", measured)
     return [*todo, *evals, report]
+
+
+def is_pretraining_arm(stage: Stage) -> bool:
+    """A pretraining arm's run (``pretrain/<game>-<arm>/seed<k>``), which the report measures."""
+    return stage.kind == "pretrain" and stage.name.count("/") == 2

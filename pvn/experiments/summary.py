@@ -12,7 +12,7 @@ import numpy as np
 
 from pvn.errors import ConfigError
 from pvn.experiments.cluster import LIVE
-from pvn.experiments.plan import Stage, data_dir
+from pvn.experiments.plan import Stage, data_dir, is_pretraining_arm
 from pvn.experiments.store import Store
 
 
@@ -75,19 +75,37 @@ def status_table(
 
 def write_report(cfg: dict[str, Any], todo: list[Stage], config_path: Path) -> None:
     """The report stage: ``pvn report`` over every finished evaluation, per-game probes on the
-    logs, the raw per-run CSV, the experiment config and ``stages.txt`` (which stages the report
-    covers), under ``results``. ``complete.json`` marks a report over every stage; ``pvn
-    experiment CONFIG --report`` writes one over the stages finished so far without it."""
-    from pvn.commands.report import final_score, load_results, report
+    logs, the raw per-run CSV, the pretraining arms measured offline
+    (:mod:`pvn.experiments.measures`), the experiment config and ``stages.txt`` (which stages
+    the report covers), under ``results``. ``complete.json`` marks a report over every stage;
+    ``pvn experiment CONFIG --report`` writes one over the stages finished so far without it."""
+    from pvn.experiments.measures import pretraining_report
 
     results = Path(cfg["results"])
     evals = [s for s in todo if s.kind == "eval" and s.done]
-    if not evals:
-        raise ConfigError(f"{config_path}: no evaluation stage has finished yet; nothing to report")
+    pretrainings = [s for s in todo if is_pretraining_arm(s) and s.done]
+    if not evals and not pretrainings:
+        raise ConfigError(f"{config_path}: no evaluation or pretraining arm has finished yet; "
+                          "nothing to report")  # fmt: skip
     results.mkdir(parents=True, exist_ok=True)
     (results / "complete.json").unlink(missing_ok=True)
     shutil.copyfile(config_path, results / "experiment.yaml")
-    arms = [s.name.split("/")[2] for s in evals]  # each run is labelled by its arm
+    if pretrainings:
+        pretraining_report(cfg, pretrainings, results)
+    if evals:
+        _control_report(cfg, evals, results)
+    if all(s.done for s in todo if s.kind != "report"):
+        covered = {"stages": [*[s.name for s in pretrainings], *[s.name for s in evals]]}
+        (results / "complete.json").write_text(json.dumps(covered, indent=1) + "\n")
+    (results / "stages.txt").write_text(status_table(todo) + "\n")
+
+
+def _control_report(cfg: dict[str, Any], evals: list[Stage], results: Path) -> None:
+    """``pvn report`` over the finished evaluations (each run labelled by its arm), per-game
+    probes and ``runs.csv``."""
+    from pvn.commands.report import final_score, load_results, report
+
+    arms = [s.name.split("/")[2] for s in evals]
     report([str(s.run_dir) for s in evals], results, methods=arms)
     for game in cfg["games"]:
         mine = [i for i, s in enumerate(evals) if s.name.startswith(f"eval/{game}/")]
@@ -112,7 +130,3 @@ def write_report(cfg: dict[str, Any], todo: list[Stage], config_path: Path) -> N
                     "final_evaluation_std", "final_evaluation_distinct"])  # fmt: skip
         w.writerows(rows)
     tmp.replace(results / "runs.csv")
-    if all(s.done for s in todo if s.kind != "report"):
-        covered = {"evaluations": [s.name for s in evals]}  # what Stage.done compares
-        (results / "complete.json").write_text(json.dumps(covered, indent=1) + "\n")
-    (results / "stages.txt").write_text(status_table(todo) + "\n")

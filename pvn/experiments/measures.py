@@ -1,0 +1,144 @@
+"""The report of an experiment's pretraining arms (``control: false``): each finished
+pretraining measured offline on the log, and the arms side by side per game.
+
+A pretraining study (optimizers, torsos, local-learning rules, MoE layers) compares what the
+pretraining itself produced, with no control run: the TD loss of the PVN objective (Farebrother
+et al. 2023, Eq. 4) on the training batches and on held-out transitions of the same log, and
+linear probes of the frozen torso (:mod:`pvn.analysis.heldout`). Each run's measures are kept
+in its run directory (``measures.json``, with the settings they were made under), so a report
+re-written over more runs measures only the new ones.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pvn.experiments.plan import Stage, data_dir
+
+
+def _measures(stage: Stage, data: Path, spec: dict[str, Any], held: dict) -> dict[str, Any]:
+    """The stage's run measured under ``spec`` (cached in its ``measures.json``)."""
+    from pvn.analysis.heldout import heldout_batch, measure_run
+    from pvn.replay import DQNReplayDataset
+
+    key = {"data": str(data), **spec}
+    cache = stage.run_dir / "measures.json"
+    if cache.is_file():
+        kept = json.loads(cache.read_text())
+        if kept.get("settings") == key:
+            return kept
+    if "ds" not in held:  # the log and its held-out batch, read once per game
+        ds = DQNReplayDataset(data, checkpoints=spec["heldout"] or None)
+        n, k = spec["transitions"], len(ds.checkpoints)  # split evenly over the checkpoints
+        parts = [heldout_batch(ds, c, n // k + (i < n % k)) for i, c in enumerate(ds.checkpoints)]
+        held["ds"], held["batch"] = ds, parts[0] if k == 1 else _concat(parts)
+    out = {"settings": key, **measure_run(stage.run_dir, held["ds"], held["batch"],
+                                          spec["probe_states"], spec["final_logs"])}  # fmt: skip
+    tmp = cache.with_name(f".{cache.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(out, indent=1))
+    tmp.replace(cache)
+    return out
+
+
+def _concat(batches: list):
+    """The held-out batches of several checkpoints as one."""
+    import torch
+
+    from pvn.replay import TorchBatch
+
+    return TorchBatch(*[torch.cat([b[i] for b in batches]) for i in range(5)])
+
+
+def _cell(values: list[float], digits: int = 4) -> str:
+    """Mean over seeds, with the sample sd when there are several (n in the arm's row)."""
+    vals = [v for v in values if np.isfinite(v)]
+    if not vals:
+        return "—"
+    if len(vals) == 1:
+        return f"{vals[0]:.{digits}g}"
+    return f"{np.mean(vals):.{digits}g} ± {np.std(vals, ddof=1):.2g}"
+
+
+def pretraining_report(cfg: dict[str, Any], runs: list[Stage], results: Path) -> str:
+    """Measure every finished pretraining-arm run and write ``pretraining.md`` (a table per
+    game and the training TD-loss curves), ``pretraining.csv`` (a row per run) and
+    ``pretraining.json`` (every number) under ``results``; returns the Markdown.
+
+    Args:
+        cfg: the experiment config (:func:`pvn.experiments.plan.load`), its ``measure:``.
+        runs: the finished ``pretrain/<game>-<arm>/seed<k>`` stages.
+        results: the report's directory.
+    """
+    from pvn.plots import plot_td_curves
+
+    spec = cfg["measure"]
+    where = (f"log checkpoints {spec['heldout']}, held out of the pretraining"
+             if spec["heldout"] else "the whole log (the pretraining's own data)")  # fmt: skip
+    text = [
+        "# Pretraining arms",
+        "",
+        f"Each run measured on {where}: the TD loss on {spec['transitions']} of its "
+        "transitions against the run's own targets (and the best per-task constant's, the "
+        "floor of a head that ignores the state), linear probes of the frozen torso on up to "
+        f"{spec['probe_states']} states (R² of return-to-go and next reward on later episodes), "
+        f"the training TD loss as the mean of the last {spec['final_logs']} logs. Cells: mean "
+        "over seeds ± sd when n > 1.",
+    ]
+    rows, every = [], {}
+    for game in cfg["games"]:
+        mine = [s for s in runs if s.name.startswith(f"pretrain/{game}-")]
+        if not mine:
+            continue
+        held: dict[str, Any] = {}
+        by_arm: dict[str, list[tuple[int, dict]]] = {}
+        for s in mine:
+            arm, seed = s.name.split("/")[1][len(game) + 1 :], int(s.name.split("/")[2][4:])
+            m = _measures(s, data_dir(cfg, game), spec, held)
+            by_arm.setdefault(arm, []).append((seed, m))
+            every[s.name] = m
+            p = m["probes"]
+            rows.append([game, arm, seed, m["td_train"], m["heldout"]["td"],
+                         m["heldout"].get("const", ""), p["return_r2"], p["reward_r2"],
+                         p["srank"], p["dormant"], m["params"], m["updates_per_s"]])  # fmt: skip
+        text += ["", f"## {game}", "",
+                 "| arm | n | TD loss, train | TD loss, held out | constant's | R² return | "
+                 "R² reward | srank | dormant | params | upd/s |",
+                 "|---|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+        for arm, ms in by_arm.items():
+            col = {k: [m[k] for _, m in ms] for k in ("td_train", "params", "updates_per_s")}
+            held_td = [m["heldout"]["td"] for _, m in ms]
+            const = [m["heldout"].get("const", float("nan")) for _, m in ms]
+            probe = {k: [m["probes"][k] for _, m in ms]
+                     for k in ("return_r2", "reward_r2", "srank", "dormant")}  # fmt: skip
+            text.append(
+                f"| {arm} | {len(ms)} | {_cell(col['td_train'])} | {_cell(held_td)} | "
+                f"{_cell(const)} | {_cell(probe['return_r2'], 3)} | "
+                f"{_cell(probe['reward_r2'], 3)} | {_cell(probe['srank'], 3)} | "
+                f"{_cell(probe['dormant'], 2)} | {int(col['params'][0]):,} | "
+                f"{_cell(col['updates_per_s'], 3)} |"
+            )
+        blocks = {arm: sorted({k for _, m in ms for k in m["heldout"] if k.startswith("local/")})
+                  for arm, ms in by_arm.items()}  # fmt: skip
+        if any(blocks.values()):  # local learning: each block's auxiliary head, held out
+            text += ["", "Held-out TD loss of each block's auxiliary head (local learning):", "",
+                     "| arm | block | TD loss, held out |", "|---|---|---|"]  # fmt: skip
+            for arm, keys in blocks.items():
+                for k in keys:
+                    vals = [m["heldout"][k] for _, m in by_arm[arm]]
+                    text.append(f"| {arm} | {k[len('local/') :]} | {_cell(vals)} |")
+        curves = {arm: [m["curve"] for _, m in ms] for arm, ms in by_arm.items()}
+        plot_td_curves(curves, results / f"pretraining_td_{game}.png", game)
+        text += ["", f"![training TD loss, {game}](pretraining_td_{game}.png)"]
+    with open(results / "pretraining.csv", "w") as f:
+        f.write("game,arm,seed,td_train,td_heldout,td_constant,return_r2,reward_r2,srank,"
+                "dormant,params,updates_per_s\n")  # fmt: skip
+        f.writelines(",".join(map(str, r)) + "\n" for r in rows)
+    (results / "pretraining.json").write_text(json.dumps(every, indent=1))
+    md = "\n".join(text) + "\n"
+    (results / "pretraining.md").write_text(md)
+    return md
