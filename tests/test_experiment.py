@@ -324,7 +324,7 @@ def test_pretraining_arms_are_pretrained_per_seed_and_measured_on_held_out_data(
         "wide": {"encoder": "pvn", "control": False, "pretrain": ["torso.feature_dim=64"],
                  "seeds": [1]},
     }  # fmt: skip
-    cfg["measure"] = {"heldout": [1], "transitions": 100, "probe_states": 300}
+    cfg["measure"] = {"heldout": [1], "transitions": 100, "probe_states": 300, "noise": [16]}
     path = tmp_path / "study.yaml"
     path.write_text(yaml.safe_dump(cfg))
     assert main(["experiment", str(path), "--print-commands"]) == 0
@@ -348,13 +348,22 @@ def test_pretraining_arms_are_pretrained_per_seed_and_measured_on_held_out_data(
     with torch.no_grad():
         obs, action, reward, next_obs, terminal = batch[:5]
         r = learner.tasks(obs, reward).rewards.float() - learner._center
-        y = r + learner.discount * (~terminal).float()[:, None] * learner.target(next_obs)[0].mean(
-            2
-        )
-        q_sa = learner.online(obs)[0][torch.arange(len(obs)), :, action]
-        by_hand = float(0.5 * (y - q_sa).pow(2).mean())
+        q_next = learner.target(next_obs)[0].mean(2)  # the uniform policy's successor measure
+        y = r + learner.discount * (~terminal).float()[:, None] * q_next
+        rows_ = torch.arange(len(obs))
+
+        def loss(x):
+            return float(0.5 * (y - learner.online(x)[0][rows_, :, action]).pow(2).mean())
+
+        by_hand = loss(obs)
+        # robustness: N(0, 16^2) pixel noise in s alone, rounded and clipped; clean targets
+        g = torch.Generator().manual_seed(7 + 16_000)
+        corrupted = (obs.float() + 16 * torch.randn(obs.shape, generator=g)).round().clamp(0, 255)
+        noisy_by_hand = loss(corrupted.to(torch.uint8))
     measured = json.loads((run / "measures.json").read_text())
     assert measured["heldout"]["td"] == pytest.approx(by_hand, rel=1e-5)
+    assert measured["heldout"]["noise/16"] == pytest.approx(noisy_by_hand / by_hand, rel=1e-5)
+    assert measured["heldout"]["noise/16"] != 1.0 and "| ratio σ=16 |" in md
     assert float(rows[1]["td_heldout"]) == pytest.approx(by_hand, rel=1e-5)
     # a run with other seeds or options is another run: the seeds' losses differ
     assert rows[0]["td_heldout"] != rows[1]["td_heldout"]

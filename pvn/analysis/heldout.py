@@ -66,14 +66,27 @@ def heldout_batch(ds: LoggedData, checkpoint: int, n: int, seed: int = 2024) -> 
     )
 
 
+def noisy(obs: torch.Tensor, sigma: float, seed: int = 7) -> torch.Tensor:
+    """uint8 observations plus N(0, sigma^2) per pixel, rounded and clipped to [0, 255]. The
+    noise depends only on (sigma, seed, shape): every run measured sees the same corruption."""
+    if sigma == 0:
+        return obs
+    g = torch.Generator().manual_seed(seed + round(sigma * 1000))
+    eps = torch.randn(obs.shape, generator=g)
+    return (obs.float() + sigma * eps).round_().clamp_(0, 255).to(torch.uint8)
+
+
 @torch.no_grad()
-def heldout_losses(learner, batch: TorchBatch, chunk: int = 256) -> dict[str, float]:
+def heldout_losses(
+    learner, batch: TorchBatch, sigmas: tuple[float, ...] = (), chunk: int = 256
+) -> dict[str, float]:
     """The TD loss of ``learner`` on ``batch``, computed as its training loss is (its tasks'
     rewards, its target network's bootstrap, its loss), averaged over the transitions.
 
     Args:
         learner: a :class:`pvn.learner.PVNLearner` (or its local-learning subclass).
         batch: the transitions (:func:`heldout_batch`).
+        sigmas: pixel-noise levels (uint8 units) at which to measure robustness as well.
         chunk: transitions per forward pass.
 
     Returns:
@@ -81,28 +94,42 @@ def heldout_losses(learner, batch: TorchBatch, chunk: int = 256) -> dict[str, fl
         auxiliary head's loss on the same targets; for the L2 loss, ``const``: the loss of the
         best per-task constant (half each task's target variance, averaged over tasks), the floor
         a head reaches without reading the state (about ``p (1 - p) / 2`` for Bernoulli(p)
-        indicator rewards).
+        indicator rewards); per sigma, ``noise/<sigma>``: the loss with :func:`noisy` pixels in
+        ``s`` alone (the targets stay clean) over the clean loss, and ``drift/<sigma>``: the
+        features' mean relative change ``|phi(noisy s) - phi(s)| / |phi(s)|``.
     """
     obs, action, reward, next_obs, terminal = batch[:5]
     local = getattr(learner, "local", None)
+    corrupted = {sigma: noisy(obs, sigma) for sigma in sigmas}
     sums: dict[str, float] = {}
     targets = []
+
+    def add(key: str, value: float, b: int) -> None:
+        sums[key] = sums.get(key, 0.0) + value * b
+
     for s in range(0, len(obs), chunk):
         sl = slice(s, s + chunk)
         b = len(obs[sl])
         tasks = learner.tasks(obs[sl], reward[sl])
         y = learner.td_targets(tasks.rewards, next_obs[sl], terminal[sl])
         targets.append(y.float())
-        q, _ = learner.online(obs[sl])
-        sums["td"] = sums.get("td", 0.0) + float(learner.td_loss(q, action[sl], y)) * b
+        q, feats = learner.online(obs[sl])
+        add("td", float(learner.td_loss(q, action[sl], y)), b)
+        for sigma, x in corrupted.items():
+            qn, fn = learner.online(x[sl])
+            add(f"noise/{sigma:g}", float(learner.td_loss(qn, action[sl], y)), b)
+            drift = (fn - feats).norm(dim=1) / feats.norm(dim=1).clamp_min(1e-8)
+            add(f"drift/{sigma:g}", float(drift.mean()), b)
         if local is not None:
             x = learner.online.torso.prepare(obs[sl])
             for k, block in enumerate(local.blocks[:-1]):
                 x = block(x)
-                key = f"local/{local.names[k]}"
-                loss = float(learner.td_loss(local(k, x), action[sl], y))
-                sums[key] = sums.get(key, 0.0) + loss * b
+                add(
+                    f"local/{local.names[k]}", float(learner.td_loss(local(k, x), action[sl], y)), b
+                )
     out = {k: v / len(obs) for k, v in sums.items()}
+    for sigma in sigmas:
+        out[f"noise/{sigma:g}"] /= out["td"]
     if learner.cfg.loss == "l2":
         out["const"] = float(0.5 * torch.cat(targets).var(0, unbiased=False).mean())
     return out
@@ -114,6 +141,7 @@ def measure_run(
     batch: TorchBatch,
     probe_states: int = 4000,
     final_logs: int = 4,
+    sigmas: tuple[float, ...] = (),
 ) -> dict[str, Any]:
     """What a pretraining study compares of one finished run.
 
@@ -123,6 +151,7 @@ def measure_run(
         batch: the held-out transitions of the TD losses (:func:`heldout_batch`).
         probe_states: states per probe fit (:func:`pvn.analysis.probes.linear_probes`).
         final_logs: logged windows averaged into the final training TD loss.
+        sigmas: pixel-noise levels of the robustness measures (:func:`heldout_losses`).
 
     Returns:
         ``td_train``: the mean training TD loss of the last ``final_logs`` logs; ``heldout``:
@@ -143,7 +172,7 @@ def measure_run(
                            max_states=probe_states)  # fmt: skip
     return {
         "td_train": float(np.mean(td[-final_logs:])) if td else float("nan"),
-        "heldout": heldout_losses(learner, batch),
+        "heldout": heldout_losses(learner, batch, tuple(sigmas)),
         "probes": probes,
         "params": int(sum(p.numel() for p in learner.online.parameters())),
         "updates_per_s": float(np.median(rates)) if rates else float("nan"),

@@ -38,7 +38,8 @@ def _measures(stage: Stage, data: Path, spec: dict[str, Any], held: dict) -> dic
         parts = [heldout_batch(ds, c, n // k + (i < n % k)) for i, c in enumerate(ds.checkpoints)]
         held["ds"], held["batch"] = ds, parts[0] if k == 1 else _concat(parts)
     out = {"settings": key, **measure_run(stage.run_dir, held["ds"], held["batch"],
-                                          spec["probe_states"], spec["final_logs"])}  # fmt: skip
+                                          spec["probe_states"], spec["final_logs"],
+                                          tuple(spec["noise"]))}  # fmt: skip
     tmp = cache.with_name(f".{cache.name}.tmp-{os.getpid()}")
     tmp.write_text(json.dumps(out, indent=1))
     tmp.replace(cache)
@@ -131,6 +132,18 @@ def pretraining_report(cfg: dict[str, Any], runs: list[Stage], results: Path) ->
                 for k in keys:
                     vals = [m["heldout"][k] for _, m in by_arm[arm]]
                     text.append(f"| {arm} | {k[len('local/') :]} | {_cell(vals)} |")
+        if spec["noise"]:  # robustness: the loss with noisy pixels in s over the clean loss
+            sig = [f"{x:g}" for x in spec["noise"]]
+            text += ["", "Held-out TD loss with Gaussian pixel noise of std σ in s alone (clean "
+                     "targets), over the clean loss; the features' relative drift "
+                     "|φ(noisy s) − φ(s)| / |φ(s)|:", "",
+                     "| arm | " + " | ".join(f"ratio σ={x}" for x in sig) + " | "
+                     + " | ".join(f"drift σ={x}" for x in sig) + " |",
+                     "|---|" + "---|" * (2 * len(sig))]  # fmt: skip
+            for arm, ms in by_arm.items():
+                cells = [_cell([m["heldout"][f"{k}/{x}"] for _, m in ms], 3)
+                         for k in ("noise", "drift") for x in sig]  # fmt: skip
+                text.append(f"| {arm} | " + " | ".join(cells) + " |")
         curves = {arm: [m["curve"] for _, m in ms] for arm, ms in by_arm.items()}
         plot_td_curves(curves, results / f"pretraining_td_{game}.png", game)
         text += ["", f"![training TD loss, {game}](pretraining_td_{game}.png)"]

@@ -21,10 +21,11 @@ ARM_ENCODERS = ("pvn", "random", "e2e")
 DATA_KINDS = ("agent", "collect", "dataset")
 #: how the report measures pretraining arms (``measure:``): on these log checkpoints (those the
 #: pretraining holds out with ``data.checkpoints``; empty: the whole log), this many held-out
-#: transitions for the TD loss, this many states for the probes, and the training TD loss as
-#: the mean of the last ``final_logs`` logged windows
+#: transitions for the TD loss, this many states for the probes, the training TD loss as the
+#: mean of the last ``final_logs`` logged windows, and the TD loss under pixel noise of each
+#: std in ``noise`` (uint8 units; empty: none)
 MEASURE: dict[str, Any] = {"heldout": [], "transitions": 2048, "probe_states": 4000,
-                           "final_logs": 4}  # fmt: skip
+                           "final_logs": 4, "noise": []}  # fmt: skip
 
 
 @dataclass
@@ -103,6 +104,11 @@ def load(path: str | Path, overrides: list[str] | None = None) -> dict[str, Any]
     ):
         raise ConfigError(f"{p}: measure.heldout={measure['heldout']!r}: give a list of log "
                           "checkpoint ids (empty: the whole log)")  # fmt: skip
+    if not isinstance(measure["noise"], list) or not all(
+        isinstance(x, (int, float)) and x > 0 for x in measure["noise"]
+    ):
+        raise ConfigError(f"{p}: measure.noise={measure['noise']!r}: give a list of pixel-noise "
+                          "stds > 0 (uint8 units)")  # fmt: skip
     cfg["measure"] = measure
     return cfg
 
