@@ -1,3 +1,4 @@
 from pvn.console import entry
 
-entry()
+if __name__ == "__main__":  # not when a spawned worker process imports it
+    entry()

@@ -172,13 +172,14 @@ def apply(plan: ThreadPlan) -> None:
         torch.set_num_interop_threads(int(plan.inter_op))
 
 
-def plan_for(threads: Mapping[str, Any], command: str) -> ThreadPlan:
+def plan_for(threads: Mapping[str, Any], command: str, cores: int | None = None) -> ThreadPlan:
     """The plan of a command's ``threads:`` section (``None`` values: decide) resolved;
     a bad value is a one-line :class:`pvn.errors.ConfigError`.
 
     Args:
         threads: the section (a :class:`ThreadsConfig`'s keys, or a saved plan's).
         command: the command the plan is for.
+        cores: the cores it may use (default: :func:`available_cores`).
 
     Returns:
         The :class:`ThreadPlan`.
@@ -186,12 +187,12 @@ def plan_for(threads: Mapping[str, Any], command: str) -> ThreadPlan:
     from pvn.errors import ConfigError
 
     try:
-        return plan_threads(command, overrides=dict(threads))
+        return plan_threads(command, cores, overrides=dict(threads))
     except ValueError as e:
         raise ConfigError(str(e)) from None
 
 
-def settle(cfg: Any, command: str, run: bool = True) -> None:
+def settle(cfg: Any, command: str, run: bool = True, cores: int | None = None) -> None:
     """Decide ``cfg.threads`` (a command's config with a ``threads:`` section) once, before any
     parallel work: write the resolved plan back into it, so that it is saved with the run and
     announced, and apply it to this process unless ``run`` is false (``--cfg job`` only
@@ -202,10 +203,12 @@ def settle(cfg: Any, command: str, run: bool = True) -> None:
         cfg: the command's config (an OmegaConf ``DictConfig``).
         command: the command the plan is for.
         run: apply the plan (false: only resolve it).
+        cores: the cores the command may use (default: :func:`available_cores`; a composite
+            command running several at once gives each its share).
     """
     from omegaconf import open_dict
 
-    plan = plan_for(cfg.threads, command)
+    plan = plan_for(cfg.threads, command, cores)
     with open_dict(cfg):
         cfg.threads = plan.as_dict()
     if run:

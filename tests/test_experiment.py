@@ -262,13 +262,24 @@ def test_bad_knob_and_dataset_configs_are_refused(tmp_path, capsys):
 
 
 def test_a_report_is_redone_when_the_config_gains_evaluations(tmp_path):
-    """``complete.json`` names the evaluations the report covers: a finished experiment that
-    gains a seed or an arm has its report stage to run again once those are done."""
+    """``complete.json`` names the runs the report covers and hashes their commands: a finished
+    experiment that gains a seed or an arm, or whose runs change settings, has its report stage
+    to run again once those are done."""
     from pvn.experiments.plan import load, stages
 
     path = Path(_config(tmp_path))
     report = stages(load(path))[-1]
     report.run_dir.mkdir(parents=True)
+    done = {"stages": report.after, "digest": report.digest}
+    (report.run_dir / "complete.json").write_text(json.dumps(done))
+    assert stages(load(path))[-1].done
+    # the same runs made by other commands (an arm's settings changed): reported again
+    cfg = yaml.safe_load(path.read_text())
+    cfg["arms"]["random"]["overrides"].append("agent.lr=0.01")
+    changed = tmp_path / "changed.yaml"
+    changed.write_text(yaml.safe_dump(cfg))
+    assert stages(load(changed))[-1].after == report.after and not stages(load(changed))[-1].done
+    # a report written before digests is judged by the names it covers
     (report.run_dir / "complete.json").write_text(json.dumps({"evaluations": report.after}))
     assert stages(load(path))[-1].done
     cfg = yaml.safe_load(path.read_text())

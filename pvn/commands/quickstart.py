@@ -8,6 +8,7 @@ which came out ahead (the budgets and their evidence: ``docs/study_quickstart_bo
 
 from __future__ import annotations
 
+import json
 import math
 import shutil
 from pathlib import Path
@@ -88,37 +89,82 @@ def quickstart(cfg) -> None:
         f"{'scaled to unit mean norm' if cfg.feature_norm else 'unscaled'}, protocol "
         f"{cfg.protocol}), each scored by {cfg.eval_episodes} greedy episodes after its last step"
     )
+    runs = {
+        key: dict(
+            encoder=str(encoders[key[0]]),
+            game=cfg.game,
+            steps=cfg.eval_steps,
+            num_envs=cfg.num_envs,
+            run_dir=str(run),
+            seed=key[1],
+            eval_preset=cfg.eval_preset,
+            protocol=cfg.protocol,
+            eval_episodes=cfg.eval_episodes,
+            eval_max_steps=cfg.eval_max_steps,
+            eval_first=False,  # scored by the final evaluation alone
+            agent={"lr": cfg.lr, "feature_norm": cfg.feature_norm},
+            checkpoint_every=0,
+        )
+        for key, run in evals.items()
+    }
     final: dict[tuple[str, int], float] = {}
-    for (name, seed), run in evals.items():
-        r = evaluate(
-            _planned(
-                "evaluate",
-                encoder=str(encoders[name]),
-                game=cfg.game,
-                steps=cfg.eval_steps,
-                num_envs=cfg.num_envs,
-                run_dir=str(run),
-                seed=seed,
-                eval_preset=cfg.eval_preset,
-                protocol=cfg.protocol,
-                eval_episodes=cfg.eval_episodes,
-                eval_max_steps=cfg.eval_max_steps,
-                eval_first=False,  # scored by the final evaluation alone
-                agent={"lr": cfg.lr, "feature_norm": cfg.feature_norm},
-                checkpoint_every=0,
-                progress=cfg.progress,
-            )
-        )
-        score, scored_by = final_score(load_results(run))
+    for (name, seed), episodes in _linear_control(runs, cfg.progress).items():
+        score, scored_by = final_score(load_results(evals[name, seed]))
         final[name, seed] = None if math.isnan(score) else score
-        print(
-            f"      {name} seed {seed}: {r['episodes']} training episodes; {scored_by}: {score:.1f}"
-        )
+        print(f"      {name} seed {seed}: {episodes} training episodes; {scored_by}: {score:.1f}")
     print("\n[4/4] report (and offline linear probes on the collected log)\n")
     print(report([str(d) for d in evals.values()], out / "report", data=data_dir))
     print("\n" + verdict(final, seeds))
     print(f"\nfiles: {out / 'report'} (report.md, report.csv, curves.png, probes.json)")
     save_config(cfg, out)
+
+
+def _linear_control(runs: dict[tuple[str, int], dict], progress: bool) -> dict:
+    """Run the online evaluations (``pvn evaluate`` configs by (encoder, seed)), side by side in
+    worker processes, one per core: a linear-control run keeps about one core busy (its
+    encoder's forward pass and the emulators take turns), so on 2 cores two runs at once take
+    about the time of one. Each worker's thread plan is the one a run gets on its core share
+    (on 2 cores the same as run alone: one learner thread, one emulator thread), so the results
+    are those of the runs made one after another. Returns each run's training-episode count,
+    in the order of ``runs``."""
+    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+    from multiprocessing import get_context
+
+    from pvn.progress import bar
+    from pvn.threads import available_cores
+
+    workers = max(1, min(len(runs), available_cores()))
+    share = max(1, available_cores() // workers)
+    total = sum(v["steps"] for v in runs.values())
+    episodes: dict[tuple[str, int], int] = {}
+    # spawn: a forked child of a process that ran OpenMP regions can hang in its first one
+    with (
+        ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool,
+        bar(total, f"linear control ({workers} at once)", "step", progress) as pbar,
+    ):
+        todo = {pool.submit(_evaluate_one, values, share): key for key, values in runs.items()}
+        while todo:
+            done, _ = wait(todo, timeout=1.0, return_when=FIRST_COMPLETED)
+            for future in done:
+                episodes[todo.pop(future)] = future.result()
+            pbar.update(sum(_steps_done(v["run_dir"]) for v in runs.values()) - pbar.n)
+    return {key: episodes[key] for key in runs}
+
+
+def _evaluate_one(values: dict, cores: int) -> int:
+    """One ``pvn evaluate`` run in a worker process, with the thread plan of its core share."""
+    sub = configure("evaluate", progress=False, **values)
+    settle(sub, "evaluate", cores=cores)
+    return int(evaluate(sub)["episodes"])
+
+
+def _steps_done(run_dir: str) -> int:
+    """The agent steps a running evaluation has logged (its ``metrics.jsonl``; 0 before)."""
+    try:
+        lines = (Path(run_dir) / "metrics.jsonl").read_text().splitlines()
+    except OSError:
+        return 0
+    return int(json.loads(lines[-1])["step"]) if lines else 0
 
 
 def _planned(command: str, **values) -> DictConfig:

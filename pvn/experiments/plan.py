@@ -7,6 +7,7 @@ stages it needs first (:func:`stages`); which are done is the store's business
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shlex
 from dataclasses import dataclass, field
@@ -36,15 +37,17 @@ class Stage:
     kind: str  # data | pretrain | eval | report
     done_file: str  # the file whose presence marks the stage complete
     after: list[str] = field(default_factory=list)  # stages that must be complete first
+    digest: str = ""  # a report's: the commands of the runs it covers, hashed
 
     @property
     def done(self) -> bool:
         path = self.run_dir / self.done_file
         if self.kind != "report" or not path.is_file():
             return path.is_file()
-        try:  # a report is done when it covers every run the config now has
-            covered = json.loads(path.read_text())
-            return covered.get("stages", covered.get("evaluations")) == self.after
+        try:  # a report is done when it covers every run the config now has, as they are now
+            covered = json.loads(path.read_text())  # (a report older than digests: by names)
+            names = covered.get("stages", covered.get("evaluations"))
+            return names == self.after and covered.get("digest", self.digest) == self.digest
         except (OSError, ValueError, AttributeError):
             return False
 
@@ -191,8 +194,10 @@ def stages(
     # (with the command line's overrides: as a job, it reads the config as the command did)
     argv = [] if config_path is None else ["experiment", str(config_path), "--report",
                                            *(overrides or [])]  # fmt: skip
-    measured = [*[st.name for st in todo if is_pretraining_arm(st)], *[e.name for e in evals]]
-    report = Stage("report", argv, results, "report", "complete.json", measured)
+    covered = [*[st for st in todo if is_pretraining_arm(st)], *evals]
+    digest = hashlib.sha1("\n".join(st.command() for st in covered).encode()).hexdigest()[:16]
+    report = Stage("report", argv, results, "report", "complete.json",
+                   [st.name for st in covered], digest)  # fmt: skip
     return [*todo, *evals, report]
 
 

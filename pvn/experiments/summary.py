@@ -95,7 +95,8 @@ def write_report(cfg: dict[str, Any], todo: list[Stage], config_path: Path) -> N
     if evals:
         _control_report(cfg, evals, results)
     if all(s.done for s in todo if s.kind != "report"):
-        covered = {"stages": [*[s.name for s in pretrainings], *[s.name for s in evals]]}
+        report_stage = next(s for s in todo if s.kind == "report")
+        covered = {"stages": report_stage.after, "digest": report_stage.digest}
         (results / "complete.json").write_text(json.dumps(covered, indent=1) + "\n")
     (results / "stages.txt").write_text(status_table(todo) + "\n")
 
