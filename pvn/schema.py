@@ -134,7 +134,7 @@ class CollectConfig:
 
 @dataclass
 class QuickstartConfig:
-    """``pvn quickstart``: the demo, sized for a laptop CPU (about 12 minutes on 2 cores).
+    """``pvn quickstart``: the demo, sized for a laptop CPU (about 7 minutes on 2 cores).
     Collects a small log with a random policy, pretrains a small PVN on it, evaluates linear
     control on PVN features and on random features for a few seeds, and reports (with offline
     linear probes). Why these values: docs/study_quickstart_boxing.md."""

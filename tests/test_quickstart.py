@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-import pytest
+import json
 
-from pvn.checkpoint import list_checkpoints
+import pytest
+import torch
+
+from pvn.checkpoint import list_checkpoints, load_checkpoint
 from pvn.cli import main
 from pvn.commands.quickstart import verdict
 
@@ -39,6 +42,18 @@ def test_quickstart_runs_collect_pretrain_evaluate_report(tmp_path, capsys, monk
     assert "| Breakout | pvn | 2 |" in (out / "report" / "report.md").read_text()
     assert "indicators fire on" in text and "srank" in text
     assert list_checkpoints(out / "pvn")[-1].name == "ckpt_000000120.pt"
+    # the runs play side by side in worker processes; each equals the same run made alone
+    alone = tmp_path / "alone"
+    same = ["game=Breakout", "steps=300", "num_envs=2", "seed=1", "eval_preset=short",
+            "protocol=dopamine", "eval_episodes=2", "eval_max_steps=200", "eval_first=false",
+            "agent.lr=0.001", "agent.feature_norm=true", "checkpoint_every=0", "progress=false",
+            "threads.intra_op=1", "threads.envpool=1"]  # fmt: skip
+    assert main(["evaluate", f"encoder={out / 'pvn'}", f"run_dir={alone}", *same]) == 0
+    a, b = (json.loads((d / "results.json").read_text()) for d in (alone, out / "eval_pvn_s1"))
+    assert a["episodes"] == b["episodes"] and a["evaluations"] == b["evaluations"]
+    nets = [load_checkpoint(list_checkpoints(d)[-1])["agent"] for d in (alone, out / "eval_pvn_s1")]
+    for k, v in nets[0]["network"].items():
+        assert torch.equal(v, nets[1]["network"][k]), k
     assert main([*args[:-3], "eval_seeds=[3]", *args[-3:]]) == 0  # previous output replaced
     assert sorted(p.name for p in out.glob("eval_*")) == ["eval_pvn_s3", "eval_random_s3"]
 
