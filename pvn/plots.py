@@ -149,7 +149,8 @@ def plot_td_curves(curves: dict[str, list[dict[str, list]]], path: Path, title: 
         grid = np.unique(np.concatenate([np.asarray(c["step"], np.float64) for c in runs]))
         rows = np.array([np.interp(grid, c["step"], c["td_loss"], left=np.nan, right=np.nan)
                          for c in runs])  # fmt: skip
-        _band(ax, grid, *mean_ci(rows), f"{arm} (n={len(runs)})", len(runs))
+        _band(ax, grid, *mean_ci(rows), f"{arm} (n={len(runs)})" if len(runs) > 1 else arm,
+              len(runs))  # fmt: skip
     ax.set_yscale("log")
     ax.set_title(title)
     _save(fig, ax, path, "updates", "training TD loss: mean over seeds\n(band: 95% CI, n >= 2)")
