@@ -52,6 +52,9 @@ def heldout_batch(ds: LoggedData, checkpoint: int, n: int, seed: int = 2024) -> 
         checkpoint: the held-out checkpoint's id.
         n: how many transitions.
         seed: the draw's seed.
+
+    Returns:
+        The transitions as tensors (observation, action, reward, next observation, terminal).
     """
     valid = np.flatnonzero(ds.valid_mask(checkpoint))
     rng = np.random.default_rng(seed)
@@ -67,8 +70,16 @@ def heldout_batch(ds: LoggedData, checkpoint: int, n: int, seed: int = 2024) -> 
 
 
 def noisy(obs: torch.Tensor, sigma: float, seed: int = 7) -> torch.Tensor:
-    """uint8 observations plus N(0, sigma^2) per pixel, rounded and clipped to [0, 255]. The
-    noise depends only on (sigma, seed, shape): every run measured sees the same corruption."""
+    """Observations corrupted by Gaussian pixel noise, the same for every run measured.
+
+    Args:
+        obs: uint8 observations.
+        sigma: the noise's std in uint8 units (0: ``obs`` itself).
+        seed: with ``sigma`` and the shape, all the noise depends on.
+
+    Returns:
+        ``obs`` plus N(0, sigma^2) per pixel, rounded and clipped to [0, 255], as uint8.
+    """
     if sigma == 0:
         return obs
     g = torch.Generator().manual_seed(seed + round(sigma * 1000))
