@@ -37,7 +37,7 @@ class Stage:
     kind: str  # data | pretrain | eval | report
     done_file: str  # the file whose presence marks the stage complete
     after: list[str] = field(default_factory=list)  # stages that must be complete first
-    digest: str = ""  # a report's: the commands of the runs it covers, hashed
+    digest: str = ""  # a report's: the commands of the runs it covers (and how it measures them)
 
     @property
     def done(self) -> bool:
@@ -195,7 +195,10 @@ def stages(
     argv = [] if config_path is None else ["experiment", str(config_path), "--report",
                                            *(overrides or [])]  # fmt: skip
     covered = [*[st for st in todo if is_pretraining_arm(st)], *evals]
-    digest = hashlib.sha1("\n".join(st.command() for st in covered).encode()).hexdigest()[:16]
+    made = [st.command() for st in covered]
+    if len(covered) > len(evals):  # pretraining arms: measured as measure: says
+        made.append(json.dumps(cfg["measure"], sort_keys=True))
+    digest = hashlib.sha1("\n".join(made).encode()).hexdigest()[:16]
     report = Stage("report", argv, results, "report", "complete.json",
                    [st.name for st in covered], digest)  # fmt: skip
     return [*todo, *evals, report]
