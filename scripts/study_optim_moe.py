@@ -68,7 +68,7 @@ from _study import (
     write_results,
 )
 
-from pvn.analysis.heldout import trained_learner
+from pvn.analysis.heldout import noisy, trained_learner
 
 #: arm name -> (optimizer group option, moe group option)
 ARMS: dict[str, tuple[str, str]] = {
@@ -123,16 +123,6 @@ def arm_overrides(arm: str) -> list[str]:
 # ---------------------------------------------------------------------------------------------
 # evaluation
 # ---------------------------------------------------------------------------------------------
-
-
-def noisy(obs: torch.Tensor, sigma: float, seed: int) -> torch.Tensor:
-    """uint8 observations plus N(0, sigma^2) per pixel, rounded and clipped to [0, 255]. The
-    noise depends only on (sigma, seed, shape), so every arm sees the same corruption."""
-    if sigma == 0:
-        return obs
-    g = torch.Generator().manual_seed(seed + round(sigma * 1000))
-    eps = torch.randn(obs.shape, generator=g)
-    return (obs.float() + sigma * eps).round_().clamp_(0, 255).to(torch.uint8)
 
 
 @torch.no_grad()
