@@ -172,15 +172,16 @@ def measure_run(
         logged training TD loss against updates.
     """
     from pvn.analysis.probes import linear_probes
-    from pvn.encoder import load_encoder
     from pvn.metrics import read_metrics
 
     cfg, learner, _ = trained_learner(run_dir)
     logs = [r for r in read_metrics(run_dir) if "td_loss" in r]
     td = [float(r["td_loss"]) for r in logs]
     rates = [float(r["updates_per_s"]) for r in logs if "updates_per_s" in r]
-    probes = linear_probes(load_encoder(run_dir), ds, gamma=float(cfg.data.gamma),
-                           max_states=probe_states)  # fmt: skip
+    # the trained torso, in eval mode: what load_encoder would rebuild from the checkpoint
+    probes = linear_probes(
+        learner.online.torso, ds, gamma=float(cfg.data.gamma), max_states=probe_states
+    )
     return {
         "td_train": float(np.mean(td[-final_logs:])) if td else float("nan"),
         "heldout": heldout_losses(learner, batch, tuple(sigmas)),

@@ -8,7 +8,6 @@ which came out ahead (the budgets and their evidence: ``docs/study_quickstart_bo
 
 from __future__ import annotations
 
-import json
 import math
 import shutil
 from pathlib import Path
@@ -22,6 +21,7 @@ from pvn.commands.pretrain import pretrain
 from pvn.commands.report import final_score, load_results, report
 from pvn.config import configure
 from pvn.errors import require
+from pvn.metrics import read_metrics
 from pvn.replay.summary import summarize
 from pvn.run_dir import save_config
 from pvn.threads import settle
@@ -153,26 +153,25 @@ def _linear_control(runs: dict[tuple[str, int], dict], progress: bool) -> dict:
 
 def _evaluate_one(values: dict, cores: int) -> int:
     """One ``pvn evaluate`` run in a worker process, with the thread plan of its core share."""
-    sub = configure("evaluate", progress=False, **values)
-    settle(sub, "evaluate", cores=cores)
-    return int(evaluate(sub)["episodes"])
+    return int(evaluate(_planned("evaluate", cores, progress=False, **values))["episodes"])
 
 
 def _steps_done(run_dir: str) -> int:
     """The agent steps a running evaluation has logged (its ``metrics.jsonl``; 0 before)."""
     try:
-        lines = (Path(run_dir) / "metrics.jsonl").read_text().splitlines()
-    except OSError:
+        logs = read_metrics(run_dir)
+    except (OSError, ValueError):  # not started, or a line being written
         return 0
-    return int(json.loads(lines[-1])["step"]) if lines else 0
+    return int(logs[-1]["step"]) if logs else 0
 
 
-def _planned(command: str, **values) -> DictConfig:
+def _planned(command: str, cores: int | None = None, **values) -> DictConfig:
     """``command``'s config with its thread plan decided and applied (:func:`pvn.threads.settle`),
     as the CLI does for a command run on its own: each step gets its own plan (the emulators'
-    threads while collecting, the learner's while pretraining) and subnormal floats flushed."""
+    threads while collecting, the learner's while pretraining) and subnormal floats flushed;
+    ``cores``: the share of a command run beside others (default: all available)."""
     sub = configure(command, **values)
-    settle(sub, command)
+    settle(sub, command, cores=cores)
     return sub
 
 

@@ -12,13 +12,13 @@ re-written over more runs measures only the new ones.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from pvn.experiments.plan import Stage, data_dir
+from pvn.files import write_text_atomic
 
 
 def _measures(stage: Stage, data: Path, spec: dict[str, Any], held: dict) -> dict[str, Any]:
@@ -36,13 +36,11 @@ def _measures(stage: Stage, data: Path, spec: dict[str, Any], held: dict) -> dic
         ds = DQNReplayDataset(data, checkpoints=spec["heldout"] or None)
         n, k = spec["transitions"], len(ds.checkpoints)  # split evenly over the checkpoints
         parts = [heldout_batch(ds, c, n // k + (i < n % k)) for i, c in enumerate(ds.checkpoints)]
-        held["ds"], held["batch"] = ds, parts[0] if k == 1 else _concat(parts)
+        held["ds"], held["batch"] = ds, _concat(parts)
     out = {"settings": key, **measure_run(stage.run_dir, held["ds"], held["batch"],
                                           spec["probe_states"], spec["final_logs"],
                                           tuple(spec["noise"]))}  # fmt: skip
-    tmp = cache.with_name(f".{cache.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(out, indent=1))
-    tmp.replace(cache)
+    write_text_atomic(cache, json.dumps(out, indent=1))
     return out
 
 
