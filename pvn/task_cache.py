@@ -29,7 +29,7 @@ from pvn.auxiliary import TaskFamily
 from pvn.progress import bar
 from pvn.replay import LoggedData
 
-CHUNK = 256
+CHUNK = 32
 
 
 class TaskOutputCache:
