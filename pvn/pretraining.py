@@ -11,17 +11,16 @@ import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
-from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf import MISSING
 
 from pvn.auxiliary import build_tasks
 from pvn.checkpoint import load_checkpoint
-from pvn.diagnostics import DiagnosticsConfig
 from pvn.distributed.team import Team, TeamConfig, distributed_team, single_team
 from pvn.errors import ConfigError
-from pvn.learner import PVNLearner, TDConfig
+from pvn.learner import PVNLearner
 from pvn.local import LocalPVNLearner, build_local
 from pvn.metrics import MetricsLogger
 from pvn.networks import MultiTaskHead, PVNNetwork, torso_from_spec
@@ -31,10 +30,11 @@ from pvn.progress import bar, byte_bars
 from pvn.replay import DQNReplayDataset, LoggedData, Prefetcher, RLUDataset
 from pvn.replay.frames import set_decode_threads
 from pvn.replay.store import is_store, read_store, source_format
-from pvn.run_dir import save_config
-from pvn.settings import option_defaults, section
+from pvn.settings import option_defaults
 from pvn.task_cache import attach_task_cache
-from pvn.threads import announce
+
+if TYPE_CHECKING:  # the schema holds DataConfig: imported here for the annotations only
+    from pvn.schema import PretrainConfig
 
 
 @dataclass
@@ -97,16 +97,22 @@ def data_format(data: DataConfig, path: str) -> str:
     return "rlu" if rlu else "dopamine"
 
 
-def build(cfg: DictConfig, num_actions: int, task_seed: int | None = None) -> PVNLearner:
+def build(cfg: PretrainConfig, num_actions: int, task_seed: int | None = None) -> PVNLearner:
     """Networks, tasks and optimizers of a run, all drawn from ``cfg.seed``; with ``task_seed``,
     the tasks, head (and local auxiliary nets) from that seed instead, torso still from
-    ``cfg.seed`` (workers on different games share a torso, not tasks)."""
-    gen = torch.Generator().manual_seed(int(cfg.seed))
-    torso = torso_from_spec(
-        OmegaConf.to_container(cfg.torso, resolve=True),
-        gen,
-        OmegaConf.to_container(cfg.moe, resolve=True),
-    )
+    ``cfg.seed`` (workers on different games share a torso, not tasks).
+
+    Args:
+        cfg: the run's config, typed (``section(PretrainConfig, dict_config)`` from a
+            command's config or a run's ``config.yaml``).
+        num_actions: actions of the game (the heads' outputs per task).
+        task_seed: seeds the tasks, heads and local auxiliary nets apart from the torso.
+
+    Returns:
+        The learner: online and target networks, tasks and their optimizers, on ``cfg.device``.
+    """
+    gen = torch.Generator().manual_seed(cfg.seed)
+    torso = torso_from_spec(cfg.torso, gen, cfg.moe)
     if task_seed is not None:
         gen = torch.Generator().manual_seed(int(task_seed))
     task_cfg = dict(cfg.tasks)
@@ -127,9 +133,9 @@ def build(cfg: DictConfig, num_actions: int, task_seed: int | None = None) -> PV
     network, tasks = PVNNetwork(torso, head).to(device), tasks.to(device)
     try:
         local = build_local(
-            OmegaConf.to_container(cfg.local, resolve=True),
+            cfg.local,
             torso,
-            cfg.torso.name,
+            cfg.torso["name"],
             tasks.num_tasks,
             num_actions,
             gen,
@@ -140,7 +146,7 @@ def build(cfg: DictConfig, num_actions: int, task_seed: int | None = None) -> PV
     if local is not None:
         local.to(device)
         params += [p for p in local.parameters() if p.requires_grad]
-    optim_cfg = OmegaConf.to_container(cfg.optimizer, resolve=True)
+    optim_cfg = cfg.optimizer
     optimizer = build_optimizer(optim_cfg, params)
     task_params = [p for p in tasks.parameters() if p.requires_grad]
     task_opt = None
@@ -148,8 +154,8 @@ def build(cfg: DictConfig, num_actions: int, task_seed: int | None = None) -> PV
         # an optimizer option by name (configs/optimizer/<name>.yaml), at the calibration's lr
         calib_cfg = optim_cfg if task_optim is None else option_defaults("optimizer", task_optim)
         task_opt = build_optimizer(calib_cfg, task_params, lr=task_lr)
-    data = section(DataConfig, cfg.data)
-    args = (network, tasks, optimizer, task_opt, section(TDConfig, cfg.td), data.gamma**data.n_step)
+    data = cfg.data
+    args = (network, tasks, optimizer, task_opt, cfg.td, data.gamma**data.n_step)
     try:
         if local is None:
             learner = PVNLearner(*args, bf16=cfg.bf16, calibration_decay=task_decay)
@@ -196,47 +202,42 @@ def open_data(data: DataConfig, path: str, checkpoints: list[int] | None, seed: 
     return ds
 
 
-def open_team(cfg: DictConfig) -> Team:
+def open_team(cfg: PretrainConfig) -> Team:
     """The workers this process trains: one for a plain run, or those of ``distributed=``."""
     lead = int(os.environ.get("RANK", "0")) == 0  # torchrun's rank 0, or a plain process
 
-    data_cfg = section(DataConfig, cfg.data)
-
     def data(path, checkpoints, seed):
-        return open_data(data_cfg, path, checkpoints, seed, cfg.progress, lead)
+        return open_data(cfg.data, path, checkpoints, seed, cfg.progress, lead)
 
     def learner(ds, task_seed):
         return build(cfg, cfg.data.num_actions or ds.num_actions(), task_seed=task_seed)
 
-    path = cfg.data.path  # one directory, or one per game (partition: games)
     team = TeamConfig(
-        data_path=list(path) if OmegaConf.is_list(path) else path,
-        checkpoints=None if cfg.data.checkpoints is None else list(cfg.data.checkpoints),
-        seed=int(cfg.seed),
+        data_path=cfg.data.path,  # one directory, or one per game (partition: games)
+        checkpoints=cfg.data.checkpoints,
+        seed=cfg.seed,
         device=cfg.device,
-        optimizer=OmegaConf.to_container(cfg.optimizer, resolve=True),
-        rule=OmegaConf.to_container(cfg.distributed, resolve=True),
+        optimizer=cfg.optimizer,
+        rule=cfg.distributed,
     )
     if team.rule["name"] == "none":
         return single_team(team, data, learner)
     return distributed_team(team, data, learner)
 
 
-def train(cfg: DictConfig, team: Team, run_dir: Path, resume: Path | None) -> dict[str, Any]:
+def train(cfg: PretrainConfig, team: Team, run_dir: Path, resume: Path | None) -> dict[str, Any]:
     """The one pretraining loop, for one worker or many: each worker samples a batch and every
     update goes through the team's rule (:mod:`pvn.distributed.team`); the non-finite guard,
     metrics and diagnostics, checkpoints and progress are callbacks
     (:mod:`pvn.pretrain_callbacks`), the same for a plain run and a distributed one. Resumes
-    from ``resume`` (a checkpoint) when given; returns the last logged metrics."""
+    from ``resume`` (a checkpoint) when given; returns the last logged metrics. The run
+    directory's config is the command's to write (:mod:`pvn.commands.pretrain`)."""
     start = 0
     if resume is not None:
         state = load_checkpoint(resume)
         team.load_state_dict(state)
         start = int(state["step"])
-    lead = team.rank == 0  # writes the config, metrics and checkpoints
-    if lead:
-        save_config(cfg, run_dir)
-        announce(cfg.threads)
+    lead = team.rank == 0  # writes the metrics and checkpoints
     for w, ds in zip(team.workers, team.datasets, strict=True):
         attach_task_cache(w.learner, ds, cfg.data.task_cache, run_dir, cfg.steps, cfg.batch_size,
                           torch.device(cfg.device), cfg.progress and lead)  # fmt: skip
@@ -261,19 +262,18 @@ def train(cfg: DictConfig, team: Team, run_dir: Path, resume: Path | None) -> di
     return {"run_dir": str(run_dir), "steps": cfg.steps, "workers": team.world, **run.last}
 
 
-def _callbacks(cfg: DictConfig, team: Team, run_dir: Path, lead: bool, pbar) -> list[Callback]:
+def _callbacks(cfg: PretrainConfig, team: Team, run_dir: Path, lead: bool, pbar) -> list[Callback]:
     """The guard, metrics, checkpoints and progress of a run (in that order)."""
     first = team.workers[0].learner  # whose metrics and diagnostics are logged
     meta = {
-        "torso": OmegaConf.to_container(cfg.torso, resolve=True),
-        "moe": OmegaConf.to_container(cfg.moe, resolve=True),
+        "torso": cfg.torso,
+        "moe": cfg.moe,
         "num_actions": first.online.head.num_actions,
         "num_tasks": first.tasks.num_tasks,
     }
     guard = NonFiniteGuard(len(team.workers), cfg.device)
     logger = MetricsLogger(run_dir) if lead else None
-    diagnostics = section(DiagnosticsConfig, cfg.diagnostics)
-    metrics = Metrics(guard, logger, cfg.log_every, cfg.batch_size, diagnostics,
+    metrics = Metrics(guard, logger, cfg.log_every, cfg.batch_size, cfg.diagnostics,
                       first.tasks.indicator, pbar)  # fmt: skip
     checkpoints = Checkpoints(guard, cfg.checkpoint_every, cfg.keep_checkpoints, meta)
     return [guard, metrics, checkpoints, Progress(pbar)]

@@ -19,6 +19,10 @@ metrics. A long run also writes a run checkpoint (the whole replay) and a log ch
 
     long rate = 1 / (1 / stepping rate at --fill + (run checkpoint + log checkpoint) / 100k)
 
+``--decompose`` adds two late runs that each keep one of the two differences from a fresh run:
+``long_fresh_learner`` (the full replay, a fresh learner) and ``long_small_replay`` (the late
+learner and its near-greedy policy, a 20k-transition replay).
+
 A late run's learner is a fresh one unless ``--agent`` names a checkpoint of a long
 ``eval_preset=dopamine_dqn`` run (a run checkpoint's ``loop.agent`` or a final checkpoint's
 ``agent``: learned weights and RMSProp state; ``--game`` must be the run's). Subnormal floats
@@ -164,20 +168,27 @@ def _stepping_rate(env, agent, cfg: EvalConfig, device, log_dir: Path, resume) -
 
 
 def long_run(args, device) -> dict:
-    """Stepping rates of a fresh and a late run side by side, and a late run's checkpoints."""
+    """Stepping rates of a fresh and a late run side by side, and a late run's checkpoints;
+    with ``--decompose``, also a late run with a fresh learner (the replay's size alone) and one
+    with the late learner on a small replay (the learner and its policy alone)."""
     n, tmp = args.num_envs, Path(tempfile.mkdtemp())
     with make_atari(args.game, n, "dopamine") as env:
         replay = {"min_replay": args.min_replay, "capacity": 1_000_000}
         base = EvalConfig(log_every=500)
         late = _filled_state(env, _agent(env.num_actions, device, **replay), args.fill, 0)
-        rates: dict[str, list[float]] = {"short": [], "long": []}
+        fresh_weights = late["agent"]
         if args.agent:
             saved = torch.load(args.agent, weights_only=True, mmap=True)  # a run's or its final
             late["agent"] = saved["loop"]["agent"] if "loop" in saved else saved["agent"]
+        states = {"short": None, "long": late}
+        if args.decompose:
+            states["long_fresh_learner"] = {**late, "agent": fresh_weights}
+            small = _filled_state(env, _agent(env.num_actions, device, **replay), 20_000, 0)
+            states["long_small_replay"] = {**small, "agent": late["agent"], "step": late["step"]}
+        rates: dict[str, list[float]] = {k: [] for k in states}
         for r in range(args.rounds):
-            for mode in rates:
-                resume = late if mode != "short" else None
-                start = late["step"] if resume else 0
+            for mode, resume in states.items():
+                start = resume["step"] if resume else 0
                 cfg = EvalConfig(**{**vars(base), "steps": start + args.steps})
                 agent = _agent(env.num_actions, device, **replay)
                 rates[mode].append(_stepping_rate(env, agent, cfg,
@@ -194,13 +205,16 @@ def long_run(args, device) -> dict:
         writer.close()
         log_ckpt = time.perf_counter() - t
     shutil.rmtree(tmp)
-    short, stepping = (float(np.median(rates[k])) for k in ("short", "long"))
+    med = {k: float(np.median(v)) for k, v in rates.items()}
+    short, stepping = med.pop("short"), med.pop("long")
     long = 1 / (1 / stepping + (run_ckpt + log_ckpt) / CHECKPOINT_EVERY)
     return {
         "game": args.game, "num_envs": n, "device": args.device, "fill": args.fill,
         "threads": torch.get_num_threads(), "agent": args.agent,
         "agent_steps_per_s": {"short": significant(short), "long_stepping": significant(stepping),
-                              "long_with_checkpoints": significant(long)},
+                              "long_with_checkpoints": significant(long),
+                              **{k: significant(v) for k, v in med.items()}},
+        "per_round": {k: [significant(x) for x in v] for k, v in rates.items()},
         "seconds_per_100k_steps": {"run_checkpoint": significant(run_ckpt),
                                    "log_checkpoint": significant(log_ckpt)},
         "long_vs_short": significant(long / short),
@@ -273,6 +287,11 @@ def main() -> None:
     ap.add_argument("--long", action="store_true", help="a late 1M-step run against a fresh one")
     ap.add_argument("--fill", type=int, default=1_000_000, help="--long: transitions replayed")
     ap.add_argument("--agent", help="--long: a run checkpoint whose learner the late run resumes")
+    ap.add_argument(
+        "--decompose",
+        action="store_true",
+        help="--long: add a late run with a fresh learner and one on a small replay",
+    )
     ap.add_argument("--subnormals", metavar="CKPT", help="time an update's phases, flushed/IEEE")
     ap.add_argument("--phase", nargs=3, help=argparse.SUPPRESS)  # one --subnormals setting
     args = ap.parse_args()

@@ -31,6 +31,8 @@ from _bench import compare, emit, real_frames
 from pvn.config import load_config
 from pvn.memory import SavedTensorMeter, state_bytes
 from pvn.pretraining import build
+from pvn.schema import PretrainConfig
+from pvn.settings import section
 
 METHODS = ["none", "dgl", "man", "man_pp", "auglocal"]
 MiB = 2**20
@@ -39,7 +41,7 @@ MiB = 2**20
 def _learner(torso: str, local: str, device: str):
     overrides = [f"torso={torso}", f"local={local}", "data.path=x", "run_dir=x"]
     overrides += ["td.warmup_steps=0", f"device={device}"]
-    return build(load_config("pretrain", overrides), num_actions=6)
+    return build(section(PretrainConfig, load_config("pretrain", overrides)), num_actions=6)
 
 
 def _batches(batch: int, device: str, n: int = 4):

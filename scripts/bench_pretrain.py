@@ -34,6 +34,8 @@ from _bench import compare, emit, real_frames, write_log
 from pvn.config import load_config
 from pvn.pretraining import build
 from pvn.replay import DQNReplayDataset, Prefetcher
+from pvn.schema import PretrainConfig
+from pvn.settings import section
 from pvn.task_cache import build_task_cache
 
 
@@ -104,7 +106,7 @@ def main() -> None:
                         f"bf16={str(args.bf16).lower()}",
                     ],
                 )
-                learner = build(cfg, num_actions=6)
+                learner = build(section(PretrainConfig, cfg), num_actions=6)
                 cache = build_task_cache(
                     ds,
                     learner.tasks,

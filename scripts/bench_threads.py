@@ -50,9 +50,11 @@ def _worker(workload: str, mode: str, seconds: float) -> None:
         from pvn.config import load_config
         from pvn.pretraining import build
         from pvn.replay import TorchBatch
+        from pvn.schema import PretrainConfig
+        from pvn.settings import section
 
         cfg = load_config("pretrain", ["data.path=x", "run_dir=y", "td.warmup_steps=0"])
-        learner = build(cfg, num_actions=6)
+        learner = build(section(PretrainConfig, cfg), num_actions=6)
         gen = torch.Generator().manual_seed(0)
         obs = torch.randint(0, 255, (64, 4, 84, 84), dtype=torch.uint8, generator=gen)
         batch = TorchBatch(

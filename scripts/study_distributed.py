@@ -130,12 +130,18 @@ def worker_learner(run_dir: Path, wid: int, games: int):
 
     from pvn.checkpoint import load_checkpoint, resolve_checkpoint
     from pvn.pretraining import build
+    from pvn.schema import PretrainConfig
+    from pvn.settings import section
 
     cfg = OmegaConf.load(run_dir / "config.yaml")
     state = load_checkpoint(resolve_checkpoint(run_dir))
     mine = next(s["learner"] for s in state["workers"] if s["id"] == wid)
     num_actions = mine["online"]["head.weight"].shape[0] // int(cfg.tasks.num_tasks)
-    learner = build(cfg, num_actions, task_seed=int(cfg.seed) + 7919 * (wid % games + 1))
+    learner = build(
+        section(PretrainConfig, cfg),
+        num_actions,
+        task_seed=int(cfg.seed) + 7919 * (wid % games + 1),
+    )
     learner.load_state_dict(mine)
     learner.online.eval()
     return learner
@@ -250,11 +256,13 @@ def honest_mean(run_dir: Path, initial: bool = False, honest=(0, 1, 2, 3)) -> to
 
     from pvn.checkpoint import load_checkpoint, resolve_checkpoint
     from pvn.pretraining import build
+    from pvn.schema import PretrainConfig
+    from pvn.settings import section
 
     state = load_checkpoint(resolve_checkpoint(run_dir))
     if initial:
         cfg = OmegaConf.load(run_dir / "config.yaml")
-        net = build(cfg, int(state["meta"]["num_actions"])).online
+        net = build(section(PretrainConfig, cfg), int(state["meta"]["num_actions"])).online
         return torch.cat([p.detach().reshape(-1) for p in net.parameters()])
     vecs = []
     for s in state["workers"]:

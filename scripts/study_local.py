@@ -226,10 +226,12 @@ def init_probe(args: argparse.Namespace, run_dir: Path, ds_eval, batch) -> dict[
     """The probe floor: the arms' common torso at initialisation, rebuilt from the seed."""
     from pvn.analysis.probes import linear_probes
     from pvn.pretraining import build
+    from pvn.schema import PretrainConfig
+    from pvn.settings import section
 
     cfg, _, num_actions = trained_learner(run_dir)
 
-    torso = build(cfg, num_actions).online.torso.eval()
+    torso = build(section(PretrainConfig, cfg), num_actions).online.torso.eval()
     out = linear_probes(torso, ds_eval, gamma=float(cfg.data.gamma), max_states=args.probe_states)
     return {**out, **feature_stats(torso, batch.observation)}
 

@@ -278,8 +278,10 @@ def init_scale(cfg, learner, batch, n: int = 256) -> dict[str, float]:
     """Feature norm and |Q| of the run's network at initialisation (rebuilt from the seed) on
     the first ``n`` held-out states: how differently scaled the arms start."""
     from pvn.pretraining import build
+    from pvn.schema import PretrainConfig
+    from pvn.settings import section
 
-    fresh = build(cfg, learner.online.head.num_actions).online.eval()
+    fresh = build(section(PretrainConfig, cfg), learner.online.head.num_actions).online.eval()
     q, f = fresh(batch.observation[:n])
     return {"feat_norm": float(f.norm(dim=1).mean()), "q_abs": float(q.abs().mean())}
 

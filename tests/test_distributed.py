@@ -26,6 +26,8 @@ from pvn.distributed.aggregators import (
 )
 from pvn.pretraining import build
 from pvn.replay import DQNReplayDataset, Prefetcher, TorchBatch
+from pvn.schema import PretrainConfig
+from pvn.settings import section
 from tests.test_pretrain import _args, _assert_same, log_dir  # noqa: F401 (fixture)
 
 RULES = [
@@ -63,7 +65,7 @@ def test_aggregation_rules_by_hand():
 def _workers(n, extra=()):
     overrides = ["data.path=x", "run_dir=x", "torso.feature_dim=16", "tasks.num_tasks=10"]
     cfg = load_config("pretrain", [*overrides, "td.warmup_steps=0", *extra])
-    return cfg, [Worker(i, build(cfg, num_actions=4)) for i in range(n)]
+    return cfg, [Worker(i, build(section(PretrainConfig, cfg), num_actions=4)) for i in range(n)]
 
 
 def _batches(log_dir, n, B=4):  # noqa: F811
@@ -279,7 +281,7 @@ def test_local_learning_trains_its_auxiliary_nets_under_every_rule(log_dir, tmp_
     if rule.startswith(("fedavg", "scaffold")):
         extra += ["distributed.local_steps=2"]
     assert main(_args(log_dir, run, *extra)) == 0
-    initial = build(OmegaConf.load(run / "config.yaml"), num_actions=4)
+    initial = build(section(PretrainConfig, OmegaConf.load(run / "config.yaml")), num_actions=4)
     n_params = len(list(initial.online.parameters())) + len(list(initial.local.parameters()))
     start = initial.local.state_dict()
     state = load_checkpoint(list_checkpoints(run)[-1])

@@ -16,6 +16,8 @@ from pvn.local import auglocal_depths, auglocal_indices, torso_units
 from pvn.memory import SavedTensorMeter
 from pvn.pretraining import build
 from pvn.replay import DQNReplayDataset, Prefetcher, TorchBatch
+from pvn.schema import PretrainConfig
+from pvn.settings import section
 from tests.test_pretrain import _args, _assert_same, log_dir  # noqa: F401 (fixture)
 
 LOCALS = ["dgl", "man", "man_pp", "auglocal"]
@@ -24,7 +26,7 @@ LOCALS = ["dgl", "man", "man_pp", "auglocal"]
 def _learner(torso="nature", local="dgl", *extra):
     overrides = [f"torso={torso}", f"local={local}", "data.path=x", "run_dir=x"]
     overrides += ["tasks.num_tasks=10", "td.warmup_steps=0", *extra]
-    return build(load_config("pretrain", overrides), num_actions=4)
+    return build(section(PretrainConfig, load_config("pretrain", overrides)), num_actions=4)
 
 
 def _batch(B=4, seed=0):

@@ -23,6 +23,8 @@ from pvn.networks.torsos import SamePool
 from pvn.pretraining import build
 from pvn.replay import TorchBatch
 from pvn.replay.feature_replay import FeatureBatch
+from pvn.schema import PretrainConfig
+from pvn.settings import section
 
 
 class NumpyAdam:
@@ -81,7 +83,7 @@ def paper_learner():
             "td.warmup_steps=2",
         ],
     )
-    return cfg, build(cfg, num_actions=4)
+    return cfg, build(section(PretrainConfig, cfg), num_actions=4)
 
 
 def test_paper_preset_runs_the_official_update(paper_learner, ale_episodes):

@@ -22,6 +22,8 @@ from pvn.config import load_config
 from pvn.metrics import read_metrics
 from pvn.pretraining import build
 from pvn.replay import DQNReplayDataset, DQNReplayWriter, Prefetcher
+from pvn.schema import PretrainConfig
+from pvn.settings import section
 from pvn.task_cache import attach_task_cache, cache_wanted
 
 
@@ -164,7 +166,7 @@ def test_task_cache_holds_each_slots_frozen_outputs(log_dir, tmp_path, family):
     assert main(_args(log_dir, run, *extra)) == 0
     cfg = load_config("pretrain", _args(log_dir, run, *extra)[1:])
     ds = DQNReplayDataset(log_dir, cache_dir=log_dir.parent / "cache")
-    learner = build(cfg, num_actions=4)
+    learner = build(section(PretrainConfig, cfg), num_actions=4)
     gen = torch.Generator().manual_seed(0)
     for ckpt in ds.checkpoints:
         (path,) = (run / "task_outputs").glob(f"*/ckpt.{ckpt}.npy")
@@ -226,7 +228,7 @@ def test_every_torso_task_family_and_optimizer_trains(log_dir, tmp_path, torso):
                     "td.warmup_steps=0",
                 ],
             )
-            learner = build(cfg, num_actions=4)
+            learner = build(section(PretrainConfig, cfg), num_actions=4)
             before = learner.online.head.weight.detach().clone()
             for step in range(2):
                 m = learner.update(next(batches), step)
@@ -307,7 +309,7 @@ def test_load_encoder_returns_the_frozen_torso(log_dir, tmp_path):
     cfg = load_config(
         "pretrain", ["data.path=x", "run_dir=x", "torso.feature_dim=32", "tasks.num_tasks=10"]
     )
-    learner = build(cfg, num_actions=state["meta"]["num_actions"])
+    learner = build(section(PretrainConfig, cfg), num_actions=state["meta"]["num_actions"])
     learner.load_state_dict(state["learner"])
     obs = torch.randint(0, 255, (3, 4, 84, 84), dtype=torch.uint8)
     torch.testing.assert_close(enc(obs), learner.online.torso(obs), rtol=0, atol=0)

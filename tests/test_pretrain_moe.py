@@ -16,6 +16,8 @@ from pvn.config import load_config
 from pvn.networks.moe import MoEFeatures, moe_layers
 from pvn.pretraining import build
 from pvn.replay import DQNReplayDataset, Prefetcher
+from pvn.schema import PretrainConfig
+from pvn.settings import section
 from tests.test_pretrain import _args, _assert_same, log_dir  # noqa: F401 (fixture)
 
 MOES = ["smoe", "momentum_smoe", "adam_smoe", "soft_moe"]
@@ -28,7 +30,9 @@ def test_every_moe_option_trains_with_adan(log_dir, torso):  # noqa: F811
         for moe in MOES:
             overrides = [f"torso={torso}", f"moe={moe}", "optimizer=adan", "data.path=x"]
             overrides += ["run_dir=x", "tasks.num_tasks=10", "td.warmup_steps=0"]
-            learner = build(load_config("pretrain", overrides), num_actions=4)
+            learner = build(
+                section(PretrainConfig, load_config("pretrain", overrides)), num_actions=4
+            )
             block = learner.online.torso.blocks["features"]
             assert isinstance(block, MoEFeatures)
             experts = [p for n, p in block.named_parameters() if "experts" in n]
@@ -56,7 +60,9 @@ def test_moe_run_logs_routing_resumes_exactly_and_loads(log_dir, tmp_path):  # n
     _assert_same(a["learner"], b["learner"])
     encoder = pvn.load_encoder(full)
     assert moe_layers(encoder) and encoder(torch.zeros(1, 4, 84, 84, dtype=torch.uint8)).shape[1]
-    online = build(load_config("pretrain", [*_args(log_dir, full, *extra)[1:]]), 4).online
+    online = build(
+        section(PretrainConfig, load_config("pretrain", [*_args(log_dir, full, *extra)[1:]])), 4
+    ).online
     online.load_state_dict(a["learner"]["online"])
     obs = torch.randint(0, 255, (3, 4, 84, 84), dtype=torch.uint8)
     online.eval()

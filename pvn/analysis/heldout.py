@@ -20,6 +20,8 @@ from omegaconf import OmegaConf
 from pvn.checkpoint import load_checkpoint, resolve_checkpoint
 from pvn.pretraining import build
 from pvn.replay import LoggedData, TorchBatch
+from pvn.schema import PretrainConfig
+from pvn.settings import section
 
 
 def trained_learner(run_dir: str | Path) -> tuple[Any, Any, int]:
@@ -35,7 +37,7 @@ def trained_learner(run_dir: str | Path) -> tuple[Any, Any, int]:
     cfg = OmegaConf.load(Path(run_dir) / "config.yaml")
     state = load_checkpoint(resolve_checkpoint(run_dir))
     num_actions = int(state["meta"]["num_actions"])
-    learner = build(cfg, num_actions)
+    learner = build(section(PretrainConfig, cfg), num_actions)
     learner.load_state_dict(state["learner"])
     learner.online.eval()
     learner.target.eval()

@@ -17,6 +17,8 @@ from pvn.errors import require_device
 from pvn.pretraining import open_team, train
 from pvn.run_dir import RunDir
 from pvn.schema import PretrainConfig
+from pvn.settings import section
+from pvn.threads import announce
 
 
 def pretrain(cfg: DictConfig) -> dict[str, Any]:
@@ -25,8 +27,12 @@ def pretrain(cfg: DictConfig) -> dict[str, Any]:
     require_device(cfg.device)
     run = RunDir(Path(cfg.run_dir), "pretraining", schema=PretrainConfig)
     latest = run.latest(cfg)
-    team = open_team(cfg)
+    spec = section(PretrainConfig, cfg)  # the typed config the core takes
+    team = open_team(spec)
     try:
-        return train(cfg, team, run.path, latest)
+        if team.rank == 0:  # the lead process writes the run directory
+            run.save_config(cfg)
+            announce(cfg.threads)
+        return train(spec, team, run.path, latest)
     finally:
         team.close()
