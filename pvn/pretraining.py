@@ -9,18 +9,19 @@ from __future__ import annotations
 
 import os
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from omegaconf import MISSING
 
 from pvn.auxiliary import build_tasks
 from pvn.checkpoint import load_checkpoint
+from pvn.diagnostics import DiagnosticsConfig
 from pvn.distributed.team import Team, TeamConfig, distributed_team, single_team
 from pvn.errors import ConfigError
-from pvn.learner import PVNLearner
+from pvn.learner import PVNLearner, TDConfig
 from pvn.local import LocalPVNLearner, build_local
 from pvn.metrics import MetricsLogger
 from pvn.networks import MultiTaskHead, PVNNetwork, torso_from_spec
@@ -30,11 +31,9 @@ from pvn.progress import bar, byte_bars
 from pvn.replay import DQNReplayDataset, LoggedData, Prefetcher, RLUDataset
 from pvn.replay.frames import set_decode_threads
 from pvn.replay.store import is_store, read_store, source_format
-from pvn.settings import option_defaults
+from pvn.settings import option_defaults, require_positive
 from pvn.task_cache import attach_task_cache
-
-if TYPE_CHECKING:  # the schema holds DataConfig: imported here for the annotations only
-    from pvn.schema import PretrainConfig
+from pvn.threads import ThreadsConfig
 
 
 @dataclass
@@ -80,6 +79,41 @@ class DataConfig:
             raise ValueError(f"data.format={self.format!r}: choose auto, dopamine or rlu")
         if self.format == "rlu" and self.game is None:
             raise ValueError("data.game=None: format=rlu needs the game (e.g. data.game=Pong)")
+
+
+@dataclass
+class PretrainConfig:
+    """``pvn pretrain``: proto-value network pretraining on logged data (Farebrother et al.
+    2023). Defaults are sized for a laptop CPU; ``preset=paper`` gives the official code's."""
+
+    torso: dict[str, Any] = field(default_factory=dict)  # group torso=
+    tasks: dict[str, Any] = field(default_factory=dict)  # group tasks=
+    optimizer: dict[str, Any] = field(default_factory=dict)  # group optimizer=
+    local: dict[str, Any] = field(default_factory=dict)  # group local=
+    moe: dict[str, Any] = field(default_factory=dict)  # group moe=
+    distributed: dict[str, Any] = field(default_factory=dict)  # group distributed=
+    data: DataConfig = field(default_factory=DataConfig)
+    run_dir: str = MISSING  # output: config.yaml, metrics.jsonl, tb/, checkpoints/ (resumes)
+    steps: int = 2000  # gradient updates
+    batch_size: int = 32  # transitions per update
+    seed: int = 0  # seeds networks, tasks and the sampler
+    device: str = "cpu"  # cpu | cuda
+    checkpoint_every: int = 500  # updates between checkpoints (one is always written at the end)
+    keep_checkpoints: int = 3  # most recent checkpoints kept
+    log_every: int = 50  # updates between metric logs (TensorBoard and metrics.jsonl)
+    progress: bool = True  # progress bar with updates/s and ETA
+    bf16: bool = False  # bfloat16 autocast (CUDA)
+    compile: bool = False  # torch.compile the online network (CUDA)
+    td: TDConfig = field(default_factory=TDConfig)
+    diagnostics: DiagnosticsConfig = field(default_factory=DiagnosticsConfig)
+    threads: ThreadsConfig = field(default_factory=ThreadsConfig)
+
+    def __post_init__(self) -> None:
+        require_positive(self, "steps", "batch_size", "checkpoint_every", "log_every",
+                         "keep_checkpoints")  # fmt: skip
+        if not isinstance(self.data.path, str) and self.distributed.get("name") in (None, "none"):
+            raise ValueError(f"data.path={self.data.path!r}: one replay directory (a list of "
+                             "games needs distributed.partition=games)")  # fmt: skip
 
 
 def data_format(data: DataConfig, path: str) -> str:

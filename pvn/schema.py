@@ -3,9 +3,12 @@
 Each section is the dataclass of the core module that uses it (``td:`` is
 :class:`pvn.learner.TDConfig`, ``agent:`` :class:`pvn.agents.dqn.DQNConfig`, ``threads:``
 :class:`pvn.threads.ThreadsConfig`, ...); a command's schema puts its sections together with its
-own top-level keys. They are registered in Hydra's ConfigStore (``<command>_schema``), and each
-``configs/<command>.yaml`` names its schema first in its defaults list, then the group options
-(``torso: nature``): so the YAML files choose options and presets, and the defaults live here.
+own top-level keys. ``pvn pretrain``'s whole config is the pretraining core's
+(:class:`pvn.pretraining.PretrainConfig`, which :func:`pvn.pretraining.build` takes), so it
+lives there and is re-exported here. They are registered in Hydra's ConfigStore
+(``<command>_schema``), and each ``configs/<command>.yaml`` names its schema first in its
+defaults list, then the group options (``torso: nature``): so the YAML files choose options and
+presets, and the defaults live here.
 Hydra checks the types of every override against these classes; their ``__post_init__`` checks
 run once when a command's config is made (:func:`pvn.config.load_config`), and core modules
 receive their section as the typed object (:func:`pvn.config.section`).
@@ -29,45 +32,9 @@ from omegaconf import MISSING
 
 from pvn.agents.control import EvalConfig
 from pvn.agents.dqn import DQNConfig
-from pvn.diagnostics import DiagnosticsConfig
-from pvn.learner import TDConfig
-from pvn.pretraining import DataConfig
+from pvn.pretraining import PretrainConfig
+from pvn.settings import require_positive
 from pvn.threads import ThreadsConfig
-
-
-@dataclass
-class PretrainConfig:
-    """``pvn pretrain``: proto-value network pretraining on logged data (Farebrother et al.
-    2023). Defaults are sized for a laptop CPU; ``preset=paper`` gives the official code's."""
-
-    torso: dict[str, Any] = field(default_factory=dict)  # group torso=
-    tasks: dict[str, Any] = field(default_factory=dict)  # group tasks=
-    optimizer: dict[str, Any] = field(default_factory=dict)  # group optimizer=
-    local: dict[str, Any] = field(default_factory=dict)  # group local=
-    moe: dict[str, Any] = field(default_factory=dict)  # group moe=
-    distributed: dict[str, Any] = field(default_factory=dict)  # group distributed=
-    data: DataConfig = field(default_factory=DataConfig)
-    run_dir: str = MISSING  # output: config.yaml, metrics.jsonl, tb/, checkpoints/ (resumes)
-    steps: int = 2000  # gradient updates
-    batch_size: int = 32  # transitions per update
-    seed: int = 0  # seeds networks, tasks and the sampler
-    device: str = "cpu"  # cpu | cuda
-    checkpoint_every: int = 500  # updates between checkpoints (one is always written at the end)
-    keep_checkpoints: int = 3  # most recent checkpoints kept
-    log_every: int = 50  # updates between metric logs (TensorBoard and metrics.jsonl)
-    progress: bool = True  # progress bar with updates/s and ETA
-    bf16: bool = False  # bfloat16 autocast (CUDA)
-    compile: bool = False  # torch.compile the online network (CUDA)
-    td: TDConfig = field(default_factory=TDConfig)
-    diagnostics: DiagnosticsConfig = field(default_factory=DiagnosticsConfig)
-    threads: ThreadsConfig = field(default_factory=ThreadsConfig)
-
-    def __post_init__(self) -> None:
-        for key in ("steps", "batch_size", "checkpoint_every", "log_every", "keep_checkpoints"):
-            _positive(self, key)
-        if not isinstance(self.data.path, str) and self.distributed.get("name") in (None, "none"):
-            raise ValueError(f"data.path={self.data.path!r}: one replay directory (a list of "
-                             "games needs distributed.partition=games)")  # fmt: skip
 
 
 @dataclass
@@ -98,8 +65,7 @@ class EvaluateConfig(EvalConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        _positive(self, "eval_num_envs")
-        _positive(self, "num_envs")
+        require_positive(self, "eval_num_envs", "num_envs")
         if self.replay_log_capacity < 5:  # a stack of 4 frames and one more
             raise ValueError(f"replay_log_capacity={self.replay_log_capacity}: must be >= 5")
 
@@ -165,11 +131,6 @@ class QuickstartConfig:
     num_envs: int = 8  # parallel games
     seed: int = 0  # seeds the log and the pretraining
     progress: bool = True  # progress bars
-
-
-def _positive(cfg: Any, key: str) -> None:
-    if getattr(cfg, key) <= 0:
-        raise ValueError(f"{key}={getattr(cfg, key)}: must be > 0")
 
 
 #: every command's schema, registered in Hydra's ConfigStore as ``<command>_schema``

@@ -54,6 +54,13 @@ def group_options(group: str) -> set[str]:
             if p.name.endswith(".yaml")}  # fmt: skip
 
 
+def require_positive(cfg: Any, *keys: str) -> None:
+    """A schema's check that each of ``keys`` of ``cfg`` is > 0 (``ValueError`` naming it)."""
+    for key in keys:
+        if getattr(cfg, key) <= 0:
+            raise ValueError(f"{key}={getattr(cfg, key)}: must be > 0")
+
+
 def option_defaults(group: str, option: str) -> dict:
     """The values of one config group option (``configs/<group>/<option>.yaml``): the one place
     its defaults live, for Python callers that build a part (e.g. an MoE block) directly."""

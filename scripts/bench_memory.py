@@ -30,8 +30,7 @@ from _bench import compare, emit, real_frames
 
 from pvn.config import load_config
 from pvn.memory import SavedTensorMeter, state_bytes
-from pvn.pretraining import build
-from pvn.schema import PretrainConfig
+from pvn.pretraining import PretrainConfig, build
 from pvn.settings import section
 
 METHODS = ["none", "dgl", "man", "man_pp", "auglocal"]

@@ -32,9 +32,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _bench import compare, emit, real_frames, write_log
 
 from pvn.config import load_config
-from pvn.pretraining import build
+from pvn.pretraining import PretrainConfig, build
 from pvn.replay import DQNReplayDataset, Prefetcher
-from pvn.schema import PretrainConfig
 from pvn.settings import section
 from pvn.task_cache import build_task_cache
 

@@ -48,9 +48,8 @@ def _worker(workload: str, mode: str, seconds: float) -> None:
     env_threads = plan.envpool if plan is not None else 0
     if workload == "pretrain":
         from pvn.config import load_config
-        from pvn.pretraining import build
+        from pvn.pretraining import PretrainConfig, build
         from pvn.replay import TorchBatch
-        from pvn.schema import PretrainConfig
         from pvn.settings import section
 
         cfg = load_config("pretrain", ["data.path=x", "run_dir=y", "td.warmup_steps=0"])

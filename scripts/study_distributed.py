@@ -129,8 +129,7 @@ def worker_learner(run_dir: Path, wid: int, games: int):
     from omegaconf import OmegaConf
 
     from pvn.checkpoint import load_checkpoint, resolve_checkpoint
-    from pvn.pretraining import build
-    from pvn.schema import PretrainConfig
+    from pvn.pretraining import PretrainConfig, build
     from pvn.settings import section
 
     cfg = OmegaConf.load(run_dir / "config.yaml")
@@ -255,8 +254,7 @@ def honest_mean(run_dir: Path, initial: bool = False, honest=(0, 1, 2, 3)) -> to
     from omegaconf import OmegaConf
 
     from pvn.checkpoint import load_checkpoint, resolve_checkpoint
-    from pvn.pretraining import build
-    from pvn.schema import PretrainConfig
+    from pvn.pretraining import PretrainConfig, build
     from pvn.settings import section
 
     state = load_checkpoint(resolve_checkpoint(run_dir))

@@ -225,8 +225,7 @@ def evaluate_run(
 def init_probe(args: argparse.Namespace, run_dir: Path, ds_eval, batch) -> dict[str, Any]:
     """The probe floor: the arms' common torso at initialisation, rebuilt from the seed."""
     from pvn.analysis.probes import linear_probes
-    from pvn.pretraining import build
-    from pvn.schema import PretrainConfig
+    from pvn.pretraining import PretrainConfig, build
     from pvn.settings import section
 
     cfg, _, num_actions = trained_learner(run_dir)

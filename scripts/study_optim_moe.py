@@ -277,8 +277,7 @@ def evaluate_run(
 def init_scale(cfg, learner, batch, n: int = 256) -> dict[str, float]:
     """Feature norm and |Q| of the run's network at initialisation (rebuilt from the seed) on
     the first ``n`` held-out states: how differently scaled the arms start."""
-    from pvn.pretraining import build
-    from pvn.schema import PretrainConfig
+    from pvn.pretraining import PretrainConfig, build
     from pvn.settings import section
 
     fresh = build(section(PretrainConfig, cfg), learner.online.head.num_actions).online.eval()

@@ -24,9 +24,8 @@ from pvn.distributed.aggregators import (
     nearest_neighbour_average,
     trimmed_mean,
 )
-from pvn.pretraining import build
+from pvn.pretraining import PretrainConfig, build
 from pvn.replay import DQNReplayDataset, Prefetcher, TorchBatch
-from pvn.schema import PretrainConfig
 from pvn.settings import section
 from tests.test_pretrain import _args, _assert_same, log_dir  # noqa: F401 (fixture)
 

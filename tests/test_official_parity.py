@@ -20,10 +20,9 @@ from pvn.builders import tasks_option
 from pvn.commands.evaluate import agent_for
 from pvn.config import load_config
 from pvn.networks.torsos import SamePool
-from pvn.pretraining import build
+from pvn.pretraining import PretrainConfig, build
 from pvn.replay import TorchBatch
 from pvn.replay.feature_replay import FeatureBatch
-from pvn.schema import PretrainConfig
 from pvn.settings import section
 
 

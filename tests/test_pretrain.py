@@ -20,9 +20,8 @@ from pvn.checkpoint import list_checkpoints, load_checkpoint
 from pvn.cli import main
 from pvn.config import load_config
 from pvn.metrics import read_metrics
-from pvn.pretraining import build
+from pvn.pretraining import PretrainConfig, build
 from pvn.replay import DQNReplayDataset, DQNReplayWriter, Prefetcher
-from pvn.schema import PretrainConfig
 from pvn.settings import section
 from pvn.task_cache import attach_task_cache, cache_wanted
 

@@ -14,9 +14,8 @@ from pvn.checkpoint import list_checkpoints, load_checkpoint
 from pvn.cli import main
 from pvn.config import load_config
 from pvn.networks.moe import MoEFeatures, moe_layers
-from pvn.pretraining import build
+from pvn.pretraining import PretrainConfig, build
 from pvn.replay import DQNReplayDataset, Prefetcher
-from pvn.schema import PretrainConfig
 from pvn.settings import section
 from tests.test_pretrain import _args, _assert_same, log_dir  # noqa: F401 (fixture)
 

@@ -18,9 +18,8 @@ import torch
 from omegaconf import OmegaConf
 
 from pvn.checkpoint import load_checkpoint, resolve_checkpoint
-from pvn.pretraining import build
+from pvn.pretraining import PretrainConfig, build
 from pvn.replay import LoggedData, TorchBatch
-from pvn.schema import PretrainConfig
 from pvn.settings import section
 
 

@@ -14,9 +14,8 @@ from omegaconf import DictConfig
 
 from pvn.config import validate
 from pvn.errors import require_device
-from pvn.pretraining import open_team, train
+from pvn.pretraining import PretrainConfig, open_team, train
 from pvn.run_dir import RunDir
-from pvn.schema import PretrainConfig
 from pvn.settings import section
 from pvn.threads import announce
 
