@@ -1,5 +1,5 @@
 """The harness the study scripts share (``study_local.py``, ``study_optim_moe.py``,
-``study_distributed.py``, ``study_quickstart.py``): collecting the study's log once, the common
+``study_distributed.py``): collecting the study's log once, the common
 options and the resumable pretraining of every (arm, seed) of a single-log study, loading a
 finished run's learner, the held-out batch and its TD losses, and writing the results as data --
 ``docs/<study>_results.json`` (every number) and ``docs/<study>_tables.md`` (plain tables, one
