@@ -207,7 +207,14 @@ def long_run(args, device) -> dict:
     shutil.rmtree(tmp)
     med = {k: float(np.median(v)) for k, v in rates.items()}
     short, stepping = med.pop("short"), med.pop("long")
-    long = 1 / (1 / stepping + (run_ckpt + log_ckpt) / CHECKPOINT_EVERY)
+    overhead = (run_ckpt + log_ckpt) / CHECKPOINT_EVERY  # checkpoint seconds per agent step
+    long = 1 / (1 / stepping + overhead)
+    # per round, the late run against the fresh run timed next to it (the host's speed drifts
+    # between rounds by more than the effect), then the median
+    ratios = [
+        1 / (1 / late + overhead) / fresh
+        for late, fresh in zip(rates["long"], rates["short"], strict=True)
+    ]
     return {
         "game": args.game, "num_envs": n, "device": args.device, "fill": args.fill,
         "threads": torch.get_num_threads(), "agent": args.agent,
@@ -217,7 +224,8 @@ def long_run(args, device) -> dict:
         "per_round": {k: [significant(x) for x in v] for k, v in rates.items()},
         "seconds_per_100k_steps": {"run_checkpoint": significant(run_ckpt),
                                    "log_checkpoint": significant(log_ckpt)},
-        "long_vs_short": significant(long / short),
+        "long_vs_short": significant(float(np.median(ratios))),
+        "long_vs_short_per_round": [significant(r) for r in ratios],
     }  # fmt: skip
 
 
