@@ -193,6 +193,30 @@ def test_a_knob_arm_pretrains_its_own_pvn_on_given_logs(tmp_path):
     assert names.index(knob.name) < names.index(ev.name) and names[-1] == "report"
 
 
+def test_control_arms_with_the_same_knob_share_one_pretraining(tmp_path):
+    """Two arms that differ only in their head settings read one PVN pretrained with their
+    shared knob (named by the first arm), not two identical runs; another knob gets its own."""
+    from pvn.experiments.plan import load, stages
+
+    cfg = yaml.safe_load(Path(_knob_config(tmp_path, tmp_path / "logs")).read_text())
+    five = cfg["arms"]["pvn_tasks5"]
+    cfg["arms"]["pvn_tasks5_lr"] = {**five, "overrides": [*five.get("overrides", []),
+                                                           "agent.lr=1e-3"]}  # fmt: skip
+    cfg["arms"]["pvn_tasks6"] = {**five, "pretrain": ["tasks.num_tasks=6"]}
+    path = tmp_path / "shared.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    todo = {s.name: s for s in stages(load(str(path)))}
+    pretrainings = sorted(n for n in todo if n.startswith("pretrain/"))
+    assert pretrainings == ["pretrain/Breakout", "pretrain/Breakout-pvn_tasks5",
+                            "pretrain/Breakout-pvn_tasks6"]  # fmt: skip
+    shared = todo["pretrain/Breakout-pvn_tasks5"]
+    for arm in ("pvn_tasks5", "pvn_tasks5_lr"):
+        ev = todo[f"eval/Breakout/{arm}/seed1"]
+        assert ev.after == [shared.name] and f"encoder={shared.run_dir}" in ev.argv
+    assert "agent.lr=1e-3" in todo["eval/Breakout/pvn_tasks5_lr/seed1"].argv
+    assert todo["eval/Breakout/pvn_tasks6/seed1"].after == ["pretrain/Breakout-pvn_tasks6"]
+
+
 def test_an_arm_may_run_its_own_seeds(tmp_path, capsys):
     from pvn.experiments.plan import load, stages
 

@@ -164,6 +164,7 @@ def stages(
         if any(s["encoder"] == "pvn" and not s.get("pretrain") and s.get("control", True)
                for s in cfg["arms"].values()):  # fmt: skip
             todo.append(game_pvn)  # the game's PVN, when a control arm reads it
+        knobs: dict[tuple[str, ...], Stage] = {}  # control arms with the same knob share it
         for arm, spec in cfg["arms"].items():
             encoder, after = spec["encoder"], []
             if not spec.get("control", True):  # a pretraining arm: one pretraining per seed
@@ -174,10 +175,13 @@ def stages(
                 continue
             if encoder == "pvn":
                 pre = game_pvn
-                if spec.get("pretrain"):  # a knob: the arm's own pretraining
-                    knob = [*base, *spec["pretrain"]]
-                    pre = _pretrain_stage(out, f"{game}-{arm}", data, seed0, knob, needs_data)
-                    todo.append(pre)
+                if spec.get("pretrain"):  # a knob: its own pretraining, named by its first arm
+                    pre = knobs.get(tuple(spec["pretrain"]))
+                    if pre is None:
+                        knob = [*base, *spec["pretrain"]]
+                        pre = _pretrain_stage(out, f"{game}-{arm}", data, seed0, knob, needs_data)
+                        knobs[tuple(spec["pretrain"])] = pre
+                        todo.append(pre)
                 encoder, after = str(pre.run_dir), [pre.name]
             for seed in spec.get("seeds", cfg["seeds"]):  # the arm's own seeds, or all
                 # ordered by the seed's place in the experiment's seeds (paired seeds together)
