@@ -42,6 +42,30 @@ def quickstart(cfg) -> None:
     for d in (data_dir, run_dir, out / "report"):
         if d.exists():
             shutil.rmtree(d)
+    _collect(cfg, data_dir)
+    _pretrain(cfg, data_dir, run_dir)
+    print(
+        f"\n[3/4] linear control for {cfg.eval_steps} steps on frozen PVN and random features, "
+        f"seeds {seeds} (eval_preset={cfg.eval_preset}, head lr {cfg.lr}, features "
+        f"{'scaled to unit mean norm' if cfg.feature_norm else 'unscaled'}, protocol "
+        f"{cfg.protocol}), each scored by {cfg.eval_episodes} greedy episodes after its last step"
+    )
+    runs = {key: _evaluation(cfg, str(encoders[key[0]]), run, key[1])
+            for key, run in evals.items()}  # fmt: skip
+    final: dict[tuple[str, int], float] = {}
+    for (name, seed), episodes in _linear_control(runs, cfg.progress).items():
+        score, scored_by = final_score(load_results(evals[name, seed]))
+        final[name, seed] = None if math.isnan(score) else score
+        print(f"      {name} seed {seed}: {episodes} training episodes; {scored_by}: {score:.1f}")
+    print("\n[4/4] report (and offline linear probes on the collected log)\n")
+    print(report([str(d) for d in evals.values()], out / "report", data=data_dir))
+    print("\n" + verdict(final, seeds))
+    print(f"\nfiles: {out / 'report'} (report.md, report.csv, curves.png, probes.json)")
+    save_config(cfg, out)
+
+
+def _collect(cfg, data_dir: Path) -> None:
+    """Step 1: the random-policy log, and its summary."""
     print(f"[1/4] collecting {cfg.steps} random-policy steps of {cfg.game} into {data_dir}")
     summary = collect(
         _planned(
@@ -59,6 +83,10 @@ def quickstart(cfg) -> None:
         f"{summary['steps_per_second']} steps/s\n"
     )
     print(format_summary(summarize(data_dir)), "\n")
+
+
+def _pretrain(cfg, data_dir: Path, run_dir: Path) -> None:
+    """Step 2: the PVN, and what its last logs say about the tasks and the features."""
     print(f"[2/4] pretraining a PVN for {cfg.pretrain_steps} updates into {run_dir}")
     pcfg = _planned(
         "pretrain",
@@ -83,40 +111,25 @@ def quickstart(cfg) -> None:
         f"      curves: tensorboard --logdir {run_dir / 'tb'}\n"
         f"      encoder: pvn.load_encoder('{run_dir}')"
     )
-    print(
-        f"\n[3/4] linear control for {cfg.eval_steps} steps on frozen PVN and random features, "
-        f"seeds {seeds} (eval_preset={cfg.eval_preset}, head lr {cfg.lr}, features "
-        f"{'scaled to unit mean norm' if cfg.feature_norm else 'unscaled'}, protocol "
-        f"{cfg.protocol}), each scored by {cfg.eval_episodes} greedy episodes after its last step"
+
+
+def _evaluation(cfg, encoder: str, run: Path, seed: int) -> dict:
+    """Step 3's ``pvn evaluate`` values for one encoder and seed."""
+    return dict(
+        encoder=encoder,
+        game=cfg.game,
+        steps=cfg.eval_steps,
+        num_envs=cfg.num_envs,
+        run_dir=str(run),
+        seed=seed,
+        eval_preset=cfg.eval_preset,
+        protocol=cfg.protocol,
+        eval_episodes=cfg.eval_episodes,
+        eval_max_steps=cfg.eval_max_steps,
+        eval_first=False,  # scored by the final evaluation alone
+        agent={"lr": cfg.lr, "feature_norm": cfg.feature_norm},
+        checkpoint_every=0,
     )
-    runs = {
-        key: dict(
-            encoder=str(encoders[key[0]]),
-            game=cfg.game,
-            steps=cfg.eval_steps,
-            num_envs=cfg.num_envs,
-            run_dir=str(run),
-            seed=key[1],
-            eval_preset=cfg.eval_preset,
-            protocol=cfg.protocol,
-            eval_episodes=cfg.eval_episodes,
-            eval_max_steps=cfg.eval_max_steps,
-            eval_first=False,  # scored by the final evaluation alone
-            agent={"lr": cfg.lr, "feature_norm": cfg.feature_norm},
-            checkpoint_every=0,
-        )
-        for key, run in evals.items()
-    }
-    final: dict[tuple[str, int], float] = {}
-    for (name, seed), episodes in _linear_control(runs, cfg.progress).items():
-        score, scored_by = final_score(load_results(evals[name, seed]))
-        final[name, seed] = None if math.isnan(score) else score
-        print(f"      {name} seed {seed}: {episodes} training episodes; {scored_by}: {score:.1f}")
-    print("\n[4/4] report (and offline linear probes on the collected log)\n")
-    print(report([str(d) for d in evals.values()], out / "report", data=data_dir))
-    print("\n" + verdict(final, seeds))
-    print(f"\nfiles: {out / 'report'} (report.md, report.csv, curves.png, probes.json)")
-    save_config(cfg, out)
 
 
 def _linear_control(runs: dict[tuple[str, int], dict], progress: bool) -> dict:

@@ -104,52 +104,58 @@ def pretraining_report(cfg: dict[str, Any], runs: list[Stage], results: Path) ->
             rows.append([game, arm, seed, m["td_train"], m["heldout"]["td"],
                          m["heldout"].get("const", ""), p["return_r2"], p["reward_r2"],
                          p["srank"], p["dormant"], m["params"], m["updates_per_s"]])  # fmt: skip
-        text += ["", f"## {game}", "",
-                 "| arm | n | TD loss, train | TD loss, held out | constant's | R² return | "
-                 "R² reward | srank | dormant | params | upd/s |",
-                 "|---|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
-        for arm, ms in by_arm.items():
-            col = {k: [m[k] for _, m in ms] for k in ("td_train", "params", "updates_per_s")}
-            held_td = [m["heldout"]["td"] for _, m in ms]
-            const = [m["heldout"].get("const", float("nan")) for _, m in ms]
-            probe = {k: [m["probes"][k] for _, m in ms]
-                     for k in ("return_r2", "reward_r2", "srank", "dormant")}  # fmt: skip
-            text.append(
-                f"| {arm} | {len(ms)} | {_cell(col['td_train'])} | {_cell(held_td)} | "
-                f"{_cell(const)} | {_cell(probe['return_r2'], 3)} | "
-                f"{_cell(probe['reward_r2'], 3)} | {_cell(probe['srank'], 3)} | "
-                f"{_cell(probe['dormant'], 2)} | {int(col['params'][0]):,} | "
-                f"{_cell(col['updates_per_s'], 3)} |"
-            )
-        blocks = {arm: sorted({k for _, m in ms for k in m["heldout"] if k.startswith("local/")})
-                  for arm, ms in by_arm.items()}  # fmt: skip
-        if any(blocks.values()):  # local learning: each block's auxiliary head, held out
-            text += ["", "Held-out TD loss of each block's auxiliary head (local learning):", "",
-                     "| arm | block | TD loss, held out |", "|---|---|---|"]  # fmt: skip
-            for arm, keys in blocks.items():
-                for k in keys:
-                    vals = [m["heldout"][k] for _, m in by_arm[arm]]
-                    text.append(f"| {arm} | {k[len('local/') :]} | {_cell(vals)} |")
-        if spec["noise"]:  # robustness: the loss with noisy pixels in s over the clean loss
-            sig = [f"{x:g}" for x in spec["noise"]]
-            text += ["", "Held-out TD loss with Gaussian pixel noise of std σ in s alone (clean "
-                     "targets), over the clean loss; the features' relative drift "
-                     "|φ(noisy s) − φ(s)| / |φ(s)|:", "",
-                     "| arm | " + " | ".join(f"ratio σ={x}" for x in sig) + " | "
-                     + " | ".join(f"drift σ={x}" for x in sig) + " |",
-                     "|---|" + "---|" * (2 * len(sig))]  # fmt: skip
-            for arm, ms in by_arm.items():
-                cells = [_cell([m["heldout"][f"{k}/{x}"] for _, m in ms], 3)
-                         for k in ("noise", "drift") for x in sig]  # fmt: skip
-                text.append(f"| {arm} | " + " | ".join(cells) + " |")
+        text += ["", f"## {game}", *_game_tables(by_arm, spec["noise"])]
         curves = {arm: [m["curve"] for _, m in ms] for arm, ms in by_arm.items()}
         plot_td_curves(curves, results / f"pretraining_td_{game}.png", game)
         text += ["", f"![training TD loss, {game}](pretraining_td_{game}.png)"]
-    with open(results / "pretraining.csv", "w") as f:
-        f.write("game,arm,seed,td_train,td_heldout,td_constant,return_r2,reward_r2,srank,"
-                "dormant,params,updates_per_s\n")  # fmt: skip
-        f.writelines(",".join(map(str, r)) + "\n" for r in rows)
-    (results / "pretraining.json").write_text(json.dumps(every, indent=1))
+    header = ("game,arm,seed,td_train,td_heldout,td_constant,return_r2,reward_r2,srank,dormant,"
+              "params,updates_per_s\n")  # fmt: skip
+    write_text_atomic(results / "pretraining.csv",
+                      header + "".join(",".join(map(str, r)) + "\n" for r in rows))  # fmt: skip
+    write_text_atomic(results / "pretraining.json", json.dumps(every, indent=1))
     md = "\n".join(text) + "\n"
-    (results / "pretraining.md").write_text(md)
+    write_text_atomic(results / "pretraining.md", md)
     return md
+
+
+def _game_tables(by_arm: dict[str, list[tuple[int, dict]]], noise: list[float]) -> list[str]:
+    """One game's Markdown tables: the arms' losses and probes; with local learning, each
+    block's auxiliary head's held-out loss; with ``noise``, the robustness ratios and drifts."""
+    text = ["", "| arm | n | TD loss, train | TD loss, held out | constant's | R² return | "
+            "R² reward | srank | dormant | params | upd/s |",
+            "|---|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    for arm, ms in by_arm.items():
+        col = {k: [m[k] for _, m in ms] for k in ("td_train", "params", "updates_per_s")}
+        held_td = [m["heldout"]["td"] for _, m in ms]
+        const = [m["heldout"].get("const", float("nan")) for _, m in ms]
+        probe = {k: [m["probes"][k] for _, m in ms]
+                 for k in ("return_r2", "reward_r2", "srank", "dormant")}  # fmt: skip
+        text.append(
+            f"| {arm} | {len(ms)} | {_cell(col['td_train'])} | {_cell(held_td)} | "
+            f"{_cell(const)} | {_cell(probe['return_r2'], 3)} | "
+            f"{_cell(probe['reward_r2'], 3)} | {_cell(probe['srank'], 3)} | "
+            f"{_cell(probe['dormant'], 2)} | {int(col['params'][0]):,} | "
+            f"{_cell(col['updates_per_s'], 3)} |"
+        )
+    blocks = {arm: sorted({k for _, m in ms for k in m["heldout"] if k.startswith("local/")})
+              for arm, ms in by_arm.items()}  # fmt: skip
+    if any(blocks.values()):  # local learning: each block's auxiliary head, held out
+        text += ["", "Held-out TD loss of each block's auxiliary head (local learning):", "",
+                 "| arm | block | TD loss, held out |", "|---|---|---|"]  # fmt: skip
+        for arm, keys in blocks.items():
+            for k in keys:
+                vals = [m["heldout"][k] for _, m in by_arm[arm]]
+                text.append(f"| {arm} | {k[len('local/') :]} | {_cell(vals)} |")
+    if noise:  # robustness: the loss with noisy pixels in s over the clean loss
+        sig = [f"{x:g}" for x in noise]
+        text += ["", "Held-out TD loss with Gaussian pixel noise of std σ in s alone (clean "
+                 "targets), over the clean loss; the features' relative drift "
+                 "|φ(noisy s) − φ(s)| / |φ(s)|:", "",
+                 "| arm | " + " | ".join(f"ratio σ={x}" for x in sig) + " | "
+                 + " | ".join(f"drift σ={x}" for x in sig) + " |",
+                 "|---|" + "---|" * (2 * len(sig))]  # fmt: skip
+        for arm, ms in by_arm.items():
+            cells = [_cell([m["heldout"][f"{k}/{x}"] for _, m in ms], 3)
+                     for k in ("noise", "drift") for x in sig]  # fmt: skip
+            text.append(f"| {arm} | " + " | ".join(cells) + " |")
+    return text
