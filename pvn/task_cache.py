@@ -28,6 +28,7 @@ import torch
 from pvn.auxiliary import TaskFamily
 from pvn.progress import bar
 from pvn.replay import LoggedData
+from pvn.replay.cache import claimed
 
 CHUNK = 32
 
@@ -109,9 +110,16 @@ def _load(path: Path, shape: tuple[int, int]) -> np.ndarray | None:
 
 @torch.no_grad()
 def _compute(ds, ckpt, cap, tasks, path, device, autocast, pbar) -> np.ndarray:
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-    out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(cap, tasks.num_tasks))
-    try:
+    """Checkpoint ``ckpt``'s outputs into ``path``: under its lock (:func:`replay.cache.claimed`:
+    workers sharing the directory compute it once, and a killed run's temporary file goes),
+    written to a temporary file and renamed into place once complete."""
+    with claimed(path.parent, path.name) as tmp:
+        arr = _load(path, (cap, tasks.num_tasks))
+        if arr is not None:  # another process computed it meanwhile
+            pbar.update(cap)
+            return arr
+        shape = (cap, tasks.num_tasks)
+        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=shape)
         for start in range(0, cap, CHUNK):
             idx = np.arange(start, min(start + CHUNK, cap))
             obs = torch.from_numpy(ds.gather(ckpt, idx).observation).to(device)
@@ -121,8 +129,6 @@ def _compute(ds, ckpt, cap, tasks, path, device, autocast, pbar) -> np.ndarray:
         out.flush()
         del out
         os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
     return np.load(path, mmap_mode="r", allow_pickle=False)
 
 

@@ -23,7 +23,7 @@ from pvn.metrics import read_metrics
 from pvn.pretraining import PretrainConfig, build
 from pvn.replay import DQNReplayDataset, DQNReplayWriter, Prefetcher
 from pvn.settings import section
-from pvn.task_cache import attach_task_cache, cache_wanted
+from pvn.task_cache import attach_task_cache, build_task_cache, cache_wanted
 
 
 @pytest.fixture(scope="module")
@@ -187,6 +187,23 @@ def test_task_cache_holds_each_slots_frozen_outputs(log_dir, tmp_path, family):
         torch.testing.assert_close(cached.rewards, direct.rewards, rtol=1e-5, atol=1e-6)
     if family == "indicator_rnd":
         torch.testing.assert_close(cached.calibration_loss, direct.calibration_loss)
+
+
+def test_task_cache_removes_a_killed_runs_temporary_file(log_dir, tmp_path):
+    """A run killed while computing a checkpoint's outputs (SIGKILL: no cleanup) leaves its
+    temporary file; the next build, holding the checkpoint's lock, deletes it and stores the
+    same outputs as a build in a clean directory."""
+    cfg = load_config("pretrain", _args(log_dir, tmp_path / "run", "tasks.num_tasks=10")[1:])
+    learner = build(section(PretrainConfig, cfg), num_actions=4)
+    ds = DQNReplayDataset(log_dir, cache_dir=log_dir.parent / "cache")
+    clean = build_task_cache(ds, learner.tasks, tmp_path / "clean", "cpu")
+    killed = tmp_path / "killed"
+    killed.mkdir()
+    stale = killed / f"ckpt.{ds.shards[0]}.npy.tmp-4194304"
+    stale.write_bytes(b"half a float32 table")
+    again = build_task_cache(ds, learner.tasks, killed, "cpu")
+    assert not stale.exists() and not list(killed.glob("*.tmp-*"))
+    assert torch.equal(again.values, clean.values)
 
 
 def test_task_cache_auto_rule():

@@ -25,8 +25,9 @@ import hashlib
 import json
 import os
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -249,14 +250,40 @@ def open_checkpoint(
     return load_entry(entry, ckpt)
 
 
+@contextmanager
+def claimed(root: Path, name: str) -> Iterator[Path]:
+    """Hold ``root/name``'s file lock, so that concurrent processes build it once, and yield
+    this process's temporary path for it, ``root/name.tmp-<pid>`` (not created; removed on
+    exit, file or directory). A builder killed midway (SIGKILL: no cleanup ran) leaves its
+    temporary behind; whoever holds the lock next deletes it, since no one else can be writing.
+    The caller checks, under the lock, whether the thing is already built."""
+    root.mkdir(parents=True, exist_ok=True)
+    with open(root / f"{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        for stale in root.glob(f"{name}.tmp-*"):
+            _remove(stale)
+        tmp = root / f"{name}.tmp-{os.getpid()}"
+        try:
+            yield tmp
+        finally:
+            _remove(tmp)
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+
+
 def build_once(
     root: Path, name: str, is_current: Callable[[Path], bool], convert: Callable[[Path], None]
 ) -> Path:
     """The cache entry ``root/name``, made by ``convert(tmp)`` unless ``is_current(entry)``:
     into a fresh temporary directory, renamed into place only once complete, under a file lock
-    so that concurrent processes convert it once; a conversion killed midway leaves only a
-    temporary directory, which the next one deletes. A full disk is one error naming the
-    directory, with nothing left behind.
+    so that concurrent processes convert it once (:func:`claimed`); a conversion killed midway
+    leaves only a temporary directory, which the next one deletes. A full disk is one error
+    naming the directory, with nothing left behind.
 
     Args:
         root: the cache directory of one source.
@@ -267,10 +294,24 @@ def build_once(
     Returns:
         The entry's path.
     """
-    root.mkdir(parents=True, exist_ok=True)
     entry = root / name
     if is_current(entry):
         return entry
+    with claimed(root, name) as tmp:
+        if is_current(entry):  # another process may have converted it meanwhile
+            return entry
+        try:
+            tmp.mkdir()
+            convert(tmp)
+            if entry.exists():
+                shutil.rmtree(entry)
+            os.replace(tmp, entry)
+        except OSError as e:  # a full disk or a file-size limit while writing the cache
+            raise ReplayError(
+                f"{tmp}: could not be written ({e.strerror or e}); free space or choose "
+                "another cache dir (data.cache_dir, $PVN_CACHE_DIR)"
+            ) from None
+    return entry
     with open(root / f"{name}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if not is_current(entry):  # another process may have converted it meanwhile
