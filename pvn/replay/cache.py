@@ -312,26 +312,6 @@ def build_once(
                 "another cache dir (data.cache_dir, $PVN_CACHE_DIR)"
             ) from None
     return entry
-    with open(root / f"{name}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if not is_current(entry):  # another process may have converted it meanwhile
-            for stale in root.glob(f"{name}.tmp-*"):
-                shutil.rmtree(stale, ignore_errors=True)
-            tmp = root / f"{name}.tmp-{os.getpid()}"
-            try:
-                tmp.mkdir()
-                convert(tmp)
-                if entry.exists():
-                    shutil.rmtree(entry)
-                os.replace(tmp, entry)
-            except OSError as e:  # a full disk or a file-size limit while writing the cache
-                raise ReplayError(
-                    f"{tmp}: could not be written ({e.strerror or e}); free space or choose "
-                    "another cache dir (data.cache_dir, $PVN_CACHE_DIR)"
-                ) from None
-            finally:
-                shutil.rmtree(tmp, ignore_errors=True)
-    return entry
 
 
 def in_parallel(fn: Callable[..., Any], jobs: list[tuple], workers: int,
