@@ -196,11 +196,12 @@ def _parsed(name: str, overrides: list[str]) -> list[tuple[str, Any]]:
     return [(o.key_or_group.lstrip("+~"), o.value()) for o in parsed]
 
 
-def validate(name: str, cfg: DictConfig) -> None:
+def validate(name: str, cfg: DictConfig) -> Any:
     """Run the checks of ``name``'s schema (:mod:`pvn.schema`, each section's
-    ``__post_init__``) on a complete config; a bad value is a one-line :class:`ConfigError`."""
+    ``__post_init__``) on a complete config; a bad value is a one-line :class:`ConfigError`.
+    Returns the config as the schema's typed object (what a core module takes)."""
     try:
-        OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(SCHEMAS[name]), cfg))
+        return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(SCHEMAS[name]), cfg))
     except ValueError as e:
         raise ConfigError(f"pvn {name}: {e}") from None
     except OmegaConfBaseException as e:

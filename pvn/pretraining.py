@@ -180,16 +180,14 @@ def build(cfg: PretrainConfig, num_actions: int, task_seed: int | None = None) -
     if local is not None:
         local.to(device)
         params += [p for p in local.parameters() if p.requires_grad]
-    optim_cfg = cfg.optimizer
-    optimizer = build_optimizer(optim_cfg, params)
+    optimizer = build_optimizer(cfg.optimizer, params)
     task_params = [p for p in tasks.parameters() if p.requires_grad]
     task_opt = None
     if task_params:  # the paper: the main optimizer's settings; laptop default: plain SGD
         # an optimizer option by name (configs/optimizer/<name>.yaml), at the calibration's lr
-        calib_cfg = optim_cfg if task_optim is None else option_defaults("optimizer", task_optim)
-        task_opt = build_optimizer(calib_cfg, task_params, lr=task_lr)
-    data = cfg.data
-    args = (network, tasks, optimizer, task_opt, cfg.td, data.gamma**data.n_step)
+        calib = cfg.optimizer if task_optim is None else option_defaults("optimizer", task_optim)
+        task_opt = build_optimizer(calib, task_params, lr=task_lr)
+    args = (network, tasks, optimizer, task_opt, cfg.td, cfg.data.gamma**cfg.data.n_step)
     try:
         if local is None:
             learner = PVNLearner(*args, bf16=cfg.bf16, calibration_decay=task_decay)

@@ -113,12 +113,12 @@ def _compute(ds, ckpt, cap, tasks, path, device, autocast, pbar) -> np.ndarray:
     """Checkpoint ``ckpt``'s outputs into ``path``: under its lock (:func:`replay.cache.claimed`:
     workers sharing the directory compute it once, and a killed run's temporary file goes),
     written to a temporary file and renamed into place once complete."""
+    shape = (cap, tasks.num_tasks)
     with claimed(path.parent, path.name) as tmp:
-        arr = _load(path, (cap, tasks.num_tasks))
+        arr = _load(path, shape)
         if arr is not None:  # another process computed it meanwhile
             pbar.update(cap)
             return arr
-        shape = (cap, tasks.num_tasks)
         out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=shape)
         for start in range(0, cap, CHUNK):
             idx = np.arange(start, min(start + CHUNK, cap))

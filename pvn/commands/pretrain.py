@@ -16,17 +16,15 @@ from pvn.config import validate
 from pvn.errors import require_device
 from pvn.pretraining import PretrainConfig, open_team, train
 from pvn.run_dir import RunDir
-from pvn.settings import section
 from pvn.threads import announce
 
 
 def pretrain(cfg: DictConfig) -> dict[str, Any]:
     """Run (or resume) ``pvn pretrain``, one worker or many; returns the last logged metrics."""
-    validate("pretrain", cfg)
+    spec: PretrainConfig = validate("pretrain", cfg)  # the typed config the core takes
     require_device(cfg.device)
     run = RunDir(Path(cfg.run_dir), "pretraining", schema=PretrainConfig)
     latest = run.latest(cfg)
-    spec = section(PretrainConfig, cfg)  # the typed config the core takes
     team = open_team(spec)
     try:
         if team.rank == 0:  # the lead process writes the run directory
