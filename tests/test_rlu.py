@@ -121,6 +121,46 @@ def test_dataset_holds_exactly_the_official_transitions_and_samples_them_uniform
     np.testing.assert_array_equal(ds.sample(64).index, again.sample(64).index)
 
 
+def _five_runs(tmp_path: Path, layout: str) -> tuple[Path, list[int]]:
+    """A data directory of runs 1-5 made from the fixture's run 1: prepared, five copies of it;
+    raw, run ``r``'s first file is run 1's checkpoint ``(r - 1) % 2``, so the runs differ.
+    Returns the directory and the fixture checkpoint each run's checkpoint 0 holds."""
+    if layout == "prepared":
+        root = tmp_path / "tfds"
+        for r in range(1, 6):
+            shutil.copytree(PREPARED, root / PREPARED.parent.name / f"Asterix_run_{r}")
+        return root, [0] * 5
+    root = tmp_path / "raw"
+    (root / "Asterix").mkdir(parents=True)
+    for r in range(1, 6):
+        for c in (0, 1):
+            src = RAW / "Asterix" / f"run_1-{(r - 1 + c) % 2:05d}-of-00002"
+            shutil.copy(src, root / "Asterix" / f"run_{r}-{c:05d}-of-00002")
+    return root, [(r - 1) % 2 for r in range(1, 6)]
+
+
+@pytest.mark.parametrize("layout", ["prepared", "raw"])
+def test_the_weak_split_reads_checkpoint_0_of_each_of_the_five_runs(tmp_path, layout):
+    """``weak`` (the official code's ``checkpoint_00`` of runs 1-5, whatever ``run`` is):
+    episodes run by run, and a dataset whose shards are the runs, each holding the official
+    transitions of the checkpoint its run's checkpoint 0 was made from."""
+    root, held = _five_runs(tmp_path, layout)
+    answers = _tfds_answers("1.1.0")
+    want = [ep for c in held for ep in answers if ep["checkpoint_id"] == c]
+    _assert_same_episodes(list(episodes(root, "Asterix", 3, "1.1.0", split="weak")), want)
+    official = _official("full")
+    ds = RLUDataset(root, "Asterix", 3, "1.1.0", split="weak", cache_dir=tmp_path / "c", seed=1)
+    assert ds.shards == [1, 2, 3, 4, 5]
+    for run, c in zip(ds.shards, held, strict=True):
+        mine = official["checkpoint_id"] == c
+        batch = ds.gather(run, np.flatnonzero(ds.valid_mask(run)))
+        frames = official["observation"][mine].transpose(0, 3, 1, 2)
+        np.testing.assert_array_equal(batch.observation, frames)
+        np.testing.assert_array_equal(batch.action, official["action"][mine])
+        np.testing.assert_array_equal(batch.terminal, official["terminal"][mine])
+    assert set(ds.sample(2000).shard.tolist()) == {1, 2, 3, 4, 5}
+
+
 def _copy(tmp_path: Path) -> Path:
     shutil.copytree(TFDS, tmp_path / "tfds")
     return tmp_path / "tfds" / PREPARED.relative_to(TFDS) / "1.1.0"

@@ -121,7 +121,9 @@ def _entry(source: Source, checkpoint: int, limit: int | None, cache_dir: Path |
     """The decoded checkpoint: the store's own entry, or the cache's (made if needed)."""
     if source.kind == "store":  # whole checkpoints; a limit is applied when loading
         return source.shards[checkpoint][0][0]
-    key = hashlib.sha1(f"rlu:{source.root.resolve()}".encode()).hexdigest()[:16]
+    # raw files of every run share one directory: the run is part of the key
+    ident = f"rlu:{source.root.resolve()}:{source.game}:{source.run}"
+    key = hashlib.sha1(ident.encode()).hexdigest()[:16]
     return _build(Path(cache_dir or default_cache_dir()) / key, source, checkpoint, limit, codec)
 
 
