@@ -214,15 +214,18 @@ class PVNLearner:
         action: torch.Tensor,
         y: torch.Tensor,
         out: dict[str, torch.Tensor] | None = None,
+        per_sample: bool = False,
     ) -> torch.Tensor:
-        """L2 (1/2 squared error, the paper) or Huber loss of ``Q(s, a)`` (B, T, A) against ``y``;
-        with ``out``, records ``td_loss`` and ``q_mean`` there."""
+        """L2 (1/2 squared error, the paper) or Huber loss of ``Q(s, a)`` (B, T, A) against ``y``,
+        averaged over tasks and transitions (``per_sample``: over tasks only, shape (B,), whose
+        mean is the loss); with ``out``, records ``td_loss`` and ``q_mean`` there."""
         idx = action.view(-1, 1, 1).expand(-1, q.shape[1], 1)
         q_sa = q.gather(2, idx).squeeze(2).float()
         if self.cfg.loss == "l2":
-            loss = 0.5 * (y - q_sa).pow(2).mean()
+            loss = 0.5 * (y - q_sa).pow(2)
         else:
-            loss = nn.functional.huber_loss(q_sa, y, delta=1.0)
+            loss = nn.functional.huber_loss(q_sa, y, delta=1.0, reduction="none")
+        loss = loss.mean(1) if per_sample else loss.mean()
         if out is not None:
             out.update(td_loss=loss.detach(), q_mean=q_sa.detach().mean())
         return loss

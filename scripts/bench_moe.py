@@ -34,8 +34,7 @@ from _bench import compare, emit
 from pvn.networks.moe import (
     MoEFeatures,
     SMoEStack,
-    SoftMoE,
-    TopKMoE,
+    active_params,
     moe_aux_loss,
     moe_features_block,
     token_shape,
@@ -61,25 +60,6 @@ def dense_tokens(hidden: int, layers: int, gen: torch.Generator) -> MoEFeatures:
     _, d = token_shape(IN_SHAPE, "per_pixel")
     stack = SMoEStack([TokenMLP(d, hidden) for _ in range(layers)], d)
     return MoEFeatures(IN_SHAPE, "per_pixel", stack, FEATURE_DIM, gen)
-
-
-def active_params(block: nn.Module) -> int:
-    """Parameters one token passes through (for the flat dense block: all of them)."""
-    if not isinstance(block, MoEFeatures):
-        return sum(p.numel() for p in block.parameters())
-    n = sum(p.numel() for p in block.dense.parameters())
-    n += sum(p.numel() for p in block.stack.norms.parameters())
-    for layer in block.stack.layers:
-        if isinstance(layer, TopKMoE):
-            per_expert = sum(p[0].numel() for p in layer.experts.parameters())
-            n += layer.router.numel() + layer.k * per_expert
-            n += layer.noise.numel() if layer.noise is not None else 0
-        elif isinstance(layer, SoftMoE):
-            per_expert = sum(p[0].numel() for p in layer.experts.parameters())
-            n += layer.phi.numel() + per_expert
-        else:
-            n += sum(p.numel() for p in layer.parameters())
-    return n
 
 
 def step_fn(block: nn.Module, x: torch.Tensor, device: str) -> Callable[[], int]:

@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 
@@ -358,19 +359,22 @@ def test_pretraining_arms_are_pretrained_per_seed_and_measured_on_held_out_data(
         "base": {"encoder": "pvn", "control": False},
         "wide": {"encoder": "pvn", "control": False, "pretrain": ["torso.feature_dim=64"],
                  "seeds": [1]},
+        "smoe": {"encoder": "pvn", "control": False, "pretrain": ["moe=smoe"], "seeds": [0]},
     }  # fmt: skip
     cfg["measure"] = {"heldout": [1], "transitions": 100, "probe_states": 300, "noise": [16]}
     path = tmp_path / "study.yaml"
     path.write_text(yaml.safe_dump(cfg))
     assert main(["experiment", str(path), "--print-commands"]) == 0
     names = [line.split("  # ")[1].split(",")[0] for line in capsys.readouterr().out.splitlines()]
-    runs = [f"pretrain/Breakout-{a}" for a in ("base/seed0", "base/seed1", "wide/seed1")]
+    runs = [f"pretrain/Breakout-{a}"
+            for a in ("base/seed0", "base/seed1", "smoe/seed0", "wide/seed1")]  # fmt: skip
     assert names == ["data/Breakout", *runs, "report"]
     assert main(["experiment", str(path)]) == 0
     results = tmp_path / "results"
     with open(results / "pretraining.csv") as f:
         rows = list(csv.DictReader(f))
-    assert [(r["arm"], r["seed"]) for r in rows] == [("base", "0"), ("base", "1"), ("wide", "1")]
+    assert [(r["arm"], r["seed"]) for r in rows] == [("base", "0"), ("base", "1"), ("smoe", "0"),
+                                                     ("wide", "1")]  # fmt: skip
     md = (results / "pretraining.md").read_text()
     assert "| base | 2 |" in md and "| wide | 1 |" in md
     assert (results / "pretraining_td_Breakout.png").stat().st_size > 0
@@ -387,15 +391,43 @@ def test_pretraining_arms_are_pretrained_per_seed_and_measured_on_held_out_data(
         y = r + learner.discount * (~terminal).float()[:, None] * q_next
         rows_ = torch.arange(len(obs))
 
+        def per_transition(x):
+            return 0.5 * (y - learner.online(x)[0][rows_, :, action]).pow(2).mean(1).double()
+
         def loss(x):
-            return float(0.5 * (y - learner.online(x)[0][rows_, :, action]).pow(2).mean())
+            return float(per_transition(x).mean())
 
         by_hand = loss(obs)
+        clean = per_transition(obs).numpy()
         # robustness: N(0, 16^2) pixel noise in s alone, rounded and clipped; clean targets
         g = torch.Generator().manual_seed(7 + 16_000)
         corrupted = (obs.float() + 16 * torch.randn(obs.shape, generator=g)).round().clamp(0, 255)
         noisy_by_hand = loss(corrupted.to(torch.uint8))
+        noisy_rows = per_transition(corrupted.to(torch.uint8)).numpy()
     measured = json.loads((run / "measures.json").read_text())
+    # 95% percentile bootstrap over the transitions, 1,000 resamples of seed 0
+    draws = np.random.default_rng(0).integers(0, 100, size=(1000, 100))
+    for key, stat in (
+        ("td_ci", clean[draws].mean(1)),
+        ("noise_ci/16", noisy_rows[draws].mean(1) / clean[draws].mean(1)),
+    ):
+        want = np.quantile(stat, [0.025, 0.975])
+        np.testing.assert_allclose(measured["heldout"][key], want, rtol=1e-5, err_msg=key)
+    lo, hi = measured["heldout"]["noise_ci/16"]
+    assert lo < measured["heldout"]["noise/16"] < hi
+    # scales at init (rebuilt from the seed) and trained; parameters; routing for top-k MoE
+    base0 = json.loads((run.parent / "seed0" / "measures.json").read_text())
+    assert base0["scales"]["init/feat_norm"] != measured["scales"]["init/feat_norm"]
+    assert measured["scales"]["init/feat_norm"] != measured["scales"]["trained/feat_norm"]
+    assert measured["routing"] is None and measured["aux_params"] == 0
+    assert measured["active_params"] == measured["params"]
+    smoe = json.loads((run.parents[1] / "Breakout-smoe" / "seed0" / "measures.json").read_text())
+    assert smoe["active_params"] < smoe["params"]
+    route = smoe["routing"]
+    assert route["eval/td"] == pytest.approx(smoe["heldout"]["td"], rel=1e-5)
+    assert route["eval/dropped_frac"] == 0 and 0 <= route["train/dropped_frac"] < 1
+    # the main, scales, routing and noise tables; base runs no routing table
+    assert md.count("| smoe | ") == 4 and md.count("| base | ") == 3 and "router entropy" in md
     assert measured["heldout"]["td"] == pytest.approx(by_hand, rel=1e-5)
     assert measured["heldout"]["noise/16"] == pytest.approx(noisy_by_hand / by_hand, rel=1e-5)
     assert measured["heldout"]["noise/16"] != 1.0 and "| ratio σ=16 |" in md

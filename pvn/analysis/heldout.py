@@ -88,10 +88,29 @@ def noisy(obs: torch.Tensor, sigma: float, seed: int = 7) -> torch.Tensor:
     return (obs.float() + sigma * eps).round_().clamp_(0, 255).to(torch.uint8)
 
 
+def bootstrap_ratio(num: np.ndarray, den: np.ndarray | None = None, draws: int = 1000,
+                    seed: int = 0) -> list[float]:  # fmt: skip
+    """The 95% percentile-bootstrap interval of ``mean(num) / mean(den)`` (``den`` absent: of
+    ``mean(num)``), resampling the transitions (the pairs) with replacement ``draws`` times.
+
+    Args:
+        num: per-transition values.
+        den: per-transition values of the same transitions, or ``None``.
+        draws: bootstrap resamples.
+        seed: the resampling's seed (fixed: every run is resampled alike).
+
+    Returns:
+        ``[2.5% quantile, 97.5% quantile]``.
+    """
+    idx = np.random.default_rng(seed).integers(0, len(num), size=(draws, len(num)))
+    stat = num[idx].mean(1) / (1.0 if den is None else den[idx].mean(1))
+    return [float(np.quantile(stat, 0.025)), float(np.quantile(stat, 0.975))]
+
+
 @torch.no_grad()
 def heldout_losses(
     learner, batch: TorchBatch, sigmas: tuple[float, ...] = (), chunk: int = 256
-) -> dict[str, float]:
+) -> dict[str, Any]:
     """The TD loss of ``learner`` on ``batch``, computed as its training loss is (its tasks'
     rewards, its target network's bootstrap, its loss), averaged over the transitions.
 
@@ -102,48 +121,96 @@ def heldout_losses(
         chunk: transitions per forward pass.
 
     Returns:
-        ``td``: the final head's loss; for a local learner, ``local/<block>``: each block's
-        auxiliary head's loss on the same targets; for the L2 loss, ``const``: the loss of the
-        best per-task constant (half each task's target variance, averaged over tasks), the floor
-        a head reaches without reading the state (about ``p (1 - p) / 2`` for Bernoulli(p)
-        indicator rewards); per sigma, ``noise/<sigma>``: the loss with :func:`noisy` pixels in
-        ``s`` alone (the targets stay clean) over the clean loss, and ``drift/<sigma>``: the
-        features' mean relative change ``|phi(noisy s) - phi(s)| / |phi(s)|``.
+        ``td``: the final head's loss, ``td_ci`` its 95% bootstrap interval over the
+        transitions (:func:`bootstrap_ratio`); for a local learner, ``local/<block>``: each
+        block's auxiliary head's loss on the same targets; for the L2 loss, ``const``: the loss
+        of the best per-task constant (half each task's target variance, averaged over tasks),
+        the floor a head reaches without reading the state (about ``p (1 - p) / 2`` for
+        Bernoulli(p) indicator rewards); per sigma, ``noise/<sigma>``: the loss with
+        :func:`noisy` pixels in ``s`` alone (the targets stay clean) over the clean loss, with
+        ``noise_ci/<sigma>`` its bootstrap interval (the same transitions resampled in both),
+        and ``drift/<sigma>``: the features' mean relative change
+        ``|phi(noisy s) - phi(s)| / |phi(s)|``.
     """
     obs, action, reward, next_obs, terminal = batch[:5]
     local = getattr(learner, "local", None)
     corrupted = {sigma: noisy(obs, sigma) for sigma in sigmas}
-    sums: dict[str, float] = {}
+    rows: dict[str, list[torch.Tensor]] = {}
     targets = []
 
-    def add(key: str, value: float, b: int) -> None:
-        sums[key] = sums.get(key, 0.0) + value * b
+    def add(key: str, values: torch.Tensor) -> None:
+        rows.setdefault(key, []).append(values.double())
 
     for s in range(0, len(obs), chunk):
         sl = slice(s, s + chunk)
-        b = len(obs[sl])
         tasks = learner.tasks(obs[sl], reward[sl])
         y = learner.td_targets(tasks.rewards, next_obs[sl], terminal[sl])
         targets.append(y.float())
         q, feats = learner.online(obs[sl])
-        add("td", float(learner.td_loss(q, action[sl], y)), b)
+        add("td", learner.td_loss(q, action[sl], y, per_sample=True))
         for sigma, x in corrupted.items():
             qn, fn = learner.online(x[sl])
-            add(f"noise/{sigma:g}", float(learner.td_loss(qn, action[sl], y)), b)
-            drift = (fn - feats).norm(dim=1) / feats.norm(dim=1).clamp_min(1e-8)
-            add(f"drift/{sigma:g}", float(drift.mean()), b)
+            add(f"noise/{sigma:g}", learner.td_loss(qn, action[sl], y, per_sample=True))
+            add(f"drift/{sigma:g}", (fn - feats).norm(dim=1) / feats.norm(dim=1).clamp_min(1e-8))
         if local is not None:
             x = learner.online.torso.prepare(obs[sl])
             for k, block in enumerate(local.blocks[:-1]):
                 x = block(x)
-                add(
-                    f"local/{local.names[k]}", float(learner.td_loss(local(k, x), action[sl], y)), b
-                )
-    out = {k: v / len(obs) for k, v in sums.items()}
+                loss = learner.td_loss(local(k, x), action[sl], y, per_sample=True)
+                add(f"local/{local.names[k]}", loss)
+    per = {k: torch.cat(v).numpy() for k, v in rows.items()}
+    out: dict[str, Any] = {k: float(v.mean()) for k, v in per.items()}
+    out["td_ci"] = bootstrap_ratio(per["td"])
     for sigma in sigmas:
         out[f"noise/{sigma:g}"] /= out["td"]
+        out[f"noise_ci/{sigma:g}"] = bootstrap_ratio(per[f"noise/{sigma:g}"], per["td"])
     if learner.cfg.loss == "l2":
         out["const"] = float(0.5 * torch.cat(targets).var(0, unbiased=False).mean())
+    return out
+
+
+@torch.no_grad()
+def scales(learner, cfg: Any, num_actions: int, obs: torch.Tensor) -> dict[str, float]:
+    """How large the run's features and successor-measure predictions are at initialisation
+    (the network rebuilt from the run's config and seed) and after training, on ``obs``: the
+    mean feature norm ``|phi(s)|`` and mean ``|Q(s, a)|``. Arms that start at different scales
+    (a sparse layer's output, another optimizer's normalisation) are not compared at equal
+    step sizes, so the report shows both."""
+    fresh = build(section(PretrainConfig, cfg), num_actions).online.eval()
+    out = {}
+    for name, net in (("init", fresh), ("trained", learner.online)):
+        q, f = net(obs)
+        out[f"{name}/feat_norm"] = float(f.norm(dim=1).mean())
+        out[f"{name}/q_abs"] = float(q.abs().mean())
+    return out
+
+
+@torch.no_grad()
+def routing(learner, batch: TorchBatch, chunk: int = 256) -> dict[str, float] | None:
+    """Top-k MoE runs only (``None`` otherwise): the held-out TD loss and routing statistics
+    (:func:`pvn.networks.moe.moe_stats`) as a frozen encoder computes them (eval mode: no router
+    noise, no expert capacity, so nothing is dropped) and as the pretraining did (train mode:
+    router noise and capacity ``ceil(capacity_factor * T * k / E)``, Switch sec. 2.2). A train
+    loss well above the eval one means capacity drops shaped what the training loss saw."""
+    from pvn.networks.moe import TopKMoE, moe_layers, moe_stats
+
+    if not any(isinstance(m, TopKMoE) for _, m in moe_layers(learner.online)):
+        return None
+    obs, action, reward, next_obs, terminal = batch[:5]
+    out = {}
+    for mode in ("eval", "train"):
+        learner.online.train(mode == "train")
+        sums: dict[str, float] = {}
+        for s in range(0, len(obs), chunk):
+            sl = slice(s, s + chunk)
+            tasks = learner.tasks(obs[sl], reward[sl])
+            y = learner.td_targets(tasks.rewards, next_obs[sl], terminal[sl])
+            q, _ = learner.online(obs[sl])
+            stats = {"td": learner.td_loss(q, action[sl], y), **moe_stats(learner.online)}
+            for k in ("td", "dropped_frac", "load_max", "router_entropy"):
+                sums[k] = sums.get(k, 0.0) + float(stats[k]) * len(q)
+        out.update({f"{mode}/{k}": v / len(obs) for k, v in sums.items()})
+    learner.online.eval()
     return out
 
 
@@ -168,14 +235,20 @@ def measure_run(
     Returns:
         ``td_train``: the mean training TD loss of the last ``final_logs`` logs; ``heldout``:
         :func:`heldout_losses`; ``probes``: linear probes of the frozen torso (return-to-go and
-        next-reward R², feature srank, dormant fraction); ``params``: the online network's
-        parameter count; ``updates_per_s``: the median logged update rate; ``curve``: the
+        next-reward R², feature srank, dormant fraction); ``scales``: :func:`scales`;
+        ``routing``: :func:`routing`; ``params``: the online network's parameter count,
+        ``active_params`` what one token passes through
+        (:func:`pvn.networks.moe.active_params`), ``aux_params`` a local rule's trained
+        auxiliary parameters; ``updates_per_s``: the median logged update rate; ``curve``: the
         logged training TD loss against updates.
     """
     from pvn.analysis.probes import linear_probes
     from pvn.metrics import read_metrics
+    from pvn.networks.moe import active_params
 
-    cfg, learner, _ = trained_learner(run_dir)
+    cfg, learner, num_actions = trained_learner(run_dir)
+    features = learner.online.torso.blocks["features"]
+    params = int(sum(p.numel() for p in learner.online.parameters()))
     logs = [r for r in read_metrics(run_dir) if "td_loss" in r]
     td = [float(r["td_loss"]) for r in logs]
     rates = [float(r["updates_per_s"]) for r in logs if "updates_per_s" in r]
@@ -183,11 +256,22 @@ def measure_run(
     probes = linear_probes(
         learner.online.torso, ds, gamma=float(cfg.data.gamma), max_states=probe_states
     )
+    local = getattr(learner, "local", None)
     return {
         "td_train": float(np.mean(td[-final_logs:])) if td else float("nan"),
         "heldout": heldout_losses(learner, batch, tuple(sigmas)),
         "probes": probes,
-        "params": int(sum(p.numel() for p in learner.online.parameters())),
+        "scales": scales(learner, cfg, num_actions, batch.observation[:256]),
+        "routing": routing(learner, batch),
+        "params": params,
+        "active_params": params
+        - sum(p.numel() for p in features.parameters())
+        + active_params(features),
+        # the local rules' auxiliary networks, trained beside the torso (MAN's EMA copies,
+        # which are not trained, excluded)
+        "aux_params": sum(p.numel() for p in local.aux.parameters() if p.requires_grad)
+        if local is not None
+        else 0,
         "updates_per_s": float(np.median(rates)) if rates else float("nan"),
         "curve": {"step": [int(r["step"]) for r in logs], "td_loss": td},
     }

@@ -20,13 +20,15 @@ import numpy as np
 from pvn.experiments.plan import Stage, data_dir
 from pvn.files import write_text_atomic
 
+_VERSION = 2  # of what measure_run returns: runs measured by an older one are measured again
+
 
 def _measures(stage: Stage, data: Path, spec: dict[str, Any], held: dict) -> dict[str, Any]:
     """The stage's run measured under ``spec`` (cached in its ``measures.json``)."""
     from pvn.analysis.heldout import heldout_batch, measure_run
     from pvn.replay import DQNReplayDataset
 
-    key = {"data": str(data), **spec}
+    key = {"data": str(data), **spec, "measures": _VERSION}
     cache = stage.run_dir / "measures.json"
     if cache.is_file():
         kept = json.loads(cache.read_text())
@@ -53,14 +55,27 @@ def _concat(batches: list):
     return TorchBatch(*[torch.cat([b[i] for b in batches]) for i in range(5)])
 
 
-def _cell(values: list[float], digits: int = 4) -> str:
-    """Mean over seeds, with the sample sd when there are several (n in the arm's row)."""
+def _cell(values: list[float], digits: int = 4, ci: list | None = None) -> str:
+    """Mean over seeds, with the sample sd when there are several (n in the arm's row); one
+    value with ``ci`` (its 95% bootstrap interval over transitions), ``value [lo, hi]``."""
     vals = [v for v in values if np.isfinite(v)]
     if not vals:
         return "—"
     if len(vals) == 1:
-        return f"{vals[0]:.{digits}g}"
+        span = f" [{ci[0]:.{digits - 1}g}, {ci[1]:.{digits - 1}g}]" if ci else ""
+        return f"{vals[0]:.{digits}g}{span}"
     return f"{np.mean(vals):.{digits}g} ± {np.std(vals, ddof=1):.2g}"
+
+
+def _params(m: dict) -> str:
+    """The online network's parameters, with what one token passes through when a sparse
+    layer makes that fewer, and a local rule's trained auxiliary parameters."""
+    text = f"{m['params']:,}"
+    if m["active_params"] != m["params"]:
+        text += f" ({m['active_params']:,} active)"
+    if m["aux_params"]:
+        text += f" + {m['aux_params']:,} aux"
+    return text
 
 
 def pretraining_report(cfg: dict[str, Any], runs: list[Stage], results: Path) -> str:
@@ -86,7 +101,8 @@ def pretraining_report(cfg: dict[str, Any], runs: list[Stage], results: Path) ->
         "floor of a head that ignores the state), linear probes of the frozen torso on up to "
         f"{spec['probe_states']} states (R² of return-to-go and next reward on later episodes), "
         f"the training TD loss as the mean of the last {spec['final_logs']} logs. Cells: mean "
-        "over seeds ± sd when n > 1.",
+        "over seeds ± sd when n > 1; a single run's held-out numbers carry [95% bootstrap "
+        "intervals] over the held-out transitions.",
     ]
     rows, every = [], {}
     for game in cfg["games"]:
@@ -103,13 +119,16 @@ def pretraining_report(cfg: dict[str, Any], runs: list[Stage], results: Path) ->
             p = m["probes"]
             rows.append([game, arm, seed, m["td_train"], m["heldout"]["td"],
                          m["heldout"].get("const", ""), p["return_r2"], p["reward_r2"],
-                         p["srank"], p["dormant"], m["params"], m["updates_per_s"]])  # fmt: skip
+                         p["srank"], p["dormant"], m["params"], m["active_params"],
+                         m["aux_params"], m["scales"]["init/feat_norm"],
+                         m["scales"]["trained/feat_norm"], m["updates_per_s"]])  # fmt: skip
         text += ["", f"## {game}", *_game_tables(by_arm, spec["noise"])]
         curves = {arm: [m["curve"] for _, m in ms] for arm, ms in by_arm.items()}
         plot_td_curves(curves, results / f"pretraining_td_{game}.png", game)
         text += ["", f"![training TD loss, {game}](pretraining_td_{game}.png)"]
     header = ("game,arm,seed,td_train,td_heldout,td_constant,return_r2,reward_r2,srank,dormant,"
-              "params,updates_per_s\n")  # fmt: skip
+              "params,active_params,aux_params,feat_norm_init,feat_norm_trained,"
+              "updates_per_s\n")  # fmt: skip
     write_text_atomic(results / "pretraining.csv",
                       header + "".join(",".join(map(str, r)) + "\n" for r in rows))  # fmt: skip
     write_text_atomic(results / "pretraining.json", json.dumps(every, indent=1))
@@ -125,18 +144,42 @@ def _game_tables(by_arm: dict[str, list[tuple[int, dict]]], noise: list[float]) 
             "R² reward | srank | dormant | params | upd/s |",
             "|---|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for arm, ms in by_arm.items():
-        col = {k: [m[k] for _, m in ms] for k in ("td_train", "params", "updates_per_s")}
+        col = {k: [m[k] for _, m in ms] for k in ("td_train", "updates_per_s")}
         held_td = [m["heldout"]["td"] for _, m in ms]
         const = [m["heldout"].get("const", float("nan")) for _, m in ms]
         probe = {k: [m["probes"][k] for _, m in ms]
                  for k in ("return_r2", "reward_r2", "srank", "dormant")}  # fmt: skip
         text.append(
-            f"| {arm} | {len(ms)} | {_cell(col['td_train'])} | {_cell(held_td)} | "
+            f"| {arm} | {len(ms)} | {_cell(col['td_train'])} | "
+            f"{_cell(held_td, ci=ms[0][1]['heldout']['td_ci'])} | "
             f"{_cell(const)} | {_cell(probe['return_r2'], 3)} | "
             f"{_cell(probe['reward_r2'], 3)} | {_cell(probe['srank'], 3)} | "
-            f"{_cell(probe['dormant'], 2)} | {int(col['params'][0]):,} | "
+            f"{_cell(probe['dormant'], 2)} | {_params(ms[0][1])} | "
             f"{_cell(col['updates_per_s'], 3)} |"
         )
+    text += ["", "Scale of the features |φ(s)| and the predictions |Q(s, a)| (mean over "
+             "256 held-out states) at initialisation (the network rebuilt from the run's seed) "
+             "and after training:", "",
+             "| arm | \\|φ\\| at init | \\|φ\\| trained | \\|Q\\| at init | \\|Q\\| trained |",
+             "|---|---|---|---|---|"]  # fmt: skip
+    for arm, ms in by_arm.items():
+        keys = ("init/feat_norm", "trained/feat_norm", "init/q_abs", "trained/q_abs")
+        cells = [_cell([m["scales"][k] for _, m in ms], 3) for k in keys]
+        text.append(f"| {arm} | " + " | ".join(cells) + " |")
+    routed = {arm: ms for arm, ms in by_arm.items() if ms[0][1]["routing"]}
+    if routed:  # top-k MoE: what a frozen encoder computes against what the training saw
+        text += ["", "Top-k MoE routing on the held-out transitions: as a frozen encoder runs "
+                 "(eval: no router noise, nothing dropped) and as the pretraining ran (train: "
+                 "router noise, expert capacity); dropped: the fraction of top-k assignments "
+                 "over capacity; load max: the busiest expert's share × E (1: balanced):", "",
+                 "| arm | TD held out, eval | TD held out, train mode | dropped, train mode | "
+                 "load max, eval | router entropy, eval |",
+                 "|---|---|---|---|---|---|"]  # fmt: skip
+        for arm, ms in routed.items():
+            cells = [_cell([m["routing"][k] for _, m in ms], d) for k, d in
+                     (("eval/td", 4), ("train/td", 4), ("train/dropped_frac", 2),
+                      ("eval/load_max", 3), ("eval/router_entropy", 3))]  # fmt: skip
+            text.append(f"| {arm} | " + " | ".join(cells) + " |")
     blocks = {arm: sorted({k for _, m in ms for k in m["heldout"] if k.startswith("local/")})
               for arm, ms in by_arm.items()}  # fmt: skip
     if any(blocks.values()):  # local learning: each block's auxiliary head, held out
@@ -155,7 +198,8 @@ def _game_tables(by_arm: dict[str, list[tuple[int, dict]]], noise: list[float]) 
                  + " | ".join(f"drift σ={x}" for x in sig) + " |",
                  "|---|" + "---|" * (2 * len(sig))]  # fmt: skip
         for arm, ms in by_arm.items():
-            cells = [_cell([m["heldout"][f"{k}/{x}"] for _, m in ms], 3)
-                     for k in ("noise", "drift") for x in sig]  # fmt: skip
+            cells = [_cell([m["heldout"][f"noise/{x}"] for _, m in ms], 3,
+                           ms[0][1]["heldout"][f"noise_ci/{x}"]) for x in sig]  # fmt: skip
+            cells += [_cell([m["heldout"][f"drift/{x}"] for _, m in ms], 3) for x in sig]
             text.append(f"| {arm} | " + " | ".join(cells) + " |")
     return text
