@@ -419,6 +419,7 @@ def test_pretraining_arms_are_pretrained_per_seed_and_measured_on_held_out_data(
     base0 = json.loads((run.parent / "seed0" / "measures.json").read_text())
     assert base0["scales"]["init/feat_norm"] != measured["scales"]["init/feat_norm"]
     assert measured["scales"]["init/feat_norm"] != measured["scales"]["trained/feat_norm"]
+    assert measured["probes_init"]["srank"] != measured["probes"]["srank"]
     assert measured["routing"] is None and measured["aux_params"] == 0
     assert measured["active_params"] == measured["params"]
     smoe = json.loads((run.parents[1] / "Breakout-smoe" / "seed0" / "measures.json").read_text())
@@ -426,8 +427,8 @@ def test_pretraining_arms_are_pretrained_per_seed_and_measured_on_held_out_data(
     route = smoe["routing"]
     assert route["eval/td"] == pytest.approx(smoe["heldout"]["td"], rel=1e-5)
     assert route["eval/dropped_frac"] == 0 and 0 <= route["train/dropped_frac"] < 1
-    # the main, scales, routing and noise tables; base runs no routing table
-    assert md.count("| smoe | ") == 4 and md.count("| base | ") == 3 and "router entropy" in md
+    # the main, scales, floor, routing and noise tables; base runs no routing table
+    assert md.count("| smoe | ") == 5 and md.count("| base | ") == 4 and "router entropy" in md
     assert measured["heldout"]["td"] == pytest.approx(by_hand, rel=1e-5)
     assert measured["heldout"]["noise/16"] == pytest.approx(noisy_by_hand / by_hand, rel=1e-5)
     assert measured["heldout"]["noise/16"] != 1.0 and "| ratio σ=16 |" in md

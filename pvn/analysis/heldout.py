@@ -170,15 +170,15 @@ def heldout_losses(
 
 
 @torch.no_grad()
-def scales(learner, cfg: Any, num_actions: int, obs: torch.Tensor) -> dict[str, float]:
-    """How large the run's features and successor-measure predictions are at initialisation
-    (the network rebuilt from the run's config and seed) and after training, on ``obs``: the
-    mean feature norm ``|phi(s)|`` and mean ``|Q(s, a)|``. Arms that start at different scales
-    (a sparse layer's output, another optimizer's normalisation) are not compared at equal
-    step sizes, so the report shows both."""
-    fresh = build(section(PretrainConfig, cfg), num_actions).online.eval()
+def scales(initial: torch.nn.Module, trained: torch.nn.Module, obs: torch.Tensor
+           ) -> dict[str, float]:  # fmt: skip
+    """How large a run's features and successor-measure predictions are at initialisation
+    (``initial``: the online network rebuilt from the run's config and seed) and after
+    training, on ``obs``: the mean feature norm ``|phi(s)|`` and mean ``|Q(s, a)|``. Arms that
+    start at different scales (a sparse layer's output, another optimizer's normalisation) are
+    not compared at equal step sizes, so the report shows both."""
     out = {}
-    for name, net in (("init", fresh), ("trained", learner.online)):
+    for name, net in (("init", initial), ("trained", trained)):
         q, f = net(obs)
         out[f"{name}/feat_norm"] = float(f.norm(dim=1).mean())
         out[f"{name}/q_abs"] = float(q.abs().mean())
@@ -235,7 +235,8 @@ def measure_run(
     Returns:
         ``td_train``: the mean training TD loss of the last ``final_logs`` logs; ``heldout``:
         :func:`heldout_losses`; ``probes``: linear probes of the frozen torso (return-to-go and
-        next-reward R², feature srank, dormant fraction); ``scales``: :func:`scales`;
+        next-reward R², feature srank, dormant fraction), ``probes_init`` the same of the
+        torso at initialisation (rebuilt from the seed); ``scales``: :func:`scales`;
         ``routing``: :func:`routing`; ``params``: the online network's parameter count,
         ``active_params`` what one token passes through
         (:func:`pvn.networks.moe.active_params`), ``aux_params`` a local rule's trained
@@ -256,12 +257,17 @@ def measure_run(
     probes = linear_probes(
         learner.online.torso, ds, gamma=float(cfg.data.gamma), max_states=probe_states
     )
+    # the same network at initialisation (rebuilt from the seed): the floor the probes and the
+    # scales are read against
+    initial = build(section(PretrainConfig, cfg), num_actions).online.eval()
+    floor = linear_probes(initial.torso, ds, gamma=float(cfg.data.gamma), max_states=probe_states)
     local = getattr(learner, "local", None)
     return {
         "td_train": float(np.mean(td[-final_logs:])) if td else float("nan"),
         "heldout": heldout_losses(learner, batch, tuple(sigmas)),
         "probes": probes,
-        "scales": scales(learner, cfg, num_actions, batch.observation[:256]),
+        "probes_init": floor,
+        "scales": scales(initial, learner.online, batch.observation[:256]),
         "routing": routing(learner, batch),
         "params": params,
         "active_params": params

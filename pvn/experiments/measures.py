@@ -20,7 +20,7 @@ import numpy as np
 from pvn.experiments.plan import Stage, data_dir
 from pvn.files import write_text_atomic
 
-_VERSION = 2  # of what measure_run returns: runs measured by an older one are measured again
+_VERSION = 3  # of what measure_run returns: runs measured by an older one are measured again
 
 
 def _measures(stage: Stage, data: Path, spec: dict[str, Any], held: dict) -> dict[str, Any]:
@@ -165,6 +165,13 @@ def _game_tables(by_arm: dict[str, list[tuple[int, dict]]], noise: list[float]) 
     for arm, ms in by_arm.items():
         keys = ("init/feat_norm", "trained/feat_norm", "init/q_abs", "trained/q_abs")
         cells = [_cell([m["scales"][k] for _, m in ms], 3) for k in keys]
+        text.append(f"| {arm} | " + " | ".join(cells) + " |")
+    text += ["", "The probes' floor: the same torso at initialisation (rebuilt from each run's "
+             "seed, no pretraining):", "", "| arm | R² return, init | R² reward, init | "
+             "R² return, trained | R² reward, trained |", "|---|---|---|---|---|"]  # fmt: skip
+    for arm, ms in by_arm.items():
+        cells = [_cell([m[which][k] for _, m in ms], 3) for which in ("probes_init", "probes")
+                 for k in ("return_r2", "reward_r2")]  # fmt: skip
         text.append(f"| {arm} | " + " | ".join(cells) + " |")
     routed = {arm: ms for arm, ms in by_arm.items() if ms[0][1]["routing"]}
     if routed:  # top-k MoE: what a frozen encoder computes against what the training saw
