@@ -33,7 +33,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from pvn.agents.dqn import DQN
+from pvn.agents.dqn import DQN, DQNConfig
 from pvn.agents.policies import epsilon_greedy, linearly_decaying_epsilon
 from pvn.envs import FrameStack
 from pvn.replay.episode_log import EpisodeLog
@@ -327,6 +327,24 @@ class Checkpoints(Callback):
             self.next = (loop.step // self.every + 1) * self.every
 
 
+def _replay(a: DQNConfig, encoder: nn.Module | None, envs: int, device: torch.device,
+            seed: int) -> FeatureReplay:  # fmt: skip
+    """The agent's replay: single frames, stacked at sample time, for end-to-end DQN
+    (``encoder`` None); the frozen torso's features (one per state) for a linear head."""
+    frames = encoder is None
+    return FeatureReplay(
+        a.capacity,
+        envs,
+        (84, 84) if frames else encoder.feature_dim,
+        a.n_step,
+        a.gamma,
+        device,
+        torch.uint8 if frames else getattr(torch, a.feature_dtype),
+        seed,
+        STACK_SIZE if frames else 1,
+    )
+
+
 def run_control(
     env,
     encoder: nn.Module | None,
@@ -357,17 +375,7 @@ def run_control(
     n = env.num_envs
     frames = encoder is None
     a = agent.cfg
-    replay = FeatureReplay(
-        a.capacity,
-        n,
-        (84, 84) if frames else encoder.feature_dim,
-        a.n_step,
-        a.gamma,
-        device,
-        torch.uint8 if frames else getattr(torch, a.feature_dtype),
-        seed,
-        STACK_SIZE if frames else 1,
-    )
+    replay = _replay(a, encoder, n, device, seed)
     loop = Loop(agent, replay, np.random.default_rng(seed), cfg.steps)
     if resume is not None:
         loop.load_state_dict(resume)

@@ -78,14 +78,8 @@ def run_collection(
             outcome = ~first[ids]  # results of a logged action (not of a reset)
             ended = outcome & (res.terminated | res.truncated)
             got = ids[outcome]
-            log.add(
-                got,
-                acted[got],
-                action[got],
-                res.reward[outcome],
-                res.terminated[outcome],
-                res.truncated[outcome],
-            )
+            ends = (res.reward[outcome], res.terminated[outcome], res.truncated[outcome])
+            log.add(got, acted[got], action[got], *ends)
             score[got] += res.reward[outcome]
             returns += score[ids[ended]].tolist()
             score[ids[ended]] = 0.0

@@ -84,6 +84,24 @@ def _close_log(
     return info
 
 
+def _results(cfg: DictConfig, out: dict[str, Any]) -> dict[str, Any]:
+    """What ``results.json`` holds: the run's identity and :func:`run_control`'s summary."""
+    results = {
+        "game": cfg.game,
+        "seed": int(cfg.seed),
+        "steps": out["steps"],
+        "encoder": str(cfg.encoder),
+        "method": method_of(str(cfg.encoder)),
+        "protocol": cfg.protocol,
+        "resumed_at": out["resumed_at"],
+        "episodes": out["episodes"],
+        "evaluations": out["evaluations"],
+    }
+    if "replay_log" in out:
+        results["replay_log"] = out["replay_log"]
+    return results
+
+
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
     """Run (or resume) ``pvn evaluate`` from a resolved config; returns a short summary and
     writes ``results.json`` (module docstring)."""
@@ -136,20 +154,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     finally:
         env.close()
     save_checkpoint(run_dir, out["steps"], {"agent": agent.state_dict()}, keep=1)
-    results = {
-        "game": cfg.game,
-        "seed": int(cfg.seed),
-        "steps": out["steps"],
-        "encoder": str(cfg.encoder),
-        "method": method_of(str(cfg.encoder)),
-        "protocol": cfg.protocol,
-        "resumed_at": out["resumed_at"],
-        "episodes": out["episodes"],
-        "evaluations": out["evaluations"],
-    }
-    if "replay_log" in out:
-        results["replay_log"] = out["replay_log"]
-    run.finish(results)
+    run.finish(_results(cfg, out))
     rets = [e["return"] for e in out["episodes"]]
     return {
         "run_dir": str(run_dir),

@@ -137,56 +137,71 @@ def pretraining_report(cfg: dict[str, Any], runs: list[Stage], results: Path) ->
     return md
 
 
+def _table(intro: str, header: list[str], rows: dict[str, list[str]]) -> list[str]:
+    """A Markdown table with a row per arm, after its introducing sentence."""
+    out = ["", intro, ""] if intro else [""]
+    out += ["| " + " | ".join(["arm", *header]) + " |", "|---" * (len(header) + 1) + "|"]
+    return out + [f"| {arm} | " + " | ".join(cells) + " |" for arm, cells in rows.items()]
+
+
+def _vals(ms: list[tuple[int, dict]], group: str, key: str) -> list[float]:
+    """``m[group][key]`` of each seed's measures."""
+    return [m[group][key] for _, m in ms]
+
+
+def _main_row(ms: list[tuple[int, dict]]) -> list[str]:
+    """An arm's losses, probes, parameters and speed (a single run's held-out loss with its
+    bootstrap interval)."""
+    first = ms[0][1]
+    const = [m["heldout"].get("const", float("nan")) for _, m in ms]
+    return [str(len(ms)), _cell([m["td_train"] for _, m in ms]),
+            _cell(_vals(ms, "heldout", "td"), ci=first["heldout"]["td_ci"]), _cell(const),
+            *[_cell(_vals(ms, "probes", k), d)
+              for k, d in (("return_r2", 3), ("reward_r2", 3), ("srank", 3), ("dormant", 2))],
+            _params(first), _cell([m["updates_per_s"] for _, m in ms], 3)]  # fmt: skip
+
+
+_SCALES = ("Scale of the features |φ(s)| and the predictions |Q(s, a)| (mean over 256 held-out "
+           "states) at initialisation (the network rebuilt from the run's seed) and after "
+           "training:")  # fmt: skip
+_FLOOR = ("The probes' floor: the same torso at initialisation (rebuilt from each run's seed, no "
+          "pretraining):")  # fmt: skip
+_ROUTING = ("Top-k MoE routing on the held-out transitions: as a frozen encoder runs (eval: no "
+            "router noise, nothing dropped) and as the pretraining ran (train: router noise, "
+            "expert capacity); dropped: the fraction of top-k assignments over capacity; load "
+            "max: the busiest expert's share × E (1: balanced):")  # fmt: skip
+_NOISE = (
+    "Held-out TD loss with Gaussian pixel noise of std σ in s alone (clean targets), over "
+    "the clean loss; the features' relative drift |φ(noisy s) − φ(s)| / |φ(s)|:"
+)
+
+
 def _game_tables(by_arm: dict[str, list[tuple[int, dict]]], noise: list[float]) -> list[str]:
-    """One game's Markdown tables: the arms' losses and probes; with local learning, each
-    block's auxiliary head's held-out loss; with ``noise``, the robustness ratios and drifts."""
-    text = ["", "| arm | n | TD loss, train | TD loss, held out | constant's | R² return | "
-            "R² reward | srank | dormant | params | upd/s |",
-            "|---|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
-    for arm, ms in by_arm.items():
-        col = {k: [m[k] for _, m in ms] for k in ("td_train", "updates_per_s")}
-        held_td = [m["heldout"]["td"] for _, m in ms]
-        const = [m["heldout"].get("const", float("nan")) for _, m in ms]
-        probe = {k: [m["probes"][k] for _, m in ms]
-                 for k in ("return_r2", "reward_r2", "srank", "dormant")}  # fmt: skip
-        text.append(
-            f"| {arm} | {len(ms)} | {_cell(col['td_train'])} | "
-            f"{_cell(held_td, ci=ms[0][1]['heldout']['td_ci'])} | "
-            f"{_cell(const)} | {_cell(probe['return_r2'], 3)} | "
-            f"{_cell(probe['reward_r2'], 3)} | {_cell(probe['srank'], 3)} | "
-            f"{_cell(probe['dormant'], 2)} | {_params(ms[0][1])} | "
-            f"{_cell(col['updates_per_s'], 3)} |"
-        )
-    text += ["", "Scale of the features |φ(s)| and the predictions |Q(s, a)| (mean over "
-             "256 held-out states) at initialisation (the network rebuilt from the run's seed) "
-             "and after training:", "",
-             "| arm | \\|φ\\| at init | \\|φ\\| trained | \\|Q\\| at init | \\|Q\\| trained |",
-             "|---|---|---|---|---|"]  # fmt: skip
-    for arm, ms in by_arm.items():
-        keys = ("init/feat_norm", "trained/feat_norm", "init/q_abs", "trained/q_abs")
-        cells = [_cell([m["scales"][k] for _, m in ms], 3) for k in keys]
-        text.append(f"| {arm} | " + " | ".join(cells) + " |")
-    text += ["", "The probes' floor: the same torso at initialisation (rebuilt from each run's "
-             "seed, no pretraining):", "", "| arm | R² return, init | R² reward, init | "
-             "R² return, trained | R² reward, trained |", "|---|---|---|---|---|"]  # fmt: skip
-    for arm, ms in by_arm.items():
-        cells = [_cell([m[which][k] for _, m in ms], 3) for which in ("probes_init", "probes")
-                 for k in ("return_r2", "reward_r2")]  # fmt: skip
-        text.append(f"| {arm} | " + " | ".join(cells) + " |")
+    """One game's Markdown tables: the arms' losses and probes, scales and the probes' floor;
+    with top-k MoE, routing; with local learning, each block's auxiliary head's held-out loss;
+    with ``noise``, the robustness ratios and drifts."""
+    text = _table("", ["n", "TD loss, train", "TD loss, held out", "constant's", "R² return",
+                       "R² reward", "srank", "dormant", "params", "upd/s"],
+                  {arm: _main_row(ms) for arm, ms in by_arm.items()})  # fmt: skip
+    scale_keys = ("init/feat_norm", "trained/feat_norm", "init/q_abs", "trained/q_abs")
+    text += _table(_SCALES, ["\\|φ\\| at init", "\\|φ\\| trained", "\\|Q\\| at init",
+                             "\\|Q\\| trained"],
+                   {arm: [_cell(_vals(ms, "scales", k), 3) for k in scale_keys]
+                    for arm, ms in by_arm.items()})  # fmt: skip
+    text += _table(_FLOOR, ["R² return, init", "R² reward, init", "R² return, trained",
+                            "R² reward, trained"],
+                   {arm: [_cell(_vals(ms, g, k), 3) for g in ("probes_init", "probes")
+                          for k in ("return_r2", "reward_r2")]
+                    for arm, ms in by_arm.items()})  # fmt: skip
     routed = {arm: ms for arm, ms in by_arm.items() if ms[0][1]["routing"]}
     if routed:  # top-k MoE: what a frozen encoder computes against what the training saw
-        text += ["", "Top-k MoE routing on the held-out transitions: as a frozen encoder runs "
-                 "(eval: no router noise, nothing dropped) and as the pretraining ran (train: "
-                 "router noise, expert capacity); dropped: the fraction of top-k assignments "
-                 "over capacity; load max: the busiest expert's share × E (1: balanced):", "",
-                 "| arm | TD held out, eval | TD held out, train mode | dropped, train mode | "
-                 "load max, eval | router entropy, eval |",
-                 "|---|---|---|---|---|---|"]  # fmt: skip
-        for arm, ms in routed.items():
-            cells = [_cell([m["routing"][k] for _, m in ms], d) for k, d in
-                     (("eval/td", 4), ("train/td", 4), ("train/dropped_frac", 2),
-                      ("eval/load_max", 3), ("eval/router_entropy", 3))]  # fmt: skip
-            text.append(f"| {arm} | " + " | ".join(cells) + " |")
+        keys = (("eval/td", 4), ("train/td", 4), ("train/dropped_frac", 2),
+                ("eval/load_max", 3), ("eval/router_entropy", 3))  # fmt: skip
+        text += _table(_ROUTING, ["TD held out, eval", "TD held out, train mode",
+                                  "dropped, train mode", "load max, eval",
+                                  "router entropy, eval"],
+                       {arm: [_cell(_vals(ms, "routing", k), d) for k, d in keys]
+                        for arm, ms in routed.items()})  # fmt: skip
     blocks = {arm: sorted({k for _, m in ms for k in m["heldout"] if k.startswith("local/")})
               for arm, ms in by_arm.items()}  # fmt: skip
     if any(blocks.values()):  # local learning: each block's auxiliary head, held out
@@ -198,15 +213,9 @@ def _game_tables(by_arm: dict[str, list[tuple[int, dict]]], noise: list[float]) 
                 text.append(f"| {arm} | {k[len('local/') :]} | {_cell(vals)} |")
     if noise:  # robustness: the loss with noisy pixels in s over the clean loss
         sig = [f"{x:g}" for x in noise]
-        text += ["", "Held-out TD loss with Gaussian pixel noise of std σ in s alone (clean "
-                 "targets), over the clean loss; the features' relative drift "
-                 "|φ(noisy s) − φ(s)| / |φ(s)|:", "",
-                 "| arm | " + " | ".join(f"ratio σ={x}" for x in sig) + " | "
-                 + " | ".join(f"drift σ={x}" for x in sig) + " |",
-                 "|---|" + "---|" * (2 * len(sig))]  # fmt: skip
-        for arm, ms in by_arm.items():
-            cells = [_cell([m["heldout"][f"noise/{x}"] for _, m in ms], 3,
-                           ms[0][1]["heldout"][f"noise_ci/{x}"]) for x in sig]  # fmt: skip
-            cells += [_cell([m["heldout"][f"drift/{x}"] for _, m in ms], 3) for x in sig]
-            text.append(f"| {arm} | " + " | ".join(cells) + " |")
+        text += _table(_NOISE, [*(f"ratio σ={x}" for x in sig), *(f"drift σ={x}" for x in sig)],
+                       {arm: [*(_cell(_vals(ms, "heldout", f"noise/{x}"), 3,
+                                      ms[0][1]["heldout"][f"noise_ci/{x}"]) for x in sig),
+                              *(_cell(_vals(ms, "heldout", f"drift/{x}"), 3) for x in sig)]
+                        for arm, ms in by_arm.items()})  # fmt: skip
     return text

@@ -131,6 +131,21 @@ def _pretrain_stage(
     return Stage(f"pretrain/{name}", [*argv, *overrides], run, "pretrain", "done.json", after)
 
 
+def _data_stage(cfg: dict[str, Any], game: str, seed: int) -> list[Stage]:
+    """The stage that makes ``game``'s log: a learning agent's play (``kind: agent``, its replay
+    logged) or a policy's (``kind: collect``); none for an existing dataset."""
+    data, extra = data_dir(cfg, game), cfg["data"].get("overrides", [])
+    if cfg["data"]["kind"] == "agent":
+        run = data / "agent"
+        argv = ["evaluate", f"game={game}", f"run_dir={run}", f"replay_log={data}"]
+        argv += [f"seed={seed}", "progress=false", *extra]
+        return [Stage(f"data/{game}", argv, run, "data", "results.json")]
+    if cfg["data"]["kind"] == "collect":
+        argv = ["collect", f"game={game}", f"out={data}", f"seed={seed}", "progress=false"]
+        return [Stage(f"data/{game}", [*argv, *extra], data, "data", "collect.json")]
+    return []
+
+
 def stages(
     cfg: dict[str, Any], config_path: str | Path | None = None, overrides: list[str] | None = None
 ) -> list[Stage]:
@@ -149,15 +164,7 @@ def stages(
     e2e: list[tuple[int, Stage]] = []
     for game in cfg["games"]:
         data = data_dir(cfg, game)
-        if cfg["data"]["kind"] == "agent":
-            run = data / "agent"
-            argv = ["evaluate", f"game={game}", f"run_dir={run}", f"replay_log={data}"]
-            argv += [f"seed={seed0}", "progress=false", *cfg["data"].get("overrides", [])]
-            todo.append(Stage(f"data/{game}", argv, run, "data", "results.json"))
-        elif cfg["data"]["kind"] == "collect":
-            argv = ["collect", f"game={game}", f"out={data}", f"seed={seed0}", "progress=false"]
-            argv += cfg["data"].get("overrides", [])
-            todo.append(Stage(f"data/{game}", argv, data, "data", "collect.json"))
+        todo += _data_stage(cfg, game, seed0)
         needs_data = [f"data/{game}"] if cfg["data"]["kind"] != "dataset" else []
         base = cfg["pretrain"].get("overrides", [])
         game_pvn = _pretrain_stage(out, game, data, seed0, base, needs_data)
