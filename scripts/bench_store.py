@@ -6,7 +6,8 @@ checkpoints of real play):
 
   * disk: the store's bytes against the source's gzip files and the raw frames;
   * conversion: ``replay.store.convert`` with 1 worker and with one per core, against just
-    gunzipping the same files (Python's gzip, read and discarded) on 1 and on all cores, and
+    gunzipping the same files (Python's gzip, i.e. zlib, and ISA-L, which pvn reads them with;
+    read and discarded) on 1 and on all cores, and
     against building the raw cache pvn built before the store (the frames written raw);
   * sampling: stacked 4-frame transitions at batch 256 from ``DQNReplayDataset`` over the
     store, against the same log stored raw (the raw memory-mapped frames the cache held
@@ -40,26 +41,28 @@ from pvn.replay import DQNReplayDataset
 from pvn.replay.dataset import resolve_log_dir
 from pvn.replay.dopamine_format import checkpoint_files, find_checkpoints
 from pvn.replay.frames import DEFAULT_CODEC, FrameCodec, set_decode_threads
+from pvn.replay.gunzip import open_gzip
 from pvn.replay.store import convert
 
 BATCH = 256
 MB = 1e6
 
 
-def _gunzip(path: Path) -> int:
+def _gunzip(path: Path, isal: bool) -> int:
     n = 0
-    with gzip.open(path, "rb") as f:
+    with open_gzip(path) if isal else gzip.open(path, "rb") as f:
         while data := f.read(1 << 22):
             n += len(data)
     return n
 
 
-def gunzip_rate(log: Path, workers: int) -> float:
-    """Decompressed MB/s of just gunzipping every file of the log (``workers`` processes)."""
+def gunzip_rate(log: Path, workers: int, isal: bool = False) -> float:
+    """Decompressed MB/s of just gunzipping every file of the log (``workers`` processes), with
+    Python's gzip (zlib) or with ISA-L (what pvn reads them with)."""
     files = [p for c in find_checkpoints(log) for p in checkpoint_files(log, c).values()]
     t = time.perf_counter()
     with ProcessPoolExecutor(workers) as pool:
-        total = sum(pool.map(_gunzip, files))
+        total = sum(pool.map(_gunzip, files, [isal] * len(files)))
     return total / MB / (time.perf_counter() - t)
 
 
@@ -129,8 +132,9 @@ def grid(log: Path, work: Path, seconds: float) -> list[dict]:
     c = find_checkpoints(log)[0]
     gz = sum(p.stat().st_size for p in checkpoint_files(log, c).values())
     rows = []
-    for chunk, dictionary, level in [(4, True, 3), (4, False, 3), (4, True, 1), (8, True, 3),
-                                     (16, False, 3), (16, True, 3), (32, False, 3)]:  # fmt: skip
+    for chunk, dictionary, level in [(4, True, 3), (4, False, 3), (4, True, 1), (8, True, 1),
+                                     (8, True, 3), (16, False, 3), (16, True, 3),
+                                     (32, False, 3)]:  # fmt: skip
         codec = FrameCodec(level=level, chunk=chunk, dictionary=dictionary)
         dst = work / f"grid-{chunk}-{dictionary}-{level}"
         t = time.perf_counter()
@@ -153,6 +157,7 @@ def bench_log(log: Path, work: Path, seconds: float, with_grid: bool) -> dict:
     many = convert_rate(log, store, cores)
     raw_build = convert_rate(log, raw, cores, FrameCodec(codec="raw"))  # the cache pvn built before
     gz1, gzn = gunzip_rate(log, 1), gunzip_rate(log, cores)
+    isal1, isaln = gunzip_rate(log, 1, isal=True), gunzip_rate(log, cores, isal=True)
     ds_store, ds_raw = DQNReplayDataset(store, seed=0), DQNReplayDataset(raw, seed=0)
     sampling = compare({"store": lambda: ds_store.sample(BATCH) and BATCH,
                         "raw": lambda: ds_raw.sample(BATCH) and BATCH}, 5, seconds)  # fmt: skip
@@ -169,9 +174,12 @@ def bench_log(log: Path, work: Path, seconds: float, with_grid: bool) -> dict:
                                 f"convert_{cores}_workers": round(many["mb_per_s"]),
                                 "gunzip_1_process": round(gz1),
                                 f"gunzip_{cores}_processes": round(gzn),
+                                "gunzip_isal_1_process": round(isal1),
+                                f"gunzip_isal_{cores}_processes": round(isaln),
                                 f"raw_cache_{cores}_workers": round(raw_build["mb_per_s"]),
                                 "convert_vs_gunzip_1": round(one["mb_per_s"] / gz1, 2),
                                 f"convert_vs_gunzip_{cores}": round(many["mb_per_s"] / gzn, 2),
+                                "convert_vs_gunzip_isal_1": round(one["mb_per_s"] / isal1, 2),
                                 f"convert_vs_raw_cache_{cores}":
                                     round(many["mb_per_s"] / raw_build["mb_per_s"], 2)},
         "sampling_batch_256": {**sampling, **parallel_rates(store, 4 * seconds)},

@@ -22,7 +22,6 @@ from __future__ import annotations
 import gzip
 import os
 import re
-import zlib
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -30,6 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from pvn.replay.errors import ReplayError
+from pvn.replay.gunzip import ERRORS, open_gzip
 
 STORE = ("observation", "action", "reward", "terminal")
 DTYPES = {
@@ -105,7 +105,7 @@ def _read_header(stream, path: Path) -> tuple[tuple[int, ...], bool, np.dtype]:
             shape, fortran, dtype = np.lib.format.read_array_header_1_0(stream)
         else:
             shape, fortran, dtype = np.lib.format.read_array_header_2_0(stream)
-    except (OSError, EOFError, ValueError, zlib.error, gzip.BadGzipFile) as e:
+    except (*ERRORS, ValueError) as e:
         raise ReplayError(f"{path}: not a gzip-compressed .npy array ({e})") from None
     if dtype.hasobject:
         raise ReplayError(f"{path}: holds a pickled object array; refusing to unpickle it")
@@ -133,13 +133,13 @@ def open_checked(path: Path, kind: str):
     if not path.is_file():
         raise ReplayError(f"{path}: missing file")
     try:
-        with gzip.open(path, "rb") as f:
+        with open_gzip(path) as f:
             shape, fortran, dtype = _read_header(f, path)
             _check(path, kind, shape, dtype)
             if fortran and len(shape) > 1:
                 raise ReplayError(f"{path}: Fortran-ordered array; expected C order")
             yield f, tuple(shape), int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
-    except (OSError, EOFError, zlib.error) as e:
+    except ERRORS as e:
         raise ReplayError(f"{path}: truncated or corrupt gzip stream ({e})") from None
 
 

@@ -21,9 +21,7 @@ not, as TensorFlow's parser reads them).
 
 from __future__ import annotations
 
-import gzip
 import struct
-import zlib
 from collections.abc import Iterator
 from functools import cache
 from pathlib import Path
@@ -33,6 +31,7 @@ import google_crc32c
 import numpy as np
 
 from pvn.replay.errors import ReplayError
+from pvn.replay.gunzip import ERRORS, open_gzip
 
 _MASK_DELTA = 0xA282EAD8
 
@@ -55,7 +54,7 @@ def records(path: str | Path, compressed: bool = False) -> Iterator[tuple[int, b
     """
     path = Path(path)
     try:
-        f: BinaryIO = gzip.open(path, "rb") if compressed else open(path, "rb")  # noqa: SIM115
+        f: BinaryIO = open_gzip(path) if compressed else open(path, "rb")  # noqa: SIM115
     except OSError as e:
         raise ReplayError(f"{path}: cannot be read ({e.strerror or e})") from None
     with f:
@@ -73,7 +72,7 @@ def records(path: str | Path, compressed: bool = False) -> Iterator[tuple[int, b
                     raise ReplayError(f"{where}: corrupt (length CRC mismatch)")
                 data = f.read(length)
                 tail = f.read(4)
-            except (OSError, EOFError, zlib.error) as e:  # a damaged GZIP stream
+            except ERRORS as e:  # a damaged GZIP stream
                 raise ReplayError(f"{where}: unreadable ({e})") from None
             if len(data) < length or len(tail) < 4:
                 raise ReplayError(f"{where}: truncated ({len(data)} of {length} data bytes)")
