@@ -342,7 +342,9 @@ def test_an_out_made_by_other_commands_is_refused(tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_pretraining_arms_are_pretrained_per_seed_and_measured_on_held_out_data(tmp_path, capsys):
+def test_pretraining_arms_are_pretrained_per_seed_and_measured_on_held_out_data(
+    tmp_path, capsys, monkeypatch
+):
     """``control: false`` arms: one pretraining per seed (the experiment's overrides, then the
     arm's), no control run, no unused game PVN; the report measures each run on the held-out
     log checkpoint: its TD loss there equals the PVN TD loss computed by hand from the run's
@@ -435,6 +437,12 @@ def test_pretraining_arms_are_pretrained_per_seed_and_measured_on_held_out_data(
     assert float(rows[1]["td_heldout"]) == pytest.approx(by_hand, rel=1e-5)
     # a run with other seeds or options is another run: the seeds' losses differ
     assert rows[0]["td_heldout"] != rows[1]["td_heldout"]
+    # the report is written again when what it measures changes
+    from pvn.experiments import plan
+
+    assert plan.stages(plan.load(path))[-1].done
+    monkeypatch.setattr(plan, "MEASURES_VERSION", plan.MEASURES_VERSION + 1)
+    assert not plan.stages(plan.load(path))[-1].done
 
 
 def test_every_shipped_experiment_config_plans():

@@ -17,10 +17,8 @@ from typing import Any
 
 import numpy as np
 
-from pvn.experiments.plan import Stage, data_dir
+from pvn.experiments.plan import MEASURES_VERSION, Stage, data_dir
 from pvn.files import write_text_atomic
-
-_VERSION = 3  # of what measure_run returns: runs measured by an older one are measured again
 
 
 def _measures(stage: Stage, data: Path, spec: dict[str, Any], held: dict) -> dict[str, Any]:
@@ -28,7 +26,7 @@ def _measures(stage: Stage, data: Path, spec: dict[str, Any], held: dict) -> dic
     from pvn.analysis.heldout import heldout_batch, measure_run
     from pvn.replay import DQNReplayDataset
 
-    key = {"data": str(data), **spec, "measures": _VERSION}
+    key = {"data": str(data), **spec, "measures": MEASURES_VERSION}
     cache = stage.run_dir / "measures.json"
     if cache.is_file():
         kept = json.loads(cache.read_text())
@@ -62,7 +60,7 @@ def _cell(values: list[float], digits: int = 4, ci: list | None = None) -> str:
     if not vals:
         return "—"
     if len(vals) == 1:
-        span = f" [{ci[0]:.{digits - 1}g}, {ci[1]:.{digits - 1}g}]" if ci else ""
+        span = f" [{ci[0]:.{digits}g}, {ci[1]:.{digits}g}]" if ci else ""
         return f"{vals[0]:.{digits}g}{span}"
     return f"{np.mean(vals):.{digits}g} ± {np.std(vals, ddof=1):.2g}"
 

@@ -131,6 +131,11 @@ def _pretrain_stage(
     return Stage(f"pretrain/{name}", [*argv, *overrides], run, "pretrain", "done.json", after)
 
 
+#: the version of what a pretraining arm's report measures (pvn.experiments.measures): a run
+#: measured, or a report written, by an older one is measured and written again
+MEASURES_VERSION = 3
+
+
 def _data_stage(cfg: dict[str, Any], game: str, seed: int) -> list[Stage]:
     """The stage that makes ``game``'s log: a learning agent's play (``kind: agent``, its replay
     logged) or a policy's (``kind: collect``); none for an existing dataset."""
@@ -207,8 +212,8 @@ def stages(
                                            *(overrides or [])]  # fmt: skip
     covered = [*[st for st in todo if is_pretraining_arm(st)], *evals]
     made = [st.command() for st in covered]
-    if len(covered) > len(evals):  # pretraining arms: measured as measure: says
-        made.append(json.dumps(cfg["measure"], sort_keys=True))
+    if len(covered) > len(evals):  # pretraining arms: measured as measure: says, by this code
+        made.append(json.dumps({**cfg["measure"], "version": MEASURES_VERSION}, sort_keys=True))
     digest = hashlib.sha1("\n".join(made).encode()).hexdigest()[:16]
     report = Stage("report", argv, results, "report", "complete.json",
                    [st.name for st in covered], digest)  # fmt: skip
