@@ -177,7 +177,7 @@ verify   read every byte of every checkpoint once (gzip integrity, dtypes and sh
          against invalid_range, rewards, terminals and episode padding); of a store, decode
          every chunk against its checksum. Prints a table; exits 2 if anything is wrong.
 convert  turn DQN Replay checkpoints (official, or logged by pvn) into a store: frames as zstd
-         chunks of K consecutive frames (default 8, level 3, a dictionary trained per
+         chunks of K consecutive frames (default 8, level 1, a dictionary trained per
          checkpoint), about the gzip files' size where a raw cache takes ~30x more
          (docs/store.md). Every command reads DST wherever it reads a replay_logs directory,
          with the same transitions bit for bit. Parallel over checkpoints (--workers, default:

@@ -52,7 +52,7 @@ class FrameCodec:
     """
 
     codec: str = "zstd"
-    level: int = 3
+    level: int = 1
     chunk: int = 8
     dictionary: bool = True
 
