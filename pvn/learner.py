@@ -227,7 +227,7 @@ class PVNLearner:
             loss = nn.functional.huber_loss(q_sa, y, delta=1.0, reduction="none")
         loss = loss.mean(1) if per_sample else loss.mean()
         if out is not None:
-            out.update(td_loss=loss.detach(), q_mean=q_sa.detach().mean())
+            out.update(td_loss=loss.detach().mean(), q_mean=q_sa.detach().mean())
         return loss
 
     def _moe_loss(self, out: dict[str, torch.Tensor]) -> torch.Tensor | float:

@@ -10,6 +10,7 @@ the pretraining studies compare across optimizers, torsos and local-learning rul
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -107,6 +108,17 @@ def bootstrap_ratio(num: np.ndarray, den: np.ndarray | None = None, draws: int =
     return [float(np.quantile(stat, 0.025)), float(np.quantile(stat, 0.975))]
 
 
+def _targets(learner, batch: TorchBatch, chunk: int):
+    """``(rows, y)`` for each ``chunk`` transitions of ``batch``: their slice and their TD
+    targets as the run's training computes them (its tasks' rewards, its target network's
+    bootstrap)."""
+    obs, _, reward, next_obs, terminal = batch[:5]
+    for s in range(0, len(obs), chunk):
+        sl = slice(s, s + chunk)
+        tasks = learner.tasks(obs[sl], reward[sl])
+        yield sl, learner.td_targets(tasks.rewards, next_obs[sl], terminal[sl])
+
+
 @torch.no_grad()
 def heldout_losses(
     learner, batch: TorchBatch, sigmas: tuple[float, ...] = (), chunk: int = 256
@@ -132,7 +144,7 @@ def heldout_losses(
         and ``drift/<sigma>``: the features' mean relative change
         ``|phi(noisy s) - phi(s)| / |phi(s)|``.
     """
-    obs, action, reward, next_obs, terminal = batch[:5]
+    obs, action = batch[0], batch[1]
     local = getattr(learner, "local", None)
     corrupted = {sigma: noisy(obs, sigma) for sigma in sigmas}
     rows: dict[str, list[torch.Tensor]] = {}
@@ -141,10 +153,7 @@ def heldout_losses(
     def add(key: str, values: torch.Tensor) -> None:
         rows.setdefault(key, []).append(values.double())
 
-    for s in range(0, len(obs), chunk):
-        sl = slice(s, s + chunk)
-        tasks = learner.tasks(obs[sl], reward[sl])
-        y = learner.td_targets(tasks.rewards, next_obs[sl], terminal[sl])
+    for sl, y in _targets(learner, batch, chunk):
         targets.append(y.float())
         q, feats = learner.online(obs[sl])
         add("td", learner.td_loss(q, action[sl], y, per_sample=True))
@@ -162,7 +171,7 @@ def heldout_losses(
     out: dict[str, Any] = {k: float(v.mean()) for k, v in per.items()}
     out["td_ci"] = bootstrap_ratio(per["td"])
     for sigma in sigmas:
-        out[f"noise/{sigma:g}"] /= out["td"]
+        out[f"noise/{sigma:g}"] = out[f"noise/{sigma:g}"] / out["td"] if out["td"] else math.nan
         out[f"noise_ci/{sigma:g}"] = bootstrap_ratio(per[f"noise/{sigma:g}"], per["td"])
     if learner.cfg.loss == "l2":
         out["const"] = float(0.5 * torch.cat(targets).var(0, unbiased=False).mean())
@@ -191,27 +200,34 @@ def routing(learner, batch: TorchBatch, chunk: int = 256) -> dict[str, float] | 
     (:func:`pvn.networks.moe.moe_stats`) as a frozen encoder computes them (eval mode: no router
     noise, no expert capacity, so nothing is dropped) and as the pretraining did (train mode:
     router noise and capacity ``ceil(capacity_factor * T * k / E)``, Switch sec. 2.2). A train
-    loss well above the eval one means capacity drops shaped what the training loss saw."""
+    loss well above the eval one means capacity drops shaped what the training loss saw. The
+    statistics are per forward pass of ``chunk`` transitions (as the training's batches), averaged
+    over the passes; the network's mode is restored."""
     from pvn.networks.moe import TopKMoE, moe_layers, moe_stats
 
     if not any(isinstance(m, TopKMoE) for _, m in moe_layers(learner.online)):
         return None
-    obs, action, reward, next_obs, terminal = batch[:5]
-    out = {}
-    for mode in ("eval", "train"):
-        learner.online.train(mode == "train")
-        sums: dict[str, float] = {}
-        for s in range(0, len(obs), chunk):
-            sl = slice(s, s + chunk)
-            tasks = learner.tasks(obs[sl], reward[sl])
-            y = learner.td_targets(tasks.rewards, next_obs[sl], terminal[sl])
-            q, _ = learner.online(obs[sl])
-            stats = {"td": learner.td_loss(q, action[sl], y), **moe_stats(learner.online)}
-            for k in ("td", "dropped_frac", "load_max", "router_entropy"):
-                sums[k] = sums.get(k, 0.0) + float(stats[k]) * len(q)
-        out.update({f"{mode}/{k}": v / len(obs) for k, v in sums.items()})
-    learner.online.eval()
+    obs, action = batch[0], batch[1]
+    targets = list(_targets(learner, batch, chunk))
+    was_training, out = learner.online.training, {}
+    try:
+        for mode in ("eval", "train"):
+            learner.online.train(mode == "train")
+            sums: dict[str, float] = {}
+            for sl, y in targets:
+                q, _ = learner.online(obs[sl])
+                stats = {"td": learner.td_loss(q, action[sl], y), **moe_stats(learner.online)}
+                for k in ("td", "dropped_frac", "load_max", "router_entropy"):
+                    sums[k] = sums.get(k, 0.0) + float(stats[k]) * len(q)
+            out.update({f"{mode}/{k}": v / len(obs) for k, v in sums.items()})
+    finally:
+        learner.online.train(was_training)
     return out
+
+
+def _spread(x: torch.Tensor, n: int) -> torch.Tensor:
+    """At most ``n`` rows of ``x`` evenly strided over it (a held-out batch is in slot order)."""
+    return x[:: max(1, -(-len(x) // n))][:n]
 
 
 def measure_run(
@@ -259,6 +275,8 @@ def measure_run(
     )
     # the same network at initialisation (rebuilt from the seed): the floor the probes and the
     # scales are read against
+    # (a distributed run's workers draw their tasks from their own seeds: its head, and so its
+    # initial |Q|, is the single-worker one's, not any worker's)
     initial = build(section(PretrainConfig, cfg), num_actions).online.eval()
     floor = linear_probes(initial.torso, ds, gamma=float(cfg.data.gamma), max_states=probe_states)
     local = getattr(learner, "local", None)
@@ -267,7 +285,7 @@ def measure_run(
         "heldout": heldout_losses(learner, batch, tuple(sigmas)),
         "probes": probes,
         "probes_init": floor,
-        "scales": scales(initial, learner.online, batch.observation[:256]),
+        "scales": scales(initial, learner.online, _spread(batch.observation, 256)),
         "routing": routing(learner, batch),
         "params": params,
         "active_params": params

@@ -99,8 +99,8 @@ def pretraining_report(cfg: dict[str, Any], runs: list[Stage], results: Path) ->
         "floor of a head that ignores the state), linear probes of the frozen torso on up to "
         f"{spec['probe_states']} states (R² of return-to-go and next reward on later episodes), "
         f"the training TD loss as the mean of the last {spec['final_logs']} logs. Cells: mean "
-        "over seeds ± sd when n > 1; a single run's held-out numbers carry [95% bootstrap "
-        "intervals] over the held-out transitions.",
+        "over seeds ± sd when n > 1; a single run's held-out TD loss and noise ratios carry "
+        "[95% bootstrap intervals] over the held-out transitions.",
     ]
     rows, every = [], {}
     for game in cfg["games"]:
@@ -147,27 +147,33 @@ def _vals(ms: list[tuple[int, dict]], group: str, key: str) -> list[float]:
     return [m[group][key] for _, m in ms]
 
 
+def _ci(ms: list[tuple[int, dict]], key: str) -> list | None:
+    """A lone run's bootstrap interval ``heldout[key]`` (several runs show their spread)."""
+    return ms[0][1]["heldout"][key] if len(ms) == 1 else None
+
+
 def _main_row(ms: list[tuple[int, dict]]) -> list[str]:
     """An arm's losses, probes, parameters and speed (a single run's held-out loss with its
     bootstrap interval)."""
     first = ms[0][1]
     const = [m["heldout"].get("const", float("nan")) for _, m in ms]
     return [str(len(ms)), _cell([m["td_train"] for _, m in ms]),
-            _cell(_vals(ms, "heldout", "td"), ci=first["heldout"]["td_ci"]), _cell(const),
+            _cell(_vals(ms, "heldout", "td"), ci=_ci(ms, "td_ci")), _cell(const),
             *[_cell(_vals(ms, "probes", k), d)
               for k, d in (("return_r2", 3), ("reward_r2", 3), ("srank", 3), ("dormant", 2))],
             _params(first), _cell([m["updates_per_s"] for _, m in ms], 3)]  # fmt: skip
 
 
-_SCALES = ("Scale of the features |φ(s)| and the predictions |Q(s, a)| (mean over 256 held-out "
-           "states) at initialisation (the network rebuilt from the run's seed) and after "
-           "training:")  # fmt: skip
+_SCALES = ("Scale of the features |φ(s)| and the predictions |Q(s, a)| (mean over up to 256 "
+           "held-out states, spread over the batch) at initialisation (the network rebuilt from "
+           "the run's seed) and after training:")  # fmt: skip
 _FLOOR = ("The probes' floor: the same torso at initialisation (rebuilt from each run's seed, no "
           "pretraining):")  # fmt: skip
 _ROUTING = ("Top-k MoE routing on the held-out transitions: as a frozen encoder runs (eval: no "
             "router noise, nothing dropped) and as the pretraining ran (train: router noise, "
             "expert capacity); dropped: the fraction of top-k assignments over capacity; load "
-            "max: the busiest expert's share × E (1: balanced):")  # fmt: skip
+            "max: the busiest expert's share × E (1: balanced); each a mean over batches of "
+            "256:")  # fmt: skip
 _NOISE = (
     "Held-out TD loss with Gaussian pixel noise of std σ in s alone (clean targets), over "
     "the clean loss; the features' relative drift |φ(noisy s) − φ(s)| / |φ(s)|:"
@@ -213,7 +219,7 @@ def _game_tables(by_arm: dict[str, list[tuple[int, dict]]], noise: list[float]) 
         sig = [f"{x:g}" for x in noise]
         text += _table(_NOISE, [*(f"ratio σ={x}" for x in sig), *(f"drift σ={x}" for x in sig)],
                        {arm: [*(_cell(_vals(ms, "heldout", f"noise/{x}"), 3,
-                                      ms[0][1]["heldout"][f"noise_ci/{x}"]) for x in sig),
+                                      _ci(ms, f"noise_ci/{x}")) for x in sig),
                               *(_cell(_vals(ms, "heldout", f"drift/{x}"), 3) for x in sig)]
                         for arm, ms in by_arm.items()})  # fmt: skip
     return text

@@ -133,7 +133,7 @@ def _pretrain_stage(
 
 #: the version of what a pretraining arm's report measures (pvn.experiments.measures): a run
 #: measured, or a report written, by an older one is measured and written again
-MEASURES_VERSION = 3
+MEASURES_VERSION = 4
 
 
 def _data_stage(cfg: dict[str, Any], game: str, seed: int) -> list[Stage]:
