@@ -408,7 +408,7 @@ def test_pretraining_arms_are_pretrained_per_seed_and_measured_on_held_out_data(
         noisy_rows = per_transition(corrupted.to(torch.uint8)).numpy()
     measured = json.loads((run / "measures.json").read_text())
     # 95% percentile bootstrap over the transitions (the pairs resampled together): SciPy's,
-    # with its own draws, agrees to the resampling noise
+    # with its own draws, agrees to the resampling noise (a tenth or so of the width)
     from scipy import stats
 
     def ratio(a, b, axis=-1):
@@ -418,8 +418,8 @@ def test_pretraining_arms_are_pretrained_per_seed_and_measured_on_held_out_data(
     for key, (data, stat) in pairs.items():
         ci = stats.bootstrap(data, stat, n_resamples=4000, paired=True, method="percentile",
                              random_state=1).confidence_interval  # fmt: skip
-        np.testing.assert_allclose(measured["heldout"][key], [ci.low, ci.high], rtol=0.02,
-                                   err_msg=key)  # fmt: skip
+        want, got = np.array([ci.low, ci.high]), np.array(measured["heldout"][key])
+        assert np.all(np.abs(got - want) <= 0.15 * (want[1] - want[0])), (key, got, want)
     lo, hi = measured["heldout"]["noise_ci/16"]
     assert lo < measured["heldout"]["noise/16"] < hi
     # scales at init (rebuilt from the seed) and trained; parameters; routing for top-k MoE
