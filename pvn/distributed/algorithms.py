@@ -238,6 +238,7 @@ class FedAvgM(Algorithm):
 class Gossip(Algorithm):
     """Local Polyak momentum, then aggregation of all workers' parameter vectors."""
 
+    # (keyword-only: the robust rule's published settings, one per parameter of distributed.yaml)
     def __init__(self, comm, workers, *, rule, f, beta, byzantine, attack, scale, seed) -> None:
         super().__init__(comm, workers)
         self.aggregate, self.f, self.beta = AGGREGATORS[rule], f, beta

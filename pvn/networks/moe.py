@@ -153,6 +153,7 @@ class TopKMoE(_MoELayer):
     with one bmm, all experts run as one bmm, and a combine tensor scatters the outputs back.
     """
 
+    # (each parameter is a setting of the layer in configs/moe/*.yaml, as the papers name them)
     def __init__(
         self,
         dim: int,

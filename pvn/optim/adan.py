@@ -239,6 +239,7 @@ def _step_scalars(
     return lr * s / (1.0 - beta1**step), lr * beta2 * s / (1.0 - beta2**step), eps * s
 
 
+# (one parameter per hyperparameter and state list: torch.optim's functional-step convention)
 def _single_tensor_adan(
     params: list[Tensor],
     grads: list[Tensor],
@@ -276,6 +277,7 @@ def _single_tensor_adan(
             p.div_(1.0 + lr * weight_decay)
 
 
+# (the same signature as _single_tensor_adan, for the foreach path)
 def _multi_tensor_adan(
     params: list[Tensor],
     grads: list[Tensor],

@@ -108,6 +108,7 @@ class DQNReplayDataset(ShardSampler):
     with the number of checkpoints; frames live in the page cache.
     """
 
+    # (each parameter is a user-facing option of the data: config keys under data.)
     def __init__(
         self,
         path: str | Path,

@@ -186,6 +186,8 @@ class RLUDataset(ShardSampler):
     Rewards are the data's (clipped) rewards of the stack's last step.
     """
 
+    # (the official loader's selection options and DQNReplayDataset's sampling ones: each
+    # parameter is a user-facing option, a config key under data.)
     def __init__(self, data_dir: str | Path, game: str, run: int = 1, version: str = "1.0.0",
                  split: str = "full", proportion: float = 1.0, checkpoints: list[int] | None = None,
                  n_step: int = 1, gamma: float = 0.99, cache_dir: str | Path | None = None,
