@@ -264,8 +264,6 @@ def measure_run(
     from pvn.networks.moe import active_params
 
     cfg, learner, num_actions = trained_learner(run_dir)
-    features = learner.online.torso.blocks["features"]
-    params = int(sum(p.numel() for p in learner.online.parameters()))
     logs = [r for r in read_metrics(run_dir) if "td_loss" in r]
     td = [float(r["td_loss"]) for r in logs]
     rates = [float(r["updates_per_s"]) for r in logs if "updates_per_s" in r]
@@ -274,9 +272,8 @@ def measure_run(
         learner.online.torso, ds, gamma=float(cfg.data.gamma), max_states=probe_states
     )
     # the same network at initialisation (rebuilt from the seed): the floor the probes and the
-    # scales are read against
-    # (a distributed run's workers draw their tasks from their own seeds: its head, and so its
-    # initial |Q|, is the single-worker one's, not any worker's)
+    # scales are read against (a distributed run's workers draw their tasks from their own
+    # seeds: this head, and so its initial |Q|, is the single-worker one's, not any worker's)
     initial = build(section(PretrainConfig, cfg), num_actions).online.eval()
     floor = linear_probes(initial.torso, ds, gamma=float(cfg.data.gamma), max_states=probe_states)
     local = getattr(learner, "local", None)
@@ -287,10 +284,8 @@ def measure_run(
         "probes_init": floor,
         "scales": scales(initial, learner.online, _spread(batch.observation, 256)),
         "routing": routing(learner, batch),
-        "params": params,
-        "active_params": params
-        - sum(p.numel() for p in features.parameters())
-        + active_params(features),
+        "params": int(sum(p.numel() for p in learner.online.parameters())),
+        "active_params": active_params(learner.online),
         # the local rules' auxiliary networks, trained beside the torso (MAN's EMA copies,
         # which are not trained, excluded)
         "aux_params": sum(p.numel() for p in local.aux.parameters() if p.requires_grad)

@@ -662,25 +662,20 @@ def moe_stats(module: nn.Module) -> dict[str, torch.Tensor]:
     return out
 
 
-def active_params(block: nn.Module) -> int:
-    """Parameters one token passes through: a top-k layer counts its router (and noise
-    weights) and ``k`` experts, a soft layer its slot weights and one expert (each slot is one
-    expert's input), anything else all its parameters. The count that compares a sparse layer
+def active_params(module: nn.Module) -> int:
+    """Parameters one token passes through ``module``: all of them, except that a top-k layer
+    counts its router (and noise weights) and ``k`` experts, and a soft layer its slot weights
+    and one expert (each slot is one expert's input). The count that compares a sparse layer
     with a dense one at equal compute (Shazeer et al. 2017; Puigcerver et al. 2024)."""
-    if not isinstance(block, MoEFeatures):
-        return sum(p.numel() for p in block.parameters())
-    n = sum(p.numel() for p in block.dense.parameters())
-    n += sum(p.numel() for p in block.stack.norms.parameters())
-    for layer in block.stack.layers:
+    n = sum(p.numel() for p in module.parameters())
+    for _, layer in moe_layers(module):
+        per_expert = sum(p[0].numel() for p in layer.experts.parameters())
         if isinstance(layer, TopKMoE):
-            per_expert = sum(p[0].numel() for p in layer.experts.parameters())
-            n += layer.router.numel() + layer.k * per_expert
-            n += layer.noise.numel() if layer.noise is not None else 0
-        elif isinstance(layer, SoftMoE):
-            per_expert = sum(p[0].numel() for p in layer.experts.parameters())
-            n += layer.phi.numel() + per_expert
-        else:
-            n += sum(p.numel() for p in layer.parameters())
+            active = layer.router.numel() + layer.k * per_expert
+            active += layer.noise.numel() if layer.noise is not None else 0
+        else:  # SoftMoE
+            active = layer.phi.numel() + per_expert
+        n += active - sum(p.numel() for p in layer.parameters())
     return n
 
 
