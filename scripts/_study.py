@@ -94,11 +94,6 @@ def machine() -> str:
     )
 
 
-def records(run_dir: Path) -> list[dict[str, Any]]:
-    """The run's ``metrics.jsonl``, one dict per log."""
-    return [json.loads(x) for x in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
-
-
 # ---------------------------------------------------------------------------------------------
 # results as data: numbers, tables, figures
 # ---------------------------------------------------------------------------------------------

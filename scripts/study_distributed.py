@@ -47,13 +47,13 @@ from _study import (
     fmt,
     log,
     pyplot,
-    records,
     save_figure,
     table,
     write_results,
 )
 
 from pvn.analysis.heldout import heldout_batch, heldout_losses
+from pvn.metrics import read_metrics
 
 GAMES = ["Pong", "Breakout"]
 NONIID = {  # arm: overrides
@@ -191,7 +191,7 @@ def study_noniid(args, logs: dict[str, Path]) -> dict:
         held[g] = (ds, heldout_batch(both, HELDOUT_CKPT, args.heldout))
     results = {}
     for arm, run_dir in dirs.items():
-        recs = records(run_dir)
+        recs = read_metrics(run_dir)
         res = {"curves": {}, "train_td": {}, "heldout_td": {}, "probes": {}, "grads": {}}
         res["failed"] = json.loads((run_dir / "study_done.json").read_text())["failed"]
         drift = [r.get("workers/dist_to_honest_mean_0", 0.0) for r in recs]
@@ -237,7 +237,7 @@ def study_robust(args, logs: dict[str, Path]) -> dict:
     honest = {arm: honest_mean(run_dir) for arm, run_dir in dirs.items()}
     out = {}
     for arm, run_dir in dirs.items():
-        recs = records(run_dir)
+        recs = read_metrics(run_dir)
         clean = honest[arm.split("|")[0] + "|none"]
         x0 = honest_mean(run_dir, initial=True)
         out[arm] = {
