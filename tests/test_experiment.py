@@ -459,3 +459,115 @@ def test_every_shipped_experiment_config_plans():
     for path in configs:
         todo = stages(load(path))
         assert todo[-1].kind == "report" and len(todo) > 2, path
+
+
+def _team_config(tmp_path) -> Path:
+    """Two games' logs; a joint team over both (FedAvg-M, one worker per game) and, on one
+    game, three IID workers under DSGD with and without a sign-flipping Byzantine worker."""
+    cfg = yaml.safe_load(Path(_config(tmp_path)).read_text())
+    cfg["games"] = ["Pong", "Breakout"]
+    cfg["seeds"] = [0]
+    cfg["data"]["overrides"] = ["steps=1500", "num_envs=4", "capacity=600"]
+    cfg["pretrain"]["overrides"] += ["data.checkpoints=[0]", "log_every=10"]
+    robust = ["distributed=dsgd", "distributed.workers=3", "distributed.f=1"]
+    cfg["arms"] = {
+        "fed": {"encoder": "pvn", "control": False, "joint": True,
+                "pretrain": ["distributed=fedavg_m", "distributed.local_steps=4",
+                             "optimizer.lr=0.1"]},
+        "clean": {"encoder": "pvn", "control": False, "games": ["Breakout"],
+                  "pretrain": robust},
+        "attacked": {"encoder": "pvn", "control": False, "games": ["Breakout"],
+                     "baseline": "clean",
+                     "pretrain": [*robust, "distributed.byzantine=[2]"]},
+    }  # fmt: skip
+    cfg["measure"] = {"heldout": [1], "transitions": 64, "probe_states": 300}
+    path = tmp_path / "team.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+@pytest.mark.slow
+def test_team_arms_run_jointly_or_on_their_games_and_are_measured_per_game(tmp_path):
+    """A ``joint`` arm is one team over every game's log (worker i on game i, its own head);
+    an arm with ``games`` runs on those alone; the report measures the joint run once per game
+    as that game's worker, and an arm with a ``baseline`` by its deflection from it, which is
+    checked here by hand: |m - m0| / |m0 - x0| for the honest workers' mean models."""
+    import torch
+
+    from pvn.analysis.heldout import heldout_batch, trained_learner
+    from pvn.checkpoint import load_checkpoint, resolve_checkpoint
+    from pvn.experiments.plan import load, stages
+    from pvn.pretraining import PretrainConfig, build
+    from pvn.replay import DQNReplayDataset
+    from pvn.settings import section
+
+    path = _team_config(tmp_path)
+    todo = {s.name: s for s in stages(load(path))}
+    runs = tmp_path / "runs"
+    joint = todo["pretrain/Pong+Breakout-fed/seed0"]
+    assert joint.after == ["data/Pong", "data/Breakout"]
+    paths = f"data.path=[{runs / 'data' / 'Pong'},{runs / 'data' / 'Breakout'}]"
+    assert paths in joint.argv and "distributed.partition=games" in joint.argv
+    assert list(todo)[-2:] == [joint.name, "report"]  # after every game's log
+    assert {"pretrain/Breakout-clean/seed0", "pretrain/Breakout-attacked/seed0"} < set(todo)
+    assert not any(n.startswith("pretrain/Pong-") for n in todo)
+    assert main(["experiment", str(path)]) == 0
+    results = tmp_path / "results"
+    with open(results / "pretraining.csv") as f:
+        rows = {(r["game"], r["arm"]): r for r in csv.DictReader(f)}
+    assert set(rows) == {("Pong", "fed"), ("Breakout", "fed"), ("Breakout", "clean"),
+                         ("Breakout", "attacked")}  # fmt: skip
+    # the joint run, measured on Breakout as worker 1: Breakout's 4 actions, its own loss
+    _, learner, actions = trained_learner(joint.run_dir, worker=1)
+    assert actions == 4 and trained_learner(joint.run_dir, worker=0)[2] == 6
+    batch = heldout_batch(DQNReplayDataset(runs / "data" / "Breakout", checkpoints=[1]), 1, 64)
+    with torch.no_grad():
+        obs, action, reward, next_obs, terminal = batch[:5]
+        r = learner.tasks(obs, reward).rewards.float() - learner._center
+        y = r + learner.discount * (~terminal).float()[:, None] * learner.target(next_obs)[0].mean(
+            2
+        )
+        q = learner.online(obs)[0][torch.arange(len(obs)), :, action]
+        by_hand = float(0.5 * (y - q).pow(2).mean())
+    assert float(rows[("Breakout", "fed")]["td_heldout"]) == pytest.approx(by_hand, rel=1e-5)
+    assert rows[("Pong", "fed")]["td_heldout"] != rows[("Breakout", "fed")]["td_heldout"]
+    assert -1 <= float(rows[("Pong", "fed")]["grad_cos"]) <= 1
+    assert rows[("Pong", "fed")]["grad_cos"] == rows[("Breakout", "fed")]["grad_cos"]
+    assert rows[("Breakout", "fed")]["rule"] == "fedavg_m"
+    assert rows[("Breakout", "clean")]["workers"] == "3"
+
+    def honest(run, byzantine=()):  # the honest workers' mean online network, by hand
+        ws = load_checkpoint(resolve_checkpoint(run))["workers"]
+        flat = [torch.cat([v.double().reshape(-1) for v in w["learner"]["online"].values()])
+                for w in ws if w["id"] not in byzantine]  # fmt: skip
+        return sum(flat) / len(flat)
+
+    clean = todo["pretrain/Breakout-clean/seed0"].run_dir
+    m = honest(todo["pretrain/Breakout-attacked/seed0"].run_dir, byzantine=(2,))
+    m0 = honest(clean)
+    from omegaconf import OmegaConf
+
+    net = build(section(PretrainConfig, OmegaConf.load(clean / "config.yaml")), 4).online
+    x0 = torch.cat([v.double().reshape(-1) for v in net.state_dict().values()])
+    want = float((m - m0).norm() / (m0 - x0).norm())
+    assert want > 0
+    assert float(rows[("Breakout", "attacked")]["deflection"]) == pytest.approx(want, rel=1e-6)
+    assert rows[("Breakout", "clean")]["deflection"] == ""
+    md = (results / "pretraining.md").read_text()
+    assert "Multi-worker runs" in md and "| attacked | dsgd | 3 |" in md
+
+
+def test_bad_team_arm_configs_are_refused(tmp_path, capsys):
+    path = _team_config(tmp_path)
+    for arm, key, value, words in [
+        ("fed", "games", ["Qbert"], "arms.fed.games=['Qbert']: give a list of the"),
+        ("fed", "pretrain", ["optimizer.lr=0.1"], "arms.fed.joint=true: one run over several"),
+        ("attacked", "baseline", "fed", "arms.attacked.baseline='fed': the baseline runs on"),
+        ("attacked", "baseline", "attacked", "arms.attacked.baseline='attacked': name another"),
+    ]:
+        cfg = yaml.safe_load(path.read_text())
+        cfg["arms"][arm][key] = value
+        bad = tmp_path / "bad.yaml"
+        bad.write_text(yaml.safe_dump(cfg))
+        assert main(["experiment", str(bad)]) == 2
+        assert words in capsys.readouterr().err

@@ -19,29 +19,46 @@ import torch
 from omegaconf import OmegaConf
 
 from pvn.checkpoint import load_checkpoint, resolve_checkpoint
+from pvn.distributed.team import game_task_seed
 from pvn.pretraining import PretrainConfig, build
 from pvn.replay import LoggedData, TorchBatch
 from pvn.settings import section
 
 
-def trained_learner(run_dir: str | Path) -> tuple[Any, Any, int]:
+def trained_learner(run_dir: str | Path, worker: int | None = None) -> tuple[Any, Any, int]:
     """A finished ``pvn pretrain`` run's learner as it ended (online and target networks, tasks
     with their calibration, local auxiliary nets), in eval mode.
 
     Args:
         run_dir: the pretraining run directory (its ``config.yaml`` and latest checkpoint).
+        worker: a multi-worker run's worker (None: worker 0, the checkpoint's ``learner``);
+            under ``distributed.partition=games`` it carries its game's tasks and head.
 
     Returns:
         ``(config, learner, num_actions)``.
     """
     cfg = OmegaConf.load(Path(run_dir) / "config.yaml")
     state = load_checkpoint(resolve_checkpoint(run_dir))
-    num_actions = int(state["meta"]["num_actions"])
-    learner = build(section(PretrainConfig, cfg), num_actions)
-    learner.load_state_dict(state["learner"])
+    num_actions, learned = int(state["meta"]["num_actions"]), state["learner"]
+    if worker is not None:
+        learned = next(w["learner"] for w in state["workers"] if w["id"] == worker)
+    task_seed = worker_task_seed(cfg, worker)
+    if task_seed is not None:  # its game's head: tasks x that game's actions
+        num_actions = learned["online"]["head.weight"].shape[0] // int(cfg.tasks.num_tasks)
+    learner = build(section(PretrainConfig, cfg), num_actions, task_seed=task_seed)
+    learner.load_state_dict(learned)
     learner.online.eval()
     learner.target.eval()
     return cfg, learner, num_actions
+
+
+def worker_task_seed(cfg: Any, worker: int | None) -> int | None:
+    """The seed of ``worker``'s tasks and head in a run with config ``cfg``: its game's under
+    ``distributed.partition=games``, else None (the run's seed's)."""
+    if worker is None or cfg.distributed.partition != "games":
+        return None
+    paths = cfg.data.path if OmegaConf.is_list(cfg.data.path) else [cfg.data.path]
+    return game_task_seed(int(cfg.seed), worker % len(paths))
 
 
 def heldout_batch(ds: LoggedData, checkpoint: int, n: int, seed: int = 2024) -> TorchBatch:
@@ -108,7 +125,7 @@ def bootstrap_ratio(num: np.ndarray, den: np.ndarray | None = None, draws: int =
     return [float(np.quantile(stat, 0.025)), float(np.quantile(stat, 0.975))]
 
 
-def _targets(learner, batch: TorchBatch, chunk: int):
+def batch_targets(learner, batch: TorchBatch, chunk: int):
     """``(rows, y)`` for each ``chunk`` transitions of ``batch``: their slice and their TD
     targets as the run's training computes them (its tasks' rewards, its target network's
     bootstrap)."""
@@ -153,7 +170,7 @@ def heldout_losses(
     def add(key: str, values: torch.Tensor) -> None:
         rows.setdefault(key, []).append(values.double())
 
-    for sl, y in _targets(learner, batch, chunk):
+    for sl, y in batch_targets(learner, batch, chunk):
         targets.append(y.float())
         q, feats = learner.online(obs[sl])
         add("td", learner.td_loss(q, action[sl], y, per_sample=True))
@@ -208,7 +225,7 @@ def routing(learner, batch: TorchBatch, chunk: int = 256) -> dict[str, float] | 
     if not any(isinstance(m, TopKMoE) for _, m in moe_layers(learner.online)):
         return None
     obs, action = batch[0], batch[1]
-    targets = list(_targets(learner, batch, chunk))
+    targets = list(batch_targets(learner, batch, chunk))
     was_training, out = learner.online.training, {}
     try:
         for mode in ("eval", "train"):
@@ -237,6 +254,7 @@ def measure_run(
     probe_states: int = 4000,
     final_logs: int = 4,
     sigmas: tuple[float, ...] = (),
+    worker: int | None = None,
 ) -> dict[str, Any]:
     """What a pretraining study compares of one finished run.
 
@@ -247,6 +265,9 @@ def measure_run(
         probe_states: states per probe fit (:func:`pvn.analysis.probes.linear_probes`).
         final_logs: logged windows averaged into the final training TD loss.
         sigmas: pixel-noise levels of the robustness measures (:func:`heldout_losses`).
+        worker: in a multi-worker run on several games (``distributed.partition=games``), the
+            worker on ``ds``'s game: its tasks and head are measured, and its own training
+            loss; None: worker 0's learner and the honest workers' mean training loss.
 
     Returns:
         ``td_train``: the mean training TD loss of the last ``final_logs`` logs; ``heldout``:
@@ -257,24 +278,28 @@ def measure_run(
         ``active_params`` what one token passes through
         (:func:`pvn.networks.moe.active_params`), ``aux_params`` a local rule's trained
         auxiliary parameters; ``updates_per_s``: the median logged update rate; ``curve``: the
-        logged training TD loss against updates.
+        logged training TD loss against updates; ``team``: a multi-worker run's
+        :func:`pvn.analysis.workers.team_measures` (None for one worker).
     """
     from pvn.analysis.probes import linear_probes
+    from pvn.analysis.workers import team_measures
     from pvn.metrics import read_metrics
     from pvn.networks.moe import active_params
 
-    cfg, learner, num_actions = trained_learner(run_dir)
-    logs = [r for r in read_metrics(run_dir) if "td_loss" in r]
-    td = [float(r["td_loss"]) for r in logs]
+    cfg, learner, num_actions = trained_learner(run_dir, worker)
+    key = "td_loss" if worker is None else f"workers/td_loss_{worker}"
+    records = read_metrics(run_dir)
+    logs = [r for r in records if key in r]
+    td = [float(r[key]) for r in logs]
     rates = [float(r["updates_per_s"]) for r in logs if "updates_per_s" in r]
     # the trained torso, in eval mode: what load_encoder would rebuild from the checkpoint
     probes = linear_probes(
         learner.online.torso, ds, gamma=float(cfg.data.gamma), max_states=probe_states
     )
-    # the same network at initialisation (rebuilt from the seed): the floor the probes and the
-    # scales are read against (a distributed run's workers draw their tasks from their own
-    # seeds: this head, and so its initial |Q|, is the single-worker one's, not any worker's)
-    initial = build(section(PretrainConfig, cfg), num_actions).online.eval()
+    # the same network at initialisation (rebuilt from the seed; under partition=games with the
+    # measured worker's game's head): the floor the probes and the scales are read against
+    initial = build(section(PretrainConfig, cfg), num_actions,
+                    task_seed=worker_task_seed(cfg, worker)).online.eval()  # fmt: skip
     floor = linear_probes(initial.torso, ds, gamma=float(cfg.data.gamma), max_states=probe_states)
     local = getattr(learner, "local", None)
     return {
@@ -293,4 +318,5 @@ def measure_run(
         else 0,
         "updates_per_s": float(np.median(rates)) if rates else float("nan"),
         "curve": {"step": [int(r["step"]) for r in logs], "td_loss": td},
+        "team": team_measures(cfg, records, worker or 0),
     }

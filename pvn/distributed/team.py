@@ -207,13 +207,18 @@ def distributed_team(cfg: TeamConfig, open_data: OpenData, build: Build) -> Team
         byzantine = set(d.get("byzantine") or [])
         workers = []
         for wid, ds in zip(comm.local, datasets, strict=True):
-            game = wid % len(paths)  # per-game tasks and head; the torso from the run's seed
-            learner = build(ds, seed + 7919 * (game + 1) if games else None)
+            learner = build(ds, game_task_seed(seed, wid % len(paths)) if games else None)
             workers.append(Worker(wid, learner, byzantine=wid in byzantine, torso_only=games))
         return Team(workers, datasets, _rule(cfg, comm, workers), comm)
     except BaseException:
         comm.close()
         raise
+
+
+def game_task_seed(seed: int, game: int) -> int:
+    """The seed of the tasks and head of the workers on game ``game`` (its index in
+    ``data.path``) under ``partition=games``; the torso stays the run's seed's."""
+    return seed + 7919 * (game + 1)
 
 
 def _validate(cfg: TeamConfig, world: int) -> None:

@@ -17,17 +17,19 @@ from typing import Any
 
 import numpy as np
 
-from pvn.experiments.plan import MEASURES_VERSION, Stage, data_dir
+from pvn.experiments.plan import MEASURES_VERSION, Stage, data_dir, run_games
 from pvn.files import write_text_atomic
 
 
-def _measures(stage: Stage, data: Path, spec: dict[str, Any], held: dict) -> dict[str, Any]:
-    """The stage's run measured under ``spec`` (cached in its ``measures.json``)."""
+def _measures(stage: Stage, data: Path, spec: dict[str, Any], held: dict,
+              worker: int | None = None) -> dict[str, Any]:  # fmt: skip
+    """The stage's run measured under ``spec`` on the log ``data`` (cached in its
+    ``measures.json``; a joint run's per game, ``measures_<game>.json``, as ``worker``)."""
     from pvn.analysis.heldout import heldout_batch, measure_run
     from pvn.replay import DQNReplayDataset
 
-    key = {"data": str(data), **spec, "measures": MEASURES_VERSION}
-    cache = stage.run_dir / "measures.json"
+    key = {"data": str(data), **spec, "measures": MEASURES_VERSION, "worker": worker}
+    cache = stage.run_dir / ("measures.json" if worker is None else f"measures_{data.name}.json")
     if cache.is_file():
         kept = json.loads(cache.read_text())
         if kept.get("settings") == key:
@@ -39,7 +41,7 @@ def _measures(stage: Stage, data: Path, spec: dict[str, Any], held: dict) -> dic
         held["ds"], held["batch"] = ds, _concat(parts)
     out = {"settings": key, **measure_run(stage.run_dir, held["ds"], held["batch"],
                                           spec["probe_states"], spec["final_logs"],
-                                          tuple(spec["noise"]))}  # fmt: skip
+                                          tuple(spec["noise"]), worker)}  # fmt: skip
     write_text_atomic(cache, json.dumps(out, indent=1))
     return out
 
@@ -103,36 +105,69 @@ def pretraining_report(cfg: dict[str, Any], runs: list[Stage], results: Path) ->
         "[95% bootstrap intervals] over the held-out transitions.",
     ]
     rows, every = [], {}
+    held: dict[str, dict[str, Any]] = {}  # per game: its log and held-out batch, read once
+    by_game: dict[str, dict[str, list[tuple[int, dict]]]] = {}
     for game in cfg["games"]:
-        mine = [s for s in runs if s.name.startswith(f"pretrain/{game}-")]
-        if not mine:
-            continue
-        held: dict[str, Any] = {}
-        by_arm: dict[str, list[tuple[int, dict]]] = {}
-        for s in mine:
-            arm, seed = s.name.split("/")[1][len(game) + 1 :], int(s.name.split("/")[2][4:])
-            m = _measures(s, data_dir(cfg, game), spec, held)
-            by_arm.setdefault(arm, []).append((seed, m))
-            every[s.name] = m
-            p = m["probes"]
-            rows.append([game, arm, seed, m["td_train"], m["heldout"]["td"],
-                         m["heldout"].get("const", ""), p["return_r2"], p["reward_r2"],
-                         p["srank"], p["dormant"], m["params"], m["active_params"],
-                         m["aux_params"], m["scales"]["init/feat_norm"],
-                         m["scales"]["trained/feat_norm"], m["updates_per_s"]])  # fmt: skip
+        for s in runs:
+            games, arm, seed = run_games(s)
+            if game in games:  # a joint run: measured per game, as the worker on it
+                worker = games.index(game) if len(games) > 1 else None
+                m = _measures(s, data_dir(cfg, game), spec, held.setdefault(game, {}), worker)
+                by_game.setdefault(game, {}).setdefault(arm, []).append((seed, m))
+                every[s.name if worker is None else f"{s.name}:{game}"] = m
+    _across_runs(cfg, runs, by_game, held)
+    for game, by_arm in by_game.items():
+        for arm, ms in by_arm.items():
+            for seed, m in ms:
+                p, team = m["probes"], m["team"] or {}
+                rows.append([game, arm, seed, m["td_train"], m["heldout"]["td"],
+                             m["heldout"].get("const", ""), p["return_r2"], p["reward_r2"],
+                             p["srank"], p["dormant"], m["params"], m["active_params"],
+                             m["aux_params"], m["scales"]["init/feat_norm"],
+                             m["scales"]["trained/feat_norm"], m["updates_per_s"],
+                             team.get("rule", "none"), team.get("workers", 1),
+                             m.get("deflection", ""), m.get("grad_cos", "")])  # fmt: skip
         text += ["", f"## {game}", *_game_tables(by_arm, spec["noise"])]
         curves = {arm: [m["curve"] for _, m in ms] for arm, ms in by_arm.items()}
         plot_td_curves(curves, results / f"pretraining_td_{game}.png", game)
         text += ["", f"![training TD loss, {game}](pretraining_td_{game}.png)"]
     header = ("game,arm,seed,td_train,td_heldout,td_constant,return_r2,reward_r2,srank,dormant,"
               "params,active_params,aux_params,feat_norm_init,feat_norm_trained,"
-              "updates_per_s\n")  # fmt: skip
+              "updates_per_s,rule,workers,deflection,grad_cos\n")  # fmt: skip
     write_text_atomic(results / "pretraining.csv",
                       header + "".join(",".join(map(str, r)) + "\n" for r in rows))  # fmt: skip
     write_text_atomic(results / "pretraining.json", json.dumps(every, indent=1))
     md = "\n".join(text) + "\n"
     write_text_atomic(results / "pretraining.md", md)
     return md
+
+
+def _across_runs(
+    cfg: dict[str, Any],
+    runs: list[Stage],
+    by_game: dict[str, dict[str, list[tuple[int, dict]]]],
+    held: dict,
+) -> None:
+    """The readings that take more than one run or game, added to each run's measures: an arm
+    with a ``baseline:`` its ``deflection`` from the baseline's run of the same seed, a joint
+    run its games' torso-gradient cosine (``grad_cos``) on their held-out batches."""
+    from pvn.analysis.workers import deflection, torso_gradient_cosine
+
+    by_name = {s.name: s for s in runs}
+    for s in runs:
+        games, arm, seed = run_games(s)
+        extra = {}
+        base = by_name.get(f"pretrain/{'+'.join(games)}-{cfg['arms'][arm].get('baseline')}"
+                           f"/seed{seed}")  # fmt: skip
+        if base is not None:  # the arm names a baseline, and its run of this seed is done
+            extra["deflection"] = deflection(s.run_dir, base.run_dir)
+        if len(games) > 1:
+            batches = [held[g]["batch"] for g in games]
+            extra["grad_cos"] = torso_gradient_cosine(s.run_dir, batches)
+        for game in games:
+            for k, m in by_game[game][arm]:
+                if k == seed:
+                    m.update(extra)
 
 
 def _table(intro: str, header: list[str], rows: dict[str, list[str]]) -> list[str]:
@@ -174,6 +209,15 @@ _ROUTING = ("Top-k MoE routing on the held-out transitions: as a frozen encoder 
             "expert capacity); dropped: the fraction of top-k assignments over capacity; load "
             "max: the busiest expert's share × E (1: balanced); each a mean over batches of "
             "256:")  # fmt: skip
+_TEAMS = (
+    "Multi-worker runs (the TD losses above: a joint run's worker on this game; otherwise "
+    "the honest workers' mean in training, worker 0 held out): the rule, its workers, "
+    "drift (the mean logged distance of a worker's model to the honest workers' mean "
+    "within a round), the rule's traffic, the Byzantine vectors kept per honest worker "
+    "and update, deflection (the honest mean model's distance to the baseline arm's "
+    "over the baseline's distance from initialisation) and, for a joint run, the "
+    "cosine between its games' torso gradients on their held-out transitions:"
+)
 _NOISE = (
     "Held-out TD loss with Gaussian pixel noise of std σ in s alone (clean targets), over "
     "the clean loss; the features' relative drift |φ(noisy s) − φ(s)| / |φ(s)|:"
@@ -215,6 +259,16 @@ def _game_tables(by_arm: dict[str, list[tuple[int, dict]]], noise: list[float]) 
             for k in keys:
                 vals = [m["heldout"][k] for _, m in by_arm[arm]]
                 text.append(f"| {arm} | {k[len('local/') :]} | {_cell(vals)} |")
+    teams = {arm: ms for arm, ms in by_arm.items() if ms[0][1]["team"]}
+    if teams:  # multi-worker runs: the rule's cost and what it kept out
+        team_keys = (("drift", 3), ("mb_per_update", 3), ("byzantine_kept", 2))
+        text += _table(_TEAMS, ["rule", "workers", "drift", "MB sent / worker / update",
+                                "Byzantine kept", "deflection", "grad cos"],
+                       {arm: [ms[0][1]["team"]["rule"], str(ms[0][1]["team"]["workers"]),
+                              *(_cell(_vals(ms, "team", k), d) for k, d in team_keys),
+                              _cell([m.get("deflection", np.nan) for _, m in ms], 3),
+                              _cell([m.get("grad_cos", np.nan) for _, m in ms], 3)]
+                        for arm, ms in teams.items()})  # fmt: skip
     if noise:  # robustness: the loss with noisy pixels in s over the clean loss
         sig = [f"{x:g}" for x in noise]
         text += _table(_NOISE, [*(f"ratio σ={x}" for x in sig), *(f"drift σ={x}" for x in sig)],

@@ -98,6 +98,7 @@ def load(path: str | Path, overrides: list[str] | None = None) -> dict[str, Any]
                 raise ConfigError(f"{p}: arms.{arm}.control=false: a pretraining arm (encoder: "
                                   "pvn, its own pretrain: overrides) has no control runs to "
                                   "override")  # fmt: skip
+        _check_pretraining_keys(p, cfg, arm, spec)
     measure = {**MEASURE, **(cfg.get("measure") or {})}
     if set(measure) - set(MEASURE):
         bad = sorted(set(measure) - set(MEASURE))[0]
@@ -116,6 +117,41 @@ def load(path: str | Path, overrides: list[str] | None = None) -> dict[str, Any]
     return cfg
 
 
+def _check_pretraining_keys(p: Path, cfg: dict[str, Any], arm: str, spec: dict[str, Any]) -> None:
+    """A pretraining arm's own keys: ``games`` (the experiment's games it runs on), ``joint``
+    (one multi-worker run over all of them) and ``baseline`` (the arm its deflection is read
+    against)."""
+    pretraining = spec.get("control", True) is False
+    for key in ("games", "joint", "baseline"):
+        if key in spec and not pretraining:
+            raise ConfigError(f"{p}: arms.{arm}.{key}: only a pretraining arm (control: false) "
+                              "has it")  # fmt: skip
+    games = spec.get("games", cfg["games"])
+    if not isinstance(games, list) or not games or not set(games) <= set(cfg["games"]):
+        raise ConfigError(f"{p}: arms.{arm}.games={games!r}: give a list of the experiment's "
+                          f"games {cfg['games']}")  # fmt: skip
+    if spec.get("joint", False) not in (True, False):
+        raise ConfigError(f"{p}: arms.{arm}.joint={spec['joint']!r}: true or false")
+    overrides = [*cfg["pretrain"].get("overrides", []), *spec.get("pretrain", [])]
+    if spec.get("joint") and not any(o.startswith("distributed=") for o in overrides):
+        raise ConfigError(f"{p}: arms.{arm}.joint=true: one run over several games is a team "
+                          "(distributed.partition=games); name its rule in pretrain: "
+                          "(distributed=<rule>)")  # fmt: skip
+    base = spec.get("baseline")
+    if base is not None:
+        other = cfg["arms"].get(base, {})
+        if other.get("control", True) is not False or base == arm:
+            raise ConfigError(f"{p}: arms.{arm}.baseline={base!r}: name another pretraining arm "
+                              "(control: false)")  # fmt: skip
+        where = (other.get("games", cfg["games"]), other.get("joint", False))
+        if where != (games, spec.get("joint", False)):
+            raise ConfigError(f"{p}: arms.{arm}.baseline={base!r}: the baseline runs on other "
+                              "games (its games: and joint: must be this arm's)")  # fmt: skip
+        if not set(spec.get("seeds", cfg["seeds"])) <= set(other.get("seeds", cfg["seeds"])):
+            raise ConfigError(f"{p}: arms.{arm}.baseline={base!r}: the baseline lacks some of "
+                              "this arm's seeds")  # fmt: skip
+
+
 def data_dir(cfg: dict[str, Any], game: str) -> Path:
     """The game's log: made by the data stage, or given (``data.kind: dataset``)."""
     if cfg["data"]["kind"] == "dataset":
@@ -124,16 +160,57 @@ def data_dir(cfg: dict[str, Any], game: str) -> Path:
 
 
 def _pretrain_stage(
-    out: Path, name: str, data: Path, seed: int, overrides: list[str], after: list[str]
-) -> Stage:
+    out: Path, name: str, data: Path | list[Path], seed: int, overrides: list[str],
+    after: list[str]
+) -> Stage:  # fmt: skip
+    """A ``pvn pretrain`` run on one log, or jointly on several games' (``data.path=[...]``:
+    a team whose workers each learn one game, ``distributed.partition=games``)."""
     run = out / "pretrain" / name
-    argv = ["pretrain", f"data.path={data}", f"run_dir={run}", f"seed={seed}", "progress=false"]
+    if isinstance(data, list):
+        paths = ["data.path=[" + ",".join(map(str, data)) + "]", "distributed.partition=games"]
+    else:
+        paths = [f"data.path={data}"]
+    argv = ["pretrain", *paths, f"run_dir={run}", f"seed={seed}", "progress=false"]
     return Stage(f"pretrain/{name}", [*argv, *overrides], run, "pretrain", "done.json", after)
+
+
+def arm_games(cfg: dict[str, Any], spec: dict[str, Any]) -> list[str]:
+    """The games an arm runs on: its own ``games:``, or the experiment's."""
+    return spec.get("games", cfg["games"])
+
+
+def run_games(stage: Stage) -> tuple[list[str], str, int]:
+    """A pretraining arm's run's games (several for a joint run), arm and seed, read from its
+    name ``pretrain/<game>[+<game>...]-<arm>/seed<k>``."""
+    head, seed = stage.name.split("/")[1:]
+    games, arm = head.split("-", 1)
+    return games.split("+"), arm, int(seed[len("seed") :])
+
+
+def _pretraining_arms(cfg: dict[str, Any], game: str | None) -> list[Stage]:
+    """The pretraining arms' runs (one per seed): on ``game``'s log those of the arms that run
+    on it apart; with ``game`` None, the joint arms' (one team over all their games' logs)."""
+    out, base = Path(cfg["out"]), cfg["pretrain"].get("overrides", [])
+    todo = []
+    for arm, spec in cfg["arms"].items():
+        games = arm_games(cfg, spec)
+        if spec.get("control", True) or bool(spec.get("joint")) != (game is None):
+            continue
+        if game is not None and game not in games:
+            continue
+        mine = games if game is None else [game]
+        data = [data_dir(cfg, g) for g in mine]
+        needs = [f"data/{g}" for g in mine] if cfg["data"]["kind"] != "dataset" else []
+        for seed in spec.get("seeds", cfg["seeds"]):
+            name = f"{'+'.join(mine)}-{arm}/seed{seed}"
+            todo.append(_pretrain_stage(out, name, data if game is None else data[0], seed,
+                                        [*base, *spec.get("pretrain", [])], needs))  # fmt: skip
+    return todo
 
 
 #: the version of what a pretraining arm's report measures (pvn.experiments.measures): a run
 #: measured, or a report written, by an older one is measured and written again
-MEASURES_VERSION = 4
+MEASURES_VERSION = 5
 
 
 def _data_stage(cfg: dict[str, Any], game: str, seed: int) -> list[Stage]:
@@ -176,14 +253,11 @@ def stages(
         if any(s["encoder"] == "pvn" and not s.get("pretrain") and s.get("control", True)
                for s in cfg["arms"].values()):  # fmt: skip
             todo.append(game_pvn)  # the game's PVN, when a control arm reads it
+        todo += _pretraining_arms(cfg, game)
         knobs: dict[tuple[str, ...], Stage] = {}  # control arms with the same knob share it
         for arm, spec in cfg["arms"].items():
             encoder, after = spec["encoder"], []
-            if not spec.get("control", True):  # a pretraining arm: one pretraining per seed
-                knob = [*base, *spec.get("pretrain", [])]
-                for seed in spec.get("seeds", cfg["seeds"]):
-                    todo.append(_pretrain_stage(out, f"{game}-{arm}/seed{seed}", data, seed,
-                                                knob, needs_data))  # fmt: skip
+            if not spec.get("control", True):  # a pretraining arm: _pretraining_arms
                 continue
             if encoder == "pvn":
                 pre = game_pvn
@@ -204,6 +278,7 @@ def stages(
                 stage = Stage(f"eval/{game}/{arm}/seed{seed}", argv, run, "eval", "results.json",
                               after)  # fmt: skip
                 (e2e if spec["encoder"] == "e2e" else linear).append((k, stage))
+    todo += _pretraining_arms(cfg, None)  # joint runs, once every game's log is there
     evals = [st for _, st in sorted(linear, key=lambda x: x[0])]  # stable: game, arm order
     evals += [st for _, st in sorted(e2e, key=lambda x: x[0])]
     # the report is `pvn experiment CONFIG --report` once every evaluation is done
