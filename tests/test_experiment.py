@@ -479,6 +479,8 @@ def _team_config(tmp_path) -> Path:
         "attacked": {"encoder": "pvn", "control": False, "games": ["Breakout"],
                      "baseline": "clean",
                      "pretrain": [*robust, "distributed.byzantine=[2]"]},
+        "blowup": {"encoder": "pvn", "control": False, "games": ["Breakout"],
+                   "pretrain": ["optimizer=sgd", "optimizer.lr=1e30"]},
     }  # fmt: skip
     cfg["measure"] = {"heldout": [1], "transitions": 64, "probe_states": 300}
     path = tmp_path / "team.yaml"
@@ -491,7 +493,8 @@ def test_team_arms_run_jointly_or_on_their_games_and_are_measured_per_game(tmp_p
     """A ``joint`` arm is one team over every game's log (worker i on game i, its own head);
     an arm with ``games`` runs on those alone; the report measures the joint run once per game
     as that game's worker, and an arm with a ``baseline`` by its deflection from it, which is
-    checked here by hand: |m - m0| / |m0 - x0| for the honest workers' mean models."""
+    checked here by hand: |m - m0| / |m0 - x0| for the honest workers' mean models. A run
+    that diverges is the arm's outcome: listed in the report, the experiment goes on."""
     import torch
 
     from pvn.analysis.heldout import heldout_batch, trained_learner
@@ -555,6 +558,9 @@ def test_team_arms_run_jointly_or_on_their_games_and_are_measured_per_game(tmp_p
     assert rows[("Breakout", "clean")]["deflection"] == ""
     md = (results / "pretraining.md").read_text()
     assert "Multi-worker runs" in md and "| attacked | dsgd | 3 |" in md
+    assert "not measured): blowup seed 0 (non-finite loss at update " in md
+    assert ("Breakout", "blowup") not in rows and (results / "complete.json").is_file()
+    assert todo["pretrain/Breakout-blowup/seed0"].done
 
 
 def test_bad_team_arm_configs_are_refused(tmp_path, capsys):

@@ -70,6 +70,9 @@ def run_stage(stage: Stage, mark_done: bool = True) -> None:
     """Run one stage as a ``pvn`` subprocess (its own thread plan; a crash stays its own);
     ``mark_done``: false in the other workers of a multi-task job (rank 0 marks it)."""
     rc = subprocess.call([sys.executable, "-m", "pvn", *stage.argv], preexec_fn=_die_with_parent)
+    if rc != 0 and stage.diverged:  # a pretraining arm that diverged: reported, not retried
+        print(f"pvn experiment: {stage.name} diverged; the report lists it", file=sys.stderr)
+        return
     if rc != 0:
         raise ConfigError(f"stage {stage.name} failed (exit {rc}): {stage.command()}")
     if stage.kind == "pretrain" and mark_done:  # it resumes into the same dir: mark it complete

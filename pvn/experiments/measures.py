@@ -107,30 +107,32 @@ def pretraining_report(cfg: dict[str, Any], runs: list[Stage], results: Path) ->
     rows, every = [], {}
     held: dict[str, dict[str, Any]] = {}  # per game: its log and held-out batch, read once
     by_game: dict[str, dict[str, list[tuple[int, dict]]]] = {}
+    diverged: dict[str, list[str]] = {}  # per game: the runs that stopped on a non-finite loss
     for game in cfg["games"]:
         for s in runs:
             games, arm, seed = run_games(s)
-            if game in games:  # a joint run: measured per game, as the worker on it
+            if game in games and s.diverged:
+                error = json.loads((s.run_dir / "diverged.json").read_text())["error"]
+                diverged.setdefault(game, []).append(f"{arm} seed {seed} ({error.split(';')[0]})")
+                every[s.name] = {"diverged": error}
+            elif game in games:  # a joint run: measured per game, as the worker on it
                 worker = games.index(game) if len(games) > 1 else None
                 m = _measures(s, data_dir(cfg, game), spec, held.setdefault(game, {}), worker)
                 by_game.setdefault(game, {}).setdefault(arm, []).append((seed, m))
                 every[s.name if worker is None else f"{s.name}:{game}"] = m
     _across_runs(cfg, runs, by_game, held)
-    for game, by_arm in by_game.items():
-        for arm, ms in by_arm.items():
-            for seed, m in ms:
-                p, team = m["probes"], m["team"] or {}
-                rows.append([game, arm, seed, m["td_train"], m["heldout"]["td"],
-                             m["heldout"].get("const", ""), p["return_r2"], p["reward_r2"],
-                             p["srank"], p["dormant"], m["params"], m["active_params"],
-                             m["aux_params"], m["scales"]["init/feat_norm"],
-                             m["scales"]["trained/feat_norm"], m["updates_per_s"],
-                             team.get("rule", "none"), team.get("workers", 1),
-                             m.get("deflection", ""), m.get("grad_cos", "")])  # fmt: skip
-        text += ["", f"## {game}", *_game_tables(by_arm, spec["noise"])]
-        curves = {arm: [m["curve"] for _, m in ms] for arm, ms in by_arm.items()}
-        plot_td_curves(curves, results / f"pretraining_td_{game}.png", game)
-        text += ["", f"![training TD loss, {game}](pretraining_td_{game}.png)"]
+    for game in cfg["games"]:
+        by_arm = by_game.get(game, {})
+        if by_arm or diverged.get(game):
+            rows += _csv_rows(game, by_arm)
+            text += ["", f"## {game}", *(_game_tables(by_arm, spec["noise"]) if by_arm else [])]
+        if diverged.get(game):
+            text += ["", "Diverged (stopped on a non-finite loss; not measured): "
+                     + "; ".join(diverged[game]) + "."]  # fmt: skip
+        if by_arm:
+            curves = {arm: [m["curve"] for _, m in ms] for arm, ms in by_arm.items()}
+            plot_td_curves(curves, results / f"pretraining_td_{game}.png", game)
+            text += ["", f"![training TD loss, {game}](pretraining_td_{game}.png)"]
     header = ("game,arm,seed,td_train,td_heldout,td_constant,return_r2,reward_r2,srank,dormant,"
               "params,active_params,aux_params,feat_norm_init,feat_norm_trained,"
               "updates_per_s,rule,workers,deflection,grad_cos\n")  # fmt: skip
@@ -140,6 +142,22 @@ def pretraining_report(cfg: dict[str, Any], runs: list[Stage], results: Path) ->
     md = "\n".join(text) + "\n"
     write_text_atomic(results / "pretraining.md", md)
     return md
+
+
+def _csv_rows(game: str, by_arm: dict[str, list[tuple[int, dict]]]) -> list[list]:
+    """A row of ``pretraining.csv`` per measured run of ``game``."""
+    rows = []
+    for arm, ms in by_arm.items():
+        for seed, m in ms:
+            p, team = m["probes"], m["team"] or {}
+            rows.append([game, arm, seed, m["td_train"], m["heldout"]["td"],
+                         m["heldout"].get("const", ""), p["return_r2"], p["reward_r2"],
+                         p["srank"], p["dormant"], m["params"], m["active_params"],
+                         m["aux_params"], m["scales"]["init/feat_norm"],
+                         m["scales"]["trained/feat_norm"], m["updates_per_s"],
+                         team.get("rule", "none"), team.get("workers", 1),
+                         m.get("deflection", ""), m.get("grad_cos", "")])  # fmt: skip
+    return rows
 
 
 def _across_runs(
@@ -153,8 +171,8 @@ def _across_runs(
     run its games' torso-gradient cosine (``grad_cos``) on their held-out batches."""
     from pvn.analysis.workers import deflection, torso_gradient_cosine
 
-    by_name = {s.name: s for s in runs}
-    for s in runs:
+    by_name = {s.name: s for s in runs if not s.diverged}
+    for s in by_name.values():
         games, arm, seed = run_games(s)
         extra = {}
         base = by_name.get(f"pretrain/{'+'.join(games)}-{cfg['arms'][arm].get('baseline')}"

@@ -42,6 +42,8 @@ class Stage:
     @property
     def done(self) -> bool:
         path = self.run_dir / self.done_file
+        if self.diverged:  # a pretraining arm's divergence is its outcome (the report says so)
+            return True
         if self.kind != "report" or not path.is_file():
             return path.is_file()
         try:  # a report is done when it covers every run the config now has, as they are now
@@ -50,6 +52,13 @@ class Stage:
             return names == self.after and covered.get("digest", self.digest) == self.digest
         except (OSError, ValueError, AttributeError):
             return False
+
+    @property
+    def diverged(self) -> bool:
+        """A pretraining arm's run that stopped on a non-finite loss (``pvn pretrain`` left
+        ``diverged.json``): a result of the arm, where any other stage's failure stops the
+        experiment."""
+        return is_pretraining_arm(self) and (self.run_dir / "diverged.json").is_file()
 
     def command(self) -> str:
         return shlex.join(["pvn", *self.argv])
