@@ -561,6 +561,7 @@ def test_team_arms_run_jointly_or_on_their_games_and_are_measured_per_game(tmp_p
     assert "not measured): blowup seed 0 (non-finite loss at update " in md
     assert ("Breakout", "blowup") not in rows and (results / "complete.json").is_file()
     assert todo["pretrain/Breakout-blowup/seed0"].done
+    assert (results / "pretraining_deflection_Breakout.png").stat().st_size > 0
 
 
 def test_bad_team_arm_configs_are_refused(tmp_path, capsys):

@@ -88,7 +88,7 @@ def pretraining_report(cfg: dict[str, Any], runs: list[Stage], results: Path) ->
         runs: the finished ``pretrain/<game>-<arm>/seed<k>`` stages.
         results: the report's directory.
     """
-    from pvn.plots import plot_td_curves
+    from pvn.plots import plot_deflection, plot_td_curves
 
     spec = cfg["measure"]
     where = (f"log checkpoints {spec['heldout']}, held out of the pretraining"
@@ -107,13 +107,14 @@ def pretraining_report(cfg: dict[str, Any], runs: list[Stage], results: Path) ->
     rows, every = [], {}
     held: dict[str, dict[str, Any]] = {}  # per game: its log and held-out batch, read once
     by_game: dict[str, dict[str, list[tuple[int, dict]]]] = {}
-    diverged: dict[str, list[str]] = {}  # per game: the runs that stopped on a non-finite loss
+    # per game: (arm, seed, error) of the runs that stopped on a non-finite loss
+    diverged: dict[str, list[tuple[str, int, str]]] = {}
     for game in cfg["games"]:
         for s in runs:
             games, arm, seed = run_games(s)
             if game in games and s.diverged:
                 error = json.loads((s.run_dir / "diverged.json").read_text())["error"]
-                diverged.setdefault(game, []).append(f"{arm} seed {seed} ({error.split(';')[0]})")
+                diverged.setdefault(game, []).append((arm, seed, error.split(";")[0]))
                 every[s.name] = {"diverged": error}
             elif game in games:  # a joint run: measured per game, as the worker on it
                 worker = games.index(game) if len(games) > 1 else None
@@ -127,8 +128,20 @@ def pretraining_report(cfg: dict[str, Any], runs: list[Stage], results: Path) ->
             rows += _csv_rows(game, by_arm)
             text += ["", f"## {game}", *(_game_tables(by_arm, spec["noise"]) if by_arm else [])]
         if diverged.get(game):
-            text += ["", "Diverged (stopped on a non-finite loss; not measured): "
-                     + "; ".join(diverged[game]) + "."]  # fmt: skip
+            text += [
+                "",
+                "Diverged (stopped on a non-finite loss; not measured): "
+                + "; ".join(f"{a} seed {k} ({e})" for a, k, e in diverged[game])
+                + ".",
+            ]
+        grid = _deflections(cfg, by_arm, [a for a, _, _ in diverged.get(game, [])])
+        if grid:
+            plot_deflection(
+                grid,
+                results / f"pretraining_deflection_{game}.png",
+                f"{game}: deflection from the baseline arm",
+            )
+            text += ["", f"![deflection, {game}](pretraining_deflection_{game}.png)"]
         if by_arm:
             curves = {arm: [m["curve"] for _, m in ms] for arm, ms in by_arm.items()}
             plot_td_curves(curves, results / f"pretraining_td_{game}.png", game)
@@ -142,6 +155,26 @@ def pretraining_report(cfg: dict[str, Any], runs: list[Stage], results: Path) ->
     md = "\n".join(text) + "\n"
     write_text_atomic(results / "pretraining.md", md)
     return md
+
+
+def _deflections(cfg: dict[str, Any], by_arm: dict[str, list[tuple[int, dict]]],
+                 diverged: list[str]) -> dict[str, dict[str, float]]:  # fmt: skip
+    """The arms with a baseline, as a grid: baseline -> {the arm's name past what it shares
+    with the baseline's (``dsgd-alie`` against ``dsgd-none``: ``alie``): its mean deflection
+    over seeds, NaN where it diverged, inf where its baseline's run is not done}."""
+    grid: dict[str, dict[str, float]] = {}
+    for arm, spec in cfg["arms"].items():
+        base = spec.get("baseline")
+        if base is None or (arm not in by_arm and arm not in diverged):
+            continue
+        shared = next(
+            (i for i, (a, b) in enumerate(zip(arm, base, strict=False)) if a != b), len(base)
+        )
+        label = arm[shared:] or arm
+        # inf: not measured yet (its baseline's run unfinished); NaN: diverged
+        values = [m.get("deflection", np.inf) for _, m in by_arm.get(arm, [])]
+        grid.setdefault(base, {})[label] = float(np.mean(values)) if values else np.nan
+    return grid
 
 
 def _csv_rows(game: str, by_arm: dict[str, list[tuple[int, dict]]]) -> list[list]:
