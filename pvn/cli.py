@@ -2,7 +2,8 @@
 
 Every command takes Hydra-style overrides, prints its resolved config with ``--cfg job``, rejects
 unknown keys and saves the resolved config in its output directory. Errors a user can cause print
-one line (``pvn: error: ...``) and exit with status 2.
+one line (``pvn: error: ...``) and exit with status 2 (3: a pretraining whose loss stopped being
+finite).
 """
 
 from __future__ import annotations
@@ -339,7 +340,7 @@ def main(argv: list[str] | None = None) -> int:
         raise ConfigError(f"unknown command '{cmd}'; see `pvn --help`")
     except USER_ERRORS as e:
         print(f"pvn: error: {e}", file=sys.stderr)
-        return 2
+        return getattr(e, "exit_code", 2)  # 3: a pretraining that diverged
     except KeyboardInterrupt:
         print("pvn: interrupted", file=sys.stderr)
         return 130

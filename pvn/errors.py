@@ -6,9 +6,14 @@ from typing import Any
 from pvn.envs.errors import EnvError
 from pvn.replay.errors import ReplayError
 
+#: the exit status of ``pvn pretrain`` when its loss or parameters stopped being finite
+DIVERGED_EXIT = 3
+
 
 class PVNError(Exception):
-    """Base of pvn's own errors."""
+    """Base of pvn's own errors; a command that raises one exits with ``exit_code``."""
+
+    exit_code = 2
 
 
 class ConfigError(PVNError):

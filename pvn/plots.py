@@ -156,22 +156,24 @@ def plot_td_curves(curves: dict[str, list[dict[str, list]]], path: Path, title: 
     _save(fig, ax, path, "updates", "training TD loss: mean over seeds\n(band: 95% CI, n >= 2)")
 
 
-def plot_deflection(grid: dict[str, dict[str, float]], path: Path, title: str) -> None:
+def plot_deflection(grid: dict[str, dict[str, float | str]], path: Path, title: str) -> None:
     """A heat map of the deflections (rows: the baseline arms; columns: what the arms compared
-    with each baseline changed, e.g. the attack; NaN: diverged, not measured), log colour scale:
-    green where the change left the model where the baseline's run went, red where it moved it
-    as far as the whole training did."""
+    with each baseline change, e.g. the attack; a cell without a number says why), log colour
+    scale: green where the change left the model where the baseline's run went, red where it
+    moved it as far as the whole training did."""
     plt = _plt()
     cols = list(dict.fromkeys(c for row in grid.values() for c in row))
-    values = np.array([[row.get(c, np.inf) for c in cols] for row in grid.values()])
+    cells = [[row.get(c, "") for c in cols] for row in grid.values()]
+    values = np.array([[v if isinstance(v, float) else np.nan for v in r] for r in cells])
     fig, ax = plt.subplots(figsize=(1.4 * len(cols) + 2.5, 0.6 * len(grid) + 1.6))
-    shown = np.where(np.isfinite(values), values, np.nan)
-    im = ax.imshow(np.log10(shown + 1e-3), cmap="RdYlGn_r", vmin=-2, vmax=1, aspect="auto")
+    im = ax.imshow(np.log10(values + 1e-3), cmap="RdYlGn_r", vmin=-2, vmax=1, aspect="auto")
     ax.set_xticks(range(len(cols)), cols, rotation=20)
     ax.set_yticks(range(len(grid)), list(grid))
-    for (i, j), v in np.ndenumerate(values):
-        label = f"{v:.2f}" if np.isfinite(v) else "diverged" if np.isnan(v) else ""
-        ax.text(j, i, label, ha="center", va="center", fontsize=8)
+    for i, row in enumerate(cells):
+        for j, v in enumerate(row):
+            number = isinstance(v, float)
+            label = v if not number else f"{v:.2f}" if np.isfinite(v) else "not finite"
+            ax.text(j, i, label, ha="center", va="center", fontsize=8)
     fig.colorbar(im, label="log10 deflection")
     ax.set_title(title)
     _save(fig, ax, path, "what the arm changes against its baseline", legend=False)

@@ -30,13 +30,17 @@ import torch
 from pvn.checkpoint import save_checkpoint
 from pvn.diagnostics import DiagnosticsConfig, dormant_fraction, srank
 from pvn.distributed.team import Team
-from pvn.errors import PVNError
+from pvn.errors import DIVERGED_EXIT, PVNError
 from pvn.metrics import MetricsLogger
 from pvn.networks.moe import MOE_KEYS
 
 
 class NonFiniteLoss(PVNError):
-    """The loss became NaN or infinite; the last good checkpoint is kept."""
+    """The loss became NaN or infinite; the last good checkpoint is kept. ``pvn pretrain``
+    exits 3 (every rank of a multi-process run), which a study may count as the run's outcome
+    (:attr:`pvn.experiments.plan.Stage.diverged`)."""
+
+    exit_code = DIVERGED_EXIT
 
 
 @dataclass

@@ -307,9 +307,10 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(log_dir, tmp_p
             "steps=50",
         )
     )
-    assert code == 2
+    assert code == 3  # diverged: not a user error (2)
     err = capsys.readouterr().err
     assert "non-finite" in err and "last good checkpoint kept" in err
+    assert "non-finite loss at update" in json.loads((run / "diverged.json").read_text())["error"]
     kept = list_checkpoints(run)
     for path in kept:
         online = load_checkpoint(path)["learner"]["online"]

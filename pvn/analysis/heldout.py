@@ -20,6 +20,7 @@ from omegaconf import OmegaConf
 
 from pvn.checkpoint import load_checkpoint, resolve_checkpoint
 from pvn.distributed.team import game_task_seed
+from pvn.errors import CheckpointError
 from pvn.pretraining import PretrainConfig, build
 from pvn.replay import LoggedData, TorchBatch
 from pvn.settings import section
@@ -41,7 +42,10 @@ def trained_learner(run_dir: str | Path, worker: int | None = None) -> tuple[Any
     state = load_checkpoint(resolve_checkpoint(run_dir))
     num_actions, learned = int(state["meta"]["num_actions"]), state["learner"]
     if worker is not None:
-        learned = next(w["learner"] for w in state["workers"] if w["id"] == worker)
+        mine = [w["learner"] for w in state.get("workers", []) if w["id"] == worker]
+        if not mine:
+            raise CheckpointError(f"{run_dir}: its last checkpoint holds no worker {worker}")
+        learned = mine[0]
     task_seed = worker_task_seed(cfg, worker)
     if task_seed is not None:  # its game's head: tasks x that game's actions
         num_actions = learned["online"]["head.weight"].shape[0] // int(cfg.tasks.num_tasks)
@@ -292,10 +296,10 @@ def measure_run(
     logs = [r for r in records if key in r]
     td = [float(r[key]) for r in logs]
     rates = [float(r["updates_per_s"]) for r in logs if "updates_per_s" in r]
-    # the trained torso, in eval mode: what load_encoder would rebuild from the checkpoint
-    probes = linear_probes(
-        learner.online.torso, ds, gamma=float(cfg.data.gamma), max_states=probe_states
-    )
+    # the trained torso, in eval mode: what load_encoder rebuilds from the checkpoint (worker
+    # 0's: a joint run's workers' torsos differ within a round)
+    torso = learner.online.torso if worker is None else trained_learner(run_dir)[1].online.torso
+    probes = linear_probes(torso, ds, gamma=float(cfg.data.gamma), max_states=probe_states)
     # the same network at initialisation (rebuilt from the seed; under partition=games with the
     # measured worker's game's head): the floor the probes and the scales are read against
     initial = build(section(PretrainConfig, cfg), num_actions,

@@ -69,12 +69,15 @@ def _vector(state: dict[str, torch.Tensor]) -> torch.Tensor:
     return torch.cat([v.detach().reshape(-1).double() for v in state.values()])
 
 
-def honest_mean(run_dir: str | Path) -> torch.Tensor:
-    """The mean online network (every entry of its state, flattened) of the run's honest
-    workers (those not in ``distributed.byzantine``; a one-worker run's own) at its last
-    checkpoint."""
+def byzantine_ids(run_dir: str | Path) -> set[int]:
+    """The workers a run made Byzantine (``distributed.byzantine``)."""
     cfg = OmegaConf.load(Path(run_dir) / "config.yaml")
-    byzantine = set(cfg.distributed.get("byzantine") or [])
+    return set(cfg.distributed.get("byzantine") or [])
+
+
+def honest_mean(run_dir: str | Path, byzantine: set[int]) -> torch.Tensor:
+    """The mean online network (every entry of its state, flattened) at the run's last
+    checkpoint of its workers not in ``byzantine`` (a one-worker run: its own)."""
     state = load_checkpoint(resolve_checkpoint(run_dir))
     workers = state.get("workers", [{"id": 0, "learner": state["learner"]}])
     vecs = [_vector(w["learner"]["online"]) for w in workers if w["id"] not in byzantine]
@@ -83,14 +86,15 @@ def honest_mean(run_dir: str | Path) -> torch.Tensor:
 
 def deflection(run_dir: str | Path, baseline_dir: str | Path) -> float:
     """``|m - m0| / |m0 - x0|``: the honest workers' mean model ``m`` of ``run_dir`` against
-    ``m0``, that of ``baseline_dir`` (the same rule, data and seed without the attack), over
-    how far ``m0`` moved from the common initialisation ``x0`` (rebuilt from the baseline's
-    config and seed). NaN when either run diverged."""
+    ``m0``, the same workers' mean in ``baseline_dir`` (the same rule, data and seed without
+    the attack), over how far ``m0`` moved from the common initialisation ``x0`` (rebuilt from
+    the baseline's config and seed). NaN when either run's parameters are not finite."""
     cfg = OmegaConf.load(Path(baseline_dir) / "config.yaml")
     state = load_checkpoint(resolve_checkpoint(baseline_dir))
     x0 = _vector(build(section(PretrainConfig, cfg), int(state["meta"]["num_actions"]))
                  .online.state_dict())  # fmt: skip
-    m, m0 = honest_mean(run_dir), honest_mean(baseline_dir)
+    byzantine = byzantine_ids(run_dir)  # the same workers in both (MoNNA's models differ)
+    m, m0 = honest_mean(run_dir, byzantine), honest_mean(baseline_dir, byzantine)
     value = float((m - m0).norm() / (m0 - x0).norm())
     return value if math.isfinite(value) else math.nan
 
@@ -99,7 +103,8 @@ def _torso_gradient(learner: Any, batch: TorchBatch, n: int) -> torch.Tensor:
     """The torso's gradient of the learner's TD loss on the first ``n`` transitions of
     ``batch`` (its own tasks' rewards and target network's bootstrap)."""
     part = TorchBatch(*(t[:n] for t in batch[:5]))
-    _, y = next(batch_targets(learner, part, n))
+    with torch.no_grad():  # targets as training computes them: no gradient into the tasks
+        _, y = next(batch_targets(learner, part, n))
     learner.online.zero_grad(set_to_none=True)
     q, _ = learner.online(part.observation)
     learner.td_loss(q, part.action, y).backward()

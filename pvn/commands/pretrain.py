@@ -3,8 +3,8 @@
 Validate the config (its schema's checks, :mod:`pvn.schema`); resume from the run directory's
 latest checkpoint if there is one (under the same settings); open the team of workers (one for a
 plain run); run the loop (:func:`pvn.pretraining.train`). A run whose loss or parameters stop
-being finite stops with an error and leaves ``diverged.json`` (the error, for studies that count
-a divergence as an outcome: ``pvn experiment``'s pretraining arms).
+being finite stops with an error, exits 3 and leaves ``diverged.json`` (the error, for studies
+that count a divergence as an outcome: ``pvn experiment``'s pretraining arms).
 """
 
 from __future__ import annotations

@@ -126,9 +126,11 @@ class Team:
             return {"learner": parts[0]["learner"], "sampler": parts[0]["sampler"]}
         parts = self.comm.gather_objects(parts)
         rules = self.comm.gather_objects([self.rule.state_dict()])
+        sent = self.comm.gather_objects([self.comm.bytes_sent])  # a resumed run counts on
         if self.comm.rank != 0:
             return None
-        return {"learner": parts[0]["learner"], "workers": parts, "algorithm": rules}
+        return {"learner": parts[0]["learner"], "workers": parts, "algorithm": rules,
+                "bytes_sent": sent}  # fmt: skip
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if self.comm is None:
@@ -140,6 +142,10 @@ class Team:
             w.learner.load_state_dict(by_id[w.id]["learner"])
             ds.load_state_dict(by_id[w.id]["sampler"])
         self.rule.load_state_dict(state["algorithm"][self.comm.rank])
+        # (checkpoints older than the count: it restarts from 0)
+        self.comm.bytes_sent = int(
+            state.get("bytes_sent", [0] * (self.comm.rank + 1))[self.comm.rank]
+        )
 
     def metrics(self, outs: list[dict[str, Any]]) -> dict[str, float]:
         """A team's own metrics (a collective; {} for a plain run): each worker's TD loss and

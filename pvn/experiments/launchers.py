@@ -19,8 +19,8 @@ import time
 from typing import IO, Protocol
 
 from pvn.checkpoint import list_checkpoints
-from pvn.errors import ConfigError
-from pvn.experiments.plan import Stage
+from pvn.errors import DIVERGED_EXIT, ConfigError
+from pvn.experiments.plan import Stage, is_pretraining_arm
 from pvn.experiments.store import Store
 from pvn.experiments.summary import eta_seconds
 
@@ -70,7 +70,7 @@ def run_stage(stage: Stage, mark_done: bool = True) -> None:
     """Run one stage as a ``pvn`` subprocess (its own thread plan; a crash stays its own);
     ``mark_done``: false in the other workers of a multi-task job (rank 0 marks it)."""
     rc = subprocess.call([sys.executable, "-m", "pvn", *stage.argv], preexec_fn=_die_with_parent)
-    if rc != 0 and stage.diverged:  # a pretraining arm that diverged: reported, not retried
+    if rc == DIVERGED_EXIT and is_pretraining_arm(stage):  # its outcome: reported, not retried
         print(f"pvn experiment: {stage.name} diverged; the report lists it", file=sys.stderr)
         return
     if rc != 0:

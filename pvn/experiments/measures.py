@@ -25,8 +25,7 @@ def _measures(stage: Stage, data: Path, spec: dict[str, Any], held: dict,
               worker: int | None = None) -> dict[str, Any]:  # fmt: skip
     """The stage's run measured under ``spec`` on the log ``data`` (cached in its
     ``measures.json``; a joint run's per game, ``measures_<game>.json``, as ``worker``)."""
-    from pvn.analysis.heldout import heldout_batch, measure_run
-    from pvn.replay import DQNReplayDataset
+    from pvn.analysis.heldout import measure_run
 
     key = {"data": str(data), **spec, "measures": MEASURES_VERSION, "worker": worker}
     cache = stage.run_dir / ("measures.json" if worker is None else f"measures_{data.name}.json")
@@ -34,16 +33,26 @@ def _measures(stage: Stage, data: Path, spec: dict[str, Any], held: dict,
         kept = json.loads(cache.read_text())
         if kept.get("settings") == key:
             return kept
-    if "ds" not in held:  # the log and its held-out batch, read once per game
-        ds = DQNReplayDataset(data, checkpoints=spec["heldout"] or None)
-        n, k = spec["transitions"], len(ds.checkpoints)  # split evenly over the checkpoints
-        parts = [heldout_batch(ds, c, n // k + (i < n % k)) for i, c in enumerate(ds.checkpoints)]
-        held["ds"], held["batch"] = ds, _concat(parts)
+    _held(held, data, spec)
     out = {"settings": key, **measure_run(stage.run_dir, held["ds"], held["batch"],
                                           spec["probe_states"], spec["final_logs"],
                                           tuple(spec["noise"]), worker)}  # fmt: skip
     write_text_atomic(cache, json.dumps(out, indent=1))
     return out
+
+
+def _held(held: dict, data: Path, spec: dict[str, Any]) -> dict:
+    """``held``, with the log ``data`` (its held-out checkpoints) and its held-out batch read
+    into it unless they are already there (once per game and report)."""
+    from pvn.analysis.heldout import heldout_batch
+    from pvn.replay import DQNReplayDataset
+
+    if "ds" not in held:
+        ds = DQNReplayDataset(data, checkpoints=spec["heldout"] or None)
+        n, k = spec["transitions"], len(ds.checkpoints)  # split evenly over the checkpoints
+        parts = [heldout_batch(ds, c, n // k + (i < n % k)) for i, c in enumerate(ds.checkpoints)]
+        held["ds"], held["batch"] = ds, _concat(parts)
+    return held
 
 
 def _concat(batches: list):
@@ -158,22 +167,23 @@ def pretraining_report(cfg: dict[str, Any], runs: list[Stage], results: Path) ->
 
 
 def _deflections(cfg: dict[str, Any], by_arm: dict[str, list[tuple[int, dict]]],
-                 diverged: list[str]) -> dict[str, dict[str, float]]:  # fmt: skip
-    """The arms with a baseline, as a grid: baseline -> {the arm's name past what it shares
-    with the baseline's (``dsgd-alie`` against ``dsgd-none``: ``alie``): its mean deflection
-    over seeds, NaN where it diverged, inf where its baseline's run is not done}."""
-    grid: dict[str, dict[str, float]] = {}
+                 diverged: list[str]) -> dict[str, dict[str, float | str]]:  # fmt: skip
+    """The arms with a baseline, as a grid: baseline -> {the arm's name past the ``-``-parts
+    it shares with the baseline's (``dsgd-alie`` against ``dsgd-none``: ``alie``): its mean
+    deflection over seeds, or why there is none}."""
+    grid: dict[str, dict[str, float | str]] = {}
     for arm, spec in cfg["arms"].items():
         base = spec.get("baseline")
         if base is None or (arm not in by_arm and arm not in diverged):
             continue
-        shared = next(
-            (i for i, (a, b) in enumerate(zip(arm, base, strict=False)) if a != b), len(base)
-        )
-        label = arm[shared:] or arm
-        # inf: not measured yet (its baseline's run unfinished); NaN: diverged
-        values = [m.get("deflection", np.inf) for _, m in by_arm.get(arm, [])]
-        grid.setdefault(base, {})[label] = float(np.mean(values)) if values else np.nan
+        a, b = arm.split("-"), base.split("-")
+        shared = next((i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y),
+                      min(len(a), len(b)))  # fmt: skip
+        label = "-".join(a[shared:]) or arm
+        values = [m["deflection"] for _, m in by_arm.get(arm, []) if "deflection" in m]
+        why = ("diverged" if arm in diverged else "baseline diverged" if base in diverged
+               else "baseline not done")  # fmt: skip
+        grid.setdefault(base, {})[label] = float(np.mean(values)) if values else why
     return grid
 
 
@@ -200,25 +210,29 @@ def _across_runs(
     held: dict,
 ) -> None:
     """The readings that take more than one run or game, added to each run's measures: an arm
-    with a ``baseline:`` its ``deflection`` from the baseline's run of the same seed, a joint
-    run its games' torso-gradient cosine (``grad_cos``) on their held-out batches."""
+    with a ``baseline:``, its ``deflection`` from the baseline's run of the same seed and its
+    training TD loss over that run's (``td_vs_baseline``); a joint run, its games'
+    torso-gradient cosine (``grad_cos``) on their held-out batches."""
     from pvn.analysis.workers import deflection, torso_gradient_cosine
+
+    def of_seed(game: str, arm: str, seed: int) -> dict:
+        return next(m for k, m in by_game[game][arm] if k == seed)
 
     by_name = {s.name: s for s in runs if not s.diverged}
     for s in by_name.values():
         games, arm, seed = run_games(s)
-        extra = {}
-        base = by_name.get(f"pretrain/{'+'.join(games)}-{cfg['arms'][arm].get('baseline')}"
-                           f"/seed{seed}")  # fmt: skip
+        base_arm = cfg["arms"][arm].get("baseline")
+        base = by_name.get(f"pretrain/{games[0]}-{base_arm}/seed{seed}")  # (not joint: one game)
         if base is not None:  # the arm names a baseline, and its run of this seed is done
-            extra["deflection"] = deflection(s.run_dir, base.run_dir)
+            m = of_seed(games[0], arm, seed)
+            m["deflection"] = deflection(s.run_dir, base.run_dir)
+            m["td_vs_baseline"] = m["td_train"] / of_seed(games[0], base_arm, seed)["td_train"]
         if len(games) > 1:
-            batches = [held[g]["batch"] for g in games]
-            extra["grad_cos"] = torso_gradient_cosine(s.run_dir, batches)
-        for game in games:
-            for k, m in by_game[game][arm]:
-                if k == seed:
-                    m.update(extra)
+            batches = [_held(held.setdefault(g, {}), data_dir(cfg, g), cfg["measure"])["batch"]
+                       for g in games]  # fmt: skip
+            cos = torso_gradient_cosine(s.run_dir, batches)
+            for game in games:
+                of_seed(game, arm, seed)["grad_cos"] = cos
 
 
 def _table(intro: str, header: list[str], rows: dict[str, list[str]]) -> list[str]:
@@ -261,18 +275,33 @@ _ROUTING = ("Top-k MoE routing on the held-out transitions: as a frozen encoder 
             "max: the busiest expert's share × E (1: balanced); each a mean over batches of "
             "256:")  # fmt: skip
 _TEAMS = (
-    "Multi-worker runs (the TD losses above: a joint run's worker on this game; otherwise "
-    "the honest workers' mean in training, worker 0 held out): the rule, its workers, "
-    "drift (the mean logged distance of a worker's model to the honest workers' mean "
-    "within a round), the rule's traffic, the Byzantine vectors kept per honest worker "
-    "and update, deflection (the honest mean model's distance to the baseline arm's "
-    "over the baseline's distance from initialisation) and, for a joint run, the "
-    "cosine between its games' torso gradients on their held-out transitions:"
+    "Multi-worker runs (the TD losses above: a joint run's worker on this game, its probes "
+    "the run's encoder, worker 0's torso; otherwise the honest workers' mean in training, "
+    "worker 0 held out): the rule, its workers, drift (the mean logged distance of a "
+    "worker's model to the honest workers' mean within a round), the rule's traffic, the "
+    "Byzantine vectors among the neighbours MoNNA averaged per honest worker and update, "
+    "the training TD loss over the baseline arm's, deflection (the honest workers' mean "
+    "model's distance to the same workers' mean in the baseline's run, over the baseline's "
+    "distance from initialisation) and, for a joint run, the cosine between its games' "
+    "torso gradients on their held-out transitions:"
 )
 _NOISE = (
     "Held-out TD loss with Gaussian pixel noise of std σ in s alone (clean targets), over "
     "the clean loss; the features' relative drift |φ(noisy s) − φ(s)| / |φ(s)|:"
 )
+
+
+def _team_row(ms: list[tuple[int, dict]]) -> list[str]:
+    """A multi-worker arm's row: its rule's cost, what it let through (MoNNA's count of the
+    Byzantine vectors among the neighbours it averaged), and the readings against its
+    baseline and across its games."""
+    team = ms[0][1]["team"]
+    kept = (_cell(_vals(ms, "team", "byzantine_kept"), 2) if team["rule"] == "monna"
+            else "—")  # fmt: skip
+    return [team["rule"], str(team["workers"]), _cell(_vals(ms, "team", "drift"), 3),
+            _cell(_vals(ms, "team", "mb_per_update"), 3), kept,
+            *(_cell([m.get(k, np.nan) for _, m in ms], 3)
+              for k in ("td_vs_baseline", "deflection", "grad_cos"))]  # fmt: skip
 
 
 def _game_tables(by_arm: dict[str, list[tuple[int, dict]]], noise: list[float]) -> list[str]:
@@ -312,14 +341,10 @@ def _game_tables(by_arm: dict[str, list[tuple[int, dict]]], noise: list[float]) 
                 text.append(f"| {arm} | {k[len('local/') :]} | {_cell(vals)} |")
     teams = {arm: ms for arm, ms in by_arm.items() if ms[0][1]["team"]}
     if teams:  # multi-worker runs: the rule's cost and what it kept out
-        team_keys = (("drift", 3), ("mb_per_update", 3), ("byzantine_kept", 2))
         text += _table(_TEAMS, ["rule", "workers", "drift", "MB sent / worker / update",
-                                "Byzantine kept", "deflection", "grad cos"],
-                       {arm: [ms[0][1]["team"]["rule"], str(ms[0][1]["team"]["workers"]),
-                              *(_cell(_vals(ms, "team", k), d) for k, d in team_keys),
-                              _cell([m.get("deflection", np.nan) for _, m in ms], 3),
-                              _cell([m.get("grad_cos", np.nan) for _, m in ms], 3)]
-                        for arm, ms in teams.items()})  # fmt: skip
+                                "Byzantine kept (MoNNA)", "TD train ÷ baseline's",
+                                "deflection", "grad cos"],
+                       {arm: _team_row(ms) for arm, ms in teams.items()})  # fmt: skip
     if noise:  # robustness: the loss with noisy pixels in s over the clean loss
         sig = [f"{x:g}" for x in noise]
         text += _table(_NOISE, [*(f"ratio σ={x}" for x in sig), *(f"drift σ={x}" for x in sig)],

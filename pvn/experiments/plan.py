@@ -85,6 +85,9 @@ def load(path: str | Path, overrides: list[str] | None = None) -> dict[str, Any]
     for key in ("name", "out", "results", "games", "seeds", "data", "pretrain", "arms"):
         if key not in cfg:
             raise ConfigError(f"{p}: missing key '{key}'")
+    for game in cfg["games"]:  # run names are <game>[+<game>]-<arm>
+        if not isinstance(game, str) or "-" in game or "+" in game:
+            raise ConfigError(f"{p}: games: {game!r}: an ALE game name (no '-' or '+')")
     kind = cfg["data"].get("kind")
     if kind not in DATA_KINDS:
         raise ConfigError(f"{p}: data.kind={kind!r}: choose one of {DATA_KINDS}")
@@ -141,6 +144,9 @@ def _check_pretraining_keys(p: Path, cfg: dict[str, Any], arm: str, spec: dict[s
                           f"games {cfg['games']}")  # fmt: skip
     if spec.get("joint", False) not in (True, False):
         raise ConfigError(f"{p}: arms.{arm}.joint={spec['joint']!r}: true or false")
+    if spec.get("joint") and (len(set(games)) < 2 or "baseline" in spec):
+        raise ConfigError(f"{p}: arms.{arm}.joint=true: a joint run needs two or more games "
+                          "and takes no baseline (its workers' heads differ in size)")  # fmt: skip
     overrides = [*cfg["pretrain"].get("overrides", []), *spec.get("pretrain", [])]
     if spec.get("joint") and not any(o.startswith("distributed=") for o in overrides):
         raise ConfigError(f"{p}: arms.{arm}.joint=true: one run over several games is a team "
@@ -296,8 +302,13 @@ def stages(
                                            *(overrides or [])]  # fmt: skip
     covered = [*[st for st in todo if is_pretraining_arm(st)], *evals]
     made = [st.command() for st in covered]
-    if len(covered) > len(evals):  # pretraining arms: measured as measure: says, by this code
-        made.append(json.dumps({**cfg["measure"], "version": MEASURES_VERSION}, sort_keys=True))
+    if len(covered) > len(evals):  # pretraining arms: measured as measure: says, by this code,
+        # against their baselines, the diverged ones listed instead
+        baselines = {a: s["baseline"] for a, s in cfg["arms"].items() if "baseline" in s}
+        made.append(json.dumps({**cfg["measure"], "version": MEASURES_VERSION,
+                                "baselines": baselines,
+                                "diverged": [st.name for st in covered if st.diverged]},
+                               sort_keys=True))  # fmt: skip
     digest = hashlib.sha1("\n".join(made).encode()).hexdigest()[:16]
     report = Stage("report", argv, results, "report", "complete.json",
                    [st.name for st in covered], digest)  # fmt: skip

@@ -94,8 +94,9 @@ class Store:
         """A finished stage's time from its files (its config.yaml is written when it starts,
         its done file when it ends), for stages no runner timed; an underestimate when the
         stage was resumed (the config is written again)."""
-        start, end = stage.run_dir / "config.yaml", stage.run_dir / stage.done_file
-        if not (stage.done and start.is_file()):
+        end = stage.run_dir / ("diverged.json" if stage.diverged else stage.done_file)
+        start = stage.run_dir / "config.yaml"
+        if not (stage.done and start.is_file() and end.is_file()):
             return None
         dt = end.stat().st_mtime - start.stat().st_mtime
         return dt if dt > 0 else None

@@ -59,7 +59,8 @@ def status_table(
         note = f" (not counting {', '.join(unknown)}: no finished stage to time)" if unknown else ""
         lines[0] += f"; ETA {left / 3600:.1f} h{note}" if left else f"; ETA unknown{note}"
     for s in todo:
-        state = "done" if s.done else "running" if s.name in running else "left"
+        state = ("diverged" if s.diverged else "done" if s.done
+                 else "running" if s.name in running else "left")  # fmt: skip
         job = ""
         if jobs and s.name in jobs and not s.done:
             record, slurm = jobs[s.name]
@@ -69,7 +70,7 @@ def status_table(
                 state = slurm.lower()
             job = f"  (job {record['job_id']} {slurm}"
             job += ")" if slurm in LIVE else f"; log {record['log']})"
-        lines.append(f"  {state:7} {s.name}{job}")
+        lines.append(f"  {state:8} {s.name}{job}")
     return "\n".join(lines)
 
 
