@@ -121,5 +121,8 @@ class LocalLauncher:
         t0 = time.perf_counter()
         store.record_command(s)
         run_stage(s)
+        if not s.done:  # it ran to the end, so it must count as done: never run it again
+            raise ConfigError(f"stage {s.name} exited 0 but is not done ({s.run_dir / s.done_file} "
+                              "missing or, for a report, not covering this plan)")  # fmt: skip
         if s.kind != "report":  # not timed: its name is shared by experiments on out
             store.record_time(s.name, time.perf_counter() - t0)

@@ -303,12 +303,10 @@ def stages(
     covered = [*[st for st in todo if is_pretraining_arm(st)], *evals]
     made = [st.command() for st in covered]
     if len(covered) > len(evals):  # pretraining arms: measured as measure: says, by this code,
-        # against their baselines, the diverged ones listed instead
+        # against their baselines (not which runs diverged: the plan is made before they run)
         baselines = {a: s["baseline"] for a, s in cfg["arms"].items() if "baseline" in s}
         made.append(json.dumps({**cfg["measure"], "version": MEASURES_VERSION,
-                                "baselines": baselines,
-                                "diverged": [st.name for st in covered if st.diverged]},
-                               sort_keys=True))  # fmt: skip
+                                "baselines": baselines}, sort_keys=True))  # fmt: skip
     digest = hashlib.sha1("\n".join(made).encode()).hexdigest()[:16]
     report = Stage("report", argv, results, "report", "complete.json",
                    [st.name for st in covered], digest)  # fmt: skip
