@@ -70,7 +70,7 @@ def status_table(
                 state = slurm.lower()
             job = f"  (job {record['job_id']} {slurm}"
             job += ")" if slurm in LIVE else f"; log {record['log']})"
-        lines.append(f"  {state:8} {s.name}{job}")
+        lines.append(f"  {state:7} {s.name}{job}")
     return "\n".join(lines)
 
 
