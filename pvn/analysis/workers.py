@@ -88,7 +88,16 @@ def deflection(run_dir: str | Path, baseline_dir: str | Path) -> float:
     """``|m - m0| / |m0 - x0|``: the honest workers' mean model ``m`` of ``run_dir`` against
     ``m0``, the same workers' mean in ``baseline_dir`` (the same rule, data and seed without
     the attack), over how far ``m0`` moved from the common initialisation ``x0`` (rebuilt from
-    the baseline's config and seed). NaN when either run's parameters are not finite."""
+    the baseline's config and seed).
+
+    Args:
+        run_dir: the run whose honest workers are read (its ``distributed.byzantine`` names
+            the workers left out of both means).
+        baseline_dir: the run it is compared with.
+
+    Returns:
+        The ratio; NaN when either run's parameters are not finite.
+    """
     cfg = OmegaConf.load(Path(baseline_dir) / "config.yaml")
     state = load_checkpoint(resolve_checkpoint(baseline_dir))
     x0 = _vector(build(section(PretrainConfig, cfg), int(state["meta"]["num_actions"]))
@@ -113,8 +122,17 @@ def _torso_gradient(learner: Any, batch: TorchBatch, n: int) -> torch.Tensor:
 
 def torso_gradient_cosine(run_dir: str | Path, batches: list[TorchBatch], n: int = 256) -> float:
     """The mean pairwise cosine between the torso gradients of a ``partition=games`` run's
-    games: worker ``i`` (game ``i``, with its own tasks and head) on ``batches[i]``, its game's
-    held-out transitions."""
+    games.
+
+    Args:
+        run_dir: the run (its last checkpoint).
+        batches: per game, in ``data.path``'s order, held-out transitions: worker ``i`` (game
+            ``i``, with its own tasks and head) is differentiated on ``batches[i]``.
+        n: transitions per game.
+
+    Returns:
+        The mean over pairs of games (one pair for two) of the cosine of their gradients.
+    """
     grads = [_torso_gradient(trained_learner(run_dir, i)[1], b, n) for i, b in enumerate(batches)]
     cosines = [float(torch.nn.functional.cosine_similarity(a, b, dim=0))
                for a, b in combinations(grads, 2)]  # fmt: skip
