@@ -583,6 +583,13 @@ def test_team_arms_run_jointly_or_on_their_games_and_are_measured_per_game(tmp_p
     capsys.readouterr()
     assert main(["experiment", str(path), "--status"]) == 0
     assert "  diverged pretrain/Breakout-blowup/seed0" in capsys.readouterr().out
+    # retrying the divergence (its marker removed) runs it again and re-makes the report
+    blowup = todo["pretrain/Breakout-blowup/seed0"].run_dir
+    (blowup / "diverged.json").unlink()
+    (results / "pretraining.md").unlink()
+    assert main(["experiment", str(path)]) == 0
+    assert (blowup / "diverged.json").is_file() and (results / "complete.json").is_file()
+    assert (results / "pretraining.md").read_text() == md
     assert ("Breakout", "blowup") not in rows and (results / "complete.json").is_file()
     assert todo["pretrain/Breakout-blowup/seed0"].done
     assert (results / "pretraining_deflection_Breakout.png").stat().st_size > 0

@@ -120,6 +120,9 @@ class LocalLauncher:
         store.note_runner({"stage": s.name, "started": time.time()})
         t0 = time.perf_counter()
         store.record_command(s)
+        if s.kind != "report":  # a stage that runs again (a retried divergence) stales the report
+            report = todo[-1]
+            (report.run_dir / report.done_file).unlink(missing_ok=True)
         run_stage(s)
         if not s.done:  # it ran to the end, so it must count as done: never run it again
             raise ConfigError(f"stage {s.name} exited 0 but is not done ({s.run_dir / s.done_file} "
