@@ -245,11 +245,34 @@ def _data_args(cmd: str, rest: list[str]) -> tuple[list[str], dict[str, list]]:
     return paths, opts
 
 
+def _data_help(cmd: str) -> str:
+    """``pvn data CMD --help``: the subcommand's usage lines and its paragraph of
+    :data:`DATA_USAGE`."""
+    usage, about = DATA_USAGE.split("\n\n", 1)
+    lines, mine = [], False
+    for line in usage.splitlines():  # its first line, then the continuation lines under it
+        if "pvn data " in line:
+            mine = f"pvn data {cmd} " in line
+            line = "usage: pvn data " + line.split("pvn data ", 1)[1] if mine else line
+        if mine:
+            lines.append(line)
+    lines.append("")
+    for line in about.splitlines():  # its paragraph: from its name to the next one's
+        if line[:1] != " ":
+            mine = line.startswith(f"{cmd} ")
+        if mine:
+            lines.append(line)
+    return "\n".join(lines)
+
+
 def _data(args: list[str]) -> int:
     if not args or args[0] in ("-h", "--help") or args[0] not in _DATA_FLAGS:
         print(DATA_USAGE)
         return 0 if args and args[0] in ("-h", "--help") else 2
     cmd = args[0]
+    if "-h" in args[1:] or "--help" in args[1:]:
+        print(_data_help(cmd))
+        return 0
     paths, opts = _data_args(cmd, args[1:])
     ckpts = opts.get("--checkpoints")
     rlu = None

@@ -151,10 +151,45 @@ def attach_task_cache(learner, ds: LoggedData, mode: bool | str, run_dir: Path, 
     """
     if mode is False or not learner.tasks.cacheable:
         return
-    directory = Path(run_dir) / "task_outputs" / _key(ds, learner.tasks)
+    directory = _directory(run_dir, ds, learner.tasks)
     slots = sum(ds.slots(c) for c in ds.shards)
     stored = any(directory.glob("ckpt.*.npy"))
     if stored or cache_wanted(mode, steps, batch_size, slots, learner.tasks.num_tasks):
         learner.task_cache = build_task_cache(
             ds, learner.tasks, directory, device, learner.autocast(device), progress
         )
+
+
+def _directory(run_dir: str | Path, ds: LoggedData, tasks: TaskFamily) -> Path:
+    """Where a run keeps ``tasks``' outputs on ``ds``."""
+    return Path(run_dir) / "task_outputs" / _key(ds, tasks)
+
+
+def task_rewards(tasks: TaskFamily, ds: LoggedData, run_dir: str | Path, chunk: int = 4096):
+    """``tasks``' rewards at any slots of ``ds`` (:data:`pvn.analysis.probes.TaskRewards`),
+    from the frozen outputs the run stored there (computed and stored first where missing) and
+    the learned parts as they are now; a family with no frozen part from the logged rewards.
+
+    Args:
+        tasks: a trained run's task family (its calibration as trained).
+        ds: the log.
+        run_dir: the run whose ``task_outputs`` to read and add to.
+        chunk: slots per call of the tasks.
+
+    Returns:
+        ``rewards(shard, slots, logged_rewards) -> (len(slots), K)`` float32.
+    """
+    cache = (build_task_cache(ds, tasks, _directory(run_dir, ds, tasks), "cpu")
+             if tasks.cacheable else None)  # fmt: skip
+
+    @torch.no_grad()
+    def rewards(shard: int, slots: np.ndarray, logged: np.ndarray) -> np.ndarray:
+        out = []
+        for s in range(0, len(slots), chunk):
+            idx = torch.from_numpy(np.asarray(slots[s : s + chunk], np.int64))
+            frozen = cache(torch.full_like(idx, shard), idx) if cache is not None else None
+            reward = torch.from_numpy(np.asarray(logged[s : s + chunk], np.float32))
+            out.append(tasks.from_frozen(frozen, reward).rewards.float().numpy())
+        return np.concatenate(out) if out else np.zeros((0, tasks.num_tasks), np.float32)
+
+    return rewards

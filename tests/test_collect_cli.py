@@ -201,6 +201,11 @@ def test_cfg_job_and_help(tmp_path, capsys):
     assert cfg["num_envs"] == 2 and cfg["out"] == "x"
     assert main(["collect", "--help"]) == 0
     assert "agent steps to log" in capsys.readouterr().out
+    # a data subcommand's help: its usage and its paragraph, not the others'
+    assert main(["data", "convert", "SRC", "--help"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("usage: pvn data convert SRC DST") and "[--level L]" in out
+    assert "convert  turn DQN Replay" in out and "export" not in out and "verify" not in out
     proc = subprocess.run([sys.executable, "-m", "pvn", "--help"], capture_output=True, text=True)
     assert proc.returncode == 0 and "collect" in proc.stdout
 

@@ -130,6 +130,12 @@ def test_killed_experiment_resumes_without_redoing_finished_stages(tmp_path, cap
         assert float(r["final_evaluation_std"]) == pytest.approx(std)
         assert int(r["final_evaluation_distinct"]) == len(set(returns))
     assert (tmp_path / "results" / "report.md").is_file()
+    # the PVN the pvn arms read, measured beside them against the random torso
+    with open(tmp_path / "results" / "pretraining.csv") as f:
+        (pre,) = list(csv.DictReader(f))
+    assert (pre["game"], pre["arm"], pre["seed"]) == ("Breakout", "pretrain", "0")
+    assert float(pre["feat_l1"]) != float(pre["feat_l1_init"])
+    assert "| pretrain | 1 |" in (tmp_path / "results" / "pretraining.md").read_text()
     assert (tmp_path / "results" / "experiment.yaml").is_file()
     assert (tmp_path / "results" / "complete.json").is_file()
     assert "7 of 7 stages done" in (tmp_path / "results" / "stages.txt").read_text()
@@ -427,6 +433,20 @@ def test_pretraining_arms_are_pretrained_per_seed_and_measured_on_held_out_data(
     assert base0["scales"]["init/feat_norm"] != measured["scales"]["init/feat_norm"]
     assert measured["scales"]["init/feat_norm"] != measured["scales"]["trained/feat_norm"]
     assert measured["probes_init"]["srank"] != measured["probes"]["srank"]
+    # the successor-measure probe, with the run's tasks computed from the frames (the report
+    # reads the outputs the run stored)
+    from pvn.analysis.probes import linear_probes
+
+    def from_frames(shard, slots, logged):
+        b = held.gather(shard, slots)
+        out = learner.tasks(torch.from_numpy(b.observation), torch.from_numpy(logged))
+        return out.rewards.float().numpy()
+
+    held = DQNReplayDataset(tmp_path / "runs" / "data" / "Breakout", checkpoints=[1])
+    want = linear_probes(learner.online.torso, held, max_states=300, task_rewards=from_frames)
+    assert measured["probes"]["successor_r2"] == pytest.approx(want["successor_r2"], rel=1e-6)
+    assert measured["probes"]["successor_tasks"] == want["successor_tasks"] > 0
+    assert measured["probes_init"]["successor_r2"] != want["successor_r2"]
     assert measured["routing"] is None and measured["aux_params"] == 0
     assert measured["active_params"] == measured["params"]
     smoe = json.loads((run.parents[1] / "Breakout-smoe" / "seed0" / "measures.json").read_text())

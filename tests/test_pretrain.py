@@ -23,7 +23,7 @@ from pvn.metrics import read_metrics
 from pvn.pretraining import PretrainConfig, build
 from pvn.replay import DQNReplayDataset, DQNReplayWriter, Prefetcher
 from pvn.settings import section
-from pvn.task_cache import attach_task_cache, build_task_cache, cache_wanted
+from pvn.task_cache import attach_task_cache, build_task_cache, cache_wanted, task_rewards
 
 
 @pytest.fixture(scope="module")
@@ -187,6 +187,17 @@ def test_task_cache_holds_each_slots_frozen_outputs(log_dir, tmp_path, family):
         torch.testing.assert_close(cached.rewards, direct.rewards, rtol=1e-5, atol=1e-6)
     if family == "indicator_rnd":
         torch.testing.assert_close(cached.calibration_loss, direct.calibration_loss)
+    # the rewards the report's successor-measure probe reads along the log: the same, from the
+    # run's stored files (none added)
+    files = sorted((run / "task_outputs").rglob("*"))
+    along = task_rewards(learner.tasks, ds, run)
+    ckpt = ds.shards[-1]
+    slots = torch.randint(0, ds.slots(ckpt), (40,), generator=gen).numpy()
+    b = ds.gather(ckpt, slots)
+    direct = learner.tasks(torch.from_numpy(b.observation), torch.from_numpy(b.reward)).rewards
+    torch.testing.assert_close(torch.from_numpy(along(ckpt, slots, b.reward)), direct.float(),
+                               rtol=1e-5, atol=1e-6)  # fmt: skip
+    assert sorted((run / "task_outputs").rglob("*")) == files
 
 
 def test_task_cache_removes_a_killed_runs_temporary_file(log_dir, tmp_path):

@@ -12,6 +12,7 @@ from pvn.analysis.probes import (
     linear_probes,
     ridge_r2,
     ridge_weights,
+    successor_to_go,
 )
 from pvn.networks import build_torso
 from pvn.replay import DQNReplayDataset, DQNReplayWriter
@@ -38,6 +39,47 @@ def test_return_to_go_by_hand(tmp_path, ale_episodes):
     assert len(keys) == len(expected)  # every step of a complete episode is a valid transition
     np.testing.assert_allclose(g, [e[0] for e in expected], rtol=1e-9)
     np.testing.assert_allclose(r, [e[1] for e in expected])
+
+
+def _every_third_and_logged(shard, slots, logged):
+    """Two tasks along a log: an indicator of every third slot, and the logged reward."""
+    return np.stack([(np.asarray(slots) % 3 == 0).astype(np.float32), logged], 1)
+
+
+def test_successor_measures_to_go_by_hand(tmp_path, ale_episodes):
+    """Each task's discounted future occupancy along the log, summed by hand per episode."""
+    with DQNReplayWriter(tmp_path / "replay_logs", capacity=5000) as w:  # one shard, no wrap
+        for ep in ale_episodes:
+            w.add_episode(*ep)
+    ds = DQNReplayDataset(tmp_path, cache_dir=tmp_path / "cache")
+    keys, g, _ = episode_targets(ds, gamma=0.9)
+    sm = successor_to_go(ds, keys, 0.9, _every_third_and_logged)
+    start, expected, slots = 0, [], []
+    for frames, _, _, terminated in ale_episodes:
+        start += 3  # the writer's blank frames before each episode (Dopamine's stack padding)
+        end = start + len(frames)
+        if terminated:
+            expected += [sum(0.9 ** (u - t) * (u % 3 == 0) for u in range(t, end))
+                         for t in range(start, end)]  # fmt: skip
+            slots += range(start, end)
+        start = end
+    assert [k[1] for k in keys] == slots
+    np.testing.assert_allclose(sm[:, 0], expected, rtol=1e-9)
+    np.testing.assert_allclose(sm[:, 1], g, rtol=1e-9)  # the logged reward's: the return
+
+
+def test_many_targets_fit_as_each_alone():
+    """Ridge over K targets at once (one SVD per fold) gives each target the penalty and the
+    held-out R^2 it gets alone, a constant test target NaN."""
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((300, 40))
+    y = np.stack([x @ rng.standard_normal(40), rng.standard_normal(300),
+                  x[:, 0] + rng.standard_normal(300), np.ones(300)], 1)  # fmt: skip
+    r2, l2 = ridge_r2(x[:240], y[:240], x[240:], y[240:])
+    assert np.array_equal(l2, [choose_l2(x[:240], y[:240, k]) for k in range(4)])
+    alone = [ridge_r2(x[:240], y[:240, k], x[240:], y[240:, k])[0] for k in range(3)]
+    np.testing.assert_allclose(r2[:3], alone, rtol=1e-9, atol=1e-12)
+    assert np.isnan(r2[3])
 
 
 def test_ridge_weights_match_the_normal_equations():
@@ -81,3 +123,10 @@ def test_linear_probes_run_on_real_play(tmp_path, ale_episodes):
     assert np.isfinite(out["return_r2"]) and out["return_r2"] <= 1
     assert out["return_l2"] in L2_GRID and out["reward_l2"] in L2_GRID
     assert 1 <= out["srank"] <= 16 and 0 <= out["dormant"] <= 1
+    assert out["l1"] > 0 and "successor_r2" not in out
+    # with tasks: the logged reward's successor measure is the return, probed on the same
+    # states: the same R^2
+    both = linear_probes(enc, ds, max_states=500, task_rewards=_every_third_and_logged)
+    assert both["successor_tasks"] == 2 and both["return_r2"] == out["return_r2"]
+    r2 = 2 * both["successor_r2"] - out["return_r2"]  # the indicator's R^2
+    assert np.isfinite(r2) and r2 <= 1

@@ -26,7 +26,8 @@ from pvn.replay import LoggedData, TorchBatch
 from pvn.settings import section
 
 
-def trained_learner(run_dir: str | Path, worker: int | None = None) -> tuple[Any, Any, int]:
+def trained_learner(run_dir: str | Path, worker: int | None = None,
+                    state: dict[str, Any] | None = None) -> tuple[Any, Any, int]:  # fmt: skip
     """A finished ``pvn pretrain`` run's learner as it ended (online and target networks, tasks
     with their calibration, local auxiliary nets), in eval mode.
 
@@ -34,12 +35,13 @@ def trained_learner(run_dir: str | Path, worker: int | None = None) -> tuple[Any
         run_dir: the pretraining run directory (its ``config.yaml`` and latest checkpoint).
         worker: a multi-worker run's worker (None: worker 0, the checkpoint's ``learner``);
             under ``distributed.partition=games`` it carries its game's tasks and head.
+        state: the run's latest checkpoint, when the caller has loaded it already.
 
     Returns:
         ``(config, learner, num_actions)``.
     """
     cfg = OmegaConf.load(Path(run_dir) / "config.yaml")
-    state = load_checkpoint(resolve_checkpoint(run_dir))
+    state = load_checkpoint(resolve_checkpoint(run_dir)) if state is None else state
     num_actions, learned = int(state["meta"]["num_actions"]), state["learner"]
     if worker is not None:
         mine = [w["learner"] for w in state.get("workers", []) if w["id"] == worker]
@@ -275,9 +277,11 @@ def measure_run(
 
     Returns:
         ``td_train``: the mean training TD loss of the last ``final_logs`` logs; ``heldout``:
-        :func:`heldout_losses`; ``probes``: linear probes of the frozen torso (return-to-go and
-        next-reward R², feature srank, dormant fraction), ``probes_init`` the same of the
-        torso at initialisation (rebuilt from the seed); ``scales``: :func:`scales`;
+        :func:`heldout_losses`; ``probes``: linear probes of the frozen torso
+        (:func:`pvn.analysis.probes.linear_probes`: return-to-go, next-reward and the run's
+        tasks' successor-measure R², feature srank, dormant fraction, L1 norm),
+        ``probes_init`` the same of the torso at initialisation (rebuilt from the seed: a
+        random torso of the same architecture); ``scales``: :func:`scales`;
         ``routing``: :func:`routing`; ``params``: the online network's parameter count,
         ``active_params`` what one token passes through
         (:func:`pvn.networks.moe.active_params`), ``aux_params`` a local rule's trained
@@ -289,8 +293,10 @@ def measure_run(
     from pvn.analysis.workers import team_measures
     from pvn.metrics import read_metrics
     from pvn.networks.moe import active_params
+    from pvn.task_cache import task_rewards
 
-    cfg, learner, num_actions = trained_learner(run_dir, worker)
+    state = load_checkpoint(resolve_checkpoint(run_dir))
+    cfg, learner, num_actions = trained_learner(run_dir, worker, state)
     key = "td_loss" if worker is None else f"workers/td_loss_{worker}"
     records = read_metrics(run_dir)
     logs = [r for r in records if key in r]
@@ -298,13 +304,17 @@ def measure_run(
     rates = [float(r["updates_per_s"]) for r in logs if "updates_per_s" in r]
     # the trained torso, in eval mode: what load_encoder rebuilds from the checkpoint (worker
     # 0's: a joint run's workers' torsos differ within a round)
-    torso = learner.online.torso if worker is None else trained_learner(run_dir)[1].online.torso
-    probes = linear_probes(torso, ds, gamma=float(cfg.data.gamma), max_states=probe_states)
+    torso = (learner if worker is None else trained_learner(run_dir, None, state)[1]).online.torso
+    # the probes' targets: the log's returns and rewards, and the successor measures of the
+    # run's tasks as trained (the same targets for the trained torso and its initialisation)
+    probe = {"gamma": float(cfg.data.gamma), "max_states": probe_states,
+             "task_rewards": task_rewards(learner.tasks, ds, run_dir)}  # fmt: skip
+    probes = linear_probes(torso, ds, **probe)
     # the same network at initialisation (rebuilt from the seed; under partition=games with the
     # measured worker's game's head): the floor the probes and the scales are read against
     initial = build(section(PretrainConfig, cfg), num_actions,
                     task_seed=worker_task_seed(cfg, worker)).online.eval()  # fmt: skip
-    floor = linear_probes(initial.torso, ds, gamma=float(cfg.data.gamma), max_states=probe_states)
+    floor = linear_probes(initial.torso, ds, **probe)
     local = getattr(learner, "local", None)
     return {
         "td_train": float(np.mean(td[-final_logs:])) if td else float("nan"),

@@ -3,7 +3,9 @@
 Ridge regression from ``phi(s_t)`` to (a) the discounted return-to-go
 ``G_t = sum_k gamma^k r_{t+k}`` of the logging policy and (b) the next reward ``r_t``, fit on
 the earlier episodes of the log (the penalty chosen by blocked cross-validation over them) and
-scored by R^2 on the later, held-out ones. A cheap signal (seconds on a CPU) of how much
+scored by R^2 on the later, held-out ones; and (c), given a PVN's tasks, each task's discounted
+future occupancy under the logging policy (its successor measure, the quantity the PVN's heads
+are trained on). A cheap signal (seconds on a CPU) of how much
 value-relevant information the features carry linearly, when an online evaluation would take
 hours. On the same states it reports the features' effective rank
 and dormant fraction (:mod:`pvn.diagnostics`): a collapsed representation shows there first.
@@ -11,6 +13,7 @@ and dormant fraction (:mod:`pvn.diagnostics`): a collapsed representation shows 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -61,38 +64,85 @@ def _standardise(x_train: np.ndarray, x_test: np.ndarray) -> tuple[np.ndarray, n
 
 
 def ridge_weights(a: np.ndarray, y: np.ndarray, l2s) -> np.ndarray:
-    """Ridge weights ``(a^T a + l2 n I)^-1 a^T y`` for every ``l2`` at once, from one SVD."""
+    """Ridge weights ``(a^T a + l2 n I)^-1 a^T y`` for every ``l2`` at once, from one SVD:
+    ``(len(l2s), features)`` for a target ``y`` (n,), ``(len(l2s), features, K)`` for K targets
+    ``y`` (n, K) (the SVD is shared by every target)."""
     u, s, vt = np.linalg.svd(a, full_matrices=False)
     uty = u.T @ y
     shrink = s[None, :] / (s[None, :] ** 2 + np.asarray(l2s)[:, None] * len(a))
-    return (shrink * uty[None, :]) @ vt  # (len(l2s), features)
+    if y.ndim == 1:
+        return (shrink * uty[None, :]) @ vt
+    return np.einsum("lk,kc,kf->lfc", shrink, uty, vt)
 
 
-def choose_l2(x: np.ndarray, y: np.ndarray, folds: int = 5, grid=L2_GRID) -> float:
+def _predict(b: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """Predictions of the weights :func:`ridge_weights` made, ``(len(l2s), m[, K])``."""
+    return np.einsum("mf,lf->lm", b, w) if w.ndim == 2 else np.einsum("mf,lfc->lmc", b, w)
+
+
+def choose_l2(x: np.ndarray, y: np.ndarray, folds: int = 5, grid=L2_GRID) -> float | np.ndarray:
     """The penalty of ``grid`` with the least squared error over ``folds`` contiguous blocks of
     the (chronological) training states, each held out in turn: blocks, not shuffled rows, so
-    that states of one episode do not sit on both sides of a split."""
-    sse = np.zeros(len(grid))
+    that states of one episode do not sit on both sides of a split. For K targets ``y`` (n, K),
+    each target's penalty, ``(K,)``."""
+    sse = np.zeros((len(grid), *y.shape[1:]))
     for held in np.array_split(np.arange(len(x)), folds):
         fit = np.ones(len(x), bool)
         fit[held] = False
-        (a, b), ym = _standardise(x[fit], x[held]), y[fit].mean()
-        w = ridge_weights(a, y[fit] - ym, grid)
-        sse += (((b @ w.T) + ym - y[held, None]) ** 2).sum(0)
-    return float(grid[int(np.argmin(sse))])
+        (a, b), ym = _standardise(x[fit], x[held]), y[fit].mean(0)
+        pred = _predict(b, ridge_weights(a, y[fit] - ym, grid)) + ym
+        sse += ((pred - y[held][None]) ** 2).sum(1)
+    best = np.asarray(grid)[np.argmin(sse, axis=0)]
+    return float(best) if y.ndim == 1 else best
 
 
-def ridge_r2(x_train, y_train, x_test, y_test, l2: float | None = None) -> tuple[float, float]:
+def ridge_r2(x_train, y_train, x_test, y_test, l2=None):
     """(R^2 on the test set, the penalty used) of ridge regression on standardised features,
     bias unpenalised. ``l2=None`` chooses the penalty by blocked cross-validation on the
     training set (:func:`choose_l2`): a fixed small penalty overfits 512 features on a few
-    thousand correlated states, and its held-out R^2 goes below 0."""
+    thousand correlated states, and its held-out R^2 goes below 0. For K targets ``y`` (n, K),
+    each target fit with its own penalty: both are ``(K,)`` arrays (R^2 NaN where a target is
+    constant on the test set)."""
     l2 = choose_l2(x_train, y_train) if l2 is None else l2
-    (a, b), ym = _standardise(x_train, x_test), y_train.mean()
-    pred = b @ ridge_weights(a, y_train - ym, [l2])[0] + ym
-    ss_res = float(((y_test - pred) ** 2).sum())
-    ss_tot = float(((y_test - y_test.mean()) ** 2).sum())
-    return (1.0 - ss_res / ss_tot if ss_tot > 0 else float("nan")), l2
+    (a, b), ym = _standardise(x_train, x_test), y_train.mean(0)
+    grid, pick = np.unique(np.atleast_1d(l2), return_inverse=True)
+    w = ridge_weights(a, y_train - ym, grid)  # every penalty used, then each target's own
+    pred = _predict(b, w)[pick, :, np.arange(len(pick))].T if y_train.ndim == 2 else (
+        _predict(b, w)[0])  # fmt: skip
+    ss_res = ((y_test - (pred + ym)) ** 2).sum(0)
+    ss_tot = ((y_test - y_test.mean(0)) ** 2).sum(0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        r2 = np.where(ss_tot > 0, 1.0 - ss_res / ss_tot, np.nan)
+    return (float(r2), l2) if y_train.ndim == 1 else (r2, l2)
+
+
+#: a run's task rewards along a log: ``(shard, slots in the order logged, their logged rewards)
+#: -> (len(slots), K)`` (:func:`pvn.task_cache.task_rewards`)
+TaskRewards = Callable[[int, np.ndarray, np.ndarray], np.ndarray]
+
+
+def successor_to_go(ds: LoggedData, keys: list, gamma: float, task_rewards: TaskRewards
+                    ) -> np.ndarray:  # fmt: skip
+    """Each task's discounted future occupancy along the log, ``G_k(t) = sum_j gamma^j
+    r_k(s_{t+j})`` to the episode's end, at the (checkpoint, slot) ``keys``: ``(len(keys), K)``.
+
+    It is the logging policy's successor measure of the task's indicator set (Farebrother et
+    al. 2023, Eq. 2, with the log's actions in place of the PVN's policy), the quantity a PVN's
+    heads are trained to predict, and one the log can check without a model."""
+    rows: dict[int, list[int]] = {}
+    for i, (c, _) in enumerate(keys):
+        rows.setdefault(c, []).append(i)
+    out: np.ndarray | None = None
+    for c, mine in rows.items():
+        log = ds.logged(c)
+        g, _ = discounted_to_go(task_rewards(c, log.order, log.reward).astype(np.float64),
+                                log.terminal, gamma)  # fmt: skip
+        where = np.full(int(log.order.max()) + 1, -1)
+        where[log.order] = np.arange(len(log.order))
+        if out is None:
+            out = np.zeros((len(keys), g.shape[1]))
+        out[mine] = g[where[[keys[i][1] for i in mine]]]
+    return out if out is not None else np.zeros((0, 0))
 
 
 @torch.no_grad()
@@ -104,16 +154,38 @@ def linear_probes(
     test_fraction: float = 0.2,
     seed: int = 0,
     device: str | torch.device = "cpu",
+    task_rewards: TaskRewards | None = None,
 ) -> dict[str, Any]:
-    """R^2 of linear probes to return-to-go and next reward, on held-out later episodes (with
-    the ridge penalties chosen on the earlier ones); the effective rank (``srank``) and
-    ``dormant`` fraction of the features on the training states."""
+    """How much of the logging policy's values the frozen features carry linearly.
+
+    Args:
+        encoder: the frozen torso, ``uint8 (B, 4, 84, 84) -> (B, features)``.
+        ds: the log; the probes fit on the earlier episodes and score the later ones.
+        gamma: the discount of the return-to-go and the successor measures.
+        max_states: states sampled for both fits together.
+        test_fraction: the later share of the complete episodes' states scored.
+        seed: the states' draw (the same for every encoder probed on ``ds``).
+        device: where the encoder runs.
+        task_rewards: a PVN's tasks along the log (:data:`TaskRewards`); with them, the
+            successor-measure probe as well.
+
+    Returns:
+        ``return_r2``, ``reward_r2``: held-out R^2 of the return-to-go and the next reward
+        (penalties ``return_l2``, ``reward_l2`` chosen on the earlier episodes);
+        ``successor_r2``: with ``task_rewards``, the mean over tasks of the held-out R^2 of
+        each task's :func:`successor_to_go` (tasks constant on the test states skipped;
+        ``successor_tasks`` how many were scored); ``srank`` and ``dormant``: the features'
+        effective rank and dormant fraction on the training states; ``l1``: their mean L1
+        norm, the scale a linear head's Adam steps act at (each weight moves about lr per
+        step, so Q moves about lr times ``|phi|_1``); ``states``: how many were probed.
+    """
     keys, g, r = episode_targets(ds, gamma)
     if len(keys) < 20:
-        nan = float("nan")
+        unknown = ("return_r2", "reward_r2", "return_l2", "reward_l2", "dormant", "l1")
         return {
             "states": len(keys),
-            **dict.fromkeys(("return_r2", "reward_r2", "return_l2", "reward_l2", "dormant"), nan),
+            **dict.fromkeys(unknown, float("nan")),
+            **({"successor_r2": float("nan"), "successor_tasks": 0} if task_rewards else {}),
             "srank": 0,
         }
     split = int(len(keys) * (1 - test_fraction))  # earlier episodes train, later ones test
@@ -137,7 +209,7 @@ def linear_probes(
     phi = torch.from_numpy(xtr)
     return_r2, return_l2 = ridge_r2(xtr, g[tr], xte, g[te])
     reward_r2, reward_l2 = ridge_r2(xtr, r[tr], xte, r[te])
-    return {
+    out = {
         "states": int(len(tr) + len(te)),
         "return_r2": return_r2,
         "reward_r2": reward_r2,
@@ -145,4 +217,12 @@ def linear_probes(
         "reward_l2": reward_l2,
         "srank": int(srank(phi)),
         "dormant": float(dormant_fraction(phi, DiagnosticsConfig.dormant_tau)),
+        "l1": float(phi.abs().sum(1).mean()),
     }
+    if task_rewards is not None:
+        sm = successor_to_go(ds, [keys[i] for i in np.concatenate(take)], gamma, task_rewards)
+        r2 = ridge_r2(xtr, sm[: len(tr)], xte, sm[len(tr) :])[0]
+        scored = np.isfinite(r2)
+        out["successor_r2"] = float(r2[scored].mean()) if scored.any() else float("nan")
+        out["successor_tasks"] = int(scored.sum())
+    return out

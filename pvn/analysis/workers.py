@@ -75,10 +75,9 @@ def byzantine_ids(run_dir: str | Path) -> set[int]:
     return set(cfg.distributed.get("byzantine") or [])
 
 
-def honest_mean(run_dir: str | Path, byzantine: set[int]) -> torch.Tensor:
-    """The mean online network (every entry of its state, flattened) at the run's last
-    checkpoint of its workers not in ``byzantine`` (a one-worker run: its own)."""
-    state = load_checkpoint(resolve_checkpoint(run_dir))
+def honest_mean(state: dict[str, Any], byzantine: set[int]) -> torch.Tensor:
+    """The mean online network (every entry of its state, flattened) of the workers not in
+    ``byzantine`` in a run's checkpoint ``state`` (a one-worker run: its own)."""
     workers = state.get("workers", [{"id": 0, "learner": state["learner"]}])
     vecs = [_vector(w["learner"]["online"]) for w in workers if w["id"] not in byzantine]
     return torch.stack(vecs).mean(0)
@@ -99,11 +98,12 @@ def deflection(run_dir: str | Path, baseline_dir: str | Path) -> float:
         The ratio; NaN when either run's parameters are not finite.
     """
     cfg = OmegaConf.load(Path(baseline_dir) / "config.yaml")
-    state = load_checkpoint(resolve_checkpoint(baseline_dir))
-    x0 = _vector(build(section(PretrainConfig, cfg), int(state["meta"]["num_actions"]))
+    base = load_checkpoint(resolve_checkpoint(baseline_dir))
+    x0 = _vector(build(section(PretrainConfig, cfg), int(base["meta"]["num_actions"]))
                  .online.state_dict())  # fmt: skip
     byzantine = byzantine_ids(run_dir)  # the same workers in both (MoNNA's models differ)
-    m, m0 = honest_mean(run_dir, byzantine), honest_mean(baseline_dir, byzantine)
+    m = honest_mean(load_checkpoint(resolve_checkpoint(run_dir)), byzantine)
+    m0 = honest_mean(base, byzantine)
     value = float((m - m0).norm() / (m0 - x0).norm())
     return value if math.isfinite(value) else math.nan
 

@@ -1,12 +1,16 @@
-"""The report of an experiment's pretraining arms (``control: false``): each finished
-pretraining measured offline on the log, and the arms side by side per game.
+"""The report of an experiment's pretrainings: each finished one measured offline on the log,
+side by side per game: the pretraining arms' (``control: false``) and the PVNs the control arms
+read (``pretrain``, and a knob's, named by its first arm).
 
 A pretraining study (optimizers, torsos, local-learning rules, MoE layers) compares what the
 pretraining itself produced, with no control run: the TD loss of the PVN objective (Farebrother
 et al. 2023, Eq. 4) on the training batches and on held-out transitions of the same log, and
-linear probes of the frozen torso (:mod:`pvn.analysis.heldout`). Each run's measures are kept
-in its run directory (``measures.json``, with the settings they were made under), so a report
-re-written over more runs measures only the new ones.
+linear probes of the frozen torso (:mod:`pvn.analysis.heldout`). A control experiment reads the
+same measures of its PVNs beside the linear arms' scores: whether the features carry the tasks'
+successor measures, and the logging policy's values, better than the random torso does.
+
+Each run's measures are kept in its run directory (``measures.json``, with the settings they
+were made under), so a report re-written over more runs measures only the new ones.
 """
 
 from __future__ import annotations
@@ -88,13 +92,13 @@ def _params(m: dict) -> str:
 
 
 def pretraining_report(cfg: dict[str, Any], runs: list[Stage], results: Path) -> str:
-    """Measure every finished pretraining-arm run and write ``pretraining.md`` (a table per
+    """Measure every finished pretraining and write ``pretraining.md`` (a table per
     game and the training TD-loss curves), ``pretraining.csv`` (a row per run) and
     ``pretraining.json`` (every number) under ``results``; returns the Markdown.
 
     Args:
         cfg: the experiment config (:func:`pvn.experiments.plan.load`), its ``measure:``.
-        runs: the finished ``pretrain/<game>-<arm>/seed<k>`` stages.
+        runs: the finished pretraining stages (:func:`pvn.experiments.plan.run_games`).
         results: the report's directory.
     """
     from pvn.plots import plot_deflection, plot_td_curves
@@ -103,12 +107,13 @@ def pretraining_report(cfg: dict[str, Any], runs: list[Stage], results: Path) ->
     where = (f"log checkpoints {spec['heldout']}, held out of the pretraining"
              if spec["heldout"] else "the whole log (the pretraining's own data)")  # fmt: skip
     text = [
-        "# Pretraining arms",
+        "# Pretrainings",
         "",
         f"Each run measured on {where}: the TD loss on {spec['transitions']} of its "
         "transitions against the run's own targets (and the best per-task constant's, the "
         "floor of a head that ignores the state), linear probes of the frozen torso on up to "
-        f"{spec['probe_states']} states (R² of return-to-go and next reward on later episodes), "
+        f"{spec['probe_states']} states (R² of return-to-go, next reward and the run's tasks' "
+        "successor measures on later episodes), "
         f"the training TD loss as the mean of the last {spec['final_logs']} logs. Cells: mean "
         "over seeds ± sd when n > 1; a single run's held-out TD loss and noise ratios carry "
         "[95% bootstrap intervals] over the held-out transitions.",
@@ -155,7 +160,8 @@ def pretraining_report(cfg: dict[str, Any], runs: list[Stage], results: Path) ->
             curves = {arm: [m["curve"] for _, m in ms] for arm, ms in by_arm.items()}
             plot_td_curves(curves, results / f"pretraining_td_{game}.png", game)
             text += ["", f"![training TD loss, {game}](pretraining_td_{game}.png)"]
-    header = ("game,arm,seed,td_train,td_heldout,td_constant,return_r2,reward_r2,srank,dormant,"
+    header = ("game,arm,seed,td_train,td_heldout,td_constant,return_r2,reward_r2,successor_r2,"
+              "successor_r2_init,feat_l1,feat_l1_init,srank,dormant,"
               "params,active_params,aux_params,feat_norm_init,feat_norm_trained,"
               "updates_per_s,rule,workers,deflection,grad_cos\n")  # fmt: skip
     write_text_atomic(results / "pretraining.csv",
@@ -195,7 +201,9 @@ def _csv_rows(game: str, by_arm: dict[str, list[tuple[int, dict]]]) -> list[list
             p, team = m["probes"], m["team"] or {}
             rows.append([game, arm, seed, m["td_train"], m["heldout"]["td"],
                          m["heldout"].get("const", ""), p["return_r2"], p["reward_r2"],
-                         p["srank"], p["dormant"], m["params"], m["active_params"],
+                         p["successor_r2"], m["probes_init"]["successor_r2"], p["l1"],
+                         m["probes_init"]["l1"], p["srank"], p["dormant"], m["params"],
+                         m["active_params"],
                          m["aux_params"], m["scales"]["init/feat_norm"],
                          m["scales"]["trained/feat_norm"], m["updates_per_s"],
                          team.get("rule", "none"), team.get("workers", 1),
@@ -221,7 +229,7 @@ def _across_runs(
     by_name = {s.name: s for s in runs if not s.diverged}
     for s in by_name.values():
         games, arm, seed = run_games(s)
-        base_arm = cfg["arms"][arm].get("baseline")
+        base_arm = cfg["arms"].get(arm, {}).get("baseline")
         base = by_name.get(f"pretrain/{games[0]}-{base_arm}/seed{seed}")  # (not joint: one game)
         if base is not None:  # the arm names a baseline, and its run of this seed is done
             m = of_seed(games[0], arm, seed)
@@ -267,8 +275,12 @@ def _main_row(ms: list[tuple[int, dict]]) -> list[str]:
 _SCALES = ("Scale of the features |φ(s)| and the predictions |Q(s, a)| (mean over up to 256 "
            "held-out states, spread over the batch) at initialisation (the network rebuilt from "
            "the run's seed) and after training:")  # fmt: skip
-_FLOOR = ("The probes' floor: the same torso at initialisation (rebuilt from each run's seed, no "
-          "pretraining):")  # fmt: skip
+_FLOOR = ("The probes against a random torso: the same torso at initialisation (rebuilt from "
+          "each run's seed, no pretraining) on the same states and targets. R² successor: the "
+          "mean over the run's tasks of the held-out R² of the logging policy's discounted "
+          "future occupancy of each task's indicator (what the PVN's heads predict, under the "
+          "log's policy); \\|φ\\|₁: the features' mean L1 norm, the scale a linear head's "
+          "Adam steps act at:")  # fmt: skip
 _ROUTING = ("Top-k MoE routing on the held-out transitions: as a frozen encoder runs (eval: no "
             "router noise, nothing dropped) and as the pretraining ran (train: router noise, "
             "expert capacity); dropped: the fraction of top-k assignments over capacity; load "
@@ -316,10 +328,12 @@ def _game_tables(by_arm: dict[str, list[tuple[int, dict]]], noise: list[float]) 
                              "\\|Q\\| trained"],
                    {arm: [_cell(_vals(ms, "scales", k), 3) for k in scale_keys]
                     for arm, ms in by_arm.items()})  # fmt: skip
-    text += _table(_FLOOR, ["R² return, init", "R² reward, init", "R² return, trained",
-                            "R² reward, trained"],
-                   {arm: [_cell(_vals(ms, g, k), 3) for g in ("probes_init", "probes")
-                          for k in ("return_r2", "reward_r2")]
+    floor = (("return_r2", "R² return", 3), ("reward_r2", "R² reward", 3),
+             ("successor_r2", "R² successor", 3), ("l1", "\\|φ\\|₁", 3))  # fmt: skip
+    text += _table(_FLOOR, [f"{name}, {when}" for _, name, _ in floor
+                            for when in ("init", "trained")],
+                   {arm: [_cell(_vals(ms, g, k), d) for k, _, d in floor
+                          for g in ("probes_init", "probes")]
                     for arm, ms in by_arm.items()})  # fmt: skip
     routed = {arm: ms for arm, ms in by_arm.items() if ms[0][1]["routing"]}
     if routed:  # top-k MoE: what a frozen encoder computes against what the training saw

@@ -20,7 +20,7 @@ from pvn.errors import ConfigError
 
 ARM_ENCODERS = ("pvn", "random", "e2e")
 DATA_KINDS = ("agent", "collect", "dataset")
-#: how the report measures pretraining arms (``measure:``): on these log checkpoints (those the
+#: how the report measures the pretrainings (``measure:``): on these log checkpoints (those the
 #: pretraining holds out with ``data.checkpoints``; empty: the whole log), this many held-out
 #: transitions for the TD loss, this many states for the probes, the training TD loss as the
 #: mean of the last ``final_logs`` logged windows, and the TD loss under pixel noise of each
@@ -195,11 +195,13 @@ def arm_games(cfg: dict[str, Any], spec: dict[str, Any]) -> list[str]:
 
 
 def run_games(stage: Stage) -> tuple[list[str], str, int]:
-    """A pretraining arm's run's games (several for a joint run), arm and seed, read from its
-    name ``pretrain/<game>[+<game>...]-<arm>/seed<k>``."""
-    head, seed = stage.name.split("/")[1:]
-    games, arm = head.split("-", 1)
-    return games.split("+"), arm, int(seed[len("seed") :])
+    """A pretraining's games (several for a joint run), arm and seed: a pretraining arm's run
+    ``pretrain/<game>[+<game>...]-<arm>/seed<k>``, a knob's ``pretrain/<game>-<arm>`` (named by
+    its first arm), and the control arms' PVN ``pretrain/<game>`` (arm ``pretrain``, after the
+    config's section); the seed its command runs with."""
+    games, _, arm = stage.name.split("/")[1].partition("-")
+    seed = [a for a in stage.argv if a.startswith("seed=")][-1]  # the last one counts
+    return games.split("+"), arm or "pretrain", int(seed[len("seed=") :])
 
 
 def _pretraining_arms(cfg: dict[str, Any], game: str | None) -> list[Stage]:
@@ -223,9 +225,9 @@ def _pretraining_arms(cfg: dict[str, Any], game: str | None) -> list[Stage]:
     return todo
 
 
-#: the version of what a pretraining arm's report measures (pvn.experiments.measures): a run
+#: the version of what the report measures of a pretraining (pvn.experiments.measures): a run
 #: measured, or a report written, by an older one is measured and written again
-MEASURES_VERSION = 5
+MEASURES_VERSION = 6
 
 
 def _data_stage(cfg: dict[str, Any], game: str, seed: int) -> list[Stage]:
@@ -300,9 +302,9 @@ def stages(
     # (with the command line's overrides: as a job, it reads the config as the command did)
     argv = [] if config_path is None else ["experiment", str(config_path), "--report",
                                            *(overrides or [])]  # fmt: skip
-    covered = [*[st for st in todo if is_pretraining_arm(st)], *evals]
+    covered = [*[st for st in todo if st.kind == "pretrain"], *evals]
     made = [st.command() for st in covered]
-    if len(covered) > len(evals):  # pretraining arms: measured as measure: says, by this code,
+    if len(covered) > len(evals):  # pretrainings: measured as measure: says, by this code,
         # against their baselines (not which runs diverged: the plan is made before they run)
         baselines = {a: s["baseline"] for a, s in cfg["arms"].items() if "baseline" in s}
         made.append(json.dumps({**cfg["measure"], "version": MEASURES_VERSION,
@@ -314,5 +316,6 @@ def stages(
 
 
 def is_pretraining_arm(stage: Stage) -> bool:
-    """A pretraining arm's run (``pretrain/<game>-<arm>/seed<k>``), which the report measures."""
+    """A pretraining arm's run (``pretrain/<game>-<arm>/seed<k>``): its divergence is its
+    outcome, where a control arm's pretraining must finish."""
     return stage.kind == "pretrain" and stage.name.count("/") == 2

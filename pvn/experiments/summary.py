@@ -12,7 +12,7 @@ import numpy as np
 
 from pvn.errors import ConfigError
 from pvn.experiments.cluster import LIVE
-from pvn.experiments.plan import Stage, data_dir, is_pretraining_arm
+from pvn.experiments.plan import Stage, data_dir
 from pvn.experiments.store import Store
 
 
@@ -76,7 +76,7 @@ def status_table(
 
 def write_report(cfg: dict[str, Any], todo: list[Stage], config_path: Path) -> None:
     """The report stage: ``pvn report`` over every finished evaluation, per-game probes on the
-    logs, the raw per-run CSV, the pretraining arms measured offline
+    logs, the raw per-run CSV, every pretraining measured offline
     (:mod:`pvn.experiments.measures`), the experiment config and ``stages.txt`` (which stages
     the report covers), under ``results``. ``complete.json`` marks a report over every stage;
     ``pvn experiment CONFIG --report`` writes one over the stages finished so far without it."""
@@ -84,7 +84,7 @@ def write_report(cfg: dict[str, Any], todo: list[Stage], config_path: Path) -> N
 
     results = Path(cfg["results"])
     evals = [s for s in todo if s.kind == "eval" and s.done]
-    pretrainings = [s for s in todo if is_pretraining_arm(s) and s.done]
+    pretrainings = [s for s in todo if s.kind == "pretrain" and s.done]
     if not evals and not pretrainings:
         raise ConfigError(f"{config_path}: no evaluation or pretraining arm has finished yet; "
                           "nothing to report")  # fmt: skip
