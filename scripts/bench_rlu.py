@@ -6,8 +6,9 @@ CRCs) with pvn's own pieces, then measures in interleaved rounds (``_bench.compa
 
   * pvn: :func:`replay.rlu.episodes`, shard to decoded frames (CRC checks, protobuf parse,
     PNG decode, field checks): frames per second on one core;
-  * bare_png: ``pyspng.load`` of the same PNGs and nothing else (the floor pvn sits on; goal:
-    pvn >= 0.7x of it);
+  * bare_png: ``pyspng.load`` of the same PNGs and nothing else (goal: pvn >= 0.7x of it);
+  * bare_libspng: libspng's decode as pvn calls it (``pyspng._pyspng_c``, without
+    ``pyspng.load``'s wrapper), and nothing else: the floor pvn sits on;
   * pillow_png: Pillow's decode of the same PNGs (the alternative decoder);
   * parse_only: framing, CRCs and protobuf parse, no PNG decode.
 
@@ -105,6 +106,13 @@ def main() -> int:
             pyspng.load(p)
         return n
 
+    from pyspng._pyspng_c import SPNG_FMT_G8, spng_decode_image_bytes
+
+    def bare_libspng() -> int:
+        for p in pngs[:n]:
+            spng_decode_image_bytes(p, SPNG_FMT_G8)
+        return n
+
     def pillow_png() -> int:
         for p in pngs[:n]:
             np.asarray(Image.open(io.BytesIO(p)))
@@ -115,8 +123,9 @@ def main() -> int:
 
     png_bytes = int(np.mean([len(p) for p in pngs]))
     result = {"game": args.game, "frames_per_checkpoint": n, "png_bytes_mean": png_bytes}
-    result.update(compare({"pvn": pvn, "bare_png": bare_png, "pillow_png": pillow_png,
-                           "parse_only": parse_only}, seconds=args.seconds))  # fmt: skip
+    result.update(compare({"pvn": pvn, "bare_png": bare_png, "bare_libspng": bare_libspng,
+                           "pillow_png": pillow_png, "parse_only": parse_only},
+                          seconds=args.seconds))  # fmt: skip
     result["goal_pvn_vs_bare_png"] = 0.7
     result["goal_frames_per_s_per_core"] = 25_000
     from pvn.replay import RLUDataset

@@ -33,6 +33,8 @@ from pvn.schema import CollectConfig
 from pvn.threads import announce, plan_for
 
 
+# (one loop, as CleanRL's: what it carries between envpool batches -- the frames and actions
+# in flight, the scores, the resume state -- is the loop's own, so it stays in one function)
 def run_collection(
     env,
     policy: Policy,

@@ -136,6 +136,7 @@ class FedAvgM(Algorithm):
     """FedAvg-M (``scaffold=False``) and SCAFFOLD-M, their VR versions with ``vr``; the workers'
     optimizers are plain SGD(eta) (:mod:`pvn.distributed.team` refuses any other)."""
 
+    # (keyword-only: the published rules' settings, one per parameter of configs/distributed/)
     def __init__(
         self,
         comm,

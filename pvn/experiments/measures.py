@@ -118,29 +118,14 @@ def pretraining_report(cfg: dict[str, Any], runs: list[Stage], results: Path) ->
         "over seeds ± sd when n > 1; a single run's held-out TD loss and noise ratios carry "
         "[95% bootstrap intervals] over the held-out transitions.",
     ]
-    rows, every = [], {}
-    held: dict[str, dict[str, Any]] = {}  # per game: its log and held-out batch, read once
-    by_game: dict[str, dict[str, list[tuple[int, dict]]]] = {}
-    # per game: (arm, seed, error) of the runs that stopped on a non-finite loss
-    diverged: dict[str, list[tuple[str, int, str]]] = {}
-    for game in cfg["games"]:
-        for s in runs:
-            games, arm, seed = run_games(s)
-            if game in games and s.diverged:
-                error = json.loads((s.run_dir / "diverged.json").read_text())["error"]
-                diverged.setdefault(game, []).append((arm, seed, error.split(";")[0]))
-                every[s.name] = {"diverged": error}
-            elif game in games:  # a joint run: measured per game, as the worker on it
-                worker = games.index(game) if len(games) > 1 else None
-                m = _measures(s, data_dir(cfg, game), spec, held.setdefault(game, {}), worker)
-                by_game.setdefault(game, {}).setdefault(arm, []).append((seed, m))
-                every[s.name if worker is None else f"{s.name}:{game}"] = m
-    _across_runs(cfg, runs, by_game, held)
+    rows: list[list] = []
+    by_game, diverged, every = _measure_runs(cfg, runs)
     for game in cfg["games"]:
         by_arm = by_game.get(game, {})
         if by_arm or diverged.get(game):
             rows += _csv_rows(game, by_arm)
-            text += ["", f"## {game}", *(_game_tables(by_arm, spec["noise"]) if by_arm else [])]
+            tables = _game_tables(by_arm, spec["noise"], bool(spec["heldout"])) if by_arm else []
+            text += ["", f"## {game}", *tables]
         if diverged.get(game):
             text += [
                 "",
@@ -170,6 +155,31 @@ def pretraining_report(cfg: dict[str, Any], runs: list[Stage], results: Path) ->
     md = "\n".join(text) + "\n"
     write_text_atomic(results / "pretraining.md", md)
     return md
+
+
+def _measure_runs(cfg: dict[str, Any], runs: list[Stage]) -> tuple[dict, dict, dict]:
+    """Every run measured per game it learned: ``(by_game, diverged, every)``, per game the
+    measures of each arm's seeds (``{arm: [(seed, measures)]}``) and the (arm, seed, error) of
+    the runs that stopped on a non-finite loss, and every run's measures by stage name (a
+    joint run's by ``name:game``)."""
+    spec, every = cfg["measure"], {}
+    held: dict[str, dict[str, Any]] = {}  # per game: its log and held-out batch, read once
+    by_game: dict[str, dict[str, list[tuple[int, dict]]]] = {}
+    diverged: dict[str, list[tuple[str, int, str]]] = {}
+    for game in cfg["games"]:
+        for s in runs:
+            games, arm, seed = run_games(s)
+            if game in games and s.diverged:
+                error = json.loads((s.run_dir / "diverged.json").read_text())["error"]
+                diverged.setdefault(game, []).append((arm, seed, error.split(";")[0]))
+                every[s.name] = {"diverged": error}
+            elif game in games:  # a joint run: measured per game, as the worker on it
+                worker = games.index(game) if len(games) > 1 else None
+                m = _measures(s, data_dir(cfg, game), spec, held.setdefault(game, {}), worker)
+                by_game.setdefault(game, {}).setdefault(arm, []).append((seed, m))
+                every[s.name if worker is None else f"{s.name}:{game}"] = m
+    _across_runs(cfg, runs, by_game, held)
+    return by_game, diverged, every
 
 
 def _deflections(cfg: dict[str, Any], by_arm: dict[str, list[tuple[int, dict]]],
@@ -273,8 +283,8 @@ def _main_row(ms: list[tuple[int, dict]]) -> list[str]:
 
 
 _SCALES = ("Scale of the features |φ(s)| and the predictions |Q(s, a)| (mean over up to 256 "
-           "held-out states, spread over the batch) at initialisation (the network rebuilt from "
-           "the run's seed) and after training:")  # fmt: skip
+           "of the measured states, spread over the batch) at initialisation (the network "
+           "rebuilt from the run's seed) and after training:")  # fmt: skip
 _FLOOR = ("The probes against a random torso: the same torso at initialisation (rebuilt from "
           "each run's seed, no pretraining) on the same states and targets. R² successor: the "
           "mean over the run's tasks of the held-out R² of the logging policy's discounted "
@@ -316,11 +326,13 @@ def _team_row(ms: list[tuple[int, dict]]) -> list[str]:
               for k in ("td_vs_baseline", "deflection", "grad_cos"))]  # fmt: skip
 
 
-def _game_tables(by_arm: dict[str, list[tuple[int, dict]]], noise: list[float]) -> list[str]:
+def _game_tables(by_arm: dict[str, list[tuple[int, dict]]], noise: list[float],
+                 held_out: bool = True) -> list[str]:  # fmt: skip
     """One game's Markdown tables: the arms' losses and probes, scales and the probes' floor;
     with top-k MoE, routing; with local learning, each block's auxiliary head's held-out loss;
     with ``noise``, the robustness ratios and drifts."""
-    text = _table("", ["n", "TD loss, train", "TD loss, held out", "constant's", "R² return",
+    measured = "TD loss, held out" if held_out else "TD loss, log sample"  # (in-sample)
+    text = _table("", ["n", "TD loss, train", measured, "constant's", "R² return",
                        "R² reward", "srank", "dormant", "params", "upd/s"],
                   {arm: _main_row(ms) for arm, ms in by_arm.items()})  # fmt: skip
     scale_keys = ("init/feat_norm", "trained/feat_norm", "init/q_abs", "trained/q_abs")
@@ -348,7 +360,7 @@ def _game_tables(by_arm: dict[str, list[tuple[int, dict]]], noise: list[float]) 
               for arm, ms in by_arm.items()}  # fmt: skip
     if any(blocks.values()):  # local learning: each block's auxiliary head, held out
         text += ["", "Held-out TD loss of each block's auxiliary head (local learning):", "",
-                 "| arm | block | TD loss, held out |", "|---|---|---|"]  # fmt: skip
+                 f"| arm | block | {measured} |", "|---|---|---|"]  # fmt: skip
         for arm, keys in blocks.items():
             for k in keys:
                 vals = [m["heldout"][k] for _, m in by_arm[arm]]

@@ -86,6 +86,7 @@ class FeatureReplay:
         stack_size: 1 for features; the frame-stack depth (4) when slots hold frames.
     """
 
+    # (each parameter is a setting of the replay the agents' configs choose)
     def __init__(
         self,
         capacity: int,

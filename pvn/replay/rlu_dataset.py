@@ -240,6 +240,7 @@ class RLUDataset(ShardSampler):
         return ShardLog(np.arange(s.capacity), np.asarray(s.reward, np.float32), ends)
 
 
+# (the options of `pvn data convert --game`, one parameter each)
 def convert_rlu(data_dir: str | Path, game: str, run: int, dst: Path, version: str = "1.0.0",
                 checkpoints: list[int] | None = None, codec: FrameCodec = DEFAULT_CODEC,
                 workers: int | None = None,
