@@ -106,13 +106,14 @@ def test_stages_run_as_dependent_jobs_and_a_cancelled_one_is_resubmitted(
     first = _jobs(tmp_path)
     seeds = ["eval/Breakout/pvn/seed0", "eval/Breakout/pvn/seed1"]
     assert set(first) == {"pretrain/Breakout", *seeds, "report"}
-    # the plan's edges are SLURM dependencies: the arm after its PVN, the report after the arm;
-    # the arm's seeds (one kind, the same prerequisite) are one job array
+    # the plan's edges are SLURM dependencies: the arm after its PVN, the report after the arm
+    # and the PVN (which it measures); the arm's seeds (one kind, the same prerequisite) are one
+    # job array
     ev = [_scontrol(first[s]) for s in seeds]
     assert ev[0]["ArrayJobId"] == ev[1]["ArrayJobId"] and first[seeds[1]].endswith("_1")
     assert all(e["Dependency"].startswith(f"afterok:{first['pretrain/Breakout']}") for e in ev)
     assert set(re.findall(r"afterok:(\w+)", _scontrol(first["report"])["Dependency"])) == {
-        first[s] for s in seeds
+        first[s] for s in ["pretrain/Breakout", *seeds]
     }
     capsys.readouterr()
     assert main(["experiment", config]) == 0  # all queued or running: nothing twice
