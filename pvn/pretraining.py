@@ -64,6 +64,9 @@ class DataConfig:
     cache_dir: str | None = None  # where checkpoints are stored on first read, frames as zstd
     # chunks about the gzip files' size (null: $PVN_CACHE_DIR or ~/.cache/pvn/replay)
     prefetch: int = 3  # batches sampled ahead on a background thread
+    sample_run: int = 1  # transitions drawn per window of consecutive slots: >1 samples a
+    # compressed store ~K times faster per transition, each still drawn uniformly, but a batch
+    # holds runs of neighbours (docs/store.md measures both); 1: independent draws
     decode_threads: int = 1  # threads decoding each batch's compressed frames (zstd releases
     # the GIL; ~1.75x with 2 on 2 cores): raise it on a many-core GPU host
     num_actions: int | None = None  # null: inferred from the data (max action + 1)
@@ -75,6 +78,8 @@ class DataConfig:
             raise ValueError(f"data.task_cache={self.task_cache!r}: choose auto, true or false")
         if self.decode_threads < 1:
             raise ValueError(f"data.decode_threads={self.decode_threads}: must be >= 1")
+        if self.sample_run < 1:
+            raise ValueError(f"data.sample_run={self.sample_run}: must be >= 1")
         if self.format not in ("auto", "dopamine", "rlu"):
             raise ValueError(f"data.format={self.format!r}: choose auto, dopamine or rlu")
         if self.format == "rlu" and self.game is None:
@@ -204,8 +209,9 @@ def build(cfg: PretrainConfig, num_actions: int, task_seed: int | None = None) -
 def open_data(data: DataConfig, path: str, checkpoints: list[int] | None, seed: int,
               progress: bool, lead: bool = True) -> LoggedData:  # fmt: skip
     """The logged data at ``path`` as the run reads it (the ``data:`` section): DQN Replay logs
-    or RL Unplugged (``data.format``), its sampler seeded with ``seed``; the ``lead`` process
-    shows the conversion's ``progress`` and names skipped checkpoints."""
+    or RL Unplugged (``data.format``), its sampler seeded with ``seed`` (in windows of
+    ``data.sample_run`` slots); the ``lead`` process shows the conversion's ``progress`` and
+    names skipped checkpoints."""
     set_decode_threads(data.decode_threads)
     if data_format(data, path) == "rlu":
         game, run = data.game, data.run
@@ -213,9 +219,11 @@ def open_data(data: DataConfig, path: str, checkpoints: list[int] | None, seed: 
             game, run = read_store(Path(path))["game"], read_store(Path(path))["run"]
         if game is None:
             raise ConfigError(f"data.path={path}: holds RL Unplugged data; name data.game")
-        return RLUDataset(path, game, run, data.version, data.split, data.proportion,
-                          checkpoints, data.n_step, data.gamma, data.cache_dir, seed,
-                          progress=byte_bars(progress and lead, "ckpt"))  # fmt: skip
+        ds = RLUDataset(path, game, run, data.version, data.split, data.proportion,
+                        checkpoints, data.n_step, data.gamma, data.cache_dir, seed,
+                        progress=byte_bars(progress and lead, "ckpt"))  # fmt: skip
+        ds.sample_run = data.sample_run
+        return ds
     ds = DQNReplayDataset(
         path,
         checkpoints=checkpoints,
@@ -227,6 +235,7 @@ def open_data(data: DataConfig, path: str, checkpoints: list[int] | None, seed: 
         skip_incomplete=data.skip_incomplete,
         keep_stale=data.keep_stale,
     )
+    ds.sample_run = data.sample_run
     if lead:
         for c, missing in ds.skipped.items():
             print(f"pvn: skipping incomplete checkpoint {c} ({', '.join(missing)} missing)",

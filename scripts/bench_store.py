@@ -11,7 +11,9 @@ checkpoints of real play):
     against building the raw cache pvn built before the store (the frames written raw);
   * sampling: stacked 4-frame transitions at batch 256 from ``DQNReplayDataset`` over the
     store, against the same log stored raw (the raw memory-mapped frames the cache held
-    before), in interleaved rounds; then 1..cores processes sampling the store at once;
+    before) and the store drawn in windows of 4 and 8 consecutive slots
+    (``data.sample_run``), in interleaved rounds; then 1..cores processes sampling the store
+    at once;
   * RAM: a sampler process over the whole store: its resident memory after one batch and
     after 400 more, and what grew: file-backed (pages of the store, at most its size) and
     anonymous (decode buffers, batches).
@@ -159,8 +161,13 @@ def bench_log(log: Path, work: Path, seconds: float, with_grid: bool) -> dict:
     gz1, gzn = gunzip_rate(log, 1), gunzip_rate(log, cores)
     isal1, isaln = gunzip_rate(log, 1, isal=True), gunzip_rate(log, cores, isal=True)
     ds_store, ds_raw = DQNReplayDataset(store, seed=0), DQNReplayDataset(raw, seed=0)
+    runs = {k: DQNReplayDataset(store, seed=0) for k in (4, 8)}  # data.sample_run=k
+    for k, ds in runs.items():
+        ds.sample_run = k
     sampling = compare({"store": lambda: ds_store.sample(BATCH) and BATCH,
-                        "raw": lambda: ds_raw.sample(BATCH) and BATCH}, 5, seconds)  # fmt: skip
+                        "raw": lambda: ds_raw.sample(BATCH) and BATCH,
+                        **{f"store_run{k}": lambda ds=ds: ds.sample(BATCH) and BATCH
+                           for k, ds in runs.items()}}, 5, seconds)  # fmt: skip
     out = {
         "log": str(log),
         "checkpoints": many["checkpoints"],

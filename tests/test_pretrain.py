@@ -282,6 +282,7 @@ def test_every_torso_task_family_and_optimizer_trains(log_dir, tmp_path, torso):
         (["tasks=random_cumulants", "td.center=true"], "td.center=true: the task family has no"),
         (["device=cuda"] if not torch.cuda.is_available() else ["device=tpu"], "device="),
         (["data.checkpoints=[7]"], "checkpoint(s) [7] not found"),
+        (["data.sample_run=0"], "data.sample_run=0: must be >= 1"),
     ],
 )
 def test_config_errors_are_one_line_exit_2(log_dir, tmp_path, capsys, extra, msg):

@@ -29,22 +29,34 @@ def small_log(tmp_path, ale_episodes):
     return path
 
 
-def test_uniform_over_valid_transitions(small_log, tmp_path):
+@pytest.mark.parametrize("run", [1, 4])
+def test_uniform_over_valid_transitions(small_log, tmp_path, run):
+    """Every valid transition equally likely, also when drawn in windows of ``run``
+    consecutive slots (this log's short episodes put an invalid gap every few slots: windows
+    started only at valid slots would draw the slots after each gap up to 4 times less)."""
     ds = DQNReplayDataset(small_log, n_step=3, cache_dir=tmp_path / "c", seed=1)
+    ds.sample_run = run
     valid = {(c, int(i)) for c in ds.checkpoints for i in np.flatnonzero(ds.valid_mask(c))}
     assert len(valid) == len(ds)
     draws = 200_000
     counts: dict[tuple[int, int], int] = {}
+    neighbours = 0  # drawn slots whose previous slot was drawn in the same batch
     for _ in range(draws // 1000):
         b = ds.sample(1000)
-        for key in zip(b.shard.tolist(), b.index.tolist(), strict=True):
+        keys = list(zip(b.shard.tolist(), b.index.tolist(), strict=True))
+        for key in keys:
             counts[key] = counts.get(key, 0) + 1
+        batch = set(keys)
+        neighbours += sum((c, i - 1) in batch for c, i in keys)
     assert set(counts) == valid  # every valid transition drawn, no invalid one ever
     expected = draws / len(valid)
     chi2 = sum((c - expected) ** 2 / expected for c in counts.values())
     df = len(valid) - 1
-    # chi-square with df ~ 100 has sd sqrt(2 df); 6 sd above the mean is p < 1e-6 (fixed seed)
-    assert chi2 < df + 6 * np.sqrt(2 * df), (chi2, df)
+    # chi-square with df ~ 100 has sd sqrt(2 df) (sqrt(2 df run) when runs of `run` neighbours
+    # are drawn together); 6 sd above the mean is p < 1e-6 (fixed seed)
+    assert chi2 < df + 6 * np.sqrt(2 * df * run), (chi2, df)
+    if run > 1:  # the batch holds runs: most slots come with their predecessor
+        assert neighbours / draws > 0.5
 
 
 def test_sampled_rows_equal_gather(small_log, tmp_path):

@@ -7,6 +7,12 @@ mask by its own rule; :class:`ShardSampler` keeps the masks bit-packed (1 bit pe
 process's memory does not grow with the number of shards; frames live in the page cache),
 draws slots uniformly over the valid ones and gathers stacked transitions
 (:func:`replay.transitions.gather_into`), with the generator's state for an exact resume.
+
+``sample_run = K > 1`` (``data.sample_run``; off by default) draws the slots in windows of K
+consecutive ones instead: every valid slot keeps the same probability of being drawn, but a
+batch then holds runs of neighbouring transitions, which share their frames and the compressed
+chunks those sit in, so a compressed store decodes about K times fewer frames per transition
+(``docs/store.md`` measures the speed and the effect on learning).
 """
 
 from __future__ import annotations
@@ -43,6 +49,18 @@ class ShardSampler:
         self.stack_size, self.n_step, self.gamma = stack_size, n_step, gamma
         self._discount = discount_vector(gamma, n_step)
         self._rng = np.random.Generator(np.random.PCG64(seed))
+        self._run = 1
+
+    @property
+    def sample_run(self) -> int:
+        """Transitions drawn per window of consecutive slots (1: each drawn on its own)."""
+        return self._run
+
+    @sample_run.setter
+    def sample_run(self, k: int) -> None:
+        if int(k) != k or k < 1:
+            raise ReplayError(f"sample_run={k}: must be an integer >= 1")
+        self._run = int(k)
 
     def __len__(self) -> int:
         return int(self._counts.sum())
@@ -90,9 +108,13 @@ class ShardSampler:
 
         Returns ``(shard position, slots)`` groups. The number per shard is multinomial with
         probabilities proportional to the valid counts; within a shard, slots are drawn
-        uniformly and invalid ones rejected (valid fractions are ~99% in real data).
+        uniformly and invalid ones rejected (valid fractions are ~99% in real data). With
+        :attr:`sample_run` K > 1, windows of K consecutive slots start uniformly over the
+        shard's slots (wrapping around, as the circular buffer does) and their valid slots are
+        taken together: each slot lies in K of the windows, so every valid one is drawn with
+        the same probability, and the last window is cut at the group's size.
         """
-        rng = self._rng
+        rng, k = self._rng, self._run
         per = rng.multinomial(batch_size, self._counts / self._counts.sum())
         groups = []
         for pos, m in enumerate(per.tolist()):
@@ -103,7 +125,11 @@ class ShardSampler:
             got: list[np.ndarray] = []
             need = m
             while need > 0:
-                cand = rng.integers(0, cap, size=int(need / frac * 1.1) + 8)
+                if k == 1:
+                    cand = rng.integers(0, cap, size=int(need / frac * 1.1) + 8)
+                else:  # windows, about enough of them for what is still needed
+                    starts = rng.integers(0, cap, size=int(need / (k * frac)) + 1)
+                    cand = ((starts[:, None] + np.arange(k)) % cap).reshape(-1)
                 cand = cand[self._is_valid(pos, cand)][:need]
                 got.append(cand)
                 need -= len(cand)
