@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
 from pvn.analysis.probes import (
@@ -125,8 +126,25 @@ def test_linear_probes_run_on_real_play(tmp_path, ale_episodes):
     assert 1 <= out["srank"] <= 16 and 0 <= out["dormant"] <= 1
     assert out["l1"] > 0 and "successor_r2" not in out
     # with tasks: the logged reward's successor measure is the return, probed on the same
-    # states: the same R^2
+    # states: the same R^2; with a second task, the R^2s pooled by the tasks' test variance
+    sole = linear_probes(enc, ds, max_states=500,
+                         task_rewards=lambda c, slots, logged: logged[:, None])  # fmt: skip
+    assert sole["successor_tasks"] == 1
+    assert sole["successor_r2"] == pytest.approx(out["return_r2"], rel=1e-9)
     both = linear_probes(enc, ds, max_states=500, task_rewards=_every_third_and_logged)
     assert both["successor_tasks"] == 2 and both["return_r2"] == out["return_r2"]
-    r2 = 2 * both["successor_r2"] - out["return_r2"]  # the indicator's R^2
-    assert np.isfinite(r2) and r2 <= 1
+    keys, g, _ = episode_targets(ds, 0.99)  # the indicator's R^2 alone, by ridge_r2
+    rng = np.random.default_rng(0)  # the probes' draw of states (seed 0)
+    split = int(len(keys) * 0.8)
+    take = [np.sort(rng.choice(np.arange(lo, hi), min(hi - lo, n), replace=False))
+            for lo, hi, n in ((0, split, 400), (split, len(keys), 100))]  # fmt: skip
+    sm = successor_to_go(ds, [keys[i] for i in np.concatenate(take)], 0.99,
+                         _every_third_and_logged)[:, 0]  # fmt: skip
+    with torch.no_grad():
+        feats = [enc(torch.from_numpy(np.stack([ds.gather(keys[i][0], [keys[i][1]])
+                                                .observation[0] for i in t]))).double().numpy()
+                 for t in take]  # fmt: skip
+    r2_ind = ridge_r2(feats[0], sm[:400], feats[1], sm[400:])[0]
+    tot = [((y - y.mean()) ** 2).sum() for y in (sm[400:], g[take[1]])]
+    pooled = 1 - ((1 - r2_ind) * tot[0] + (1 - out["return_r2"]) * tot[1]) / sum(tot)
+    assert both["successor_r2"] == pytest.approx(pooled, rel=1e-6)

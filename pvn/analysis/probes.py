@@ -172,12 +172,14 @@ def linear_probes(
     Returns:
         ``return_r2``, ``reward_r2``: held-out R^2 of the return-to-go and the next reward
         (penalties ``return_l2``, ``reward_l2`` chosen on the earlier episodes);
-        ``successor_r2``: with ``task_rewards``, the mean over tasks of the held-out R^2 of
-        each task's :func:`successor_to_go` (tasks constant on the test states skipped;
-        ``successor_tasks`` how many were scored); ``srank`` and ``dormant``: the features'
-        effective rank and dormant fraction on the training states; ``l1``: their mean L1
-        norm, the scale a linear head's Adam steps act at (each weight moves about lr per
-        step, so Q moves about lr times ``|phi|_1``); ``states``: how many were probed.
+        ``successor_r2``: with ``task_rewards``, the held-out R^2 of the tasks'
+        :func:`successor_to_go`, each task fit on its own and pooled (``1 - sum_k SS_res,k /
+        sum_k SS_tot,k``: the share of the tasks' total variance explained; tasks constant on
+        the test states skipped, ``successor_tasks`` how many were scored); ``srank`` and
+        ``dormant``: the features' effective rank and dormant fraction on the training states;
+        ``l1``: their mean L1 norm, the scale a linear head's Adam steps act at (each weight
+        moves about lr per step, so Q moves about lr times ``|phi|_1``); ``states``: how many
+        were probed.
     """
     keys, g, r = episode_targets(ds, gamma)
     if len(keys) < 20:
@@ -222,7 +224,11 @@ def linear_probes(
     if task_rewards is not None:
         sm = successor_to_go(ds, [keys[i] for i in np.concatenate(take)], gamma, task_rewards)
         r2 = ridge_r2(xtr, sm[: len(tr)], xte, sm[len(tr) :])[0]
+        tot = ((sm[len(tr) :] - sm[len(tr) :].mean(0)) ** 2).sum(0)
         scored = np.isfinite(r2)
-        out["successor_r2"] = float(r2[scored].mean()) if scored.any() else float("nan")
+        # pooled over tasks, each weighted by its test variance: a task that barely varies on
+        # the test states (a rarely firing indicator) has an R^2 of any size and says nothing
+        res = ((1 - r2[scored]) * tot[scored]).sum()
+        out["successor_r2"] = float(1 - res / tot[scored].sum()) if scored.any() else float("nan")
         out["successor_tasks"] = int(scored.sum())
     return out

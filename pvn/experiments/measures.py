@@ -287,10 +287,11 @@ _SCALES = ("Scale of the features |φ(s)| and the predictions |Q(s, a)| (mean ov
            "rebuilt from the run's seed) and after training:")  # fmt: skip
 _FLOOR = ("The probes against a random torso: the same torso at initialisation (rebuilt from "
           "each run's seed, no pretraining) on the same states and targets. R² successor: the "
-          "mean over the run's tasks of the held-out R² of the logging policy's discounted "
-          "future occupancy of each task's indicator (what the PVN's heads predict, under the "
-          "log's policy); \\|φ\\|₁: the features' mean L1 norm, the scale a linear head's "
-          "Adam steps act at:")  # fmt: skip
+          "held-out R² of the logging policy's discounted future occupancy of each of the "
+          "run's task indicators (what the PVN's heads predict, under the log's policy), each "
+          "task fit alone, pooled over tasks (the share of their total variance explained); "
+          "\\|φ\\|₁: the features' mean L1 norm, the scale a linear head's Adam steps act at:"
+          )  # fmt: skip
 _ROUTING = ("Top-k MoE routing on the held-out transitions: as a frozen encoder runs (eval: no "
             "router noise, nothing dropped) and as the pretraining ran (train: router noise, "
             "expert capacity); dropped: the fraction of top-k assignments over capacity; load "
