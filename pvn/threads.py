@@ -151,8 +151,15 @@ def plan_threads(
 
 
 def set_wait_policy(policy: str = "PASSIVE") -> None:
-    """Set ``OMP_WAIT_POLICY`` unless the user did; only effective before ``import torch``."""
+    """Set ``OMP_WAIT_POLICY`` unless the user did; only effective before ``import torch``.
+
+    Also numpy's own BLAS (OpenBLAS, a separate pool from PyTorch's, read once when numpy
+    loads) to one thread unless ``OPENBLAS_NUM_THREADS`` is set: its threads spin while they
+    wait, and a probe's SVD (2560 x 512) with 2 threads took 1.8-2.9 s against 0.35-0.42 s
+    with one while two other processes held the 2 cores (docs/threads.md). pvn's numpy linear
+    algebra (the probes, the reports) is small; PyTorch's has the plan's threads."""
     os.environ.setdefault("OMP_WAIT_POLICY", policy)
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 
 def apply(plan: ThreadPlan) -> None:

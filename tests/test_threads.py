@@ -79,11 +79,24 @@ def test_cgroup_quota_is_read(tmp_path):
 
 def test_wait_policy_keeps_the_users_choice(monkeypatch):
     monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    monkeypatch.delenv("OPENBLAS_NUM_THREADS", raising=False)
     set_wait_policy()
     assert os.environ["OMP_WAIT_POLICY"] == "PASSIVE"
+    assert os.environ["OPENBLAS_NUM_THREADS"] == "1"  # numpy's BLAS: one thread
     monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")
+    monkeypatch.setenv("OPENBLAS_NUM_THREADS", "4")
     set_wait_policy()
-    assert os.environ["OMP_WAIT_POLICY"] == "ACTIVE"
+    assert os.environ["OMP_WAIT_POLICY"] == "ACTIVE" and os.environ["OPENBLAS_NUM_THREADS"] == "4"
+
+
+def test_the_pvn_entry_point_loads_neither_torch_nor_numpy():
+    """So the variables set_wait_policy sets are there when OpenMP and OpenBLAS read them."""
+    import subprocess
+    import sys
+
+    code = "import sys, pvn.console; print('torch' in sys.modules, 'numpy' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.stdout.split() == ["False", "False"], out.stderr
 
 
 def test_cli_saves_the_resolved_plan_and_refuses_bad_values(capsys):
