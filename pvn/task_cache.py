@@ -165,29 +165,38 @@ def _directory(run_dir: str | Path, ds: LoggedData, tasks: TaskFamily) -> Path:
     return Path(run_dir) / "task_outputs" / _key(ds, tasks)
 
 
-def task_rewards(tasks: TaskFamily, ds: LoggedData, run_dir: str | Path, chunk: int = 4096):
-    """``tasks``' rewards at any slots of ``ds`` (:data:`pvn.analysis.probes.TaskRewards`),
-    from the frozen outputs the run stored there (computed and stored first where missing) and
-    the learned parts as they are now; a family with no frozen part from the logged rewards.
+def task_rewards(tasks: TaskFamily, ds: LoggedData, run_dir: str | Path, chunk: int = CHUNK):
+    """``tasks``' rewards at any slots of ``ds`` (:data:`pvn.analysis.probes.TaskRewards`):
+    the frozen outputs the run stored for a shard where it has them, else computed from the
+    shard's frames (nothing is written: a stored file would switch a resumed run that did not
+    store them onto the stored path), then the learned parts as they are now; a family with no
+    frozen part from the logged rewards.
 
     Args:
         tasks: a trained run's task family (its calibration as trained).
         ds: the log.
-        run_dir: the run whose ``task_outputs`` to read and add to.
-        chunk: slots per call of the tasks.
+        run_dir: the run whose ``task_outputs`` to read.
+        chunk: slots per call of the tasks (the cache's: a conv's last bit can depend on it).
 
     Returns:
         ``rewards(shard, slots, logged_rewards) -> (len(slots), K)`` float32.
     """
-    cache = (build_task_cache(ds, tasks, _directory(run_dir, ds, tasks), "cpu")
-             if tasks.cacheable else None)  # fmt: skip
+    directory = _directory(run_dir, ds, tasks)
 
     @torch.no_grad()
     def rewards(shard: int, slots: np.ndarray, logged: np.ndarray) -> np.ndarray:
+        stored = None
+        if tasks.cacheable:
+            stored = _load(directory / f"ckpt.{shard}.npy", (ds.slots(shard), tasks.num_tasks))
         out = []
         for s in range(0, len(slots), chunk):
-            idx = torch.from_numpy(np.asarray(slots[s : s + chunk], np.int64))
-            frozen = cache(torch.full_like(idx, shard), idx) if cache is not None else None
+            idx = np.asarray(slots[s : s + chunk], np.int64)
+            if not tasks.cacheable:
+                frozen = None
+            elif stored is not None:
+                frozen = torch.from_numpy(np.ascontiguousarray(stored[idx]))
+            else:  # as the cache computes them: the stacks of those slots
+                frozen = tasks.frozen(torch.from_numpy(ds.gather(shard, idx).observation))
             reward = torch.from_numpy(np.asarray(logged[s : s + chunk], np.float32))
             out.append(tasks.from_frozen(frozen, reward).rewards.float().numpy())
         return np.concatenate(out) if out else np.zeros((0, tasks.num_tasks), np.float32)

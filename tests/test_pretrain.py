@@ -198,6 +198,10 @@ def test_task_cache_holds_each_slots_frozen_outputs(log_dir, tmp_path, family):
     torch.testing.assert_close(torch.from_numpy(along(ckpt, slots, b.reward)), direct.float(),
                                rtol=1e-5, atol=1e-6)  # fmt: skip
     assert sorted((run / "task_outputs").rglob("*")) == files
+    # a run that stored none: computed from the frames, and nothing written
+    fresh = task_rewards(learner.tasks, ds, tmp_path / "stored_none")(ckpt, slots, b.reward)
+    torch.testing.assert_close(torch.from_numpy(fresh), direct.float(), rtol=1e-5, atol=1e-6)
+    assert not (tmp_path / "stored_none").exists()
 
 
 def test_task_cache_removes_a_killed_runs_temporary_file(log_dir, tmp_path):

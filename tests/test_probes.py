@@ -81,6 +81,9 @@ def test_many_targets_fit_as_each_alone():
     alone = [ridge_r2(x[:240], y[:240, k], x[240:], y[240:, k])[0] for k in range(3)]
     np.testing.assert_allclose(r2[:3], alone, rtol=1e-9, atol=1e-12)
     assert np.isnan(r2[3])
+    fixed = ridge_r2(x[:240], y[:240, :3], x[240:], y[240:, :3], l2=1e-2)[0]  # one penalty
+    each = [ridge_r2(x[:240], y[:240, k], x[240:], y[240:, k], l2=1e-2)[0] for k in range(3)]
+    np.testing.assert_allclose(fixed, each, rtol=1e-9)
 
 
 def test_ridge_weights_match_the_normal_equations():

@@ -78,8 +78,9 @@ def test_cgroup_quota_is_read(tmp_path):
 
 
 def test_wait_policy_keeps_the_users_choice(monkeypatch):
-    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
-    monkeypatch.delenv("OPENBLAS_NUM_THREADS", raising=False)
+    for var in ("OMP_WAIT_POLICY", "OPENBLAS_NUM_THREADS"):  # restored to absent afterwards
+        monkeypatch.setenv(var, "")
+        monkeypatch.delenv(var)
     set_wait_policy()
     assert os.environ["OMP_WAIT_POLICY"] == "PASSIVE"
     assert os.environ["OPENBLAS_NUM_THREADS"] == "1"  # numpy's BLAS: one thread

@@ -104,6 +104,8 @@ def ridge_r2(x_train, y_train, x_test, y_test, l2=None):
     each target fit with its own penalty: both are ``(K,)`` arrays (R^2 NaN where a target is
     constant on the test set)."""
     l2 = choose_l2(x_train, y_train) if l2 is None else l2
+    if y_train.ndim == 2:  # one penalty per target (a scalar: the same for each)
+        l2 = np.broadcast_to(np.asarray(l2, float), y_train.shape[1:])
     (a, b), ym = _standardise(x_train, x_test), y_train.mean(0)
     grid, pick = np.unique(np.atleast_1d(l2), return_inverse=True)
     w = ridge_weights(a, y_train - ym, grid)  # every penalty used, then each target's own

@@ -198,8 +198,11 @@ def run_games(stage: Stage) -> tuple[list[str], str, int]:
     """A pretraining's games (several for a joint run), arm and seed: a pretraining arm's run
     ``pretrain/<game>[+<game>...]-<arm>/seed<k>``, a knob's ``pretrain/<game>-<arm>`` (named by
     its first arm), and the control arms' PVN ``pretrain/<game>`` (arm ``pretrain``, after the
-    config's section); the seed its command runs with."""
-    games, _, arm = stage.name.split("/")[1].partition("-")
+    config's section); the seed in its name, else the one its command runs with."""
+    parts = stage.name.split("/")
+    games, _, arm = parts[1].partition("-")
+    if len(parts) == 3:  # a pretraining arm's run: the seed its name (and stage) is for
+        return games.split("+"), arm, int(parts[2][len("seed") :])
     seed = [a for a in stage.argv if a.startswith("seed=")][-1]  # the last one counts
     return games.split("+"), arm or "pretrain", int(seed[len("seed=") :])
 

@@ -9,8 +9,8 @@ draws slots uniformly over the valid ones and gathers stacked transitions
 (:func:`replay.transitions.gather_into`), with the generator's state for an exact resume.
 
 ``sample_run = K > 1`` (``data.sample_run``; off by default) draws the slots in windows of K
-consecutive ones instead: every valid slot keeps the same probability of being drawn, but a
-batch then holds runs of neighbouring transitions, which share their frames and the compressed
+consecutive valid ones instead: every valid slot keeps the same probability of being drawn, but
+a batch then holds runs of neighbouring transitions, which share their frames and the compressed
 chunks those sit in, so a compressed store decodes about K times fewer frames per transition
 (``docs/store.md`` measures the speed and the effect on learning).
 """
@@ -109,32 +109,63 @@ class ShardSampler:
         Returns ``(shard position, slots)`` groups. The number per shard is multinomial with
         probabilities proportional to the valid counts; within a shard, slots are drawn
         uniformly and invalid ones rejected (valid fractions are ~99% in real data). With
-        :attr:`sample_run` K > 1, windows of K consecutive slots start uniformly over the
-        shard's slots (wrapping around, as the circular buffer does) and their valid slots are
-        taken together: each slot lies in K of the windows, so every valid one is drawn with
-        the same probability, and the last window is cut at the group's size.
+        :attr:`sample_run` K > 1: :meth:`_windows`.
         """
-        rng, k = self._rng, self._run
-        per = rng.multinomial(batch_size, self._counts / self._counts.sum())
-        groups = []
-        for pos, m in enumerate(per.tolist()):
-            if m == 0:
-                continue
-            cap = self._shards[pos].capacity
-            frac = self._counts[pos] / cap
-            got: list[np.ndarray] = []
-            need = m
-            while need > 0:
-                if k == 1:
-                    cand = rng.integers(0, cap, size=int(need / frac * 1.1) + 8)
-                else:  # windows, about enough of them for what is still needed
-                    starts = rng.integers(0, cap, size=int(need / (k * frac)) + 1)
-                    cand = ((starts[:, None] + np.arange(k)) % cap).reshape(-1)
-                cand = cand[self._is_valid(pos, cand)][:need]
-                got.append(cand)
-                need -= len(cand)
-            groups.append((pos, np.concatenate(got)))
-        return groups
+        if self._run > 1:
+            return self._windows(batch_size)
+        per = self._rng.multinomial(batch_size, self._counts / self._counts.sum())
+        return [(pos, self._uniform(pos, m)) for pos, m in enumerate(per.tolist()) if m]
+
+    def _uniform(self, pos: int, m: int) -> np.ndarray:
+        """``m`` valid slots of shard ``pos``, each drawn uniformly (rejection of invalid ones)."""
+        cap, frac = self._shards[pos].capacity, self._counts[pos] / self._shards[pos].capacity
+        got: list[np.ndarray] = []
+        need = m
+        while need > 0:
+            cand = self._rng.integers(0, cap, size=int(need / frac * 1.1) + 8)
+            cand = cand[self._is_valid(pos, cand)][:need]
+            got.append(cand)
+            need -= len(cand)
+        return np.concatenate(got)
+
+    def _windows(self, batch_size: int) -> list[tuple[int, np.ndarray]]:
+        """``batch_size // K`` windows of K consecutive valid slots (and one of the remainder),
+        spread over the shards in proportion to their valid counts: each window starts at a
+        valid slot drawn uniformly and holds the valid slots that follow it in slot order
+        (wrapping, as the circular buffer does). A valid slot is in exactly L of the windows
+        of length L, so every one is drawn with the probability of independent draws."""
+        k, rng = self._run, self._rng
+        probs = self._counts / self._counts.sum()
+        full, rest = divmod(batch_size, k)
+        lengths: dict[int, list[int]] = {}
+        for pos, n in enumerate(rng.multinomial(full, probs).tolist()):
+            if n:
+                lengths[pos] = [k] * n
+        if rest:
+            lengths.setdefault(int(rng.choice(len(probs), p=probs)), []).append(rest)
+        return [(pos, self._following(pos, self._uniform(pos, len(ls)), ls))
+                for pos, ls in sorted(lengths.items())]  # fmt: skip
+
+    def _following(self, pos: int, starts: np.ndarray, lengths: list[int]) -> np.ndarray:
+        """For each valid ``starts[i]``, it and the valid slots after it, ``lengths[i]`` in
+        all (circular slot order), concatenated."""
+        cap, span = self._shards[pos].capacity, max(lengths) + 16
+        cand = (starts[:, None] + np.arange(span)) % cap  # invalid gaps are a few slots
+        valid = self._is_valid(pos, cand)
+        want = np.asarray(lengths)[:, None]
+        take = valid & (np.cumsum(valid, axis=1) <= want)
+        short = take.sum(1) < want[:, 0]
+        if not short.any():
+            return cand[take]
+        ranked = np.flatnonzero(self.valid_mask(pos))  # a long gap: walk the valid slots
+        out = []
+        for i, s in enumerate(starts.tolist()):
+            if short[i]:
+                r = int(np.searchsorted(ranked, s))
+                out.append(ranked[(r + np.arange(lengths[i])) % len(ranked)])
+            else:
+                out.append(cand[i][take[i]])
+        return np.concatenate(out)
 
     def sample(self, batch_size: int, out: TransitionBatch | None = None) -> TransitionBatch:
         """A batch of ``batch_size`` transitions drawn uniformly from the valid ones.
