@@ -48,17 +48,20 @@ CODECS = [FrameCodec(), FrameCodec(chunk=7, dictionary=False), FrameCodec(level=
 
 
 @pytest.mark.parametrize("codec", CODECS)
-def test_frames_round_trip_in_any_pieces(tmp_path, ale_episodes, codec):
-    frames = np.concatenate([e[0] for e in ale_episodes])[:1003]  # a partial last chunk
+@pytest.mark.parametrize("n", [1003, 2603])  # the dictionary trained at the end / mid-stream
+def test_frames_round_trip_in_any_pieces(tmp_path, ale_episodes, codec, n):
+    frames = np.concatenate([e[0] for e in ale_episodes])
+    frames = np.concatenate([frames] * -(-n // len(frames)))[:n]  # a partial last chunk
     w = FrameWriter(tmp_path, codec)
-    flat, cut = frames.reshape(-1), [0, 5, 7056 * 3 + 11, 7056 * 500 + 1, frames.size]
+    cut = [0, 5, 7056 * 3 + 11, 7056 * 500 + 1, 7056 * 2047 + 9, 7056 * 2050 + 3, frames.size]
+    flat, cut = frames.reshape(-1), sorted({min(c, frames.size) for c in cut})
     for a, b in itertools.pairwise(cut):  # pieces that split frames
         w.write(flat[a:b])
     info = w.close()
     assert info["frames"] == len(frames)
     stored = open_frames(tmp_path)
     np.testing.assert_array_equal(np.asarray(stored), frames)
-    idx = np.array([[-2, 0, 1001, 1002], [1003, 1004, 5, 5]])  # wrapping, like np.take's wrap
+    idx = np.array([[-2, 0, n - 2, n - 1], [n, n + 1, 5, 2050]])  # wrapping, like np.take's wrap
     out = np.empty((*idx.shape, 84, 84), np.uint8)
     if isinstance(stored, ChunkedFrames):
         stored.take([idx], [out])

@@ -67,7 +67,7 @@ class FrameCodec:
 
 DEFAULT_CODEC = FrameCodec()
 _DICT_BYTES = 112_640  # zstd's default dictionary size
-_DICT_TRAIN_FRAMES = 8192  # frames (58 MB) buffered to train the dictionary on
+_DICT_TRAIN_FRAMES = 2048  # frames (14 MB) buffered to train the dictionary on
 
 
 class FrameWriter:
@@ -91,16 +91,31 @@ class FrameWriter:
             self._cctx = zstandard.ZstdCompressor(level=codec.level, write_checksum=True)
 
     def write(self, data: bytes | bytearray | memoryview | np.ndarray) -> None:
-        """Append ``data``: whole frames or any piece of the frames' bytes."""
+        """Append ``data``: whole frames or any piece of the frames' bytes. Whole chunks are
+        compressed straight from ``data``; only a chunk's unfinished tail (and, before the
+        dictionary exists, the frames it is trained on) is copied aside."""
         data = memoryview(data).cast("B")
         self._bytes_in += len(data)
         if self.codec.codec == "raw":
             self._file.write(data)
             return
-        self._pending += data
-        if self._cctx is None and len(self._pending) < _DICT_TRAIN_FRAMES * _FRAME_BYTES:
-            return  # still gathering the frames the dictionary is trained on
-        self._flush(final=False)
+        if self._cctx is None:
+            self._pending += data
+            if len(self._pending) >= _DICT_TRAIN_FRAMES * _FRAME_BYTES:
+                self._train()
+                self._compress(final=False)
+            return
+        step = self.codec.chunk * _FRAME_BYTES
+        if self._pending:  # complete the chunk begun in an earlier piece
+            take = min(len(data), -len(self._pending) % step)
+            self._pending += data[:take]
+            data = data[take:]
+            if len(self._pending) % step:
+                return
+            self._compress(final=False)
+        whole = len(data) - len(data) % step
+        self._compress_view(data[:whole], final=False)
+        self._pending += data[whole:]
 
     def _train(self) -> None:
         frames = len(self._pending) // _FRAME_BYTES
@@ -108,13 +123,14 @@ class FrameWriter:
         samples = [bytes(self._pending[i : i + step]) for i in range(0, frames * _FRAME_BYTES,
                                                                      step)]  # fmt: skip
         try:
-            # fastcover with fixed parameters: ~0.3 s, where letting it search k and d takes
-            # ~20 s a shard for a ratio ~3% better (docs/store.md)
-            # a short shard (its frames all here before 8192 arrived) gets a dictionary in
+            # fastcover with fixed parameters on 2,048 frames: ~0.05 s a shard, where 8,192
+            # frames took ~0.35 s and letting it search k and d ~20 s, each for a store within
+            # ~1% of this one (docs/store.md)
+            # a short shard (its frames all here before 2048 arrived) gets a dictionary in
             # proportion, which it cannot repay otherwise
-            size = min(_DICT_BYTES, len(self._pending) // 1000)
+            size = min(_DICT_BYTES, len(self._pending) // 250)
             self._dict = zstandard.train_dictionary(
-                size, samples, k=1024, d=8, f=20, accel=4, level=self.codec.level
+                size, samples, k=1024, d=8, f=16, accel=4, level=self.codec.level
             )
             self._dict.precompute_compress(level=self.codec.level)  # else it is re-read per chunk
         except zstandard.ZstdError:  # too few or too uniform samples: no dictionary
@@ -122,21 +138,24 @@ class FrameWriter:
         level = {} if self._dict else {"level": self.codec.level}  # (the dictionary holds it)
         self._cctx = zstandard.ZstdCompressor(dict_data=self._dict, write_checksum=True, **level)
 
-    def _flush(self, final: bool) -> None:
-        if self._cctx is None:
-            self._train()
-        step = self.codec.chunk * _FRAME_BYTES
+    def _compress(self, final: bool) -> None:
+        """Compress the whole chunks set aside (all of them, the last one short, if ``final``)."""
         view = memoryview(self._pending)
-        done = 0
-        while len(view) - done >= step or (final and done < len(view)):
-            piece = view[done : done + step]
-            blob = self._cctx.compress(piece)
-            self._file.write(blob)
-            self._offsets.append(self._offsets[-1] + len(blob))
-            done += len(piece)
-            piece.release()  # (the buffer cannot shrink while a view of it lives)
-        view.release()
+        done = self._compress_view(view, final)
+        view.release()  # (the buffer cannot shrink while a view of it lives)
         del self._pending[:done]
+
+    def _compress_view(self, view: memoryview, final: bool) -> int:
+        """Compress ``view``'s whole chunks (and its short tail if ``final``); bytes consumed."""
+        assert self._cctx is not None
+        step, done, out = self.codec.chunk * _FRAME_BYTES, 0, []
+        while len(view) - done >= step or (final and done < len(view)):
+            blob = self._cctx.compress(view[done : done + step])
+            out.append(blob)
+            self._offsets.append(self._offsets[-1] + len(blob))
+            done += step
+        self._file.write(b"".join(out))
+        return min(done, len(view))
 
     def close(self) -> dict:
         """Write the remaining frames and the index, fsync; return what ``frames.json`` holds."""
@@ -144,7 +163,9 @@ class FrameWriter:
         if self._bytes_in % _FRAME_BYTES:
             raise ReplayError(f"{self.dest}: frame bytes are not a whole number of 84x84 frames")
         if codec.codec == "zstd":
-            self._flush(final=True)
+            if self._cctx is None:  # a short shard: every frame arrived before training
+                self._train()
+            self._compress(final=True)
         frames = self._bytes_in // _FRAME_BYTES
         size = self._offsets[-1] if codec.codec == "zstd" else self._bytes_in
         self._file.flush()
