@@ -11,6 +11,7 @@ from pvn.analysis.probes import (
     choose_l2,
     episode_targets,
     linear_probes,
+    probe_targets,
     ridge_r2,
     ridge_weights,
     successor_to_go,
@@ -151,3 +152,12 @@ def test_linear_probes_run_on_real_play(tmp_path, ale_episodes):
     tot = [((y - y.mean()) ** 2).sum() for y in (sm[400:], g[take[1]])]
     pooled = 1 - ((1 - r2_ind) * tot[0] + (1 - out["return_r2"]) * tot[1]) / sum(tot)
     assert both["successor_r2"] == pytest.approx(pooled, rel=1e-6)
+    # the targets drawn once serve several torsos: the same numbers, the tasks run once
+    calls = []
+    counted = lambda c, slots, logged: calls.append(c) or _every_third_and_logged(c, slots, logged)  # noqa: E731
+    targets = probe_targets(ds, max_states=500, task_rewards=counted)
+    ran = len(calls)
+    assert linear_probes(enc, ds, targets=targets) == both
+    other = build_torso("nature", torch.Generator().manual_seed(1), feature_dim=16).eval()
+    assert linear_probes(other, ds, targets=targets)["states"] == both["states"]
+    assert len(calls) == ran > 0

@@ -289,7 +289,7 @@ def measure_run(
         logged training TD loss against updates; ``team``: a multi-worker run's
         :func:`pvn.analysis.workers.team_measures` (None for one worker).
     """
-    from pvn.analysis.probes import linear_probes
+    from pvn.analysis.probes import linear_probes, probe_targets
     from pvn.analysis.workers import team_measures
     from pvn.metrics import read_metrics
     from pvn.networks.moe import active_params
@@ -307,14 +307,14 @@ def measure_run(
     torso = (learner if worker is None else trained_learner(run_dir, None, state)[1]).online.torso
     # the probes' targets: the log's returns and rewards, and the successor measures of the
     # run's tasks as trained (the same targets for the trained torso and its initialisation)
-    probe = {"gamma": float(cfg.data.gamma), "max_states": probe_states,
-             "task_rewards": task_rewards(learner.tasks, ds, run_dir)}  # fmt: skip
-    probes = linear_probes(torso, ds, **probe)
+    targets = probe_targets(ds, float(cfg.data.gamma), probe_states,
+                            task_rewards=task_rewards(learner.tasks, ds, run_dir))  # fmt: skip
+    probes = linear_probes(torso, ds, targets=targets)
     # the same network at initialisation (rebuilt from the seed; under partition=games with the
     # measured worker's game's head): the floor the probes and the scales are read against
     initial = build(section(PretrainConfig, cfg), num_actions,
                     task_seed=worker_task_seed(cfg, worker)).online.eval()  # fmt: skip
-    floor = linear_probes(initial.torso, ds, **probe)
+    floor = linear_probes(initial.torso, ds, targets=targets)
     local = getattr(learner, "local", None)
     return {
         "td_train": float(np.mean(td[-final_logs:])) if td else float("nan"),

@@ -14,6 +14,7 @@ and dormant fraction (:mod:`pvn.diagnostics`): a collapsed representation shows 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -147,6 +148,51 @@ def successor_to_go(ds: LoggedData, keys: list, gamma: float, task_rewards: Task
     return out if out is not None else np.zeros((0, 0))
 
 
+@dataclass(frozen=True)
+class ProbeTargets:
+    """The states a probe fits (the first ``train`` of ``keys``) and scores (the rest), with
+    their targets: drawn once per log, so every torso probed on it is fit to the same states,
+    and the tasks' successor measures (running the tasks along the log, the costly part) are
+    computed once for all of them."""
+
+    keys: list  # (checkpoint, slot) of each state, the training ones first
+    train: int
+    returns: np.ndarray  # the return-to-go of each state
+    rewards: np.ndarray  # its next reward
+    successor: np.ndarray | None  # (len(keys), K) the tasks' successor measures, or None
+    tasks: bool  # whether task rewards were given (a log too short has none computed)
+
+
+def probe_targets(
+    ds: LoggedData,
+    gamma: float = 0.99,
+    max_states: int = 4000,
+    test_fraction: float = 0.2,
+    seed: int = 0,
+    task_rewards: TaskRewards | None = None,
+) -> ProbeTargets:
+    """Draw the probes' states from ``ds``'s complete episodes (the earlier episodes train, the
+    later ``test_fraction`` of states score) and compute their targets; arguments as
+    :func:`linear_probes`'s. Fewer than 20 states: nothing is drawn (``keys`` holds them all,
+    ``train`` is 0)."""
+    keys, g, r = episode_targets(ds, gamma)
+    if len(keys) < 20:
+        return ProbeTargets(keys, 0, g, r, None, task_rewards is not None)
+    split = int(len(keys) * (1 - test_fraction))  # earlier episodes train, later ones test
+    rng = np.random.default_rng(seed)
+    take = np.concatenate([
+        np.sort(rng.choice(np.arange(lo, hi), min(hi - lo, n), replace=False))
+        for lo, hi, n in (
+            (0, split, int(max_states * (1 - test_fraction))),
+            (split, len(keys), int(max_states * test_fraction)),
+        )
+    ])  # fmt: skip
+    chosen = [keys[i] for i in take]
+    sm = None if task_rewards is None else successor_to_go(ds, chosen, gamma, task_rewards)
+    train = int(np.searchsorted(take, split))
+    return ProbeTargets(chosen, train, g[take], r[take], sm, task_rewards is not None)
+
+
 @torch.no_grad()
 def linear_probes(
     encoder: nn.Module,
@@ -157,6 +203,7 @@ def linear_probes(
     seed: int = 0,
     device: str | torch.device = "cpu",
     task_rewards: TaskRewards | None = None,
+    targets: ProbeTargets | None = None,
 ) -> dict[str, Any]:
     """How much of the logging policy's values the frozen features carry linearly.
 
@@ -170,6 +217,9 @@ def linear_probes(
         device: where the encoder runs.
         task_rewards: a PVN's tasks along the log (:data:`TaskRewards`); with them, the
             successor-measure probe as well.
+        targets: the states and targets drawn by :func:`probe_targets` (then ``gamma``,
+            ``max_states``, ``test_fraction``, ``seed`` and ``task_rewards`` are theirs):
+            for probing several torsos on one log without computing the targets again.
 
     Returns:
         ``return_r2``, ``reward_r2``: held-out R^2 of the return-to-go and the next reward
@@ -183,38 +233,28 @@ def linear_probes(
         moves about lr per step, so Q moves about lr times ``|phi|_1``); ``states``: how many
         were probed.
     """
-    keys, g, r = episode_targets(ds, gamma)
-    if len(keys) < 20:
+    t = targets or probe_targets(ds, gamma, max_states, test_fraction, seed, task_rewards)
+    if t.train == 0:
         unknown = ("return_r2", "reward_r2", "return_l2", "reward_l2", "dormant", "l1")
         return {
-            "states": len(keys),
+            "states": len(t.keys),
             **dict.fromkeys(unknown, float("nan")),
-            **({"successor_r2": float("nan"), "successor_tasks": 0} if task_rewards else {}),
+            **({"successor_r2": float("nan"), "successor_tasks": 0} if t.tasks else {}),
             "srank": 0,
         }
-    split = int(len(keys) * (1 - test_fraction))  # earlier episodes train, later ones test
-    rng = np.random.default_rng(seed)
-    take = [
-        np.sort(rng.choice(np.arange(lo, hi), min(hi - lo, n), replace=False))
-        for lo, hi, n in (
-            (0, split, int(max_states * (1 - test_fraction))),
-            (split, len(keys), int(max_states * test_fraction)),
-        )
-    ]
-    feats = []
-    for idx in take:
-        rows = []
-        for start in range(0, len(idx), 256):
-            part = idx[start : start + 256]
-            obs = np.stack([ds.gather(keys[i][0], [keys[i][1]]).observation[0] for i in part])
-            rows.append(encoder(torch.from_numpy(obs).to(device)).float().cpu().numpy())
-        feats.append(np.concatenate(rows).astype(np.float64))
-    (tr, te), (xtr, xte) = take, feats
+    rows = []
+    for start in range(0, len(t.keys), 256):
+        part = t.keys[start : start + 256]
+        obs = np.stack([ds.gather(c, [slot]).observation[0] for c, slot in part])
+        rows.append(encoder(torch.from_numpy(obs).to(device)).float().cpu().numpy())
+    x = np.concatenate(rows).astype(np.float64)
+    n, g, r = t.train, t.returns, t.rewards
+    xtr, xte = x[:n], x[n:]
     phi = torch.from_numpy(xtr)
-    return_r2, return_l2 = ridge_r2(xtr, g[tr], xte, g[te])
-    reward_r2, reward_l2 = ridge_r2(xtr, r[tr], xte, r[te])
+    return_r2, return_l2 = ridge_r2(xtr, g[:n], xte, g[n:])
+    reward_r2, reward_l2 = ridge_r2(xtr, r[:n], xte, r[n:])
     out = {
-        "states": int(len(tr) + len(te)),
+        "states": len(t.keys),
         "return_r2": return_r2,
         "reward_r2": reward_r2,
         "return_l2": return_l2,
@@ -223,10 +263,10 @@ def linear_probes(
         "dormant": float(dormant_fraction(phi, DiagnosticsConfig.dormant_tau)),
         "l1": float(phi.abs().sum(1).mean()),
     }
-    if task_rewards is not None:
-        sm = successor_to_go(ds, [keys[i] for i in np.concatenate(take)], gamma, task_rewards)
-        r2 = ridge_r2(xtr, sm[: len(tr)], xte, sm[len(tr) :])[0]
-        tot = ((sm[len(tr) :] - sm[len(tr) :].mean(0)) ** 2).sum(0)
+    if t.successor is not None:
+        sm = t.successor
+        r2 = ridge_r2(xtr, sm[:n], xte, sm[n:])[0]
+        tot = ((sm[n:] - sm[n:].mean(0)) ** 2).sum(0)
         scored = np.isfinite(r2)
         # pooled over tasks, each weighted by its test variance: a task that barely varies on
         # the test states (a rarely firing indicator) has an R^2 of any size and says nothing

@@ -205,11 +205,12 @@ def probes(
     import torch
     from omegaconf import OmegaConf
 
-    from pvn.analysis.probes import linear_probes
+    from pvn.analysis.probes import linear_probes, probe_targets
     from pvn.builders import encoder_for
     from pvn.replay import DQNReplayDataset
 
     ds = DQNReplayDataset(data)
+    targets = probe_targets(ds)  # the same states for every method
     out: dict[str, dict[str, Any]] = {}
     methods = methods or [load_results(d)["method"] for d in run_dirs]
     for d, method in zip(run_dirs, methods, strict=True):
@@ -217,7 +218,7 @@ def probes(
             cfg = OmegaConf.load(Path(d) / "config.yaml")
             encoder = encoder_for(cfg, torch.device("cpu"))
             if encoder is not None:
-                out[method] = linear_probes(encoder, ds)
+                out[method] = linear_probes(encoder, ds, targets=targets)
     return out
 
 
