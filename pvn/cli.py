@@ -8,6 +8,7 @@ finite).
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 from collections.abc import Callable
@@ -162,12 +163,7 @@ def _report(args: list[str]) -> int:
     return 0
 
 
-DATA_USAGE = """usage: pvn data info PATH [--skip-incomplete] [--game GAME [--run R] [--version V]]
-       pvn data verify PATH [--checkpoints N [N ...]]
-       pvn data convert SRC DST [--checkpoints N [N ...]] [--workers N] [--chunk K]
-                                [--level L] [--no-dictionary] [--raw]
-                                [--game GAME [--run R] [--version V]]
-       pvn data export STORE DST [--checkpoints N [N ...]]
+DATA_USAGE = """usage: pvn data {info,verify,convert,export} ... [--help]
 
 info     summarise a replay_logs directory (or a directory holding one, or a store) from its
          small arrays: no frames are decompressed, so it is instant. A checkpoint missing any of
@@ -186,125 +182,99 @@ convert  turn DQN Replay checkpoints (official, or logged by pvn) into a store: 
          With --game, SRC is RL Unplugged (a TFDS data dir or the raw files' dir) and run R
          (default 1) of GAME is decoded; pretraining reads that store with its game and run.
 export   write a store's checkpoints back out in the DQN Replay format (for Dopamine, TorchRL,
-         d4rl-atari)."""
+         d4rl-atari).
 
-_DATA_FLAGS = {
-    "info": {"--skip-incomplete": 0, "--game": "text", "--run": 1, "--version": "text"},
-    "verify": {"--checkpoints": -1},
+`pvn data SUBCOMMAND --help` lists a subcommand's options."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, with a mistake raised as pvn's one-line error (exit 2) instead of its usage
+    block."""
+
+    def error(self, message: str):
+        raise ConfigError(f"{self.prog}: {message}; see `{self.prog} --help`")
+
+
+_DATA_PATHS = {
+    "info": {"PATH": "a replay_logs directory (or its parent), a store, or RL Unplugged's"},
+    "verify": {"PATH": "a replay_logs directory (or its parent) or a store"},
     "convert": {
-        "--checkpoints": -1,
-        "--workers": 1,
-        "--chunk": 1,
-        "--level": 1,
-        "--no-dictionary": 0,
-        "--raw": 0,
-        "--game": "text",
-        "--run": 1,
-        "--version": "text",
+        "SRC": "a replay_logs directory (or its parent), or RL Unplugged's (--game)",
+        "DST": "the store to write (or to resume writing)",
     },
-    "export": {"--checkpoints": -1},
+    "export": {"STORE": "a store", "DST": "the directory to write replay_logs/ into"},
 }
-_DATA_PATHS = {"info": 1, "verify": 1, "convert": 2, "export": 2}
 
 
-def _data_args(cmd: str, rest: list[str]) -> tuple[list[str], dict[str, list]]:
-    """Positional paths and ``--flag [ints]`` (or ``--flag text``) options of ``pvn data
-    CMD``; one line on error."""
-    known, paths, opts, i = _DATA_FLAGS[cmd], [], {}, 0
-    usage = next(line for line in DATA_USAGE.splitlines() if f"pvn data {cmd} " in line)
-    usage = "pvn data " + usage.split("pvn data ", 1)[1]
-    while i < len(rest):
-        a = rest[i]
-        if not a.startswith("--"):
-            paths.append(a)
-            i += 1
-            continue
-        if a not in known:
-            raise ConfigError(f"pvn data {cmd}: unknown option {a}; usage: {usage}")
-        n, values, i = known[a], [], i + 1
-        if n == "text":
-            if i >= len(rest) or rest[i].startswith("--"):
-                raise ConfigError(f"pvn data {cmd}: {a} needs a value; usage: {usage}")
-            opts[a], i = [rest[i]], i + 1
-            continue
-        while i < len(rest) and not rest[i].startswith("--") and (n < 0 or len(values) < n):
-            try:
-                values.append(int(rest[i]))
-            except ValueError:
-                if n > 0:
-                    raise ConfigError(
-                        f"pvn data {cmd}: {a} takes a number; got {rest[i]}"
-                    ) from None
-                break  # a path after --checkpoints' ids
-            i += 1
-        if (n > 0 and len(values) != n) or (n < 0 and not values):
-            raise ConfigError(f"pvn data {cmd}: {a} needs a value; usage: {usage}")
-        opts[a] = values
-    if len(paths) != _DATA_PATHS[cmd]:
-        raise ConfigError(f"pvn data {cmd}: expected {usage}")
-    return paths, opts
-
-
-def _data_help(cmd: str) -> str:
-    """``pvn data CMD --help``: the subcommand's usage lines and its paragraph of
-    :data:`DATA_USAGE`."""
-    usage, about = DATA_USAGE.split("\n\n", 1)
-    lines, mine = [], False
-    for line in usage.splitlines():  # its first line, then the continuation lines under it
-        if "pvn data " in line:
-            mine = f"pvn data {cmd} " in line
-            line = "usage: pvn data " + line.split("pvn data ", 1)[1] if mine else line
-        if mine:
-            lines.append(line)
-    lines.append("")
-    for line in about.splitlines():  # its paragraph: from its name to the next one's
+def _data_parser(cmd: str) -> argparse.ArgumentParser:
+    """``pvn data CMD``'s options; its description is its paragraph of :data:`DATA_USAGE`."""
+    about, mine = [], False
+    for line in DATA_USAGE.split("\n\n")[1].splitlines():  # from its name to the next one's
         if line[:1] != " ":
             mine = line.startswith(f"{cmd} ")
+            line = line[len(cmd) :] if mine else line
         if mine:
-            lines.append(line)
-    return "\n".join(lines)
+            about.append(line.strip())
+    p = _Parser(prog=f"pvn data {cmd}", description=" ".join(about), allow_abbrev=False)
+    for path, meaning in _DATA_PATHS[cmd].items():
+        p.add_argument(path, help=meaning)
+    if cmd == "info":
+        p.add_argument("--skip-incomplete", action="store_true",
+                       help="list checkpoints missing a file instead of stopping")  # fmt: skip
+    else:
+        p.add_argument("--checkpoints", nargs="+", type=int, metavar="N",
+                       help="these checkpoints only (default: all)")  # fmt: skip
+    if cmd == "convert":
+        p.add_argument("--workers", type=int, metavar="N", help="processes (default: the CPUs)")
+        p.add_argument("--chunk", type=int, metavar="K", help="frames per zstd chunk (default 8)")
+        p.add_argument("--level", type=int, metavar="L", help="zstd level, 1-22 (default 1)")
+        p.add_argument("--no-dictionary", action="store_true",
+                       help="compress without a dictionary per checkpoint")  # fmt: skip
+        p.add_argument("--raw", action="store_true", help="store the frames uncompressed")
+    if cmd in ("info", "convert"):
+        p.add_argument("--game", help="PATH/SRC is RL Unplugged: this game's data")
+        p.add_argument("--run", type=int, help="RL Unplugged's run, 1-5 (default 1)")
+        p.add_argument("--version", help="the TFDS dataset version (default 1.0.0)")
+    return p
 
 
 def _data(args: list[str]) -> int:
-    if not args or args[0] in ("-h", "--help") or args[0] not in _DATA_FLAGS:
+    if not args or args[0] in ("-h", "--help"):
         print(DATA_USAGE)
-        return 0 if args and args[0] in ("-h", "--help") else 2
-    cmd = args[0]
-    if "-h" in args[1:] or "--help" in args[1:]:
-        print(_data_help(cmd))
+        return 0 if args else 2
+    if args[0] not in _DATA_PATHS:
+        raise ConfigError(f"pvn data: unknown subcommand {args[0]!r}; expected info, verify, "
+                          "convert or export (see `pvn data --help`)")  # fmt: skip
+    cmd, parser = args[0], _data_parser(args[0])
+    if "-h" in args[1:] or "--help" in args[1:]:  # (argparse's own would exit the process)
+        print(parser.format_help())
         return 0
-    paths, opts = _data_args(cmd, args[1:])
-    ckpts = opts.get("--checkpoints")
+    a = parser.parse_args(args[1:])
     rlu = None
-    if "--game" in opts:
-        rlu = {"game": opts["--game"][0], "run": opts.get("--run", [1])[0],
-               "version": opts.get("--version", ["1.0.0"])[0]}  # fmt: skip
-    elif "--run" in opts or "--version" in opts:
+    if getattr(a, "game", None) is not None:
+        rlu = {"game": a.game, "run": a.run or 1, "version": a.version or "1.0.0"}
+    elif getattr(a, "run", None) is not None or getattr(a, "version", None) is not None:
         raise ConfigError(f"pvn data {cmd}: --run and --version are for RL Unplugged; add --game")
     if cmd == "info" and rlu is not None:
         from pvn.commands.data import rlu_summary
 
-        print(rlu_summary(paths[0], **rlu))
+        print(rlu_summary(a.PATH, **rlu))
         return 0
     if cmd == "info":
         from pvn.commands.data import format_summary
         from pvn.replay.summary import summarize
 
-        print(format_summary(summarize(paths[0], skip_incomplete="--skip-incomplete" in opts)))
+        print(format_summary(summarize(a.PATH, skip_incomplete=a.skip_incomplete)))
         return 0
     from pvn.commands import data
 
     if cmd == "verify":
-        return data.run_verify(paths[0], ckpts)
+        return data.run_verify(a.PATH, a.checkpoints)
     if cmd == "export":
-        return data.run_export(paths[0], paths[1], ckpts)
-    codec = {"codec": "raw" if "--raw" in opts else "zstd",
-             "dictionary": "--no-dictionary" not in opts}  # fmt: skip
-    for flag in ("--chunk", "--level"):
-        if flag in opts:
-            codec[flag[2:]] = opts[flag][0]
-    workers = opts["--workers"][0] if "--workers" in opts else None
-    return data.run_convert(paths[0], paths[1], ckpts, workers, codec, rlu)
+        return data.run_export(a.STORE, a.DST, a.checkpoints)
+    codec = {"codec": "raw" if a.raw else "zstd", "dictionary": not a.no_dictionary}
+    codec |= {k: v for k, v in (("chunk", a.chunk), ("level", a.level)) if v is not None}
+    return data.run_convert(a.SRC, a.DST, a.checkpoints, a.workers, codec, rlu)
 
 
 def _experiment(args: list[str]) -> int:

@@ -204,8 +204,8 @@ def test_cfg_job_and_help(tmp_path, capsys):
     # a data subcommand's help: its usage and its paragraph, not the others'
     assert main(["data", "convert", "SRC", "--help"]) == 0
     out = capsys.readouterr().out
-    assert out.startswith("usage: pvn data convert SRC DST") and "[--level L]" in out
-    assert "convert  turn DQN Replay" in out and "export" not in out and "verify" not in out
+    assert out.startswith("usage: pvn data convert") and "SRC DST" in out and "--level L" in out
+    assert "turn DQN Replay" in out and "export" not in out and "verify" not in out
     proc = subprocess.run([sys.executable, "-m", "pvn", "--help"], capture_output=True, text=True)
     assert proc.returncode == 0 and "collect" in proc.stdout
 
