@@ -238,6 +238,18 @@ def _data_parser(cmd: str) -> argparse.ArgumentParser:
     return p
 
 
+def _ids_last(args: list[str]) -> list[str]:
+    """``--checkpoints`` and its ids moved to the end: a path after the ids stays a path (with
+    ``nargs="+"`` argparse would read it as one more id)."""
+    if "--checkpoints" not in args:
+        return args
+    i = j = args.index("--checkpoints")
+    j += 1
+    while j < len(args) and args[j].lstrip("-").isdigit():
+        j += 1
+    return args[:i] + args[j:] + args[i:j]
+
+
 def _data(args: list[str]) -> int:
     if not args or args[0] in ("-h", "--help"):
         print(DATA_USAGE)
@@ -249,10 +261,11 @@ def _data(args: list[str]) -> int:
     if "-h" in args[1:] or "--help" in args[1:]:  # (argparse's own would exit the process)
         print(parser.format_help())
         return 0
-    a = parser.parse_args(args[1:])
+    a = parser.parse_args(_ids_last(args[1:]))
     rlu = None
     if getattr(a, "game", None) is not None:
-        rlu = {"game": a.game, "run": a.run or 1, "version": a.version or "1.0.0"}
+        rlu = {"game": a.game, "run": 1 if a.run is None else a.run,
+               "version": "1.0.0" if a.version is None else a.version}  # fmt: skip
     elif getattr(a, "run", None) is not None or getattr(a, "version", None) is not None:
         raise ConfigError(f"pvn data {cmd}: --run and --version are for RL Unplugged; add --game")
     if cmd == "info" and rlu is not None:

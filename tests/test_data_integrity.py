@@ -114,6 +114,7 @@ def test_verify_names_what_is_wrong_and_exits_2(dopamine_copy, capsys, how):
 def test_verify_of_chosen_checkpoints(dopamine_copy, capsys):
     _damage(dopamine_copy, "truncated")
     assert main(["data", "verify", str(dopamine_copy), "--checkpoints", "0", "2"]) == 0
+    assert main(["data", "verify", "--checkpoints", "0", "2", str(dopamine_copy)]) == 0
     assert main(["data", "verify", str(dopamine_copy), "--checkpoints", "9"]) == 2
     assert "checkpoint(s) [9] not found" in capsys.readouterr().err
 

@@ -313,3 +313,5 @@ def test_data_info_of_an_rlu_run_counts_what_the_episodes_hold(capsys):
         assert row in out, (row, out)
     assert main(["data", "info", str(TFDS), "--run", "2"]) == 2
     assert "add --game" in capsys.readouterr().err
+    assert main(["data", "info", str(TFDS), "--game", "Asterix", "--run", "0"]) == 2
+    assert "runs 1-5" in capsys.readouterr().err

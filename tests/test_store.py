@@ -59,6 +59,14 @@ def test_frames_round_trip_in_any_pieces(tmp_path, ale_episodes, codec, n):
         w.write(flat[a:b])
     info = w.close()
     assert info["frames"] == len(frames)
+    whole = tmp_path / "whole"  # in one write: the same files, however the frames arrived
+    whole.mkdir()
+    one = FrameWriter(whole, codec)
+    one.write(flat)
+    assert one.close() == info
+    for name in ("frames.zst", "frames.u8", "frames.dict"):
+        if (tmp_path / name).exists():
+            assert (whole / name).read_bytes() == (tmp_path / name).read_bytes(), name
     stored = open_frames(tmp_path)
     np.testing.assert_array_equal(np.asarray(stored), frames)
     idx = np.array([[-2, 0, n - 2, n - 1], [n, n + 1, 5, 2050]])  # wrapping, like np.take's wrap

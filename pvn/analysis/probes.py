@@ -233,7 +233,10 @@ def linear_probes(
         moves about lr per step, so Q moves about lr times ``|phi|_1``); ``states``: how many
         were probed.
     """
-    t = targets or probe_targets(ds, gamma, max_states, test_fraction, seed, task_rewards)
+    if targets is not None and task_rewards is not None:
+        raise ValueError("linear_probes: give task_rewards to probe_targets, not beside targets")
+    t = targets if targets is not None else probe_targets(
+        ds, gamma, max_states, test_fraction, seed, task_rewards)  # fmt: skip
     if t.train == 0:
         unknown = ("return_r2", "reward_r2", "return_l2", "reward_l2", "dormant", "l1")
         return {

@@ -99,12 +99,14 @@ class FrameWriter:
         if self.codec.codec == "raw":
             self._file.write(data)
             return
-        if self._cctx is None:
-            self._pending += data
-            if len(self._pending) >= _DICT_TRAIN_FRAMES * _FRAME_BYTES:
-                self._train()
-                self._compress(final=False)
-            return
+        if self._cctx is None:  # gather exactly the frames the dictionary is trained on
+            need = _DICT_TRAIN_FRAMES * _FRAME_BYTES - len(self._pending)
+            self._pending += data[:need]
+            data = data[need:]
+            if len(self._pending) < _DICT_TRAIN_FRAMES * _FRAME_BYTES:
+                return
+            self._train()
+            self._compress(final=False)
         step = self.codec.chunk * _FRAME_BYTES
         if self._pending:  # complete the chunk begun in an earlier piece
             take = min(len(data), -len(self._pending) % step)
@@ -140,9 +142,8 @@ class FrameWriter:
 
     def _compress(self, final: bool) -> None:
         """Compress the whole chunks set aside (all of them, the last one short, if ``final``)."""
-        view = memoryview(self._pending)
-        done = self._compress_view(view, final)
-        view.release()  # (the buffer cannot shrink while a view of it lives)
+        with memoryview(self._pending) as view:  # (released: the buffer cannot shrink under it)
+            done = self._compress_view(view, final)
         del self._pending[:done]
 
     def _compress_view(self, view: memoryview, final: bool) -> int:
