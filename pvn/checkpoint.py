@@ -33,6 +33,14 @@ def list_checkpoints(run_dir: str | Path) -> list[Path]:
     return sorted(d / f for f in os.listdir(d) if _NAME.match(f))
 
 
+def checkpoint_step(path: str | Path) -> int:
+    """The step a checkpoint file was saved at (its name's number)."""
+    m = _NAME.match(Path(path).name)
+    if m is None:
+        raise CheckpointError(f"{path}: not a checkpoint's name (ckpt_<9 digits>.pt)")
+    return int(m.group(1))
+
+
 def resumed_env_seed(seed: int, step: int) -> int:
     """The env seed of a run resumed at ``step``: envpool cannot restore emulators, so a resumed
     run starts fresh episodes, seeded by where it resumes (``seed`` itself at step 0)."""

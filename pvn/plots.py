@@ -140,20 +140,46 @@ def plot_curves(runs: list[dict[str, Any]], path: Path) -> None:
     plt.close(fig)
 
 
+def _arm_bands(ax, curves: dict[str, list[dict[str, list]]], key: str) -> None:
+    """Each arm's ``c[key]`` against ``c["step"]``: the mean over its seeds with a shaded 95%
+    CI (``curves``: arm -> one curve per seed)."""
+    for arm, runs in curves.items():
+        grid = np.unique(np.concatenate([np.asarray(c["step"], np.float64) for c in runs]))
+        rows = np.array([np.interp(grid, c["step"], c[key], left=np.nan, right=np.nan)
+                         for c in runs])  # fmt: skip
+        _band(ax, grid, *mean_ci(rows), f"{arm} (n={len(runs)})" if len(runs) > 1 else arm,
+              len(runs))  # fmt: skip
+
+
 def plot_td_curves(curves: dict[str, list[dict[str, list]]], path: Path, title: str) -> None:
     """Each pretraining arm's logged training TD loss against updates: the mean over its seeds
     with a shaded 95% CI (``curves``: arm -> one ``{"step", "td_loss"}`` per seed)."""
     plt = _plt()
     fig, ax = plt.subplots(figsize=(5.5, 3.6))
-    for arm, runs in curves.items():
-        grid = np.unique(np.concatenate([np.asarray(c["step"], np.float64) for c in runs]))
-        rows = np.array([np.interp(grid, c["step"], c["td_loss"], left=np.nan, right=np.nan)
-                         for c in runs])  # fmt: skip
-        _band(ax, grid, *mean_ci(rows), f"{arm} (n={len(runs)})" if len(runs) > 1 else arm,
-              len(runs))  # fmt: skip
+    _arm_bands(ax, curves, "td_loss")
     ax.set_yscale("log")
     ax.set_title(title)
     _save(fig, ax, path, "updates", "training TD loss: mean over seeds\n(band: 95% CI, n >= 2)")
+
+
+def plot_probe_curves(curves: dict[str, list[dict[str, list]]], path: Path, title: str) -> None:
+    """Each pretraining arm's linear probes at its kept checkpoints (step 0: the torso at
+    initialisation), side by side: the held-out R² of the return-to-go and of the tasks'
+    successor measures, mean over seeds with a shaded 95% CI (``curves``: arm -> one
+    ``{"step", "return_r2", "successor_r2"}`` per seed). Still rising at the end: train
+    longer."""
+    plt = _plt()
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+    names = {"return_r2": "R² return-to-go", "successor_r2": "R² successor measures"}
+    for ax, (key, name) in zip(axes, names.items(), strict=True):
+        _arm_bands(ax, curves, key)
+        ax.set_title(f"{title}: {name}")
+        ax.set_xlabel("updates")
+    axes[0].set_ylabel("held-out R²: mean over seeds\n(band: 95% CI, n >= 2)")
+    axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 def plot_deflection(grid: dict[str, dict[str, float | str]], path: Path, title: str) -> None:

@@ -362,7 +362,7 @@ def test_pretraining_arms_are_pretrained_per_seed_and_measured_on_held_out_data(
 
     cfg = yaml.safe_load(Path(_config(tmp_path)).read_text())
     cfg["data"]["overrides"] = ["steps=1500", "num_envs=4", "capacity=600"]
-    cfg["pretrain"]["overrides"].append("data.checkpoints=[0]")
+    cfg["pretrain"]["overrides"] += ["data.checkpoints=[0]", "keep_checkpoints=2"]
     cfg["arms"] = {
         "base": {"encoder": "pvn", "control": False},
         "wide": {"encoder": "pvn", "control": False, "pretrain": ["torso.feature_dim=64"],
@@ -447,6 +447,20 @@ def test_pretraining_arms_are_pretrained_per_seed_and_measured_on_held_out_data(
     assert measured["probes"]["successor_r2"] == pytest.approx(want["successor_r2"], rel=1e-6)
     assert measured["probes"]["successor_tasks"] == want["successor_tasks"] > 0
     assert measured["probes_init"]["successor_r2"] != want["successor_r2"]
+    # the probe curve: the initial torso, then each kept checkpoint's (the first by hand)
+    import pvn
+
+    curve = measured["probe_curve"]
+    assert curve["step"] == [0, 20, 40]
+    assert curve["successor_r2"][0] == measured["probes_init"]["successor_r2"]
+    assert curve["return_r2"][-1] == measured["probes"]["return_r2"]
+    first = linear_probes(pvn.load_encoder(run / "checkpoints" / "ckpt_000000020.pt"), held,
+                          max_states=300, task_rewards=from_frames)  # fmt: skip
+    assert curve["successor_r2"][1] == pytest.approx(first["successor_r2"], rel=1e-6)
+    assert curve["return_r2"][1] == pytest.approx(first["return_r2"], rel=1e-9)
+    assert curve["return_r2"][1] != curve["return_r2"][2]
+    assert "return-to-go / of the tasks' successor" in md and "| arm | 0 | 20 | 40 |" in md
+    assert (results / "pretraining_probes_Breakout.png").stat().st_size > 0
     assert measured["routing"] is None and measured["aux_params"] == 0
     assert measured["active_params"] == measured["params"]
     smoe = json.loads((run.parents[1] / "Breakout-smoe" / "seed0" / "measures.json").read_text())
@@ -454,8 +468,8 @@ def test_pretraining_arms_are_pretrained_per_seed_and_measured_on_held_out_data(
     route = smoe["routing"]
     assert route["eval/td"] == pytest.approx(smoe["heldout"]["td"], rel=1e-5)
     assert route["eval/dropped_frac"] == 0 and 0 <= route["train/dropped_frac"] < 1
-    # the main, scales, floor, routing and noise tables; base runs no routing table
-    assert md.count("| smoe | ") == 5 and md.count("| base | ") == 4 and "router entropy" in md
+    # the main, scales, floor, routing, noise and probe-curve tables; base runs no routing
+    assert md.count("| smoe | ") == 6 and md.count("| base | ") == 5 and "router entropy" in md
     assert measured["heldout"]["td"] == pytest.approx(by_hand, rel=1e-5)
     assert measured["heldout"]["noise/16"] == pytest.approx(noisy_by_hand / by_hand, rel=1e-5)
     assert measured["heldout"]["noise/16"] != 1.0 and "| ratio σ=16 |" in md

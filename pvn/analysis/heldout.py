@@ -18,8 +18,9 @@ import numpy as np
 import torch
 from omegaconf import OmegaConf
 
-from pvn.checkpoint import load_checkpoint, resolve_checkpoint
+from pvn.checkpoint import checkpoint_step, list_checkpoints, load_checkpoint, resolve_checkpoint
 from pvn.distributed.team import game_task_seed
+from pvn.encoder import load_encoder
 from pvn.errors import CheckpointError
 from pvn.pretraining import PretrainConfig, build
 from pvn.replay import LoggedData, TorchBatch
@@ -281,7 +282,10 @@ def measure_run(
         (:func:`pvn.analysis.probes.linear_probes`: return-to-go, next-reward and the run's
         tasks' successor-measure R², feature srank, dormant fraction, L1 norm),
         ``probes_init`` the same of the torso at initialisation (rebuilt from the seed: a
-        random torso of the same architecture); ``scales``: :func:`scales`;
+        random torso of the same architecture); ``probe_curve``: the return-to-go and
+        successor R² of the initial torso (step 0) and of every kept checkpoint's, on the same
+        states and targets (``{"step", "return_r2", "successor_r2"}``, lists); ``scales``:
+        :func:`scales`;
         ``routing``: :func:`routing`; ``params``: the online network's parameter count,
         ``active_params`` what one token passes through
         (:func:`pvn.networks.moe.active_params`), ``aux_params`` a local rule's trained
@@ -315,12 +319,25 @@ def measure_run(
     initial = build(section(PretrainConfig, cfg), num_actions,
                     task_seed=worker_task_seed(cfg, worker)).online.eval()  # fmt: skip
     floor = linear_probes(initial.torso, ds, targets=targets)
+    # the probe curve: every kept checkpoint's torso on the same states and targets, so a
+    # reader sees whether the features still improve at the end (then: train longer)
+    kept = list_checkpoints(run_dir)
+    curve = [(0, floor)] + [
+        (checkpoint_step(path),
+         probes if path == kept[-1] else linear_probes(load_encoder(path), ds, targets=targets))
+        for path in kept
+    ]  # fmt: skip
+    point = ("return_r2", "successor_r2")
     local = getattr(learner, "local", None)
     return {
         "td_train": float(np.mean(td[-final_logs:])) if td else float("nan"),
         "heldout": heldout_losses(learner, batch, tuple(sigmas)),
         "probes": probes,
         "probes_init": floor,
+        "probe_curve": {
+            "step": [k for k, _ in curve],
+            **{key: [m.get(key, float("nan")) for _, m in curve] for key in point},
+        },
         "scales": scales(initial, learner.online, _spread(batch.observation, 256)),
         "routing": routing(learner, batch),
         "params": int(sum(p.numel() for p in learner.online.parameters())),

@@ -145,6 +145,7 @@ def pretraining_report(cfg: dict[str, Any], runs: list[Stage], results: Path) ->
             curves = {arm: [m["curve"] for _, m in ms] for arm, ms in by_arm.items()}
             plot_td_curves(curves, results / f"pretraining_td_{game}.png", game)
             text += ["", f"![training TD loss, {game}](pretraining_td_{game}.png)"]
+            text += _probe_curve(game, by_arm, results)
     header = ("game,arm,seed,td_train,td_heldout,td_constant,return_r2,reward_r2,successor_r2,"
               "successor_r2_init,feat_l1,feat_l1_init,srank,dormant,"
               "params,active_params,aux_params,feat_norm_init,feat_norm_trained,"
@@ -155,6 +156,33 @@ def pretraining_report(cfg: dict[str, Any], runs: list[Stage], results: Path) ->
     md = "\n".join(text) + "\n"
     write_text_atomic(results / "pretraining.md", md)
     return md
+
+
+_PROBE_CURVE = ("The probes along each pretraining, on the same states and targets: the "
+                "torso at initialisation (step 0) and at each kept checkpoint; cells: held-out "
+                "R² of the return-to-go / of the tasks' successor measures, mean over seeds. "
+                "Still rising at the end: the pretraining was stopped early.")  # fmt: skip
+
+
+def _probe_curve(game: str, by_arm: dict[str, list[tuple[int, dict]]], results: Path
+                 ) -> list[str]:  # fmt: skip
+    """The probe curve's table and plot, where a run kept more than its last checkpoint."""
+    from pvn.plots import plot_probe_curves
+
+    curves = {arm: [m["probe_curve"] for _, m in ms] for arm, ms in by_arm.items()}
+    if not any(len(c["step"]) > 2 for runs in curves.values() for c in runs):
+        return []
+    steps = sorted({k for runs in curves.values() for c in runs for k in c["step"]})
+
+    def cell(runs: list[dict], step: int) -> str:  # the seeds' mean at ``step``
+        at = [(c, c["step"].index(step)) for c in runs if step in c["step"]]
+        keys = ("return_r2", "successor_r2")
+        return " / ".join(_cell([c[k][i] for c, i in at], 3) for k in keys) if at else "—"
+
+    rows = {arm: [cell(runs, step) for step in steps] for arm, runs in curves.items()}
+    plot_probe_curves(curves, results / f"pretraining_probes_{game}.png", game)
+    return [*_table(_PROBE_CURVE, [f"{k:,}" for k in steps], rows), "",
+            f"![probe curve, {game}](pretraining_probes_{game}.png)"]  # fmt: skip
 
 
 def _measure_runs(cfg: dict[str, Any], runs: list[Stage]) -> tuple[dict, dict, dict]:

@@ -230,7 +230,7 @@ def _pretraining_arms(cfg: dict[str, Any], game: str | None) -> list[Stage]:
 
 #: the version of what the report measures of a pretraining (pvn.experiments.measures): a run
 #: measured, or a report written, by an older one is measured and written again
-MEASURES_VERSION = 7
+MEASURES_VERSION = 8
 
 
 def _data_stage(cfg: dict[str, Any], game: str, seed: int) -> list[Stage]:
