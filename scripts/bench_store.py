@@ -207,10 +207,11 @@ def main() -> None:
     args = ap.parse_args()
     results = []
     for i, log in enumerate(args.logs):
-        base = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="bench_store-"))
-        work = base / f"log{i}"
-        work.mkdir(parents=True, exist_ok=True)
-        results.append(bench_log(resolve_log_dir(log), work, args.seconds, args.grid))
+        # each log's stores and raw caches (GBs: the raw frames) deleted once it is measured
+        with tempfile.TemporaryDirectory(prefix="bench_store-") as tmp:
+            work = Path(args.keep or tmp) / f"log{i}"
+            work.mkdir(parents=True, exist_ok=True)
+            results.append(bench_log(resolve_log_dir(log), work, args.seconds, args.grid))
     emit({"cores": os.cpu_count(), "logs": results})
 
 
