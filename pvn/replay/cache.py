@@ -132,11 +132,20 @@ def _stream_frames(path: Path, dest: Path, codec: FrameCodec, progress) -> int:
     writer = FrameWriter(dest, codec)
     with open_checked(path, "observation") as (f, shape, total):
         for data in chunks(f, total, path):  # read errors: open_checked's, naming the file
-            writer.write(data)
+            try:
+                writer.write(data)
+            except OSError as e:  # writing the entry (a full disk), not reading the source
+                raise _write_error(dest, e) from None
             if progress is not None:
                 progress(len(data))
     writer.close()
     return int(shape[0])
+
+
+def _write_error(where: Path, e: OSError) -> ReplayError:
+    """A cache or store entry that could not be written (a full disk, a file-size limit)."""
+    return ReplayError(f"{where}: could not be written ({e.strerror or e}); free space or "
+                       "choose another cache dir (data.cache_dir, $PVN_CACHE_DIR)")  # fmt: skip
 
 
 def _convert(
@@ -307,10 +316,7 @@ def build_once(
                 shutil.rmtree(entry)
             os.replace(tmp, entry)
         except OSError as e:  # a full disk or a file-size limit while writing the cache
-            raise ReplayError(
-                f"{tmp}: could not be written ({e.strerror or e}); free space or choose "
-                "another cache dir (data.cache_dir, $PVN_CACHE_DIR)"
-            ) from None
+            raise _write_error(tmp, e) from None
     return entry
 
 
