@@ -152,8 +152,8 @@ def successor_to_go(ds: LoggedData, keys: list, gamma: float, task_rewards: Task
 class ProbeTargets:
     """The states a probe fits (the first ``train`` of ``keys``) and scores (the rest), with
     their targets: drawn once per log, so every torso probed on it is fit to the same states,
-    and the tasks' successor measures (running the tasks along the log, the costly part) are
-    computed once for all of them."""
+    and their frames and the tasks' successor measures (running the tasks along the log, the
+    costly part) are gathered and computed once for all of them."""
 
     keys: list  # (checkpoint, slot) of each state, the training ones first
     train: int
@@ -161,6 +161,7 @@ class ProbeTargets:
     rewards: np.ndarray  # its next reward
     successor: np.ndarray | None  # (len(keys), K) the tasks' successor measures, or None
     tasks: bool  # whether task rewards were given (a log too short has none computed)
+    observations: np.ndarray | None = None  # uint8 (len(keys), 4, 84, 84), gathered once
 
 
 def probe_targets(
@@ -190,7 +191,16 @@ def probe_targets(
     chosen = [keys[i] for i in take]
     sm = None if task_rewards is None else successor_to_go(ds, chosen, gamma, task_rewards)
     train = int(np.searchsorted(take, split))
-    return ProbeTargets(chosen, train, g[take], r[take], sm, task_rewards is not None)
+    shards = np.array([c for c, _ in chosen])
+    slots = np.array([slot for _, slot in chosen])
+    obs: np.ndarray | None = None
+    for c in np.unique(shards).tolist():  # one gather per shard, rows back in ``chosen``'s order
+        mine = np.flatnonzero(shards == c)
+        part = ds.gather(c, slots[mine]).observation
+        if obs is None:
+            obs = np.empty((len(chosen), *part.shape[1:]), part.dtype)
+        obs[mine] = part
+    return ProbeTargets(chosen, train, g[take], r[take], sm, task_rewards is not None, obs)
 
 
 @torch.no_grad()
@@ -247,9 +257,8 @@ def linear_probes(
         }
     rows = []
     for start in range(0, len(t.keys), 256):
-        part = t.keys[start : start + 256]
-        obs = np.stack([ds.gather(c, [slot]).observation[0] for c, slot in part])
-        rows.append(encoder(torch.from_numpy(obs).to(device)).float().cpu().numpy())
+        obs = torch.from_numpy(t.observations[start : start + 256]).to(device)
+        rows.append(encoder(obs).float().cpu().numpy())
     x = np.concatenate(rows).astype(np.float64)
     n, g, r = t.train, t.returns, t.rewards
     xtr, xte = x[:n], x[n:]
