@@ -50,8 +50,17 @@ def resumed_env_seed(seed: int, step: int) -> int:
 
 
 def save_checkpoint(run_dir: str | Path, step: int, state: dict[str, Any], keep: int) -> Path:
-    d = checkpoint_dir(run_dir)
-    path = d / f"ckpt_{step:09d}.pt"
+    path = save_torch_atomic(checkpoint_dir(run_dir) / f"ckpt_{step:09d}.pt", state)
+    for old in list_checkpoints(run_dir)[:-keep]:
+        old.unlink()
+    return path
+
+
+def save_torch_atomic(path: str | Path, state: dict[str, Any]) -> Path:
+    """``torch.save`` to a temporary file, fsynced, renamed over ``path`` and the directory
+    fsynced: a kill or a full disk at any moment leaves the old file or the new one."""
+    path = Path(path)
+    d = path.parent
     tmp = d / f".{path.name}.tmp-{os.getpid()}"
     try:
         with failed_write(path, tmp):
@@ -69,8 +78,6 @@ def save_checkpoint(run_dir: str | Path, step: int, state: dict[str, Any], keep:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
-    for old in list_checkpoints(run_dir)[:-keep]:
-        old.unlink()
     return path
 
 

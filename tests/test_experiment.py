@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import shlex
 import signal
 import subprocess
 import sys
@@ -12,9 +13,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 import yaml
 
+import pvn
 from pvn.cli import main
+from pvn.commands.report import load_results
 
 
 def _config(tmp_path) -> str:
@@ -57,6 +61,7 @@ def _config(tmp_path) -> str:
             },
         },
         "probes": False,
+        "torsos": True,
     }
     path = tmp_path / "tiny.yaml"
     path.write_text(yaml.safe_dump(cfg))
@@ -64,7 +69,7 @@ def _config(tmp_path) -> str:
 
 
 @pytest.mark.slow
-def test_killed_experiment_resumes_without_redoing_finished_stages(tmp_path, capsys):
+def test_killed_experiment_resumes_without_redoing_finished_stages(tmp_path, capsys, monkeypatch):
     config = _config(tmp_path)
     assert main(["experiment", config, "--print-commands"]) == 0
     # each command, then a shell comment naming its stage and what it needs
@@ -147,6 +152,26 @@ def test_killed_experiment_resumes_without_redoing_finished_stages(tmp_path, cap
         ]
         == commands[4].split()[1:]
     )  # each stage notes the command that made it
+    # the game's torso, exported: the pretraining's own, bit for bit, and the arm's command
+    # torsos.md gives runs from it at a new seed (relative paths: from the experiment's cwd)
+    torso = tmp_path / "results" / "torsos" / "Breakout.pt"
+    obs = torch.randint(0, 256, (5, 4, 84, 84), generator=torch.Generator().manual_seed(1),
+                        dtype=torch.uint8)  # fmt: skip
+    exported = pvn.load_encoder(torso)
+    torch.testing.assert_close(
+        exported(obs), pvn.load_encoder(runs / "pretrain" / "Breakout")(obs), rtol=0, atol=0
+    )
+    assert not any(p.requires_grad for p in exported.parameters())
+    weights = sum(p.numel() * p.element_size() for p in exported.state_dict().values())
+    assert torso.stat().st_size < weights + 20_000  # the torso alone, not the whole checkpoint
+    guide = (tmp_path / "results" / "torsos.md").read_text()
+    (line,) = [
+        ln for ln in guide.splitlines() if ln.startswith(f"    pvn evaluate encoder={torso}")
+    ]
+    argv = shlex.split(line)[1:]
+    monkeypatch.chdir(tmp_path)
+    assert "seed=100" in argv and main(argv) == 0
+    assert load_results(tmp_path / "runs" / "Breakout-pvn-seed100")["evaluations"]
     # a second run finds everything done and does nothing
     assert main(["experiment", config]) == 0
 
@@ -167,6 +192,8 @@ def test_bad_experiment_configs_are_refused(tmp_path, capsys):
                                    "arms": {"a": {"encoder": "nope"}}}))  # fmt: skip
     assert main(["experiment", str(bad)]) == 2
     assert "arms.a.encoder='nope'" in capsys.readouterr().err
+    assert main(["experiment", _config(tmp_path), "torsos=maybe", "--status"]) == 2
+    assert "tiny.yaml: torsos='maybe': true or false" in capsys.readouterr().err
 
 
 def _knob_config(tmp_path, logs) -> str:

@@ -352,6 +352,15 @@ def test_load_encoder_returns_the_frozen_torso(log_dir, tmp_path):
 
     with pytest.raises(CheckpointError, match="neither a checkpoint file nor a run dir"):
         pvn.load_encoder(tmp_path / "nothing")
+    torch.save({"weights": torch.zeros(3)}, tmp_path / "other.pt")
+    with pytest.raises(CheckpointError, match=r"other.pt: neither a pvn pretraining checkpoint"):
+        pvn.load_encoder(tmp_path / "other.pt")
+    # the torso alone (export_encoder) opens as the run does, and is a fraction of the checkpoint
+    from pvn.encoder import export_encoder
+
+    alone = export_encoder(run, tmp_path / "torso.pt", game="Pong")
+    torch.testing.assert_close(pvn.load_encoder(alone)(obs), enc(obs), rtol=0, atol=0)
+    assert alone.stat().st_size < list_checkpoints(run)[-1].stat().st_size / 2
 
 
 @pytest.mark.parametrize("extra", [["bf16=true"], ["compile=true"]], ids=["bf16", "compile"])

@@ -111,6 +111,9 @@ def load(path: str | Path, overrides: list[str] | None = None) -> dict[str, Any]
                                   "pvn, its own pretrain: overrides) has no control runs to "
                                   "override")  # fmt: skip
         _check_pretraining_keys(p, cfg, arm, spec)
+    for key in ("probes", "torsos"):
+        if not isinstance(cfg.get(key, False), bool):
+            raise ConfigError(f"{p}: {key}={cfg[key]!r}: true or false")
     measure = {**MEASURE, **(cfg.get("measure") or {})}
     if set(measure) - set(MEASURE):
         bad = sorted(set(measure) - set(MEASURE))[0]

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
+import shlex
 import shutil
 from pathlib import Path
 from typing import Any
@@ -14,6 +16,7 @@ from pvn.errors import ConfigError
 from pvn.experiments.cluster import LIVE
 from pvn.experiments.plan import Stage, data_dir
 from pvn.experiments.store import Store
+from pvn.files import write_text_atomic
 
 
 def eta_seconds(todo: list[Stage], times: dict[str, float]) -> tuple[float, list[str]]:
@@ -93,6 +96,8 @@ def write_report(cfg: dict[str, Any], todo: list[Stage], config_path: Path) -> N
     shutil.copyfile(config_path, results / "experiment.yaml")
     if pretrainings:
         pretraining_report(cfg, pretrainings, results)
+    if cfg.get("torsos"):
+        _export_torsos(cfg, todo, results / "torsos")
     if evals:
         _control_report(cfg, evals, results)
     if all(s.done for s in todo if s.kind != "report"):
@@ -100,6 +105,42 @@ def write_report(cfg: dict[str, Any], todo: list[Stage], config_path: Path) -> N
         covered = {"stages": report_stage.after, "digest": report_stage.digest}
         (results / "complete.json").write_text(json.dumps(covered, indent=1) + "\n")
     (results / "stages.txt").write_text(status_table(todo) + "\n")
+
+
+def _export_torsos(cfg: dict[str, Any], todo: list[Stage], to: Path) -> None:
+    """Each game's pretrained torso (the PVN its ``encoder: pvn`` arms read) as
+    ``torsos/<game>.pt``, a few MB that :func:`pvn.load_encoder` opens, and ``torsos.md``: the
+    command that runs each of the experiment's arms from them at a new seed, without the logs or
+    the pretraining (a random arm's torso is drawn from its run's ``seed``)."""
+    from pvn.encoder import export_encoder
+
+    lines = ["# The experiment's torsos", "",
+             "Each game's PVN torso, exported from its pretraining's last checkpoint "
+             "(`pvn.load_encoder(path)` opens it); a random torso is drawn from the run's "
+             "`seed`. Each arm at a new seed (here 100):", ""]  # fmt: skip
+    for game in cfg["games"]:
+        pre = next((s for s in todo if s.name == f"pretrain/{game}" and s.done), None)
+        if pre is None:  # no control arm reads a PVN of this game, or it is not pretrained yet
+            continue
+        path = export_encoder(pre.run_dir, to / f"{game}.pt", game=game, command=["pvn", *pre.argv])
+        digest = hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+        lines += [f"## {game}", "", f"`{path.name}` (sha256 {digest}…), made by", "",
+                  f"    pvn {shlex.join(pre.argv)}", ""]  # fmt: skip
+        # one evaluation per arm that needs no other pretraining: its command, at seed 100
+        mine = {f"encoder={pre.run_dir}", "encoder=random", "encoder=e2e"}
+        arms = {}
+        for s in todo:
+            if s.kind == "eval" and s.name.startswith(f"eval/{game}/") and mine & set(s.argv):
+                arms.setdefault(s.name.split("/")[2], s.argv)
+        for arm, argv in arms.items():
+            new = [
+                f"encoder={path}" if a == f"encoder={pre.run_dir}"
+                else f"run_dir=runs/{game}-{arm}-seed100" if a.startswith("run_dir=")
+                else "seed=100" if a.startswith("seed=") else a
+                for a in argv
+            ]  # fmt: skip
+            lines += [f"{arm}:", "", f"    pvn {shlex.join(new)}", ""]
+    write_text_atomic(to.parent / "torsos.md", "\n".join(lines))
 
 
 def _control_report(cfg: dict[str, Any], evals: list[Stage], results: Path) -> None:
