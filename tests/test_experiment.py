@@ -673,3 +673,42 @@ def test_bad_team_arm_configs_are_refused(tmp_path, capsys):
         bad.write_text(yaml.safe_dump(cfg))
         assert main(["experiment", str(bad)]) == 2
         assert words in capsys.readouterr().err
+
+
+def test_a_learning_agents_log_is_the_data_and_its_evaluations_the_reference(tmp_path):
+    """``data.kind: agent``: the data stage is a learning agent's run with its replay logged;
+    the report's ``data_agents.md`` lists that agent's greedy evaluations (mean ± sd, distinct
+    returns, HNS of the mean), recomputed here from its ``results.json``."""
+    cfg = yaml.safe_load(Path(_config(tmp_path)).read_text())
+    cfg["data"] = {
+        "kind": "agent",
+        "overrides": [
+            "encoder=random",
+            "torso.feature_dim=32",
+            "steps=600",
+            "num_envs=2",
+            "agent.min_replay=100",
+            "replay_log_capacity=500",
+            "eval_episodes=2",
+            "eval_every=300",
+            "eval_max_steps=40",
+        ],
+    }
+    cfg["arms"] = {"random": cfg["arms"]["random"]}
+    cfg["seeds"], cfg["torsos"] = [0], False  # fmt: skip
+    config = tmp_path / "agent.yaml"
+    config.write_text(yaml.safe_dump(cfg))
+    assert main(["experiment", str(config)]) == 0
+    agent = tmp_path / "runs" / "data" / "Breakout" / "agent"
+    assert (tmp_path / "runs" / "data" / "Breakout" / "replay_logs").is_dir()
+    res = load_results(agent)
+    assert [e["step"] for e in res["evaluations"]] == [0, 300, 600]
+    table = (tmp_path / "results" / "data_agents.md").read_text().splitlines()[4:]
+    assert len(table) == 3
+    for row, ev in zip(table, res["evaluations"], strict=True):
+        r = ev["returns"]
+        mean = sum(r) / len(r)
+        sd = (sum((x - mean) ** 2 for x in r) / len(r)) ** 0.5
+        hns = (mean - 1.7) / (30.5 - 1.7)  # Breakout's random and human scores (Atari-57)
+        assert row == (f"| Breakout | {ev['step']:,} | 2 | {mean:.1f} ± {sd:.1f} "
+                       f"({len(set(r))}) | {hns:.3f} |")  # fmt: skip

@@ -98,6 +98,8 @@ def write_report(cfg: dict[str, Any], todo: list[Stage], config_path: Path) -> N
         pretraining_report(cfg, pretrainings, results)
     if cfg.get("torsos"):
         _export_torsos(cfg, todo, results / "torsos")
+    if cfg["data"]["kind"] == "agent":
+        _data_agents(todo, results)
     if evals:
         _control_report(cfg, evals, results)
     if all(s.done for s in todo if s.kind != "report"):
@@ -105,6 +107,32 @@ def write_report(cfg: dict[str, Any], todo: list[Stage], config_path: Path) -> N
         covered = {"stages": report_stage.after, "digest": report_stage.digest}
         (results / "complete.json").write_text(json.dumps(covered, indent=1) + "\n")
     (results / "stages.txt").write_text(status_table(todo) + "\n")
+
+
+def _data_agents(todo: list[Stage], results: Path) -> None:
+    """``data_agents.md``: the greedy evaluations of each game's logging agent (``data.kind:
+    agent``) along its run, mean ± sd of the episodes' returns (distinct returns among them:
+    one replayed episode or samples?) and the mean's human-normalised score: the end-to-end
+    reference the linear arms meet at equal agent steps."""
+    from pvn.analysis.scores import human_normalized
+    from pvn.commands.report import load_results
+
+    lines = ["# The logging agents' evaluations", "",
+             "| game | agent step | episodes | return: mean ± sd (distinct) | HNS of the mean |",
+             "|---|---|---|---|---|"]  # fmt: skip
+    for s in todo:
+        if s.kind != "data" or not s.done:
+            continue
+        run = load_results(s.run_dir)
+        for ev in run.get("evaluations") or []:
+            r = np.asarray(ev["returns"], np.float64)
+            if len(r):
+                lines.append(
+                    f"| {run['game']} | {ev['step']:,} | {len(r)} | {r.mean():.1f} ± "
+                    f"{r.std():.1f} ({len(set(r.tolist()))}) | "
+                    f"{human_normalized(run['game'], float(r.mean())):.3f} |"
+                )
+    write_text_atomic(results / "data_agents.md", "\n".join(lines) + "\n")
 
 
 def _export_torsos(cfg: dict[str, Any], todo: list[Stage], to: Path) -> None:
