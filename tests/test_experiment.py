@@ -304,6 +304,40 @@ def test_runners_sharing_out_split_the_stages(tmp_path):
         lock.close()
 
 
+def test_status_shows_a_running_stages_progress_and_counts_it_in_the_eta(tmp_path):
+    """A running stage shows its steps and rate (its last ``metrics.jsonl`` line, its
+    config's ``steps``); the ETA counts what that rate leaves, and times the stage's kind by it
+    while no stage of that kind has finished (by hand: 3,000 s + 3 x 4,000 s)."""
+    from pvn.experiments.plan import load, stages
+    from pvn.experiments.store import Store
+    from pvn.experiments.summary import status_table
+
+    cfg = load(_config(tmp_path))
+    todo, store = stages(cfg), Store(cfg["out"], cfg["name"])
+    data, pre, run = todo[0], todo[1], todo[2]
+    assert (data.name, pre.name, run.name) == (
+        "data/Breakout", "pretrain/Breakout", "eval/Breakout/pvn/seed0"
+    )  # fmt: skip
+    for done in (data, pre):
+        done.run_dir.mkdir(parents=True)
+        (done.run_dir / done.done_file).write_text("{}")
+    store.record_time(data.name, 100.0)
+    run.run_dir.mkdir(parents=True)
+    (run.run_dir / "config.yaml").write_text("steps: 40000\nseed: 0\n")
+    lines = [{"step": 9000, "steps_per_s": 7.0}, {"step": 10000, "steps_per_s": 10.0}]
+    (run.run_dir / "metrics.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+    store.note_runner({"stage": run.name, "started": time.time()})
+    try:
+        table = status_table(todo, store).splitlines()
+    finally:
+        store.forget_runner()
+    assert table[0] == "2 of 7 stages done; ETA 4.2 h"  # 15,000 s
+    assert (
+        table[3] == "  running eval/Breakout/pvn/seed0  (10,000 of 40,000 steps, 10/s: 50 min left)"
+    )
+    assert table[4] == "  left    eval/Breakout/random/seed0"
+
+
 def test_bad_knob_and_dataset_configs_are_refused(tmp_path, capsys):
     cfg = yaml.safe_load(Path(_config(tmp_path)).read_text())
     cfg["data"] = {"kind": "dataset"}

@@ -110,7 +110,7 @@ class LocalLauncher:
     @staticmethod
     def _run(s: Stage, todo: list[Stage], store: Store) -> None:
         left = [t for t in todo if not t.done]
-        eta, unknown = eta_seconds(todo, store.times())
+        eta, unknown = eta_seconds(todo, store.times(), store.running())
         print(
             f"pvn experiment: [{len(todo) - len(left) + 1}/{len(todo)}] {s.name} "
             f"({len(left)} left{'' if unknown else f', ETA {eta / 60:.0f} min'})",

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import yaml
 
 from pvn.errors import ConfigError
 from pvn.experiments.cluster import LIVE
@@ -19,10 +20,30 @@ from pvn.experiments.store import Store
 from pvn.files import write_text_atomic
 
 
-def eta_seconds(todo: list[Stage], times: dict[str, float]) -> tuple[float, list[str]]:
+def stage_progress(s: Stage) -> tuple[int, int, float] | None:
+    """A started stage's progress from its run dir: (steps done, steps in all, steps per
+    second), from the last line of ``metrics.jsonl`` (agent steps or updates, with the rate the
+    run logs beside them) and ``steps`` of the run's ``config.yaml``; None where a run logs no
+    rate (``pvn collect``) or has not logged yet."""
+    metrics, config = s.run_dir / "metrics.jsonl", s.run_dir / "config.yaml"
+    try:
+        with open(metrics, "rb") as f:
+            f.seek(max(0, f.seek(0, 2) - 4096))
+            last = json.loads(f.read().splitlines()[-1])
+        total = int(yaml.safe_load(config.read_text())["steps"])
+        rate = float(last.get("steps_per_s") or last.get("updates_per_s") or 0)
+        return (int(last["step"]), total, rate) if rate > 0 else None
+    except (OSError, IndexError, ValueError, KeyError, TypeError, yaml.YAMLError):
+        return None
+
+
+def eta_seconds(
+    todo: list[Stage], times: dict[str, float], running: set[str] = frozenset()
+) -> tuple[float, list[str]]:
     """Seconds left: each unfinished stage at the mean time of the finished stages of its kind
-    (eval stages: linear or end-to-end, which costs ~10 linear ones); and the kinds with no
-    finished stage yet (not counted)."""
+    (eval stages: linear or end-to-end, which costs ~10 linear ones), a running one at what its
+    own rate leaves (:func:`stage_progress`), which also times its kind while none of it has
+    finished; and the kinds with no stage to time them (not counted)."""
 
     def kind(s: Stage) -> str:
         if s.kind != "eval":
@@ -34,12 +55,20 @@ def eta_seconds(todo: list[Stage], times: dict[str, float]) -> tuple[float, list
         t = times.get(s.name) or Store.file_time(s)
         if t is not None:
             by_kind.setdefault(kind(s), []).append(t)
+    progress = {s.name: stage_progress(s) for s in todo if s.name in running and not s.done}
+    projected: dict[str, list[float]] = {}  # a running stage's whole time at its rate
+    for s in todo:
+        if (p := progress.get(s.name)) is not None:
+            projected.setdefault(kind(s), []).append(p[1] / p[2])
     left, unknown = 0.0, []
     for s in todo:
         if s.done or s.kind == "report":
             continue
-        if kind(s) in by_kind:
-            left += sum(by_kind[kind(s)]) / len(by_kind[kind(s)])
+        known = by_kind.get(kind(s)) or projected.get(kind(s))
+        if (p := progress.get(s.name)) is not None:
+            left += max(p[1] - p[0], 0) / p[2]
+        elif known:
+            left += sum(known) / len(known)
         elif kind(s) not in unknown:
             unknown.append(kind(s))
     return left, unknown
@@ -50,17 +79,19 @@ def status_table(
     store: Store | None = None,
     jobs: dict[str, tuple[dict[str, Any], str]] | None = None,
 ) -> str:
-    """Which stages are done, running (by a live runner) and left, with the ETA from the
-    finished stages' times; with ``jobs`` (a stage's job record and SLURM's state of it,
-    :func:`pvn.experiments.cluster.job_states`), each unfinished stage's job, its state and,
-    once it ended without finishing, its log."""
+    """Which stages are done, running (by a live runner, with its progress) and left, with the
+    ETA (one runner's, and shared by the runners now busy); with ``jobs`` (a stage's job record
+    and SLURM's state of it, :func:`pvn.experiments.cluster.job_states`), each unfinished
+    stage's job, its state and, once it ended without finishing, its log."""
     done = [s for s in todo if s.done]
     running = store.running() if store else set()
     lines = [f"{len(done)} of {len(todo)} stages done"]
     if store is not None and len(done) < len(todo):
-        left, unknown = eta_seconds(todo, store.times())
+        left, unknown = eta_seconds(todo, store.times(), running)
         note = f" (not counting {', '.join(unknown)}: no finished stage to time)" if unknown else ""
-        lines[0] += f"; ETA {left / 3600:.1f} h{note}" if left else f"; ETA unknown{note}"
+        busy = len(running & {s.name for s in todo})  # runners on this experiment's stages
+        share = f", ~{left / busy / 3600:.1f} h at {busy} runners" if busy > 1 else ""
+        lines[0] += f"; ETA {left / 3600:.1f} h{share}{note}" if left else f"; ETA unknown{note}"
     for s in todo:
         state = ("diverged" if s.diverged else "done" if s.done
                  else "running" if s.name in running else "left")  # fmt: skip
@@ -73,6 +104,10 @@ def status_table(
                 state = slurm.lower()
             job = f"  (job {record['job_id']} {slurm}"
             job += ")" if slurm in LIVE else f"; log {record['log']})"
+        if state == "running" and (p := stage_progress(s)) is not None:
+            done_steps, total, rate = p
+            job += (f"  ({done_steps:,} of {total:,} steps, {rate:.3g}/s: "
+                    f"{max(total - done_steps, 0) / rate / 60:.0f} min left)")  # fmt: skip
         lines.append(f"  {state:7} {s.name}{job}")
     return "\n".join(lines)
 
