@@ -69,10 +69,14 @@ def load_encoder(path: str | Path, device: str | torch.device = "cpu") -> nn.Mod
 
 
 def export_encoder(src: str | Path, dst: str | Path, **info: Any) -> Path:
-    """Write the torso of ``src`` (a run dir's latest checkpoint, or a checkpoint file) to
-    ``dst``, atomically: its spec, MoE config and weights, bit for bit, the pretraining step and
-    ``info`` (plain values: the game, the data, the command), all that :func:`load_encoder`
-    needs to rebuild it.
+    """Write the torso of ``src`` to ``dst``, atomically: its spec, MoE config and weights, bit
+    for bit, the pretraining step and ``info``, all that :func:`load_encoder` needs to rebuild
+    it.
+
+    Args:
+        src: a ``pvn pretrain`` run directory (its latest checkpoint) or a checkpoint file.
+        dst: the file to write (its directory is made).
+        **info: plain values saved beside the torso (the game, the command that made it).
 
     Returns:
         ``dst``.
