@@ -3,7 +3,8 @@
 Every command takes Hydra-style overrides, prints its resolved config with ``--cfg job``, rejects
 unknown keys and saves the resolved config in its output directory. Errors a user can cause print
 one line (``pvn: error: ...``) and exit with status 2 (3: a pretraining whose loss stopped being
-finite).
+finite). A run asked to stop by a signal (SIGTERM, SIGUSR1/2: ``kill``, a cluster's warning)
+writes a checkpoint where it stands and exits 75; the same command resumes (:mod:`pvn.preemption`).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from collections.abc import Callable
 
 from omegaconf import OmegaConf
 
-from pvn.errors import USER_ERRORS, ConfigError
+from pvn.errors import PREEMPTED_EXIT, USER_ERRORS, ConfigError
 
 USAGE = """usage: pvn COMMAND [key=value ...] [--cfg job] [--help]   |   pvn --version
 
@@ -44,6 +45,9 @@ commands:
 
 Overrides use Hydra's grammar (key=value, lists as [0,1]). `pvn COMMAND --help` lists a command's
 keys with their defaults and meaning; `--cfg job` prints the resolved config and exits.
+
+Exit status: 0 done; 2 a bad input (one line names it); 3 a pretraining that diverged; 75 stopped
+by SIGTERM/SIGUSR1/SIGUSR2 with a checkpoint where it stood (run the same command to resume).
 """
 
 
@@ -345,8 +349,9 @@ def main(argv: list[str] | None = None) -> int:
             return _experiment(rest)
         raise ConfigError(f"unknown command '{cmd}'; see `pvn --help`")
     except USER_ERRORS as e:
-        print(f"pvn: error: {e}", file=sys.stderr)
-        return getattr(e, "exit_code", 2)  # 3: a pretraining that diverged
+        stopped = getattr(e, "exit_code", 2) == PREEMPTED_EXIT  # asked to stop: not an error
+        print(f"pvn: {'' if stopped else 'error: '}{e}", file=sys.stderr)
+        return getattr(e, "exit_code", 2)  # 3: a pretraining that diverged; 75: stopped
     except KeyboardInterrupt:
         print("pvn: interrupted", file=sys.stderr)
         return 130

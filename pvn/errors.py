@@ -8,6 +8,9 @@ from pvn.replay.errors import ReplayError
 
 #: the exit status of ``pvn pretrain`` when its loss or parameters stopped being finite
 DIVERGED_EXIT = 3
+#: the exit status of a run stopped by a signal after writing a checkpoint (sysexits'
+#: EX_TEMPFAIL: the same command resumes it; :mod:`pvn.preemption`)
+PREEMPTED_EXIT = 75
 
 
 class PVNError(Exception):

@@ -10,7 +10,8 @@ The loop itself is the algorithm: every worker samples a batch and the team's ru
   updates and at the end, logs their means, the representation diagnostics (srank, dormant
   units) over the last batches' features, the rates and the team's own metrics;
 * :class:`Checkpoints` saves the team's state (learners, samplers, rule) every
-  ``checkpoint_every`` updates and at the end, atomically, keeping the last ``keep``;
+  ``checkpoint_every`` updates and at the end, atomically, keeping the last ``keep``, and where
+  a signal asked the run to stop (:mod:`pvn.preemption`);
 * :class:`Progress` advances the progress bar.
 
 The model is Stable-Baselines3's ``BaseCallback`` chained by ``CallbackList``.
@@ -27,6 +28,7 @@ from typing import Any
 
 import torch
 
+from pvn import preemption
 from pvn.checkpoint import save_checkpoint
 from pvn.diagnostics import DiagnosticsConfig, dormant_fraction, srank
 from pvn.distributed.team import Team
@@ -103,6 +105,9 @@ class NonFiniteGuard(Callback):
         if params and not run.team.params_finite():
             raise NonFiniteLoss(f"non-finite parameters after update {run.step}; {where}")
 
+
+#: updates between a team's checks for a stop request (a collective each)
+STOP_SYNC_EVERY = 10
 
 #: the per-update metrics that are averaged between logs (local blocks' losses too)
 LOGGED = {"td_loss", "calibration_loss", "q_mean", "grad_norm", *MOE_KEYS}
@@ -192,19 +197,27 @@ class Metrics(Callback):
 class Checkpoints(Callback):
     """The team's state every ``every`` updates and at the end, after the guard's check of the
     parameters, with ``meta`` (what :func:`pvn.encoder.load_encoder` needs); the last ``keep``
-    are kept."""
+    are kept. Asked to stop by a signal (:mod:`pvn.preemption`), it saves after the update in
+    flight and raises :class:`pvn.preemption.Preempted`; a team of processes agrees on the
+    update to stop at (one collective every ``STOP_SYNC_EVERY`` updates)."""
 
-    def __init__(self, guard: NonFiniteGuard, every: int, keep: int, meta: dict) -> None:
+    def __init__(self, guard: NonFiniteGuard, every: int, keep: int, meta: dict,
+                 world: int = 1) -> None:  # fmt: skip
         self.guard, self.every, self.keep, self.meta = guard, every, keep, meta
+        self.stop_every = 1 if world == 1 else STOP_SYNC_EVERY
 
     def on_update(self, run: Run) -> None:
-        if not run.due(self.every):
+        stop = (run.step < run.steps and run.step % self.stop_every == 0
+                and run.team.any_true(preemption.requested()))  # fmt: skip
+        if not (run.due(self.every) or stop):
             return
         self.guard.check(run, params=True)
         state = run.team.state(run.feeds)
         if state is not None:  # only the writing worker holds the state
             state = {"format": 1, "step": run.step, **state, "meta": self.meta}
             save_checkpoint(run.run_dir, run.step, state, self.keep)
+        if stop:
+            raise preemption.stopped(f"update {run.step}")
 
 
 class Progress(Callback):

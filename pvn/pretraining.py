@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from omegaconf import MISSING
 
+from pvn import preemption
 from pvn.auxiliary import build_tasks
 from pvn.checkpoint import load_checkpoint
 from pvn.diagnostics import DiagnosticsConfig
@@ -288,7 +289,8 @@ def train(cfg: PretrainConfig, team: Team, run_dir: Path, resume: Path | None) -
     name = "pretrain" if team.world == 1 else f"pretrain x{team.world}"
     callbacks: list[Callback] = []
     try:
-        with bar(cfg.steps, name, "upd", cfg.progress and lead, initial=start) as pbar:
+        with (bar(cfg.steps, name, "upd", cfg.progress and lead, initial=start) as pbar,
+              preemption.stop_on_signals()):  # fmt: skip
             callbacks = _callbacks(cfg, team, run_dir, lead, pbar)
             for step in range(start, cfg.steps):
                 run.outs = team.rule.step([next(f) for f in feeds], step)
@@ -316,5 +318,5 @@ def _callbacks(cfg: PretrainConfig, team: Team, run_dir: Path, lead: bool, pbar)
     logger = MetricsLogger(run_dir) if lead else None
     metrics = Metrics(guard, logger, cfg.log_every, cfg.batch_size, cfg.diagnostics,
                       first.tasks.indicator, pbar)  # fmt: skip
-    checkpoints = Checkpoints(guard, cfg.checkpoint_every, cfg.keep_checkpoints, meta)
+    checkpoints = Checkpoints(guard, cfg.checkpoint_every, cfg.keep_checkpoints, meta, team.world)
     return [guard, metrics, checkpoints, Progress(pbar)]

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import shutil
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +28,26 @@ def _private_cache(tmp_path_factory):
 def dopamine_fixture() -> Path:
     """Checkpoints written by Dopamine's own replay code (see tests/data/README.md)."""
     return DOPAMINE_FIXTURE
+
+
+@pytest.fixture
+def stop_after_first_log():
+    """``run(args, run_dir)``: run ``pvn *args`` as a process, send it SIGTERM once
+    ``run_dir``'s ``metrics.jsonl`` holds a line (its loop is running), and return its exit
+    status and stderr."""
+
+    def run(args: list[str], run_dir: Path) -> tuple[int, str]:
+        proc = subprocess.Popen([sys.executable, "-m", "pvn", *args], stdout=subprocess.DEVNULL,
+                                stderr=subprocess.PIPE, text=True)  # fmt: skip
+        metrics, deadline = run_dir / "metrics.jsonl", time.time() + 180
+        while not (metrics.is_file() and metrics.read_text()):
+            assert proc.poll() is None and time.time() < deadline, "ended before its first log"
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=120)
+        return proc.returncode, err
+
+    return run
 
 
 @pytest.fixture

@@ -334,6 +334,43 @@ def test_a_killed_worker_ends_the_job_cleanly_and_the_restart_resumes(log_dir, t
     assert load_checkpoint(list_checkpoints(run)[-1])["step"] == 60
 
 
+@pytest.mark.slow
+def test_a_signal_to_one_worker_stops_the_team_at_one_update_with_a_checkpoint(log_dir, tmp_path):  # noqa: F811
+    """torchrun with 2 gloo workers; SIGTERM to one of them mid-run: both stop after the same
+    update (they agree at a collective), the lead writes the checkpoint there, and the same
+    command resumes from it to the end."""
+    import os
+    import re
+    import signal
+    import time
+
+    from pvn.pretrain_callbacks import STOP_SYNC_EVERY
+
+    run = tmp_path / "run"
+    args = _args(log_dir, run, "distributed=ddp", "steps=400", "checkpoint_every=1000",
+                 "log_every=5")  # fmt: skip
+    cmd = _torchrun(args)
+    job = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        metrics = run / "metrics.jsonl"
+        while not (metrics.is_file() and metrics.read_text()) and job.poll() is None:
+            time.sleep(0.05)
+        children = subprocess.run(["pgrep", "-P", str(job.pid)], capture_output=True, text=True)
+        os.kill(int(children.stdout.split()[-1]), signal.SIGTERM)
+        _, err = job.communicate(timeout=120)
+    finally:
+        if job.poll() is None:
+            job.kill()
+    stops = re.findall(r"pvn: stopped by (.+?) at update (\d+);", err)
+    assert len(stops) == 2, err[-3000:]
+    assert sorted(who for who, _ in stops) == ["SIGTERM", "another worker's signal"]
+    (at,) = {int(n) for _, n in stops}
+    assert at % STOP_SYNC_EVERY == 0 and at < 400
+    assert [load_checkpoint(c)["step"] for c in list_checkpoints(run)] == [at]
+    subprocess.run(cmd, check=True, timeout=300, capture_output=True)
+    assert load_checkpoint(list_checkpoints(run)[-1])["step"] == 400
+
+
 def test_ddp_keeps_local_learning_workers_identical(log_dir):  # noqa: F811
     """With local=man, DDP averages the auxiliary nets' gradients too: workers fed different
     batches stay identical (networks, aux nets and their EMA copies)."""

@@ -393,6 +393,28 @@ def test_killed_evaluation_resumes_deterministically(tmp_path, capsys):
         assert torch.equal(nets[0][k], nets[1][k]), k
 
 
+def test_a_signal_stops_an_evaluation_with_a_checkpoint_where_it_stands(
+    tmp_path, stop_after_first_log
+):
+    """SIGTERM mid-run: a checkpoint at the agent step reached (no periodic one is due), exit
+    75 with one line, no results; the same command finishes the run from that step."""
+    from pvn.checkpoint import list_checkpoints, load_checkpoint
+
+    run = tmp_path / "stopped"
+    args = ["encoder=random", f"run_dir={run}", *SMALL, "steps=2400", "checkpoint_every=100000"]
+    rc, err = stop_after_first_log(["evaluate", *args], run)
+    assert rc == 75, err
+    (ckpt,) = list_checkpoints(run)
+    at = load_checkpoint(ckpt)["loop"]["step"]
+    assert 200 <= at < 2400 and not (run / "results.json").exists()
+    assert err.strip().splitlines()[-1] == (
+        f"pvn: stopped by SIGTERM at agent step {at}; the same command resumes"
+    )
+    assert main(["evaluate", *args]) == 0
+    res = json.loads((run / "results.json").read_text())
+    assert res["resumed_at"] == [at] and res["steps"] >= 2400
+
+
 @pytest.mark.slow
 def test_paper_preset_scores_by_its_final_evaluation(tmp_path, capsys):
     """The issue's check: ``eval_preset=paper`` with a short budget writes evaluations of

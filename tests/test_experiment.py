@@ -17,6 +17,7 @@ import torch
 import yaml
 
 import pvn
+from pvn.checkpoint import list_checkpoints
 from pvn.cli import main
 from pvn.commands.report import load_results
 
@@ -302,6 +303,42 @@ def test_runners_sharing_out_split_the_stages(tmp_path):
     assert after.name == "eval/Breakout/random/seed0"
     for lock in (lock6, lock7, lock8):
         lock.close()
+
+
+@pytest.mark.slow
+def test_a_stopped_runner_stops_its_stage_with_a_checkpoint_and_resumes_it(
+    tmp_path, dopamine_fixture, stop_after_first_log, capfd
+):
+    """SIGTERM to a runner alone (``kill PID``): it passes the signal on to its stage, whose
+    pretraining writes a checkpoint where it stands; the runner exits 75 without starting
+    another stage and without marking the stage done, and the same command resumes the stage
+    from that checkpoint."""
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    (logs / "Breakout").symlink_to(dopamine_fixture / "replay_logs")
+    cfg = yaml.safe_load(Path(_config(tmp_path)).read_text())
+    cfg["data"] = {"kind": "dataset", "path": str(logs)}
+    cfg["seeds"], cfg["torsos"] = [0], False
+    cfg["pretrain"]["overrides"] += ["steps=400", "checkpoint_every=1000", "log_every=5"]
+    del cfg["arms"]["random"]
+    path = tmp_path / "stop.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    run = tmp_path / "runs" / "pretrain" / "Breakout"
+    rc, err = stop_after_first_log(["experiment", str(path)], run)
+    assert rc == 75, err
+    (ckpt,) = list_checkpoints(run)
+    at = torch.load(ckpt, weights_only=True)["step"]
+    assert 5 <= at < 400, "stopped too late to test anything"
+    lines = err.strip().splitlines()
+    assert f"pvn: stopped by SIGTERM at update {at}; the same command resumes" in lines
+    assert (
+        lines[-1] == "pvn: stopped by SIGTERM at stage pretrain/Breakout; the same command resumes"
+    )
+    assert not (run / "done.json").exists() and not (tmp_path / "runs" / "eval").exists()
+    capfd.readouterr()
+    assert main(["experiment", str(path)]) == 0
+    assert f"pvn: resuming pretraining from {ckpt}" in capfd.readouterr().err
+    assert (run / "done.json").is_file() and (tmp_path / "results" / "runs.csv").is_file()
 
 
 def test_status_shows_a_running_stages_progress_and_counts_it_in_the_eta(tmp_path):

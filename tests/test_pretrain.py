@@ -1,5 +1,6 @@
-"""``pvn pretrain`` end to end: logs, checkpoints, determinism, exact resume after SIGKILL,
-every torso x tasks x optimizer, config errors, the non-finite guard, load_encoder."""
+"""``pvn pretrain`` end to end: logs, checkpoints, determinism, exact resume after SIGKILL and
+after a stop signal, every torso x tasks x optimizer, config errors, the non-finite guard,
+load_encoder."""
 
 from __future__ import annotations
 
@@ -154,6 +155,30 @@ def test_sigkill_then_resume_is_bit_exact(log_dir, tmp_path, task_cache):
     losses = [[(r["step"], r.get("td_loss")) for r in read_metrics(d)]
               for d in (tmp_path / "straight", run)]  # fmt: skip
     assert losses[0] == losses[1] and [s for s, _ in losses[0]] == list(range(5, 41, 5))
+
+
+def test_a_signal_stops_the_run_with_a_checkpoint_where_it_stands(
+    log_dir, tmp_path, stop_after_first_log
+):
+    """SIGTERM (``kill``, a cluster's warning) during the updates: the run writes a checkpoint
+    at the update it reached, far from any periodic one, and exits 75 with one line; the same
+    command then ends bit for bit where an uninterrupted run ends."""
+    args = ["steps=300", "checkpoint_every=1000", "keep_checkpoints=5"]
+    assert main(_args(log_dir, tmp_path / "straight", *args)) == 0
+    run = tmp_path / "stopped"
+    rc, err = stop_after_first_log(_args(log_dir, run, *args), run)
+    assert rc == 75, err
+    (ckpt,) = list_checkpoints(run)
+    at = load_checkpoint(ckpt)["step"]
+    assert 5 <= at < 300, "stopped too late to test anything"
+    assert err.strip().splitlines()[-1] == (
+        f"pvn: stopped by SIGTERM at update {at}; the same command resumes"
+    )
+    assert main(_args(log_dir, run, *args)) == 0
+    _assert_same(
+        load_checkpoint(list_checkpoints(tmp_path / "straight")[-1]),
+        load_checkpoint(list_checkpoints(run)[-1]),
+    )
 
 
 @pytest.mark.parametrize("family", ["indicator_rnd", "indicator_hash", "random_cumulants"])

@@ -139,21 +139,27 @@ def test_stages_run_as_dependent_jobs_and_a_cancelled_one_is_resubmitted(
 
 def test_a_stage_at_its_time_limit_is_requeued_and_resumes(cluster, tmp_path, dopamine_fixture):
     """SLURM's warning signal before the time limit (USR2, sent here by hand as submitit's own
-    tests do) makes submitit requeue the job; the stage's command resumes from its last
-    checkpoint in the same job."""
+    tests do) makes submitit requeue the job; first the stage's command, passed the signal,
+    writes a checkpoint where it stands (no periodic one is due), and the requeued job resumes
+    from it."""
     config = _config(tmp_path, dopamine_fixture, "slurm")
     cfg = yaml.safe_load(Path(config).read_text())
-    cfg["pretrain"]["overrides"] = ["steps=600", "checkpoint_every=20", *PRETRAIN]
+    cfg["pretrain"]["overrides"] = ["steps=600", "checkpoint_every=1000", "log_every=5",
+                                    *PRETRAIN]  # fmt: skip
     Path(config).write_text(yaml.safe_dump(cfg))
     assert main(["experiment", config]) == 0
     job = _jobs(tmp_path)["pretrain/Breakout"]
     run = tmp_path / "runs" / "pretrain" / "Breakout"
-    _until(lambda: any(run.glob("checkpoints/ckpt_*.pt")), 120, "a first checkpoint")
+    metrics = run / "metrics.jsonl"
+    _until(lambda: metrics.is_file() and metrics.read_text(), 120, "the first updates")
     subprocess.run(["scancel", job, "--signal", "USR2"], check=True)
     _until(lambda: _scontrol(job).get("Restarts") == "1", 60, "the requeue")
     _until(lambda: (run / "done.json").is_file(), 240, "the resumed stage")
     log = Path(json.loads((tmp_path / "runs/jobs/pretrain__Breakout.json").read_text())["log"])
-    assert re.search(r"pvn: resuming pretraining from .*ckpt_0*[1-9]", log.read_text())
+    text = log.read_text()
+    stop = re.search(r"pvn: stopped by SIG\w+ at update (\d+); the same command resumes", text)
+    assert stop and 0 < int(stop[1]) < 600, text[-2000:]
+    assert re.search(rf"pvn: resuming pretraining from .*ckpt_0*{stop[1]}\.pt", text)
 
 
 def test_a_distributed_pretraining_is_one_job_of_two_tasks_equal_to_one_process(

@@ -150,6 +150,7 @@ class Loop:
     evaluations: list[dict[str, Any]] = field(default_factory=list)
     resumed_at: list[int] = field(default_factory=list)
     metrics: dict[str, torch.Tensor] = field(default_factory=dict)  # the last update's
+    stopped: bool = False  # asked to stop before ``steps``, with a checkpoint (Checkpoints)
 
     def state_dict(self) -> dict[str, Any]:
         return {
@@ -164,10 +165,11 @@ class Loop:
         }
 
     def summary(self) -> dict[str, Any]:
-        """What a finished run reports: its episodes (each return with the agent step it
-        ended at), evaluations, steps, replay size and where it was resumed."""
+        """What a run reports: its episodes (each return with the agent step it ended at),
+        evaluations, steps, replay size, where it was resumed and whether it stopped early."""
         return {"episodes": self.episodes, "evaluations": self.evaluations, "steps": self.step,
-                "replay_size": len(self.replay), "resumed_at": self.resumed_at}  # fmt: skip
+                "replay_size": len(self.replay), "resumed_at": self.resumed_at,
+                "stopped": self.stopped}  # fmt: skip
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.agent.load_state_dict(state["agent"])
@@ -308,23 +310,34 @@ class ReplayLog(Callback):
 class Checkpoints(Callback):
     """Every ``every`` agent steps (not after the last), ``save(step, state)`` receives the
     loop's state with every callback's own; passing such a state as ``resume`` to
-    :func:`run_control` continues the run from it."""
+    :func:`run_control` continues the run from it. When ``stop()`` turns true (a signal asked
+    the run to stop: :mod:`pvn.preemption`) it saves after the step in flight and ends the
+    loop there (:attr:`Loop.stopped`), unfinished."""
 
-    def __init__(self, save: Callable[[int, dict[str, Any]], None], every: int,
-                 callbacks: list[Callback]) -> None:  # fmt: skip
-        self.save, self.every, self.callbacks = save, every, callbacks
+    def __init__(
+        self,
+        save: Callable[[int, dict[str, Any]], None],
+        every: int,
+        callbacks: list[Callback],
+        stop: Callable[[], bool] = lambda: False,
+    ) -> None:
+        self.save, self.every, self.callbacks, self.stop = save, every, callbacks, stop
 
     def on_start(self, loop: Loop, resume: dict[str, Any] | None) -> None:
         self.next = (loop.step // self.every + 1) * self.every
 
     def on_step(self, loop: Loop, step: Step) -> None:
-        if loop.step >= self.next and loop.step < loop.steps:
+        if loop.step >= loop.steps:  # the end: the command saves the agent
+            return
+        stop = self.stop()
+        if loop.step >= self.next or stop:
             state = loop.state_dict()
             for c in self.callbacks:
                 if c.key is not None:
                     state[c.key] = c.state_dict()
             self.save(loop.step, state)
             self.next = (loop.step // self.every + 1) * self.every
+            loop.stopped = stop
 
 
 def _replay(a: DQNConfig, encoder: nn.Module | None, envs: int, device: torch.device,
@@ -370,7 +383,8 @@ def run_control(
 
     Returns:
         :meth:`Loop.summary`: episodes (each return with the agent step it ended at),
-        evaluations, steps, replay size and where the run was resumed.
+        evaluations, steps, replay size, where the run was resumed, and ``stopped`` when a
+        checkpoint callback ended it early (asked to stop).
     """
     n = env.num_envs
     frames = encoder is None
@@ -387,7 +401,7 @@ def run_control(
     obs = stack.push(env.reset()[:, -1], np.ones(n, bool))
     resetting = np.zeros(n, bool)  # these envs' next step only resets them (envpool)
     score = np.zeros(n)
-    while loop.step < cfg.steps:
+    while loop.step < cfg.steps and not loop.stopped:
         states = _states(encoder, obs, device)
         loop.epsilon = linearly_decaying_epsilon(loop.step, a.epsilon_train,
                                                  a.epsilon_decay_steps, a.min_replay,

@@ -10,6 +10,7 @@ same ``run_dir`` resumes from its latest checkpoint (``checkpoint_every`` agent 
 from __future__ import annotations
 
 import json
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig
 
+from pvn import preemption
 from pvn.agents.control import (
     Callback,
     Checkpoints,
@@ -143,10 +145,15 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
                 callbacks += [Logs(logger.log, ecfg.log_every), Progress(pbar)]
                 if replay_log is not None:
                     callbacks.append(ReplayLog(replay_log))
-                if ecfg.checkpoint_every > 0:
-                    callbacks.append(Checkpoints(checkpoint, ecfg.checkpoint_every, callbacks))
-                out = run_control(env, encoder, agent, ecfg, device, int(cfg.seed), callbacks,
-                                  resume)  # fmt: skip
+                stops = ecfg.checkpoint_every > 0  # a signal then stops it with a checkpoint
+                if stops:
+                    callbacks.append(Checkpoints(checkpoint, ecfg.checkpoint_every, callbacks,
+                                                 preemption.requested))  # fmt: skip
+                with preemption.stop_on_signals() if stops else nullcontext():
+                    out = run_control(env, encoder, agent, ecfg, device, int(cfg.seed),
+                                      callbacks, resume)  # fmt: skip
+                    if out["stopped"]:
+                        raise preemption.stopped(f"agent step {out['steps']}")
             if replay_log is not None:
                 out["replay_log"] = _close_log(replay_log, cfg, out, env.num_actions)
         finally:

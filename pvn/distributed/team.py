@@ -93,6 +93,14 @@ class Team:
         bad = per_worker[per_worker >= 0]
         return int(bad.min()) if bad.numel() else -1
 
+    def any_true(self, flag: bool) -> bool:
+        """Whether ``flag`` holds in any process (a collective)."""
+        if self.comm is None:
+            return flag
+        with self._uncounted():
+            flags = [torch.tensor([float(flag)])] * len(self.workers)
+            return float(self.comm.all_reduce_sum(flags)) > 0
+
     def params_finite(self) -> bool:
         """Whether every worker's network parameters are finite (a collective)."""
         ok = [  # one host sync per worker

@@ -8,8 +8,9 @@ SLURM starts each stage when its prerequisites succeed.
 Each submission is recorded at once in ``<out>/jobs/<stage>.json`` (the job id, its log files),
 so a command killed half-way through submitting, or re-run after jobs were cancelled, failed or
 timed out, submits exactly the stages that are neither done nor queued or running: never one
-twice. A job that reaches its time limit is requeued by submitit (its ``checkpoint``) and its
-``pvn`` command resumes from its own last checkpoint.
+twice. A job that reaches its time limit (or is preempted) is requeued by submitit (its
+``checkpoint``): SLURM's warning is passed on to the stage's ``pvn`` command, which writes a
+checkpoint where it stands (:mod:`pvn.preemption`), and the requeued job resumes from it.
 
 Job states come from SLURM itself (``squeue``, then ``sacct`` where accounting runs), never
 from submitit's watcher: without accounting that watcher never learns that a job was cancelled
@@ -126,7 +127,8 @@ def parse_launcher(raw: Any, where: str) -> LauncherSpec:
 
 class StageJob:
     """What a job runs: one stage's ``pvn`` command (:func:`run_stage`). Requeued at its time
-    limit (submitit calls :meth:`checkpoint`): the command resumes from its own checkpoints.
+    limit (submitit calls :meth:`checkpoint`): the command, stopped with a checkpoint where it
+    stood, resumes from it.
 
     In a job of several tasks (``resources.pretrain.tasks``/``nodes``) every task runs the
     command as one worker of a ``distributed=`` pretraining: torch.distributed's environment
@@ -134,8 +136,8 @@ class StageJob:
     id, ``LOCAL_RANK``, ``LOCAL_WORLD_SIZE``) is set from SLURM's, as torchrun would set it,
     and rank 0 marks the stage done."""
 
-    def __init__(self, stage: Stage) -> None:
-        self.stage = stage
+    def __init__(self, stage: Stage, grace_s: float = 1.0) -> None:
+        self.stage, self.grace_s = stage, grace_s
 
     def __call__(self) -> str:
         import submitit
@@ -151,9 +153,15 @@ class StageJob:
         return self.stage.name
 
     def checkpoint(self, *args: Any, **kwargs: Any) -> Any:
+        """On SLURM's warning (rank 0): stop the stage's command, which writes a checkpoint
+        where it stands (:mod:`pvn.preemption`), waiting up to ``grace_s`` for it, before
+        submitit requeues the job; a team's other workers stop with it at the same update."""
         import submitit
 
-        return submitit.helpers.DelayedSubmission(StageJob(self.stage))
+        from pvn.experiments.launchers import stop_stage
+
+        stop_stage(wait_s=self.grace_s)
+        return submitit.helpers.DelayedSubmission(StageJob(self.stage, self.grace_s))
 
 
 def _submitit() -> Any:
@@ -177,6 +185,12 @@ def _signal_delay_s(time_min: int) -> int:
     slurmctld sends it at its 30 s periodic check once within the delay, so the warning can
     come up to 30 s early: delay + 30 s must stay well inside the limit."""
     return max(5, min(90, time_min * 60 // 4))
+
+
+def _grace_s(time_min: int) -> float:
+    """How long, after the warning, the stage may take to checkpoint before the job requeues:
+    the warning's lead less 5 s, so that the requeue comes before the limit's SIGTERM."""
+    return max(1.0, _signal_delay_s(time_min) - 5.0)
 
 
 class SlurmQueue:
@@ -312,7 +326,8 @@ class SubmititLauncher:
                 store.record_command(s)
             try:
                 with executor.batch():  # one job array (a single job when alone)
-                    jobs = [executor.submit(StageJob(s)) for s in group]
+                    grace = _grace_s(self.spec.for_stage(group[0].kind).time_min)
+                    jobs = [executor.submit(StageJob(s, grace)) for s in group]
             except Exception as e:  # sbatch refused: its own words, on one line
                 why = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
                 raise ConfigError(f"stage {group[0].name}: sbatch refused the job: {why}") from None
@@ -355,7 +370,7 @@ class SubmititLauncher:
                                        tasks_per_node=r.tasks * r.nodes,
                                        name=f"pvn:{s.name}")  # fmt: skip
             store.record_command(s)
-            job = executor.submit(StageJob(s))
+            job = executor.submit(StageJob(s, _grace_s(r.time_min)))
             print(f"pvn experiment: {s.name} as local job {job.job_id}", file=sys.stderr)
             while not job.done():
                 time.sleep(POLL_SECONDS / 4)

@@ -11,6 +11,7 @@ dependencies.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import signal
 import subprocess
@@ -18,8 +19,9 @@ import sys
 import time
 from typing import IO, Protocol
 
+from pvn import preemption
 from pvn.checkpoint import list_checkpoints
-from pvn.errors import DIVERGED_EXIT, ConfigError
+from pvn.errors import DIVERGED_EXIT, PREEMPTED_EXIT, ConfigError, PVNError
 from pvn.experiments.plan import Stage, is_pretraining_arm
 from pvn.experiments.store import Store
 from pvn.experiments.summary import eta_seconds
@@ -66,13 +68,29 @@ def _die_with_parent() -> None:
         pass
 
 
+_stage_process: subprocess.Popen | None = None  # the stage command running in this process
+
+
 def run_stage(stage: Stage, mark_done: bool = True) -> None:
     """Run one stage as a ``pvn`` subprocess (its own thread plan; a crash stays its own);
-    ``mark_done``: false in the other workers of a multi-task job (rank 0 marks it)."""
-    rc = subprocess.call([sys.executable, "-m", "pvn", *stage.argv], preexec_fn=_die_with_parent)
+    ``mark_done``: false in the other workers of a multi-task job (rank 0 marks it). Polled,
+    not waited on, so that a signal handler may stop it (:func:`stop_stage`)."""
+    global _stage_process
+    argv = [sys.executable, "-m", "pvn", *stage.argv]
+    _stage_process = subprocess.Popen(argv, preexec_fn=_die_with_parent)
+    if preemption.requested():  # asked to stop while it started
+        stop_stage()
+    try:
+        while (rc := _stage_process.poll()) is None:
+            time.sleep(0.2)
+    finally:
+        _stage_process = None
     if rc == DIVERGED_EXIT and is_pretraining_arm(stage):  # its outcome: reported, not retried
         print(f"pvn experiment: {stage.name} diverged; the report lists it", file=sys.stderr)
         return
+    if rc == PREEMPTED_EXIT:
+        why = f"stage {stage.name} stopped with a checkpoint (exit {rc}); the same command resumes"
+        raise preemption.Preempted(why)
     if rc != 0:
         raise ConfigError(f"stage {stage.name} failed (exit {rc}): {stage.command()}")
     if stage.kind == "pretrain" and mark_done:  # it resumes into the same dir: mark it complete
@@ -81,31 +99,56 @@ def run_stage(stage: Stage, mark_done: bool = True) -> None:
         (stage.run_dir / "done.json").write_text(json.dumps(done))
 
 
+def stop_stage(signum: int = signal.SIGTERM, wait_s: float = 0.0) -> None:
+    """Pass ``signum`` to the stage command running in this process, if any, and wait up to
+    ``wait_s`` for it to exit: asked to stop, a stage's loop writes a checkpoint where it
+    stands and exits (:mod:`pvn.preemption`)."""
+    proc = _stage_process
+    if proc is None or proc.poll() is not None:
+        return
+    proc.send_signal(signum)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(wait_s)
+
+
 class LocalLauncher:
     """Runs the stages here, one at a time, as subprocesses; waits for stages that other local
     launchers sharing ``out`` hold. A failed stage stops it with one line naming the stage and
-    its command."""
+    its command. A stop signal (:data:`pvn.preemption.SIGNALS`: ``kill``, a cluster's warning)
+    goes on to the running stage, which checkpoints where it stands; the runner then exits 75
+    without starting another stage, and the same command resumes."""
 
     def launch(self, todo: list[Stage], store: Store) -> None:
-        waiting = False
         try:
-            while True:
-                s, lock, wait = claim(store, todo)
-                if s is None and wait:  # another runner holds what is left (or what it needs)
-                    if not waiting:
-                        print("pvn experiment: waiting for the other runners' stages",
-                              file=sys.stderr)  # fmt: skip
-                        store.note_runner({})
-                    waiting = True
-                    time.sleep(POLL_SECONDS)
-                    continue
-                if s is None:  # every stage is done (prerequisites come first in the order)
-                    return
-                waiting = False
-                with lock:
-                    self._run(s, todo, store)
+            with preemption.stop_on_signals(also=stop_stage):
+                self._loop(todo, store)
         finally:
             store.forget_runner()
+
+    def _loop(self, todo: list[Stage], store: Store) -> None:
+        waiting = False
+        while True:
+            if preemption.requested():  # between stages: nothing running to checkpoint
+                raise preemption.stopped("no stage (none running)")
+            s, lock, wait = claim(store, todo)
+            if s is None and wait:  # another runner holds what is left (or what it needs)
+                if not waiting:
+                    print("pvn experiment: waiting for the other runners' stages",
+                          file=sys.stderr)  # fmt: skip
+                    store.note_runner({})
+                waiting = True
+                time.sleep(POLL_SECONDS)
+                continue
+            if s is None:  # every stage is done (prerequisites come first in the order)
+                return
+            waiting = False
+            with lock:
+                try:
+                    self._run(s, todo, store)
+                except PVNError:
+                    if preemption.requested():  # the stage stopped (or died) on our signal
+                        raise preemption.stopped(f"stage {s.name}") from None
+                    raise
 
     @staticmethod
     def _run(s: Stage, todo: list[Stage], store: Store) -> None:
