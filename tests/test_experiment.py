@@ -375,6 +375,32 @@ def test_status_shows_a_running_stages_progress_and_counts_it_in_the_eta(tmp_pat
     assert table[4] == "  left    eval/Breakout/random/seed0"
 
 
+def test_status_shows_where_a_stopped_stage_resumes_and_counts_only_what_is_left(tmp_path):
+    """A stage stopped before its end (killed or asked to stop) with a checkpoint: status
+    shows the step it resumes from and what its last logged rate leaves; the ETA counts that
+    rest, not a whole stage, and times the stage's kind by that rate (by hand: 10,000 steps at
+    5/s = 2,000 s, + 3 x 40,000 / 5 s = 26,000 s)."""
+    from pvn.experiments.plan import load, stages
+    from pvn.experiments.store import Store
+    from pvn.experiments.summary import status_table
+
+    cfg = load(_config(tmp_path))
+    todo, store = stages(cfg), Store(cfg["out"], cfg["name"])
+    data, pre, run = todo[0], todo[1], todo[2]
+    for done in (data, pre):
+        done.run_dir.mkdir(parents=True)
+        (done.run_dir / done.done_file).write_text("{}")
+    (run.run_dir / "checkpoints").mkdir(parents=True)
+    (run.run_dir / "checkpoints" / "ckpt_000030000.pt").write_bytes(b"")
+    (run.run_dir / "config.yaml").write_text("steps: 40000\nseed: 0\n")
+    (run.run_dir / "metrics.jsonl").write_text(json.dumps({"step": 30500, "steps_per_s": 5.0}))
+    table = status_table(todo, store).splitlines()
+    assert table[0] == "2 of 7 stages done; ETA 7.2 h"  # 26,000 s
+    assert table[3] == ("  left    eval/Breakout/pvn/seed0  (resumes from step 30,000 of "
+                        "40,000; 5/s when it stopped: 33 min left)")  # fmt: skip
+    assert table[4] == "  left    eval/Breakout/random/seed0"
+
+
 def test_bad_knob_and_dataset_configs_are_refused(tmp_path, capsys):
     cfg = yaml.safe_load(Path(_config(tmp_path)).read_text())
     cfg["data"] = {"kind": "dataset"}

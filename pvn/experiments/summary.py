@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 import yaml
 
+from pvn.checkpoint import checkpoint_step, list_checkpoints
 from pvn.errors import ConfigError
 from pvn.experiments.cluster import LIVE
 from pvn.experiments.plan import Stage, data_dir
@@ -37,13 +38,23 @@ def stage_progress(s: Stage) -> tuple[int, int, float] | None:
         return None
 
 
+def stopped_progress(s: Stage) -> tuple[int, int, float] | None:
+    """A stage stopped before its end (killed, or asked to stop: :mod:`pvn.preemption`) that
+    left a checkpoint: (the step it resumes from, steps in all, its last logged rate); None
+    where it left no checkpoint or no rate."""
+    ckpts = list_checkpoints(s.run_dir)
+    p = stage_progress(s) if ckpts else None
+    return (checkpoint_step(ckpts[-1]), p[1], p[2]) if p is not None else None
+
+
 def eta_seconds(
     todo: list[Stage], times: dict[str, float], running: set[str] = frozenset()
 ) -> tuple[float, list[str]]:
     """Seconds left: each unfinished stage at the mean time of the finished stages of its kind
     (eval stages: linear or end-to-end, which costs ~10 linear ones), a running one at what its
     own rate leaves (:func:`stage_progress`), which also times its kind while none of it has
-    finished; and the kinds with no stage to time them (not counted)."""
+    finished, a stopped one at what its last rate leaves from its checkpoint
+    (:func:`stopped_progress`); and the kinds with no stage to time them (not counted)."""
 
     def kind(s: Stage) -> str:
         if s.kind != "eval":
@@ -55,7 +66,8 @@ def eta_seconds(
         t = times.get(s.name) or Store.file_time(s)
         if t is not None:
             by_kind.setdefault(kind(s), []).append(t)
-    progress = {s.name: stage_progress(s) for s in todo if s.name in running and not s.done}
+    progress = {s.name: stage_progress(s) if s.name in running else stopped_progress(s)
+                for s in todo if not s.done and s.kind != "report"}  # fmt: skip
     projected: dict[str, list[float]] = {}  # a running stage's whole time at its rate
     for s in todo:
         if (p := progress.get(s.name)) is not None:
@@ -108,6 +120,10 @@ def status_table(
             done_steps, total, rate = p
             job += (f"  ({done_steps:,} of {total:,} steps, {rate:.3g}/s: "
                     f"{max(total - done_steps, 0) / rate / 60:.0f} min left)")  # fmt: skip
+        elif not s.done and state != "running" and (p := stopped_progress(s)) is not None:
+            at, total, rate = p
+            job += (f"  (resumes from step {at:,} of {total:,}; {rate:.3g}/s when it stopped: "
+                    f"{max(total - at, 0) / rate / 60:.0f} min left)")  # fmt: skip
         lines.append(f"  {state:7} {s.name}{job}")
     return "\n".join(lines)
 
