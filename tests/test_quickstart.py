@@ -58,6 +58,19 @@ def test_quickstart_runs_collect_pretrain_evaluate_report(tmp_path, capsys, monk
     assert sorted(p.name for p in out.glob("eval_*")) == ["eval_pvn_s3", "eval_random_s3"]
 
 
+def test_a_stopped_quickstart_says_it_starts_over(tmp_path, stop_after_first_log):
+    """SIGTERM during the demo's pretraining: exit 75, and the line says that running it again
+    starts the demo over (it does: it clears its output first), not that it resumes."""
+    out = tmp_path / "qs"
+    args = ["quickstart", "game=Breakout", "steps=800", "pretrain_steps=5000", "num_envs=2",
+            f"out={out}", "progress=false"]  # fmt: skip
+    rc, err = stop_after_first_log(args, out / "pvn")
+    assert rc == 75, err
+    assert err.strip().splitlines()[-1] == (
+        "pvn: quickstart stopped by a signal; run again to start it over"
+    )
+
+
 def test_quickstart_refuses_a_bad_preset_before_writing(tmp_path, capsys):
     out = tmp_path / "qs"
     assert main(["quickstart", "eval_preset=fast", f"out={out}", "progress=false"]) == 2

@@ -22,6 +22,7 @@ from pvn.commands.report import final_score, load_results, report
 from pvn.config import configure
 from pvn.errors import require
 from pvn.metrics import read_metrics
+from pvn.preemption import Preempted
 from pvn.replay.summary import summarize
 from pvn.run_dir import save_config
 from pvn.threads import settle
@@ -98,7 +99,10 @@ def _pretrain(cfg, data_dir: Path, run_dir: Path) -> None:
         td={"center": cfg.center},
         progress=cfg.progress,
     )
-    m = pretrain(pcfg)
+    try:
+        m = pretrain(pcfg)
+    except Preempted:  # its pretraining checkpointed, but the demo starts over when run again
+        raise Preempted("quickstart stopped by a signal; run again to start it over") from None
     p = pcfg.tasks.target_proportion
     print(
         f"      TD loss {m.get('td_loss', float('nan')):.4f}; indicators fire on "
