@@ -73,6 +73,6 @@ def stop_on_signals(also: Callable[[int], None] | None = None) -> Iterator[None]
 
 
 def stopped(where: str) -> Preempted:
-    """The one-line stop: which signal, where (``"agent step 1200"``), and how to go on."""
+    """The one-line stop: which signal, where (``"at agent step 1200"``), and how to go on."""
     name = signal.Signals(_requested[0]).name if _requested else "another worker's signal"
-    return Preempted(f"stopped by {name} at {where}; the same command resumes")
+    return Preempted(f"stopped by {name} {where}; the same command resumes")

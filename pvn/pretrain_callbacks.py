@@ -217,7 +217,7 @@ class Checkpoints(Callback):
             state = {"format": 1, "step": run.step, **state, "meta": self.meta}
             save_checkpoint(run.run_dir, run.step, state, self.keep)
         if stop:
-            raise preemption.stopped(f"update {run.step}")
+            raise preemption.stopped(f"at update {run.step}")
 
 
 class Progress(Callback):

@@ -332,13 +332,43 @@ def test_a_stopped_runner_stops_its_stage_with_a_checkpoint_and_resumes_it(
     lines = err.strip().splitlines()
     assert f"pvn: stopped by SIGTERM at update {at}; the same command resumes" in lines
     assert (
-        lines[-1] == "pvn: stopped by SIGTERM at stage pretrain/Breakout; the same command resumes"
+        lines[-1] == "pvn: stopped by SIGTERM in stage pretrain/Breakout; the same command resumes"
     )
     assert not (run / "done.json").exists() and not (tmp_path / "runs" / "eval").exists()
     capfd.readouterr()
     assert main(["experiment", str(path)]) == 0
     assert f"pvn: resuming pretraining from {ckpt}" in capfd.readouterr().err
     assert (run / "done.json").is_file() and (tmp_path / "results" / "runs.csv").is_file()
+
+
+def test_a_waiting_runner_stops_at_once_on_a_signal(tmp_path):
+    """A runner waiting for another runner's stage has nothing to checkpoint: SIGTERM ends it
+    with exit 75 and one line, and it leaves no mark of a live runner."""
+    from pvn.experiments.plan import load, stages
+    from pvn.experiments.store import Store
+
+    config = _knob_config(tmp_path, tmp_path / "logs")
+    cfg = load(config)
+    todo, store = stages(cfg), Store(cfg["out"], cfg["name"])
+    locks = [store.try_lock(s) for s in todo if s.kind != "report"]  # "another runner"
+    notes = store.out / "runners"  # a live runner's note of what it does
+    proc = subprocess.Popen([sys.executable, "-m", "pvn", "experiment", config],
+                            stderr=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        deadline = time.time() + 60
+        while not any(notes.glob("*.json")) and proc.poll() is None:  # it notes its wait
+            assert time.time() < deadline
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        for lock in locks:
+            lock.close()
+    assert proc.returncode == 75, err
+    assert err.strip().splitlines()[-1] == (
+        "pvn: stopped by SIGTERM between stages; the same command resumes"
+    )
+    assert not any(notes.glob("*.json"))
 
 
 def test_status_shows_a_running_stages_progress_and_counts_it_in_the_eta(tmp_path):

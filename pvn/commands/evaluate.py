@@ -153,7 +153,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
                     out = run_control(env, encoder, agent, ecfg, device, int(cfg.seed),
                                       callbacks, resume)  # fmt: skip
                     if out["stopped"]:
-                        raise preemption.stopped(f"agent step {out['steps']}")
+                        raise preemption.stopped(f"at agent step {out['steps']}")
             if replay_log is not None:
                 out["replay_log"] = _close_log(replay_log, cfg, out, env.num_actions)
         finally:

@@ -129,7 +129,7 @@ class LocalLauncher:
         waiting = False
         while True:
             if preemption.requested():  # between stages: nothing running to checkpoint
-                raise preemption.stopped("no stage (none running)")
+                raise preemption.stopped("between stages")
             s, lock, wait = claim(store, todo)
             if s is None and wait:  # another runner holds what is left (or what it needs)
                 if not waiting:
@@ -147,7 +147,7 @@ class LocalLauncher:
                     self._run(s, todo, store)
                 except PVNError:
                     if preemption.requested():  # the stage stopped (or died) on our signal
-                        raise preemption.stopped(f"stage {s.name}") from None
+                        raise preemption.stopped(f"in stage {s.name}") from None
                     raise
 
     @staticmethod
