@@ -160,6 +160,12 @@ def write_report(cfg: dict[str, Any], todo: list[Stage], config_path: Path) -> N
     (results / "stages.txt").write_text(status_table(todo) + "\n")
 
 
+def spread(returns: list[float]) -> tuple[float, int]:
+    """An evaluation's spread: the standard deviation of its episodes' returns and how many
+    distinct returns they hold (is the score one episode replayed, or a sample?)."""
+    return float(np.std(returns)), len(set(returns))
+
+
 def _data_agents(todo: list[Stage], results: Path) -> None:
     """``data_agents.md``: the greedy evaluations of each game's logging agent (``data.kind:
     agent``) along its run, mean ± sd of the episodes' returns (distinct returns among them:
@@ -176,12 +182,12 @@ def _data_agents(todo: list[Stage], results: Path) -> None:
             continue
         run = load_results(s.run_dir)
         for ev in run.get("evaluations") or []:
-            r = np.asarray(ev["returns"], np.float64)
-            if len(r):
+            if r := ev["returns"]:
+                mean = float(np.mean(r))
+                sd, distinct = spread(r)
                 lines.append(
-                    f"| {run['game']} | {ev['step']:,} | {len(r)} | {r.mean():.1f} ± "
-                    f"{r.std():.1f} ({len(set(r.tolist()))}) | "
-                    f"{human_normalized(run['game'], float(r.mean())):.3f} |"
+                    f"| {run['game']} | {ev['step']:,} | {len(r)} | {mean:.1f} ± {sd:.1f} "
+                    f"({distinct}) | {human_normalized(run['game'], mean):.3f} |"
                 )
     write_text_atomic(results / "data_agents.md", "\n".join(lines) + "\n")
 
@@ -240,9 +246,9 @@ def _control_report(cfg: dict[str, Any], evals: list[Stage], results: Path) -> N
         score, scored_by = final_score(res)
         _, game, arm, seed = s.name.split("/")
         final_eval = res["evaluations"][-1]["returns"] if res.get("evaluations") else []
-        spread = [float(np.std(final_eval)), len(set(final_eval))] if final_eval else ["", 0]
         rows.append([game, int(seed[4:]), arm, res["method"], score, scored_by,
-                     len(res["episodes"]), json.dumps(final_eval), *spread])  # fmt: skip
+                     len(res["episodes"]), json.dumps(final_eval),
+                     *(spread(final_eval) if final_eval else ("", 0))])  # fmt: skip
     tmp = results / ".runs.csv.tmp"
     with open(tmp, "w", newline="") as f:
         w = csv.writer(f)
