@@ -349,9 +349,9 @@ def main(argv: list[str] | None = None) -> int:
             return _experiment(rest)
         raise ConfigError(f"unknown command '{cmd}'; see `pvn --help`")
     except USER_ERRORS as e:
-        stopped = getattr(e, "exit_code", 2) == PREEMPTED_EXIT  # asked to stop: not an error
-        print(f"pvn: {'' if stopped else 'error: '}{e}", file=sys.stderr)
-        return getattr(e, "exit_code", 2)  # 3: a pretraining that diverged; 75: stopped
+        code = getattr(e, "exit_code", 2)  # 3: a pretraining that diverged; 75: stopped
+        print(f"pvn: {'' if code == PREEMPTED_EXIT else 'error: '}{e}", file=sys.stderr)
+        return code
     except KeyboardInterrupt:
         print("pvn: interrupted", file=sys.stderr)
         return 130
