@@ -6,9 +6,10 @@ submitit sets, USR2 by default; SIGTERM at the limit itself, then SIGKILL after 
 and loses everything since its last periodic checkpoint (up to ``checkpoint_every``: half an
 hour of a 1M-step DQN on a CPU). Inside :func:`stop_on_signals` these signals only raise a
 flag; the loops' checkpoint callbacks (:class:`pvn.agents.control.Checkpoints`,
-:class:`pvn.pretrain_callbacks.Checkpoints`) see it after the step in flight, write a checkpoint
-there and raise :class:`Preempted`, and the command exits 75 (sysexits' ``EX_TEMPFAIL``: run it
-again). The same command resumes from that checkpoint, as from a periodic one.
+:class:`pvn.pretrain_callbacks.Checkpoints`, ``pvn collect``'s loop) see it after the step in
+flight, write a checkpoint there and raise :class:`Preempted`, and the command exits 75
+(sysexits' ``EX_TEMPFAIL``: run it again). The same command resumes from that checkpoint, as
+from a periodic one.
 
 Outside the loops (building a task cache, opening data) the signals keep their default action:
 that work is resumable by its own files.

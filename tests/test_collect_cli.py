@@ -150,28 +150,38 @@ def test_existing_log_is_refused(collected, capsys):
 
 
 @pytest.mark.slow
-def test_killed_collection_continues_from_its_last_checkpoint(tmp_path, capsys):
+@pytest.mark.parametrize("sig", ["SIGKILL", "SIGTERM"])
+def test_killed_collection_continues_from_its_last_checkpoint(sig, tmp_path, capsys):
     """SIGKILL after a log checkpoint, then the same command: the collection completes; the
     checkpoints written before the kill are kept byte for byte, nothing is logged twice (every
     logged step once, plus 3 padding slots per episode), the log verifies, and two re-runs from
-    the same killed state write the same log."""
+    the same killed state write the same log. SIGTERM instead: it stops after the batch in
+    flight with a checkpoint of the log as it stands there (its step is the one the stop line
+    names) and exits 75; the rest holds as after a kill."""
     import shutil
     import signal
     import time
 
-    from pvn.checkpoint import list_checkpoints
+    from pvn.checkpoint import checkpoint_step, list_checkpoints
 
     out = tmp_path / "killed"
     args = ["collect", "game=Breakout", "steps=4000", "num_envs=4", "capacity=400", f"out={out}"]
     args += ["progress=false", "seed=1"]
-    proc = subprocess.Popen([sys.executable, "-m", "pvn", *args])
+    proc = subprocess.Popen([sys.executable, "-m", "pvn", *args], stderr=subprocess.PIPE,
+                            text=True)  # fmt: skip
     try:
         while proc.poll() is None and not list_checkpoints(out):
             time.sleep(0.02)
     finally:
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
+        proc.send_signal(getattr(signal, sig))
+        _, err = proc.communicate(timeout=120)
     assert not (out / "collect.json").exists(), "finished before it could be killed"
+    if sig == "SIGTERM":
+        (at,) = [checkpoint_step(p) for p in list_checkpoints(out)]
+        assert proc.returncode == 75
+        assert err.strip().splitlines()[-1] == (
+            f"pvn: stopped by SIGTERM at step {at}; the same command resumes"
+        )
     kept = {p.name: p.read_bytes() for p in (out / "replay_logs").glob("*ckpt.0.gz")}
     assert kept, "no complete checkpoint before the kill"
     assert main([*args, "seed=2"]) == 2  # another seed is another collection, not a resume

@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from pvn import preemption
 from pvn.agents.policies import POLICIES, EpsilonGreedyPolicy, Policy, RandomPolicy
 from pvn.checkpoint import (
     resumed_env_seed,
@@ -43,6 +44,7 @@ def run_collection(
     progress: bool = True,
     resume: dict[str, Any] | None = None,
     checkpoint: Callable[[int, dict[str, Any]], None] | None = None,
+    stop: Callable[[], bool] = lambda: False,
 ) -> dict[str, Any]:
     """Play ``env`` with ``policy`` until ``steps`` transitions are logged by ``writer``.
 
@@ -54,6 +56,9 @@ def run_collection(
     killed collection needs to continue (the writer's state, the policy's generator, the
     returns so far); ``resume`` is such a state. The episodes in flight at that moment are not
     in the state: a resumed collection starts fresh episodes, as a resumed training run does.
+    When ``stop()`` turns true (a signal asked it to stop: :mod:`pvn.preemption`) it passes
+    such a state to ``checkpoint`` after the batch in flight, wherever the log stands, and
+    returns unfinished (``"stopped"``).
     """
     n = env.num_envs
     stack = FrameStack(n)
@@ -72,6 +77,7 @@ def run_collection(
             rng.bit_generator.state = resume["policy_rng"]
     saved = len(writer.checkpoints_written)
     env.async_reset()
+    stopped = False
     with bar(steps, "collect", "step", progress, initial=done_steps) as pbar:
         while done_steps < steps:
             res = env.recv()
@@ -85,7 +91,8 @@ def run_collection(
             score[got] += res.reward[outcome]
             returns += score[ids[ended]].tolist()
             score[ids[ended]] = 0.0
-            if checkpoint is not None and len(writer.checkpoints_written) > saved:
+            stopped = stop()
+            if checkpoint is not None and (stopped or len(writer.checkpoints_written) > saved):
                 saved = len(writer.checkpoints_written)
                 state = {
                     "writer": writer.state_dict(),
@@ -94,6 +101,8 @@ def run_collection(
                     "logged_steps": log.logged_steps,
                 }
                 checkpoint(log.logged_steps, state)
+            if stopped:
+                break
             actions = policy.act(stack.push(frames, first[ids], rows=ids))
             acted[ids], action[ids] = frames, actions
             first[ids] = ended
@@ -103,10 +112,13 @@ def run_collection(
             pbar.update(k)
             if returns and ended.any():
                 pbar.set_postfix(episodes=len(returns), ret=f"{np.mean(returns[-20:]):.1f}")
+    if stopped:  # the state is saved; the writer's unsaved tail is in it
+        return {"stopped": True, "steps": log.logged_steps}
     truncated = log.close(write_in_flight=True)  # actions still in flight are not logged
     seconds = time.perf_counter() - start
     r = np.asarray(returns)
     return {
+        "stopped": False,
         "steps": done_steps,
         "episodes": len(returns),
         "unfinished_episodes_logged_as_truncated": truncated,
@@ -136,7 +148,8 @@ def trained_policy(run_dir: str, num_actions: int, epsilon: float, seed: int) ->
 
 def collect(cfg) -> dict[str, Any]:
     """Run ``pvn collect`` from a resolved config; returns (and saves) the summary. A killed
-    collection re-run with the same command continues from its last logged checkpoint."""
+    collection re-run with the same command continues from its last logged checkpoint; one
+    stopped by a signal, from where it stood (:mod:`pvn.preemption`)."""
     require(cfg.steps > 0, "steps", cfg.steps, "must be > 0")
     capacity = cfg.capacity or min(1_000_000, cfg.steps + cfg.steps // 10 + 100)
     require(isinstance(capacity, int) and capacity >= 5, "capacity", cfg.capacity, "an int >= 5")
@@ -179,10 +192,11 @@ def collect(cfg) -> dict[str, Any]:
         def checkpoint(logged: int, state: dict[str, Any]) -> None:
             save_checkpoint(out, logged, {"collect": state}, keep=1)
 
-        with writer:
-            summary = run_collection(
-                env, policy, writer, cfg.steps, cfg.progress, resume, checkpoint
-            )
+        with writer, preemption.stop_on_signals():
+            summary = run_collection(env, policy, writer, cfg.steps, cfg.progress, resume,
+                                     checkpoint, preemption.requested)  # fmt: skip
+            if summary.pop("stopped"):  # the writer keeps its complete checkpoints only
+                raise preemption.stopped(f"at step {summary['steps']}")
     finally:
         env.close()
     shutil.rmtree(out / "checkpoints", ignore_errors=True)  # finished: nothing to resume
