@@ -24,7 +24,7 @@ from pvn.checkpoint import list_checkpoints
 from pvn.errors import DIVERGED_EXIT, PREEMPTED_EXIT, ConfigError, PVNError
 from pvn.experiments.plan import Stage, is_pretraining_arm
 from pvn.experiments.store import Store
-from pvn.experiments.summary import eta_seconds
+from pvn.experiments.summary import eta_seconds, progresses
 
 POLL_SECONDS = 5  # how often a runner waiting for other runners' stages looks again
 
@@ -153,7 +153,7 @@ class LocalLauncher:
     @staticmethod
     def _run(s: Stage, todo: list[Stage], store: Store) -> None:
         left = [t for t in todo if not t.done]
-        eta, unknown = eta_seconds(todo, store.times(), store.running())
+        eta, unknown = eta_seconds(todo, store.times(), progresses(todo, store.running()))
         print(
             f"pvn experiment: [{len(todo) - len(left) + 1}/{len(todo)}] {s.name} "
             f"({len(left)} left{'' if unknown else f', ETA {eta / 60:.0f} min'})",

@@ -47,14 +47,26 @@ def stopped_progress(s: Stage) -> tuple[int, int, float] | None:
     return (checkpoint_step(ckpts[-1]), p[1], p[2]) if p is not None else None
 
 
+def progresses(todo: list[Stage], running: set[str]) -> dict[str, tuple[int, int, float]]:
+    """Each unfinished stage's progress where it has one: a running stage's as it logs it
+    (:func:`stage_progress`), a stopped one's from its checkpoint (:func:`stopped_progress`)."""
+    out = {}
+    for s in todo:
+        if not s.done and s.kind != "report":
+            p = stage_progress(s) if s.name in running else stopped_progress(s)
+            if p is not None:
+                out[s.name] = p
+    return out
+
+
 def eta_seconds(
-    todo: list[Stage], times: dict[str, float], running: set[str] = frozenset()
+    todo: list[Stage], times: dict[str, float], progress: dict[str, tuple[int, int, float]]
 ) -> tuple[float, list[str]]:
     """Seconds left: each unfinished stage at the mean time of the finished stages of its kind
-    (eval stages: linear or end-to-end, which costs ~10 linear ones), a running one at what its
-    own rate leaves (:func:`stage_progress`), which also times its kind while none of it has
-    finished, a stopped one at what its last rate leaves from its checkpoint
-    (:func:`stopped_progress`); and the kinds with no stage to time them (not counted)."""
+    (eval stages: linear or end-to-end, which costs ~10 linear ones), one with a ``progress``
+    (:func:`progresses`: running, or stopped with a checkpoint) at what its rate leaves, which
+    also times its kind while none of it has finished; and the kinds with no stage to time them
+    (not counted)."""
 
     def kind(s: Stage) -> str:
         if s.kind != "eval":
@@ -66,8 +78,6 @@ def eta_seconds(
         t = times.get(s.name) or Store.file_time(s)
         if t is not None:
             by_kind.setdefault(kind(s), []).append(t)
-    progress = {s.name: stage_progress(s) if s.name in running else stopped_progress(s)
-                for s in todo if not s.done and s.kind != "report"}  # fmt: skip
     projected: dict[str, list[float]] = {}  # a running stage's whole time at its rate
     for s in todo:
         if (p := progress.get(s.name)) is not None:
@@ -97,9 +107,11 @@ def status_table(
     stage's job, its state and, once it ended without finishing, its log."""
     done = [s for s in todo if s.done]
     running = store.running() if store else set()
+    running |= {name for name, (_, slurm) in (jobs or {}).items() if slurm == "RUNNING"}
+    progress = progresses(todo, running)
     lines = [f"{len(done)} of {len(todo)} stages done"]
     if store is not None and len(done) < len(todo):
-        left, unknown = eta_seconds(todo, store.times(), running)
+        left, unknown = eta_seconds(todo, store.times(), progress)
         note = f" (not counting {', '.join(unknown)}: no finished stage to time)" if unknown else ""
         busy = len(running & {s.name for s in todo})  # runners on this experiment's stages
         share = f", ~{left / busy / 3600:.1f} h at {busy} runners" if busy > 1 else ""
@@ -116,11 +128,12 @@ def status_table(
                 state = slurm.lower()
             job = f"  (job {record['job_id']} {slurm}"
             job += ")" if slurm in LIVE else f"; log {record['log']})"
-        if state == "running" and (p := stage_progress(s)) is not None:
+        p = progress.get(s.name)
+        if p is not None and s.name in running:
             done_steps, total, rate = p
             job += (f"  ({done_steps:,} of {total:,} steps, {rate:.3g}/s: "
                     f"{max(total - done_steps, 0) / rate / 60:.0f} min left)")  # fmt: skip
-        elif not s.done and state != "running" and (p := stopped_progress(s)) is not None:
+        elif p is not None:
             at, total, rate = p
             job += (f"  (resumes from step {at:,} of {total:,}; {rate:.3g}/s when it stopped: "
                     f"{max(total - at, 0) / rate / 60:.0f} min left)")  # fmt: skip
