@@ -204,6 +204,52 @@ def test_a_corrupt_chunk_is_named_never_read(dopamine_copy, tmp_path):
     assert proc.returncode == 2 and "chunk 5" in proc.stdout
 
 
+def test_a_store_written_with_zstds_checksum_reads_the_same_and_names_a_corrupt_chunk(
+    dopamine_copy, tmp_path
+):
+    """Stores written before the CRC-32 index carry zstd's own content checksum in each chunk:
+    read with it, frame for frame as the same store with CRC-32s, and a flipped byte is named.
+    The old entry is made here as the writer made it: each chunk re-compressed with its
+    dictionary and ``write_checksum=True``, no ``frames.crc32.npy``."""
+    import json
+    import shutil
+
+    import zstandard
+
+    new, old = tmp_path / "new", tmp_path / "old"
+    convert(dopamine_copy, new, workers=1)
+    shutil.copytree(new, old)
+    entry = old / "ckpt.1"
+    frames = ChunkedFrames(new / "ckpt.1")
+    d = zstandard.ZstdCompressionDict((entry / "frames.dict").read_bytes())
+    cctx = zstandard.ZstdCompressor(dict_data=d, write_checksum=True)
+    chunks = []
+    for c in range(len(frames.offsets) - 1):
+        out = memoryview(bytearray(frames.chunk_bytes(c)))
+        frames.decode_into(c, out)
+        chunks.append(cctx.compress(out))
+    offsets = np.cumsum([0] + [len(c) for c in chunks]).astype(np.int64)
+    (entry / "frames.zst").write_bytes(b"".join(chunks))
+    np.save(entry / "frames.index.npy", offsets)
+    (entry / "frames.crc32.npy").unlink()
+    info = json.loads((entry / "frames.json").read_text())
+    assert info.pop("checksum") == "crc32"
+    (entry / "frames.json").write_text(json.dumps({**info, "bytes": int(offsets[-1])}))
+    meta = json.loads((entry / "meta.json").read_text())
+    (entry / "meta.json").unlink()
+    cache_mod.write_meta(entry, {k: v for k, v in meta.items() if k != "sizes"})
+    a, b = DQNReplayDataset(new, seed=3), DQNReplayDataset(old, seed=3)
+    x, y = a.sample(64), b.sample(64)
+    np.testing.assert_array_equal(x.observation, y.observation)
+    np.testing.assert_array_equal(x.next_observation, y.next_observation)
+    np.testing.assert_array_equal(ChunkedFrames(entry)[:], frames[:])
+    data = bytearray((entry / "frames.zst").read_bytes())
+    data[(offsets[5] + offsets[6]) // 2] ^= 0xFF
+    (entry / "frames.zst").write_bytes(bytes(data))
+    with pytest.raises(ReplayError, match=r"frames\.zst: chunk 5 \(bytes .*corrupt"):
+        ChunkedFrames(entry)[:]
+
+
 def test_a_truncated_entry_is_refused_with_its_name(dopamine_copy, tmp_path):
     store = tmp_path / "store"
     convert(dopamine_copy, store, workers=1)

@@ -38,7 +38,7 @@ from pvn.replay.dopamine_format import (
     write_npy_gz,
 )
 from pvn.replay.errors import ReplayError
-from pvn.replay.frames import DEFAULT_CODEC, FrameCodec, open_frames
+from pvn.replay.frames import DEFAULT_CODEC, ChunkedFrames, FrameCodec, open_frames
 
 STORE_FILE = "store.json"
 _VERSION = 1
@@ -218,8 +218,8 @@ def verify_store(path: Path, checkpoints: Sequence[int] | None = None,
         if not problems:
             try:
                 frames = open_frames(entry)
-                for chunk in range(len(getattr(frames, "offsets", [0])) - 1):
-                    frames.decode(chunk)
+                if isinstance(frames, ChunkedFrames):
+                    frames.verify()
                 slots = len(np.load(entry / "action.npy", mmap_mode="r", allow_pickle=False))
                 if len(frames) != slots:
                     problems.append(f"{entry}: {len(frames)} frames for {slots} slots")
