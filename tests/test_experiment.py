@@ -20,6 +20,7 @@ import pvn
 from pvn.checkpoint import list_checkpoints
 from pvn.cli import main
 from pvn.commands.report import load_results
+from pvn.experiments.store import Store
 
 
 def _config(tmp_path) -> str:
@@ -144,8 +145,11 @@ def test_killed_experiment_resumes_without_redoing_finished_stages(tmp_path, cap
     assert "| pretrain | 1 |" in (tmp_path / "results" / "pretraining.md").read_text()
     assert (tmp_path / "results" / "experiment.yaml").is_file()
     assert (tmp_path / "results" / "complete.json").is_file()
-    assert "7 of 7 stages done" in (tmp_path / "results" / "stages.txt").read_text()
-    assert len(json.loads((runs / "stage_times.json").read_text())) == 6  # all but the report
+    stages_txt = (tmp_path / "results" / "stages.txt").read_text()
+    times = json.loads((runs / "stage_times.json").read_text())
+    assert "7 of 7 stages done" in stages_txt and len(times) == 6  # all but the report
+    for name, seconds in times.items():  # each stage's time beside it (all under 1.5 h here)
+        assert f"done    {name}  ({seconds / 60:.0f} min)\n" in stages_txt
     assert not list((runs / "runners").iterdir())
     assert (
         json.loads((runs / "eval" / "Breakout" / "pvn" / "seed1" / "stage.json").read_text())[
@@ -274,7 +278,6 @@ def test_runners_sharing_out_split_the_stages(tmp_path):
     stage, it waits rather than finishing or running that stage too."""
     from pvn.experiments.launchers import claim
     from pvn.experiments.plan import load, stages
-    from pvn.experiments.store import Store
 
     cfg = load(_knob_config(tmp_path, tmp_path / "logs"))
     todo, store = stages(cfg), Store(cfg["out"], cfg["name"])
@@ -335,10 +338,18 @@ def test_a_stopped_runner_stops_its_stage_with_a_checkpoint_and_resumes_it(
         lines[-1] == "pvn: stopped by SIGTERM in stage pretrain/Breakout; the same command resumes"
     )
     assert not (run / "done.json").exists() and not (tmp_path / "runs" / "eval").exists()
+    store = Store(cfg["out"], cfg["name"])
+    (before,) = store.times(parts=True).values()  # the stopped part's seconds, kept aside
+    assert before > 0 and "pretrain/Breakout" not in store.times()
     capfd.readouterr()
+    t0 = time.perf_counter()
     assert main(["experiment", str(path)]) == 0
+    rerun = time.perf_counter() - t0
     assert f"pvn: resuming pretraining from {ckpt}" in capfd.readouterr().err
     assert (run / "done.json").is_file() and (tmp_path / "results" / "runs.csv").is_file()
+    # timed whole: the stopped part plus the resumed one (which the rerun's wall time bounds)
+    assert before < store.times()["pretrain/Breakout"] <= before + rerun + 0.1  # (rounded)
+    assert store.times(parts=True) == {}
 
 
 def test_a_waiting_runner_stops_at_once_on_a_signal(tmp_path):

@@ -166,7 +166,12 @@ class LocalLauncher:
         if s.kind != "report":  # a stage that runs again (a retried divergence) stales the report
             report = todo[-1]
             (report.run_dir / report.done_file).unlink(missing_ok=True)
-        run_stage(s)
+        try:
+            run_stage(s)
+        except preemption.Preempted:  # stopped with a checkpoint: its time so far counts
+            if s.kind != "report":
+                store.record_time(s.name, time.perf_counter() - t0, finished=False)
+            raise
         if not s.done:  # it ran to the end, so it must count as done: never run it again
             raise ConfigError(f"stage {s.name} exited 0 but is not done ({s.run_dir / s.done_file} "
                               "missing or, for a report, not covering this plan)")  # fmt: skip

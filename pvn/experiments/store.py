@@ -74,20 +74,33 @@ class Store:
     def _times_file(self) -> Path:
         return self.out / "stage_times.json"
 
-    def times(self) -> dict[str, float]:
-        """Wall seconds of every stage finished by a runner (kept across runners, sessions)."""
-        f = self._times_file
+    @property
+    def _parts_file(self) -> Path:
+        return self.out / "stage_times_stopped.json"
+
+    def times(self, parts: bool = False) -> dict[str, float]:
+        """Wall seconds of every stage finished by a runner (kept across runners, sessions);
+        ``parts``: instead, the seconds that unfinished stages ran before they were stopped."""
+        f = self._parts_file if parts else self._times_file
         return json.loads(f.read_text()) if f.is_file() else {}
 
-    def record_time(self, name: str, seconds: float) -> None:
-        """Add a finished stage's time; runners sharing ``out`` take turns (a blocking lock),
-        so none overwrites another's entry."""
+    def record_time(self, name: str, seconds: float, finished: bool = True) -> None:
+        """Add a stage's time: a part that ended with a stop (``finished`` false,
+        :mod:`pvn.preemption`) is kept aside and counted in when the stage finishes, so a stage
+        resumed across sessions is timed whole (a runner killed outright notes nothing). Runners
+        sharing ``out`` take turns (a blocking lock), so none overwrites another's entry."""
         lock = self.out / ".locks" / "stage_times.lock"
         lock.parent.mkdir(parents=True, exist_ok=True)
         with open(lock, "w") as f:
             fcntl.flock(f, fcntl.LOCK_EX)
-            times = {**self.times(), name: round(seconds, 1)}
-            write_text_atomic(self._times_file, json.dumps(times, indent=1))
+            parts = self.times(parts=True)
+            before = parts.pop(name, 0.0)
+            if finished:
+                times = {**self.times(), name: round(before + seconds, 1)}
+                write_text_atomic(self._times_file, json.dumps(times, indent=1))
+            else:
+                parts[name] = round(before + seconds, 1)
+            write_text_atomic(self._parts_file, json.dumps(parts, indent=1))
 
     @staticmethod
     def file_time(stage: Stage) -> float | None:

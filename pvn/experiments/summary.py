@@ -100,12 +100,16 @@ def status_table(
     todo: list[Stage],
     store: Store | None = None,
     jobs: dict[str, tuple[dict[str, Any], str]] | None = None,
+    times: dict[str, float] | None = None,
 ) -> str:
-    """Which stages are done, running (by a live runner, with its progress) and left, with the
-    ETA (one runner's, and shared by the runners now busy); with ``jobs`` (a stage's job record
-    and SLURM's state of it, :func:`pvn.experiments.cluster.job_states`), each unfinished
-    stage's job, its state and, once it ended without finishing, its log."""
+    """Which stages are done (with the time each took: ``times``, or the store's), running (by
+    a live runner, with its progress) and left, with the ETA (one runner's, and shared by the
+    runners now busy); with ``jobs`` (a stage's job record and SLURM's state of it,
+    :func:`pvn.experiments.cluster.job_states`), each unfinished stage's job, its state and,
+    once it ended without finishing, its log."""
     done = [s for s in todo if s.done]
+    if times is None:
+        times = store.times() if store else {}
     running = store.running() if store else set()
     running |= {name for name, (_, slurm) in (jobs or {}).items() if slurm == "RUNNING"}
     progress = progresses(todo, running)
@@ -129,6 +133,8 @@ def status_table(
             job = f"  (job {record['job_id']} {slurm}"
             job += ")" if slurm in LIVE else f"; log {record['log']})"
         p = progress.get(s.name)
+        if s.done and s.name in times:
+            job += f"  ({_duration(times[s.name])})"
         if p is not None and s.name in running:
             done_steps, total, rate = p
             job += (f"  ({done_steps:,} of {total:,} steps, {rate:.3g}/s: "
@@ -139,6 +145,10 @@ def status_table(
                     f"{max(total - at, 0) / rate / 60:.0f} min left)")  # fmt: skip
         lines.append(f"  {state:7} {s.name}{job}")
     return "\n".join(lines)
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds / 3600:.1f} h" if seconds >= 5400 else f"{seconds / 60:.0f} min"
 
 
 def write_report(cfg: dict[str, Any], todo: list[Stage], config_path: Path) -> None:
@@ -170,7 +180,8 @@ def write_report(cfg: dict[str, Any], todo: list[Stage], config_path: Path) -> N
         report_stage = next(s for s in todo if s.kind == "report")
         covered = {"stages": report_stage.after, "digest": report_stage.digest}
         (results / "complete.json").write_text(json.dumps(covered, indent=1) + "\n")
-    (results / "stages.txt").write_text(status_table(todo) + "\n")
+    times = Store(cfg["out"], cfg["name"]).times()  # each stage's wall time, stops included
+    (results / "stages.txt").write_text(status_table(todo, times=times) + "\n")
 
 
 def spread(returns: list[float]) -> tuple[float, int]:
