@@ -69,7 +69,7 @@ class DataConfig:
     # compressed store ~K times faster per transition, each still drawn uniformly, but a batch
     # holds runs of neighbours (docs/store.md measures both); 1: independent draws
     decode_threads: int = 1  # threads decoding each batch's compressed frames (zstd releases
-    # the GIL; ~1.75x with 2 on 2 cores): raise it on a many-core GPU host
+    # the GIL, the loop around it does not: 0.5-1.1x with 2 on 2 cores, docs/store.md)
     num_actions: int | None = None  # null: inferred from the data (max action + 1)
     task_cache: Any = "auto"  # frozen task outputs computed once per logged state and stored in
     # run_dir/task_outputs (auto: when steps * batch_size >= slots) | true | false
