@@ -10,7 +10,7 @@ different frame. (zstd's own xxhash-64 of the decoded content would check the sa
 ~30% of a chunk's decoding time, where a CRC-32 of the ~30x fewer compressed bytes costs ~1%:
 ``docs/store.md``. Stores written before carry zstd's checksum and are read with it.)
 
-One shard's frames are three files in its store entry::
+One shard's frames are these files in its store entry::
 
     frames.zst         the chunks, one zstd frame each, back to back
     frames.index.npy   int64 (chunks + 1,): each chunk's byte offset, then the file's size
@@ -314,6 +314,8 @@ class ChunkedFrames:
     def _decode_into(self, flat_buf: memoryview, ids: list[int], a: int, b: int) -> None:
         """Decode chunks ``ids[a:b]`` into their slots of the batch's buffer."""
         step, dctx = self.chunk * _FRAME_BYTES, self._dctx()
+        if a == b:
+            return
         if self._crcs is None or ids[b - 1] == len(self._crcs) - 1:  # (the last chunk: short)
             for j in range(a, b):
                 out = flat_buf[j * step : j * step + self.chunk_bytes(ids[j])]
