@@ -108,14 +108,14 @@ def status_table(
     :func:`pvn.experiments.cluster.job_states`), each unfinished stage's job, its state and,
     once it ended without finishing, its log."""
     done = [s for s in todo if s.done]
-    if times is None:
-        times = store.times() if store else {}
+    recorded = store.times() if store else {}  # read once: the ETA's and the table's
+    times = recorded if times is None else times
     running = store.running() if store else set()
     running |= {name for name, (_, slurm) in (jobs or {}).items() if slurm == "RUNNING"}
     progress = progresses(todo, running)
     lines = [f"{len(done)} of {len(todo)} stages done"]
     if store is not None and len(done) < len(todo):
-        left, unknown = eta_seconds(todo, store.times(), progress)
+        left, unknown = eta_seconds(todo, recorded, progress)
         note = f" (not counting {', '.join(unknown)}: no finished stage to time)" if unknown else ""
         busy = len(running & {s.name for s in todo})  # runners on this experiment's stages
         share = f", ~{left / busy / 3600:.1f} h at {busy} runners" if busy > 1 else ""
