@@ -321,8 +321,8 @@ class ChunkedFrames:
                 out = flat_buf[j * step : j * step + self.chunk_bytes(ids[j])]
                 self.decode_into(ids[j], out, dctx)
             return
-        # decode_into inlined for whole chunks (a third of a chunk's time was Python's calls);
-        # any chunk that fails a check goes to decode_into, which names what is wrong
+        # decode_into inlined for whole chunks (its calls cost ~6% of a sample, docs/store.md);
+        # a chunk that fails a check goes to decode_into, which names what is wrong
         data, bounds, crcs, crc32, size = self._data, self._bounds, self._crcs, zlib.crc32, \
             zstandard.frame_content_size  # fmt: skip
         for j in range(a, b):
@@ -335,7 +335,7 @@ class ChunkedFrames:
                             continue
             except zstandard.ZstdError:
                 pass
-            self.decode_into(c, out, dctx)  # raises
+            self.decode_into(c, out, dctx)  # the checked path: raises, naming the chunk
 
     def __getitem__(self, key: slice) -> np.ndarray:
         """Frames ``key`` (a slice) as an array: for walking a shard in order."""
