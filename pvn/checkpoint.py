@@ -93,12 +93,21 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         raise CheckpointError(f"{path}: unreadable checkpoint ({type(e).__name__}: {e})") from None
 
 
+#: a pretraining's torso alone (pvn.encoder.export_encoder), kept and restored by an experiment
+#: (pvn.experiments.kept) in place of its checkpoints
+TORSO_FILE = "torso.pt"
+
+
 def resolve_checkpoint(path: str | Path) -> Path:
-    """A checkpoint file, or the latest checkpoint of a run directory."""
+    """A checkpoint file, or the latest checkpoint of a run directory (of a pretraining run dir
+    restored from an experiment's kept record, which holds only its exported torso:
+    :data:`TORSO_FILE`)."""
     path = Path(path)
     if path.is_file():
         return path
     found = list_checkpoints(path)
+    if not found and (path / TORSO_FILE).is_file():
+        return path / TORSO_FILE
     if not found:
         raise CheckpointError(f"{path}: neither a checkpoint file nor a run dir with checkpoints")
     return found[-1]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -71,11 +72,11 @@ def _config(tmp_path) -> str:
 
 
 @pytest.mark.slow
-def test_killed_experiment_resumes_without_redoing_finished_stages(tmp_path, capsys, monkeypatch):
+def test_killed_experiment_resumes_without_redoing_finished_stages(tmp_path, capfd, monkeypatch):
     config = _config(tmp_path)
     assert main(["experiment", config, "--print-commands"]) == 0
     # each command, then a shell comment naming its stage and what it needs
-    commands = [line.split("  # ")[0] for line in capsys.readouterr().out.splitlines()]
+    commands = [line.split("  # ")[0] for line in capfd.readouterr().out.splitlines()]
     assert len(commands) == 1 + 1 + 2 * 2 + 1  # data, pretrain, 2 arms x 2 seeds, report
     assert commands[0].startswith("pvn collect game=Breakout")
     runs = tmp_path / "runs"
@@ -91,7 +92,7 @@ def test_killed_experiment_resumes_without_redoing_finished_stages(tmp_path, cap
     # the killed runner's stage is not "running" (its pid is dead); the finished stages' times
     # are kept, and the kinds not yet timed are named
     assert main(["experiment", config, "--status"]) == 0
-    status = capsys.readouterr().out
+    status = capfd.readouterr().out
     assert "  running " not in status and "(not counting eval/linear: no finished" in status
     times = json.loads((runs / "stage_times.json").read_text())
     assert set(times) == {"data/Breakout", "pretrain/Breakout"}
@@ -179,6 +180,66 @@ def test_killed_experiment_resumes_without_redoing_finished_stages(tmp_path, cap
     assert load_results(tmp_path / "runs" / "Breakout-pvn-seed100")["evaluations"]
     # a second run finds everything done and does nothing
     assert main(["experiment", config]) == 0
+    monkeypatch.chdir(tmp_path.parent)  # paths as the config gives them (absolute)
+    _a_lost_out_is_restored_from_the_kept_records(Path(config), tmp_path, capfd)
+
+
+def _started(err: str) -> list[str]:
+    return sorted(ln.split("] ")[1].split(" (")[0] for ln in err.splitlines()
+                  if ln.startswith("pvn experiment: ["))  # fmt: skip
+
+
+def _a_lost_out_is_restored_from_the_kept_records(config: Path, tmp_path: Path, capfd) -> None:
+    """``results/kept`` (pvn.experiments.kept): with ``out`` gone, the finished stages come back
+    from their kept records and only what was not kept runs again; an evaluation from a
+    restored torso equals the one from the pretraining's own checkpoint; a pretraining kept
+    before a report measured it runs again on its log (made again, bit for bit)."""
+    runs, results = tmp_path / "runs", tmp_path / "results"
+    kept = results / "kept"
+    assert sorted(p.name for p in (kept / "pretrain" / "Breakout").iterdir()) == [
+        "config.yaml", "done.json", "measures.json", "metrics.jsonl", "stage.json",
+        "time.json", "torso.pt"]  # fmt: skip
+    assert sorted(p.name for p in (kept / "data" / "Breakout").iterdir()) == [
+        "collect.json", "config.yaml", "stage.json", "time.json"]  # not the log  # fmt: skip
+    evals = [f"eval/Breakout/{arm}/seed{k}" for arm in ("pvn", "random") for k in (0, 1)]
+    before = {name: load_results(runs / name) for name in evals}
+    times = json.loads((runs / "stage_times.json").read_text())
+    runs_csv = (results / "runs.csv").read_text()
+    pre_csv = (results / "pretraining.csv").read_text()
+    cfg = yaml.safe_load(config.read_text())
+    config.write_text(yaml.safe_dump({**cfg, "probes": True}))  # probes read the log
+    shutil.rmtree(runs)  # out is lost, and so are seed 1's kept records
+    for name in evals[1::2]:
+        shutil.rmtree(kept / name)
+    capfd.readouterr()
+    assert main(["experiment", str(config)]) == 0
+    err = capfd.readouterr().err
+    assert _started(err) == sorted([*evals[1::2], "report"]), err
+    assert "4 finished stage(s) restored" in err and "no probes of Breakout: its log is gone" in err
+    assert not (runs / "data" / "Breakout" / "replay_logs").exists()
+    assert (runs / "pretrain" / "Breakout" / "torso.pt").is_file()
+    assert not list_checkpoints(runs / "pretrain" / "Breakout")
+    for name in evals[1::2]:  # run again from the restored torso: the same runs
+        after = load_results(runs / name)
+        assert after["episodes"] == before[name]["episodes"], name
+        assert after["evaluations"] == before[name]["evaluations"], name
+    assert (results / "runs.csv").read_text() == runs_csv
+    assert (results / "pretraining.csv").read_text() == pre_csv  # the kept measures
+    restored = json.loads((runs / "stage_times.json").read_text())
+    for name in ["data/Breakout", "pretrain/Breakout", *evals[::2]]:
+        assert restored[name] == pytest.approx(times[name], abs=0.05)  # fmt: skip
+    # a pretraining whose measures were not kept runs again, and with it the data stage
+    shutil.rmtree(runs)
+    (kept / "pretrain" / "Breakout" / "measures.json").unlink()
+    assert main(["experiment", str(config)]) == 0
+    err = capfd.readouterr().err
+    assert _started(err) == ["data/Breakout", "pretrain/Breakout", "report"], err
+    with open(results / "pretraining.csv") as f:  # measured again: the same, but its speed
+        (again,) = [{k: v for k, v in r.items() if k != "updates_per_s"} for r in csv.DictReader(f)]
+    (first,) = [{k: v for k, v in r.items() if k != "updates_per_s"}
+                for r in csv.DictReader(pre_csv.splitlines())]  # fmt: skip
+    assert again == first
+    assert (results / "probes_Breakout" / "report.md").is_file()
 
 
 def test_a_report_needs_a_finished_evaluation(tmp_path, capsys):

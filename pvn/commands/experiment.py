@@ -30,9 +30,12 @@ was made by another command (:func:`check_commands`): same name, other settings.
 
 A stage whose output is complete is skipped; one that was killed is re-run with the same command,
 and every ``pvn`` command resumes from its own checkpoints, so the experiment continues across
-interruptions and machines. A failed stage stops the runner with one line naming the stage and
-its command. ``--print-commands`` prints the commands instead (one per line, in order, each
-followed by a shell comment naming its stage and the stages it needs), to run elsewhere;
+interruptions and machines. Each finished stage also leaves its record (and a PVN its torso)
+under ``results/kept/``, and a stage whose run in ``out`` is gone is restored from it
+(:mod:`pvn.experiments.kept`): losing ``out`` costs only the stages that were running. A failed
+stage stops the runner with one line naming the stage and its command. ``--print-commands``
+prints the commands instead (one per line, in order, each followed by a shell comment naming
+its stage and the stages it needs), to run elsewhere;
 ``--status`` prints which stages are done and left; ``--report`` writes the report over the
 evaluations finished so far (``stages.txt`` beside it says which), marking the report stage done
 only once every evaluation is.
@@ -56,6 +59,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from pvn.experiments.cluster import SubmititLauncher, job_states, parse_launcher
+from pvn.experiments.kept import restore
 from pvn.experiments.launchers import LocalLauncher
 from pvn.experiments.plan import load, stages
 from pvn.experiments.store import Store
@@ -80,6 +84,8 @@ def run(
             print(f"{s.command()}  # {s.name}{needs}")
         return 0
     store.check_commands(todo)
+    if not status:  # finished stages whose runs in out are gone, from their kept records
+        restore(todo, store)
     if report_now:
         write_report(cfg, todo, Path(config_path))
     elif not status:

@@ -22,6 +22,7 @@ from typing import IO, Protocol
 from pvn import preemption
 from pvn.checkpoint import list_checkpoints
 from pvn.errors import DIVERGED_EXIT, PREEMPTED_EXIT, ConfigError, PVNError
+from pvn.experiments.kept import keep, keep_time
 from pvn.experiments.plan import Stage, is_pretraining_arm
 from pvn.experiments.store import Store
 from pvn.experiments.summary import eta_seconds, progresses
@@ -97,6 +98,8 @@ def run_stage(stage: Stage, mark_done: bool = True) -> None:
         ckpts = list_checkpoints(stage.run_dir)
         done = {"checkpoint": ckpts[-1].name if ckpts else None}
         (stage.run_dir / "done.json").write_text(json.dumps(done))
+    if mark_done:  # its record outlives out (pvn.experiments.kept)
+        keep(stage)
 
 
 def stop_stage(signum: int = signal.SIGTERM, wait_s: float = 0.0) -> None:
@@ -177,3 +180,4 @@ class LocalLauncher:
                               "missing or, for a report, not covering this plan)")  # fmt: skip
         if s.kind != "report":  # not timed: its name is shared by experiments on out
             store.record_time(s.name, time.perf_counter() - t0)
+            keep_time(s, store.times()[s.name])  # the whole stage's, stopped parts included

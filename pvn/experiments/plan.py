@@ -38,6 +38,7 @@ class Stage:
     done_file: str  # the file whose presence marks the stage complete
     after: list[str] = field(default_factory=list)  # stages that must be complete first
     digest: str = ""  # a report's: the commands of the runs it covers (and how it measures them)
+    kept: Path | None = None  # where its record outlives out (pvn.experiments.kept), if kept
 
     @property
     def done(self) -> bool:
@@ -318,6 +319,9 @@ def stages(
     digest = hashlib.sha1("\n".join(made).encode()).hexdigest()[:16]
     report = Stage("report", argv, results, "report", "complete.json",
                    [st.name for st in covered], digest)  # fmt: skip
+    for st in [*todo, *evals]:  # data, the PVNs control arms read, evaluations: not a
+        if not is_pretraining_arm(st):  # pretraining arm (its measures read other runs)
+            st.kept = results / "kept" / st.name
     return [*todo, *evals, report]
 
 

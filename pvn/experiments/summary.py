@@ -7,6 +7,7 @@ import hashlib
 import json
 import shlex
 import shutil
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,7 @@ import yaml
 from pvn.checkpoint import checkpoint_step, list_checkpoints
 from pvn.errors import ConfigError
 from pvn.experiments.cluster import LIVE
+from pvn.experiments.kept import keep_measures, restored
 from pvn.experiments.plan import Stage, data_dir
 from pvn.experiments.store import Store
 from pvn.files import write_text_atomic
@@ -170,12 +172,15 @@ def write_report(cfg: dict[str, Any], todo: list[Stage], config_path: Path) -> N
     shutil.copyfile(config_path, results / "experiment.yaml")
     if pretrainings:
         pretraining_report(cfg, pretrainings, results)
+        for s in pretrainings:  # the measures need the log: kept beside the run's record
+            keep_measures(s)
     if cfg.get("torsos"):
         _export_torsos(cfg, todo, results / "torsos")
     if cfg["data"]["kind"] == "agent":
         _data_agents(todo, results)
     if evals:
-        _control_report(cfg, evals, results)
+        gone = {s.name.split("/")[1] for s in todo if s.kind == "data" and restored(s)}
+        _control_report(cfg, evals, results, logs_gone=gone)
     if all(s.done for s in todo if s.kind != "report"):
         report_stage = next(s for s in todo if s.kind == "report")
         covered = {"stages": report_stage.after, "digest": report_stage.digest}
@@ -252,16 +257,23 @@ def _export_torsos(cfg: dict[str, Any], todo: list[Stage], to: Path) -> None:
     write_text_atomic(to.parent / "torsos.md", "\n".join(lines))
 
 
-def _control_report(cfg: dict[str, Any], evals: list[Stage], results: Path) -> None:
+def _control_report(
+    cfg: dict[str, Any], evals: list[Stage], results: Path, logs_gone: set[str]
+) -> None:
     """``pvn report`` over the finished evaluations (each run labelled by its arm), per-game
-    probes and ``runs.csv``."""
+    probes (not of the games in ``logs_gone``: their data stages were restored from kept
+    records, without the log) and ``runs.csv``."""
     from pvn.commands.report import final_score, load_results, report
 
     arms = [s.name.split("/")[2] for s in evals]
     report([str(s.run_dir) for s in evals], results, methods=arms)
     for game in cfg["games"]:
         mine = [i for i, s in enumerate(evals) if s.name.startswith(f"eval/{game}/")]
-        if cfg.get("probes", True) and mine:
+        if cfg.get("probes", True) and mine and game in logs_gone:
+            print(f"pvn experiment: no probes of {game}: its log is gone (its data stage was "
+                  "restored from its kept record); an earlier report's probes_" + game +
+                  "/ stands", file=sys.stderr)  # fmt: skip
+        elif cfg.get("probes", True) and mine:
             dirs, labels = [str(evals[i].run_dir) for i in mine], [arms[i] for i in mine]
             report(dirs, results / f"probes_{game}", data=data_dir(cfg, game), methods=labels)
     rows = []
