@@ -206,6 +206,9 @@ def _a_lost_out_is_restored_from_the_kept_records(config: Path, tmp_path: Path, 
     times = json.loads((runs / "stage_times.json").read_text())
     runs_csv = (results / "runs.csv").read_text()
     pre_csv = (results / "pretraining.csv").read_text()
+    shutil.rmtree(kept / evals[0])  # a stage no runner of this experiment kept: the report does
+    assert main(["experiment", str(config), "--report"]) == 0
+    assert load_results(kept / evals[0]) == before[evals[0]]
     cfg = yaml.safe_load(config.read_text())
     config.write_text(yaml.safe_dump({**cfg, "probes": True}))  # probes read the log
     shutil.rmtree(runs)  # out is lost, and so are seed 1's kept records

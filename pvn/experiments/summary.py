@@ -17,7 +17,7 @@ import yaml
 from pvn.checkpoint import checkpoint_step, list_checkpoints
 from pvn.errors import ConfigError
 from pvn.experiments.cluster import LIVE
-from pvn.experiments.kept import keep_measures, restored
+from pvn.experiments.kept import keep, keep_measures, keep_time, restored
 from pvn.experiments.plan import Stage, data_dir
 from pvn.experiments.store import Store
 from pvn.files import write_text_atomic
@@ -169,6 +169,12 @@ def write_report(cfg: dict[str, Any], todo: list[Stage], config_path: Path) -> N
                           "nothing to report")  # fmt: skip
     results.mkdir(parents=True, exist_ok=True)
     (results / "complete.json").unlink(missing_ok=True)
+    times = Store(cfg["out"], cfg["name"]).times()  # each stage's wall time, stops included
+    for s in todo:  # finished stages no runner of this experiment kept (another's, or older)
+        if s.kept is not None and s.done and not (s.kept / "stage.json").is_file():
+            keep(s)
+            if s.name in times:
+                keep_time(s, times[s.name])
     shutil.copyfile(config_path, results / "experiment.yaml")
     if pretrainings:
         pretraining_report(cfg, pretrainings, results)
@@ -185,7 +191,6 @@ def write_report(cfg: dict[str, Any], todo: list[Stage], config_path: Path) -> N
         report_stage = next(s for s in todo if s.kind == "report")
         covered = {"stages": report_stage.after, "digest": report_stage.digest}
         (results / "complete.json").write_text(json.dumps(covered, indent=1) + "\n")
-    times = Store(cfg["out"], cfg["name"]).times()  # each stage's wall time, stops included
     (results / "stages.txt").write_text(status_table(todo, times=times) + "\n")
 
 
