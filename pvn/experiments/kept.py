@@ -39,7 +39,7 @@ from pathlib import Path
 from pvn.checkpoint import TORSO_FILE as TORSO
 from pvn.experiments.plan import Stage
 from pvn.experiments.store import Store
-from pvn.files import write_text_atomic
+from pvn.files import failed_write, write_text_atomic
 
 RESTORED = "restored.json"  # in a run dir restored from results: where from
 _RECORD = ("config.yaml", "results.json", "collect.json", "done.json")  # stage.json: last
@@ -53,16 +53,18 @@ def keep(stage: Stage) -> None:
     if stage.kept is None:
         return
     to = stage.kept
-    shutil.rmtree(to, ignore_errors=True)
-    to.mkdir(parents=True)
-    if stage.kind == "pretrain":
-        from pvn.encoder import export_encoder
+    with failed_write(to):
+        shutil.rmtree(to, ignore_errors=True)
+        to.mkdir(parents=True)
+        if stage.kind == "pretrain":
+            from pvn.encoder import export_encoder
 
-        export_encoder(stage.run_dir, to / TORSO, game=stage.name.split("/")[1],
-                       command=["pvn", *stage.argv])  # fmt: skip
-    for name in [*_RECORD, "metrics.jsonl" if stage.kind == "pretrain" else None, "stage.json"]:
-        if name is not None and (stage.run_dir / name).is_file():
-            _copy(stage.run_dir / name, to / name)
+            export_encoder(stage.run_dir, to / TORSO, game=stage.name.split("/")[1],
+                           command=["pvn", *stage.argv])  # fmt: skip
+        last = ["metrics.jsonl" if stage.kind == "pretrain" else None, "stage.json"]
+        for name in [*_RECORD, *last]:
+            if name is not None and (stage.run_dir / name).is_file():
+                _copy(stage.run_dir / name, to / name)
 
 
 def _copy(src: Path, dst: Path) -> None:
@@ -113,14 +115,21 @@ def restore(todo: list[Stage], store: Store) -> list[Stage]:
     back = [s for s in gone if s.name in ok]
     for s in back:
         assert s.kept is not None
-        tmp = s.run_dir.with_name(f".{s.run_dir.name}.restoring")  # then renamed: all or none
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        for path in s.kept.iterdir():
-            if path.name != "time.json":
-                shutil.copyfile(path, tmp / path.name)
-        (tmp / RESTORED).write_text(json.dumps({"from": str(s.kept)}))
-        os.replace(tmp, s.run_dir)
+        # made aside, then renamed into place: all or nothing, and a runner restoring it at
+        # the same moment finds it there and drops its own copy
+        tmp = s.run_dir.with_name(f".{s.run_dir.name}.restoring-{os.getpid()}")
+        with failed_write(s.run_dir):
+            tmp.mkdir(parents=True)
+            for path in s.kept.iterdir():
+                if path.name != "time.json":
+                    shutil.copyfile(path, tmp / path.name)
+            (tmp / RESTORED).write_text(json.dumps({"from": str(s.kept)}))
+            try:
+                os.replace(tmp, s.run_dir)
+            except OSError:
+                if not s.run_dir.is_dir():
+                    raise
+                shutil.rmtree(tmp)
         if (s.kept / "time.json").is_file():
             store.record_time(s.name, json.loads((s.kept / "time.json").read_text())["seconds"])
     if back:
