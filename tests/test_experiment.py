@@ -215,6 +215,11 @@ def _a_lost_out_is_restored_from_the_kept_records(config: Path, tmp_path: Path, 
     for name in evals[1::2]:
         shutil.rmtree(kept / name)
     capfd.readouterr()
+    assert main(["experiment", str(config), "--status"]) == 0  # says so, and writes nothing
+    status = capfd.readouterr().out
+    assert "1 of 7 stages done and 4 kept (restored when a runner starts)" in status  # + report
+    assert "  kept    pretrain/Breakout" in status and "  left    eval/Breakout/pvn/seed1" in status
+    assert not runs.exists()
     assert main(["experiment", str(config)]) == 0
     err = capfd.readouterr().err
     assert _started(err) == sorted([*evals[1::2], "report"]), err

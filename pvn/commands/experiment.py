@@ -59,7 +59,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from pvn.experiments.cluster import SubmititLauncher, job_states, parse_launcher
-from pvn.experiments.kept import restore
+from pvn.experiments.kept import restorable, restore
 from pvn.experiments.launchers import LocalLauncher
 from pvn.experiments.plan import load, stages
 from pvn.experiments.store import Store
@@ -92,5 +92,6 @@ def run(
         launcher = LocalLauncher() if spec.kind == "local" else SubmititLauncher(spec, wait)
         launcher.launch(todo, store)
     jobs = job_states(todo, store) if spec.kind == "slurm" else None
-    print(status_table(todo, store, jobs))
+    kept = {s.name for s in restorable(todo)} if status else None  # a runner restores them
+    print(status_table(todo, store, jobs, kept=kept))
     return 0

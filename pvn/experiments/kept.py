@@ -102,9 +102,8 @@ def _complete(stage: Stage) -> bool:
     return stage.kind != "pretrain" or ((src / TORSO).is_file() and any(src.glob(_MEASURES)))
 
 
-def restore(todo: list[Stage], store: Store) -> list[Stage]:
-    """Copy back into ``out`` every kept stage whose run dir is gone (module docstring), with
-    its wall time into the store's stage times; returns the stages restored."""
+def restorable(todo: list[Stage]) -> list[Stage]:
+    """The kept stages whose run dir is gone and that :func:`restore` would bring back."""
     gone = [s for s in todo if s.kept is not None and not s.run_dir.exists()]
     ok = {s.name for s in gone if s.kind != "data" and _complete(s)}
     done = {s.name for s in todo if s.done} | ok
@@ -112,7 +111,13 @@ def restore(todo: list[Stage], store: Store) -> list[Stage]:
         readers = [t.name for t in todo if s.name in t.after]
         if s.kind == "data" and _complete(s) and set(readers) <= done:
             ok.add(s.name)
-    back = [s for s in gone if s.name in ok]
+    return [s for s in gone if s.name in ok]
+
+
+def restore(todo: list[Stage], store: Store) -> list[Stage]:
+    """Copy back into ``out`` every kept stage whose run dir is gone (module docstring), with
+    its wall time into the store's stage times; returns the stages restored."""
+    back = restorable(todo)
     for s in back:
         assert s.kept is not None
         # made aside, then renamed into place: all or nothing, and a runner restoring it at

@@ -103,12 +103,15 @@ def status_table(
     store: Store | None = None,
     jobs: dict[str, tuple[dict[str, Any], str]] | None = None,
     times: dict[str, float] | None = None,
+    kept: set[str] | None = None,
 ) -> str:
     """Which stages are done (with the time each took: ``times``, or the store's), running (by
-    a live runner, with its progress) and left, with the ETA (one runner's, and shared by the
-    runners now busy); with ``jobs`` (a stage's job record and SLURM's state of it,
-    :func:`pvn.experiments.cluster.job_states`), each unfinished stage's job, its state and,
-    once it ended without finishing, its log."""
+    a live runner, with its progress), kept (``kept``: gone from ``out``, restored from their
+    records when a runner starts, :mod:`pvn.experiments.kept`) and left, with the ETA (one
+    runner's, and shared by the runners now busy); with ``jobs`` (a stage's job record and
+    SLURM's state of it, :func:`pvn.experiments.cluster.job_states`), each unfinished stage's
+    job, its state and, once it ended without finishing, its log."""
+    kept = kept or set()
     done = [s for s in todo if s.done]
     recorded = store.times() if store else {}  # read once: the ETA's and the table's
     times = recorded if times is None else times
@@ -116,14 +119,16 @@ def status_table(
     running |= {name for name, (_, slurm) in (jobs or {}).items() if slurm == "RUNNING"}
     progress = progresses(todo, running)
     lines = [f"{len(done)} of {len(todo)} stages done"]
+    if kept:
+        lines[0] += f" and {len(kept)} kept (restored when a runner starts)"
     if store is not None and len(done) < len(todo):
-        left, unknown = eta_seconds(todo, recorded, progress)
+        left, unknown = eta_seconds([s for s in todo if s.name not in kept], recorded, progress)
         note = f" (not counting {', '.join(unknown)}: no finished stage to time)" if unknown else ""
         busy = len(running & {s.name for s in todo})  # runners on this experiment's stages
         share = f", ~{left / busy / 3600:.1f} h at {busy} runners" if busy > 1 else ""
         lines[0] += f"; ETA {left / 3600:.1f} h{share}{note}" if left else f"; ETA unknown{note}"
     for s in todo:
-        state = ("diverged" if s.diverged else "done" if s.done
+        state = ("diverged" if s.diverged else "done" if s.done else "kept" if s.name in kept
                  else "running" if s.name in running else "left")  # fmt: skip
         job = ""
         if jobs and s.name in jobs and not s.done:
