@@ -61,9 +61,9 @@ def keep(stage: Stage) -> None:
 
             export_encoder(stage.run_dir, to / TORSO, game=stage.name.split("/")[1],
                            command=["pvn", *stage.argv])  # fmt: skip
-        last = ["metrics.jsonl" if stage.kind == "pretrain" else None, "stage.json"]
-        for name in [*_RECORD, *last]:
-            if name is not None and (stage.run_dir / name).is_file():
+        extra = ["metrics.jsonl"] if stage.kind == "pretrain" else []
+        for name in [*_RECORD, *extra, "stage.json"]:
+            if (stage.run_dir / name).is_file():
                 _copy(stage.run_dir / name, to / name)
 
 

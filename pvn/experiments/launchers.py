@@ -179,5 +179,5 @@ class LocalLauncher:
             raise ConfigError(f"stage {s.name} exited 0 but is not done ({s.run_dir / s.done_file} "
                               "missing or, for a report, not covering this plan)")  # fmt: skip
         if s.kind != "report":  # not timed: its name is shared by experiments on out
-            store.record_time(s.name, time.perf_counter() - t0)
-            keep_time(s, store.times()[s.name])  # the whole stage's, stopped parts included
+            total = store.record_time(s.name, time.perf_counter() - t0)  # stopped parts too
+            keep_time(s, total)

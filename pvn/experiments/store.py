@@ -84,23 +84,26 @@ class Store:
         f = self._parts_file if parts else self._times_file
         return json.loads(f.read_text()) if f.is_file() else {}
 
-    def record_time(self, name: str, seconds: float, finished: bool = True) -> None:
+    def record_time(self, name: str, seconds: float, finished: bool = True) -> float:
         """Add a stage's time: a part that ended with a stop (``finished`` false,
         :mod:`pvn.preemption`) is kept aside and counted in when the stage finishes, so a stage
         resumed across sessions is timed whole (a runner killed outright notes nothing). Runners
-        sharing ``out`` take turns (a blocking lock), so none overwrites another's entry."""
+        sharing ``out`` take turns (a blocking lock), so none overwrites another's entry. Returns
+        the stage's seconds so far (its whole time, when ``finished``)."""
         lock = self.out / ".locks" / "stage_times.lock"
         lock.parent.mkdir(parents=True, exist_ok=True)
         with open(lock, "w") as f:
             fcntl.flock(f, fcntl.LOCK_EX)
             parts = self.times(parts=True)
             before = parts.pop(name, 0.0)
+            total = round(before + seconds, 1)
             if finished:
-                times = {**self.times(), name: round(before + seconds, 1)}
+                times = {**self.times(), name: total}
                 write_text_atomic(self._times_file, json.dumps(times, indent=1))
             else:
-                parts[name] = round(before + seconds, 1)
+                parts[name] = total
             write_text_atomic(self._parts_file, json.dumps(parts, indent=1))
+        return total
 
     @staticmethod
     def file_time(stage: Stage) -> float | None:
